@@ -1,0 +1,381 @@
+//! wk-client: an HTTP client for the wk API server (and any Kubernetes-shaped API).
+//!
+//! It reads the kubeconfig-format client config that `wk server` writes, trusts the
+//! cluster CA from it, authenticates with the bearer token and turns `Status` replies into
+//! [`ClientError::Api`].
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use futures::{Stream, StreamExt};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use wk_api::resource::ResourceType;
+use wk_api::Status;
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a `Status`.
+    #[error("{0}")]
+    Api(Status),
+    #[error("cannot reach the API server at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("client config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The HTTP code of an API error.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(s) => Some(s.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Where the API server is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub server: String,
+    pub token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure: bool,
+    /// The context's default namespace.
+    pub namespace: String,
+}
+
+/// The default client config path: `$WK_CONFIG`, else `~/.wk/config`.
+pub fn default_config_path() -> PathBuf {
+    if let Ok(p) = std::env::var("WK_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    Path::new(&home).join(".wk").join("config")
+}
+
+impl ClientConfig {
+    /// Loads the current context of a kubeconfig file.
+    pub fn load(path: &Path) -> Result<ClientConfig> {
+        let err = |message: String| ClientError::Config { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(if e.kind() == std::io::ErrorKind::NotFound {
+                "not found; start a server with `wk server` (or `wk up`), or pass --kubeconfig".into()
+            } else {
+                e.to_string()
+            })
+        })?;
+        let doc: Value = serde_yaml::from_str(&text).map_err(|e| err(format!("invalid YAML: {e}")))?;
+        let current = doc.get("current-context").and_then(Value::as_str).unwrap_or("");
+        let find = |list: &str, name: &str| -> Option<Value> {
+            doc.get(list)?.as_array()?.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned()
+        };
+        let ctx = find("contexts", current)
+            .or_else(|| doc.get("contexts")?.as_array()?.first().cloned())
+            .ok_or_else(|| err("no context".into()))?;
+        let ctx = ctx.get("context").cloned().unwrap_or_default();
+        let cluster_name = ctx.get("cluster").and_then(Value::as_str).unwrap_or("");
+        let user_name = ctx.get("user").and_then(Value::as_str).unwrap_or("");
+        let cluster = find("clusters", cluster_name)
+            .and_then(|c| c.get("cluster").cloned())
+            .ok_or_else(|| err(format!("cluster {cluster_name:?} not found")))?;
+        let user = find("users", user_name).and_then(|u| u.get("user").cloned()).unwrap_or_default();
+        let server = cluster
+            .get("server")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err("cluster has no server".into()))?
+            .trim_end_matches('/')
+            .to_string();
+        let ca_pem = match cluster.get("certificate-authority-data").and_then(Value::as_str) {
+            Some(b64) => Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| err(format!("certificate-authority-data: {e}")))?,
+            ),
+            None => match cluster.get("certificate-authority").and_then(Value::as_str) {
+                Some(file) => Some(std::fs::read(file).map_err(|e| err(format!("{file}: {e}")))?),
+                None => None,
+            },
+        };
+        Ok(ClientConfig {
+            server,
+            token: user.get("token").and_then(Value::as_str).map(String::from),
+            ca_pem,
+            insecure: cluster.get("insecure-skip-tls-verify").and_then(Value::as_bool).unwrap_or(false),
+            namespace: ctx.get("namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
+        })
+    }
+}
+
+/// An API client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    pub config: ClientConfig,
+}
+
+/// One event of a watch stream.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub kind: String,
+    pub object: Value,
+}
+
+/// Parameters of a list or watch.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    pub limit: Option<u64>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub allow_bookmarks: bool,
+}
+
+impl ListParams {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(s) = &self.label_selector {
+            q.push(("labelSelector", s.clone()));
+        }
+        if let Some(s) = &self.field_selector {
+            q.push(("fieldSelector", s.clone()));
+        }
+        if let Some(l) = self.limit {
+            q.push(("limit", l.to_string()));
+        }
+        if let Some(c) = &self.continue_token {
+            q.push(("continue", c.clone()));
+        }
+        if let Some(rv) = &self.resource_version {
+            q.push(("resourceVersion", rv.clone()));
+        }
+        if let Some(t) = self.timeout_seconds {
+            q.push(("timeoutSeconds", t.to_string()));
+        }
+        if self.allow_bookmarks {
+            q.push(("allowWatchBookmarks", "true".into()));
+        }
+        q
+    }
+}
+
+/// The Accept header asking for server-side tables.
+pub const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Client> {
+        let mut b = reqwest::Client::builder().use_rustls_tls();
+        if let Some(pem) = &config.ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| ClientError::Config { path: PathBuf::new(), message: format!("CA certificate: {e}") })?;
+            b = b.add_root_certificate(cert).tls_built_in_root_certs(false);
+        }
+        if config.insecure {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let http = b
+            .build()
+            .map_err(|e| ClientError::Config { path: PathBuf::new(), message: e.to_string() })?;
+        Ok(Client { http, config })
+    }
+
+    /// Loads a client from a kubeconfig file.
+    pub fn from_path(path: &Path) -> Result<Client> {
+        Client::new(ClientConfig::load(path)?)
+    }
+
+    fn connect_err(&self, e: reqwest::Error) -> ClientError {
+        let mut message = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            message = format!("{message}: {s}");
+            src = s.source();
+        }
+        ClientError::Connect { url: self.config.server.clone(), message }
+    }
+
+    /// Sends a request and returns the response if it succeeded.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<(&str, Vec<u8>)>,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response> {
+        let mut req = self.http.request(method, format!("{}{path}", self.config.server)).query(query);
+        if let Some(t) = &self.config.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(a) = accept {
+            req = req.header(ACCEPT, a);
+        }
+        if let Some((ct, bytes)) = body {
+            req = req.header(CONTENT_TYPE, ct).body(bytes);
+        }
+        let resp = req.send().await.map_err(|e| self.connect_err(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.connect_err(e))?;
+        Err(ClientError::Api(match serde_json::from_slice::<Status>(&bytes) {
+            Ok(s) if !s.message.is_empty() || !s.reason.is_empty() => s,
+            _ => Status::new(
+                code.as_u16(),
+                code.canonical_reason().unwrap_or(""),
+                String::from_utf8_lossy(&bytes).trim().to_string(),
+            ),
+        }))
+    }
+
+    async fn json(&self, resp: reqwest::Response) -> Result<Value> {
+        let bytes = resp.bytes().await.map_err(|e| self.connect_err(e))?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    fn ns<'a>(&'a self, rt: &ResourceType, ns: Option<&'a str>) -> Option<&'a str> {
+        if rt.namespaced { Some(ns.unwrap_or(&self.config.namespace)) } else { None }
+    }
+
+    pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value> {
+        let resp = self.request(Method::GET, &rt.object_path(self.ns(rt, ns), name), &[], None, None).await?;
+        self.json(resp).await
+    }
+
+    /// Like [`Client::get`] but `None` when not found.
+    pub async fn get_opt(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+        match self.get(rt, ns, name).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.code() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists a resource; `ns = None` with a namespaced resource lists all namespaces only
+    /// if `all_namespaces`.
+    pub async fn list(&self, rt: &ResourceType, ns: Option<&str>, all_namespaces: bool, p: &ListParams) -> Result<Value> {
+        let ns = if all_namespaces { None } else { self.ns(rt, ns) };
+        let resp = self.request(Method::GET, &rt.collection_path(ns), &p.query(), None, None).await?;
+        self.json(resp).await
+    }
+
+    /// Server-side table of a list or one object.
+    pub async fn table(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        all_namespaces: bool,
+        name: Option<&str>,
+        p: &ListParams,
+    ) -> Result<Value> {
+        let ns = if all_namespaces { None } else { self.ns(rt, ns) };
+        let path = match name {
+            Some(n) => rt.object_path(ns, n),
+            None => rt.collection_path(ns),
+        };
+        let resp = self.request(Method::GET, &path, &p.query(), None, Some(TABLE_ACCEPT)).await?;
+        self.json(resp).await
+    }
+
+    pub async fn create(&self, rt: &ResourceType, ns: Option<&str>, obj: &Value, query: &[(&str, String)]) -> Result<Value> {
+        let body = serde_json::to_vec(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self
+            .request(Method::POST, &rt.collection_path(self.ns(rt, ns)), query, Some(("application/json", body)), None)
+            .await?;
+        self.json(resp).await
+    }
+
+    pub async fn replace(&self, rt: &ResourceType, ns: Option<&str>, name: &str, obj: &Value) -> Result<Value> {
+        let body = serde_json::to_vec(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self
+            .request(Method::PUT, &rt.object_path(self.ns(rt, ns), name), &[], Some(("application/json", body)), None)
+            .await?;
+        self.json(resp).await
+    }
+
+    /// PATCH with a content type (`application/merge-patch+json`, …).
+    pub async fn patch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        content_type: &str,
+        patch: &Value,
+        query: &[(&str, String)],
+    ) -> Result<Value> {
+        let body = serde_json::to_vec(patch).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self
+            .request(Method::PATCH, &rt.object_path(self.ns(rt, ns), name), query, Some((content_type, body)), None)
+            .await?;
+        self.json(resp).await
+    }
+
+    pub async fn delete(&self, rt: &ResourceType, ns: Option<&str>, name: &str, options: &Value) -> Result<Value> {
+        let body = serde_json::to_vec(options).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self
+            .request(Method::DELETE, &rt.object_path(self.ns(rt, ns), name), &[], Some(("application/json", body)), None)
+            .await?;
+        self.json(resp).await
+    }
+
+    /// Opens a watch; events arrive as parsed lines. `table` asks for one-row tables.
+    pub async fn watch(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        all_namespaces: bool,
+        p: &ListParams,
+        table: bool,
+    ) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
+        let ns = if all_namespaces { None } else { self.ns(rt, ns) };
+        let mut q = p.query();
+        q.push(("watch", "true".into()));
+        let accept = if table { Some(TABLE_ACCEPT) } else { None };
+        let resp = self.request(Method::GET, &rt.collection_path(ns), &q, None, accept).await?;
+        let server = self.config.server.clone();
+        let mut buf = Vec::new();
+        let bytes = resp.bytes_stream();
+        Ok(bytes
+            .map(move |chunk| {
+                let chunk = chunk.map_err(|e| ClientError::Connect { url: server.clone(), message: e.to_string() })?;
+                buf.extend_from_slice(&chunk);
+                let mut events = Vec::new();
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    events.push(Ok(WatchEvent {
+                        kind: v.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                        object: v.get("object").cloned().unwrap_or_default(),
+                    }));
+                }
+                Ok(futures::stream::iter(events))
+            })
+            .flat_map(|r: Result<_>| match r {
+                Ok(s) => s.left_stream(),
+                Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+            }))
+    }
+
+    /// The server's `/version`.
+    pub async fn server_version(&self) -> Result<Value> {
+        let resp = self.request(Method::GET, "/version", &[], None, None).await?;
+        self.json(resp).await
+    }
+}
+
+/// True if an error is "not found".
+pub fn is_not_found(e: &ClientError) -> bool {
+    e.code() == Some(StatusCode::NOT_FOUND.as_u16())
+}

@@ -1,0 +1,217 @@
+//! The Kubernetes-shaped REST API over the store.
+//!
+//! Paths follow Kubernetes: `/api/v1/...` for the core group, `/apis/<group>/<version>/...`
+//! for the others, with `namespaces/<ns>/` for namespaced resources and `/<sub>` for
+//! subresources. Every write becomes a store command; reads are linearizable unless the
+//! client asks for `resourceVersion=0`.
+
+mod defaults;
+mod discovery;
+mod handlers;
+mod patch;
+mod table;
+mod watch;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use wk_api::resource::{self, ResourceType};
+use wk_api::Status;
+
+use crate::auth::{Identity, Tokens};
+use crate::store::{Store, StoreError};
+
+pub use patch::{json_merge_patch, strategic_merge_patch};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub tokens: Arc<Tokens>,
+}
+
+/// An error response: a Kubernetes `Status` with its HTTP code.
+pub struct ApiError(pub Status);
+
+impl From<Status> for ApiError {
+    fn from(s: Status) -> Self {
+        ApiError(s)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotLeader { .. } => ApiError(Status::unavailable(e.to_string())),
+            other => ApiError(Status::internal(other.to_string())),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.0.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(code, &serde_json::to_value(&self.0).unwrap_or_default())
+    }
+}
+
+pub(crate) fn json_response(code: StatusCode, value: &serde_json::Value) -> Response {
+    let mut resp = (code, value.to_string()).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// What a resource path names.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub rt: &'static ResourceType,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+/// Parses the part of a path after `/api/v1/` or `/apis/<g>/<v>/`.
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let lookup = |plural: &str| resource::by_plural(group, plural).filter(|r| r.version == version);
+    let (ns, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if lookup(plural).is_some_and(|r| r.namespaced) => {
+            (Some(ns.to_string()), [&[*plural][..], tail].concat())
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let rt = lookup(rest.first()?)?;
+    if ns.is_none() && rt.namespaced && rest.len() > 1 {
+        return None;
+    }
+    let name = rest.get(1).map(|s| s.to_string());
+    let sub = rest.get(2).map(|s| s.to_string());
+    if rest.len() > 3 {
+        return None;
+    }
+    if let Some(s) = &sub {
+        if !rt.subresources.contains(&s.as_str()) {
+            return None;
+        }
+    }
+    Some(Target { rt, namespace: ns, name, subresource: sub })
+}
+
+async fn authenticate(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") || path.starts_with("/raft/");
+    if !public {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token.and_then(|t| state.tokens.identify(t)) {
+            Some(id) => {
+                req.extensions_mut().insert(id);
+            }
+            None => return ApiError(Status::unauthorized()).into_response(),
+        }
+    }
+    next.run(req).await
+}
+
+/// Routes a resource request by method and target.
+async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
+    let identity = req.extensions().get::<Identity>().copied().unwrap_or(Identity::Node);
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let target = match segments.as_slice() {
+        ["api", "v1", rest @ ..] if !rest.is_empty() => parse_target("", "v1", rest),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => parse_target(group, version, rest),
+        _ => None,
+    };
+    let Some(target) = target else {
+        return ApiError(Status::not_found_path(&path)).into_response();
+    };
+    if identity != Identity::Admin {
+        // Node credentials get their narrowed permissions with the node agent; until then
+        // only the admin may use the resource API.
+        return ApiError(Status::forbidden(format!(
+            "node credentials may not access {}",
+            target.rt.plural
+        )))
+        .into_response();
+    }
+    let method = req.method().clone();
+    let result = match (&method, target.name.is_some(), target.subresource.as_deref()) {
+        (&Method::GET, false, _) => handlers::list_or_watch(state, target, req).await,
+        (&Method::POST, false, _) => handlers::create(state, target, req).await,
+        (&Method::DELETE, false, _) => handlers::delete_collection(state, target, req).await,
+        (&Method::GET, true, None | Some("status")) => handlers::get(state, target, req).await,
+        (&Method::GET, true, Some("scale")) => handlers::get_scale(state, target, req).await,
+        (&Method::PUT, true, Some("scale")) | (&Method::PATCH, true, Some("scale")) => {
+            handlers::update_scale(state, target, req).await
+        }
+        (&Method::PUT, true, None | Some("status") | Some("finalize")) => handlers::update(state, target, req).await,
+        (&Method::PATCH, true, None | Some("status")) => handlers::patch(state, target, req).await,
+        (&Method::DELETE, true, None) => handlers::delete(state, target, req).await,
+        (&Method::POST, true, Some("binding")) => handlers::bind(state, target, req).await,
+        (&Method::GET, true, Some("log")) => Err(ApiError(Status::new(
+            503,
+            "ServiceUnavailable",
+            "pod logs are served by node agents, and no agent serves this pod",
+        ))),
+        _ => Err(ApiError(Status::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {path})"
+        )))),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The API router (without the Raft RPC routes).
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(discovery::readyz))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::api_versions))
+        .route("/apis", get(discovery::api_groups))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v2", get(discovery::openapi_v2))
+        .route("/openapi/v3", get(discovery::openapi_v3))
+        .route("/openapi/v3/{*rest}", get(discovery::openapi_v3_group))
+        .fallback(dispatch)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = parse_target("", "v1", &["namespaces", "default", "pods", "web", "status"]).unwrap();
+        assert_eq!((t.rt.kind, t.namespace.as_deref(), t.name.as_deref()), ("Pod", Some("default"), Some("web")));
+        assert_eq!(t.subresource.as_deref(), Some("status"));
+        let t = parse_target("", "v1", &["namespaces", "default"]).unwrap();
+        assert_eq!((t.rt.kind, t.name.as_deref(), t.namespace), ("Namespace", Some("default"), None));
+        let t = parse_target("", "v1", &["namespaces", "x", "status"]).unwrap();
+        assert_eq!((t.rt.kind, t.subresource.as_deref()), ("Namespace", Some("status")));
+        let t = parse_target("", "v1", &["pods"]).unwrap();
+        assert!(t.namespace.is_none() && t.name.is_none());
+        assert!(parse_target("", "v1", &["pods", "x"]).is_none());
+        assert!(parse_target("apps", "v1", &["namespaces", "a", "deployments", "b", "nope"]).is_none());
+        assert!(parse_target("apps", "v2", &["deployments"]).is_none());
+        let t = parse_target("apps", "v1", &["namespaces", "a", "deployments", "b", "scale"]).unwrap();
+        assert_eq!(t.subresource.as_deref(), Some("scale"));
+    }
+}

@@ -1,0 +1,172 @@
+//! `wk server`: opens the store, bootstraps the cluster's built-in objects, writes the
+//! client config and serves the API (and the Raft RPCs) over HTTPS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use wk_api::resource;
+
+use crate::apiserver::{self, ApiState};
+use crate::auth::{self, Tokens};
+use crate::pki::{Pki, PkiError};
+use crate::store::{network, Op, Precondition, Store, StoreConfig, StoreError};
+
+/// Settings of `wk server`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Where to write the admin client config (kubeconfig format); `None` skips it.
+    pub client_config: Option<PathBuf>,
+    /// Extra names/addresses for the serving certificate.
+    pub tls_sans: Vec<String>,
+    pub node_id: u64,
+    pub snapshot_every: u64,
+    pub watch_history: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("writing client config {path}: {source}")]
+    ClientConfig { path: PathBuf, source: std::io::Error },
+}
+
+/// A started server.
+pub struct Server {
+    pub store: Store,
+    pub tokens: Arc<Tokens>,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub pki: Pki,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+/// Namespaces every cluster has.
+const BUILTIN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+impl Server {
+    /// Opens everything and binds the listener; [`Server::serve`] then runs it.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let dd = |source| ServerError::DataDir { path: cfg.data_dir.clone(), source };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(dd)?;
+        let tokens = Arc::new(Tokens::load_or_create(&cfg.data_dir).map_err(dd)?);
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
+        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        if !addr.ip().is_unspecified() {
+            sans.push(addr.ip().to_string());
+        }
+        sans.extend(cfg.tls_sans.iter().cloned());
+        let pki = Pki::load_or_create(&cfg.data_dir.join("pki"), &sans)?;
+        let acceptor = TlsAcceptor::from(pki.server_config()?);
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+        let url = if addr.is_ipv6() { format!("https://[{host}]:{}", addr.port()) } else { format!("https://{host}:{}", addr.port()) };
+
+        let store = Store::open(&StoreConfig {
+            data_dir: cfg.data_dir.clone(),
+            node_id: cfg.node_id,
+            advertise_url: url.clone(),
+            peer_token: tokens.peer.clone(),
+            watch_history: cfg.watch_history,
+            snapshot_every: cfg.snapshot_every,
+        })
+        .await?;
+        store.wait_for_leader(Duration::from_secs(10)).await?;
+        if store.is_leader() {
+            bootstrap(&store).await?;
+        }
+        if let Some(path) = &cfg.client_config {
+            auth::write_client_config(path, &url, &tokens.admin, &pki.ca_pem()?)
+                .map_err(|source| ServerError::ClientConfig { path: path.clone(), source })?;
+        }
+        Ok(Server { store, tokens, addr, url, pki, listener, acceptor })
+    }
+
+    /// Serves until `shutdown` resolves, then stops Raft.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let state = ApiState { store: self.store.clone(), tokens: self.tokens.clone() };
+        let rpc = network::RaftRpcState { raft: self.store.raft.clone(), token: self.tokens.peer.clone() };
+        let app = apiserver::router(state).merge(network::router(rpc));
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let app = app.clone();
+            // The TLS handshake runs in the connection's task so a slow client cannot
+            // stall the accept loop.
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                };
+                let service = TowerToHyperService::new(app);
+                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        self.store.shutdown().await;
+    }
+}
+
+/// Creates the built-in namespaces if they are missing.
+async fn bootstrap(store: &Store) -> Result<(), StoreError> {
+    let rt = resource::by_plural("", "namespaces").expect("namespaces registered");
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut ops = Vec::new();
+    for ns in BUILTIN_NAMESPACES {
+        let key = rt.key(None, ns);
+        let k = key.clone();
+        if store.read(move |sm| sm.get(&k)).await?.is_some() {
+            continue;
+        }
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now,
+                         "labels": {"kubernetes.io/metadata.name": ns}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        ops.push(Op::Put { key, object: obj.to_string(), precondition: Precondition::Absent });
+    }
+    if !ops.is_empty() {
+        store.write(ops).await?;
+    }
+    Ok(())
+}

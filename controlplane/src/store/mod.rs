@@ -1,0 +1,165 @@
+//! The replicated store: openraft over a redb log and a redb state machine.
+//!
+//! Every mutation is a [`Command`] proposed through Raft; once committed, each replica's
+//! state machine applies it and stamps revisions. Reads come from the local state
+//! machine, after a read-index round ([`Store::linearize`]) unless a stale read is asked.
+
+pub mod log;
+pub mod network;
+pub mod sm;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+
+pub use self::log::LogStore;
+pub use self::network::HttpNetwork;
+pub use self::sm::{Event, EventType, Expired, SmShared, StateMachine};
+pub use self::types::*;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub node_id: NodeId,
+    /// The URL peers reach this server at (`http://127.0.0.1:6443`).
+    pub advertise_url: String,
+    /// Shared secret for server-to-server RPCs.
+    pub peer_token: String,
+    /// Events retained for watch resumption.
+    pub watch_history: usize,
+    /// Build a snapshot (and purge the log) after this many entries.
+    pub snapshot_every: u64,
+}
+
+/// Store failures that are not about one key.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the store at {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("this server is not the leader (leader: {})", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader: Option<String> },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// A handle to the replicated store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub raft: Raft,
+    pub sm: Arc<SmShared>,
+    pub node_id: NodeId,
+}
+
+impl Store {
+    /// Opens the store in `cfg.data_dir`, starting Raft. A fresh single server initialises
+    /// itself as a one-member cluster.
+    pub async fn open(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        let open_err = |path: &Path, e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| open_err(&cfg.data_dir, &e))?;
+        let log_path = cfg.data_dir.join("raft-log.redb");
+        let log = LogStore::open(&log_path).map_err(|e| open_err(&log_path, &e))?;
+        let sm_path = cfg.data_dir.join("state.redb");
+        let sm = StateMachine::open(&sm_path, cfg.data_dir.join("snapshot.bin"), cfg.watch_history)
+            .map_err(|e| open_err(&sm_path, &e))?;
+        let shared = sm.shared.clone();
+
+        let config = Config {
+            cluster_name: "wk".into(),
+            heartbeat_interval: 150,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| StoreError::Raft(e.to_string()))?);
+        let network = HttpNetwork::new(cfg.peer_token.clone());
+        let raft = Raft::new(cfg.node_id, config, network, log, sm)
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        if !raft.is_initialized().await.map_err(|e| StoreError::Raft(e.to_string()))? {
+            let mut members = BTreeMap::new();
+            members.insert(cfg.node_id, BasicNode { addr: cfg.advertise_url.clone() });
+            raft.initialize(members).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+        }
+        Ok(Store { raft, sm: shared, node_id: cfg.node_id })
+    }
+
+    /// Waits until this server knows a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, StoreError> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Ok(l);
+            }
+            tokio::select! {
+                r = rx.changed() => r.map_err(|e| StoreError::Raft(e.to_string()))?,
+                _ = tokio::time::sleep_until(deadline) => return Err(StoreError::NotLeader { leader: None }),
+            }
+        }
+    }
+
+    /// Proposes operations and waits until they are committed and applied here.
+    #[tracing::instrument(level = "debug", skip_all, fields(ops = ops.len()))]
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<Result<Applied, OpError>>, StoreError> {
+        match self.raft.client_write(Command { ops }).await {
+            Ok(resp) => Ok(resp.data.results),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(StoreError::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+            }
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
+    }
+
+    /// Proposes one operation.
+    pub async fn write_one(&self, op: Op) -> Result<Result<Applied, OpError>, StoreError> {
+        let mut r = self.write(vec![op]).await?;
+        Ok(r.pop().unwrap_or(Err(OpError::NotFound)))
+    }
+
+    /// Makes the next local read linearizable (read-index: the leader confirms its
+    /// leadership and this replica applies up to the commit index).
+    pub async fn linearize(&self) -> Result<(), StoreError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(StoreError::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+            }
+            Err(e) => Err(StoreError::Raft(e.to_string())),
+        }
+    }
+
+    /// Runs a blocking read of the state machine off the async workers.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SmShared) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || f(&sm))
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?
+            .map_err(StoreError::from)
+    }
+
+    /// Whether this server is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}

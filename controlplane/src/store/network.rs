@@ -1,0 +1,185 @@
+//! Raft RPCs between control-plane servers over HTTP.
+//!
+//! Each RPC is a `POST` of a postcard-encoded request to `/raft/{append,vote,snapshot}` on
+//! the peer's API address, answered with the postcard-encoded `Result` of the peer's Raft
+//! call. The same code serves one server or many; with one server it is simply unused.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{NodeId, Raft, TypeConfig};
+
+/// Creates HTTP clients to peers.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    client: reqwest::Client,
+    token: String,
+}
+
+impl HttpNetwork {
+    /// `token` authenticates this server to its peers.
+    pub fn new(token: String) -> Self {
+        HttpNetwork { client: reqwest::Client::new(), token }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    client: reqwest::Client,
+    token: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.trim_end_matches('/').to_string(),
+            client: self.client.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .client
+            .post(format!("{}/raft/{path}", self.addr))
+            .bearer_auth(&self.token)
+            .timeout(option.hard_ttl())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        if !resp.status().is_success() {
+            let err = std::io::Error::other(format!("peer answered {}", resp.status()));
+            return Err(RPCError::Network(NetworkError::new(&err)));
+        }
+        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}
+
+/// State for the RPC handlers.
+#[derive(Clone)]
+pub struct RaftRpcState {
+    pub raft: Raft,
+    pub token: String,
+}
+
+fn authorized(state: &RaftRpcState, headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), state.token.as_bytes()))
+}
+
+fn reply<T: Serialize>(value: &T) -> axum::response::Response {
+    match postcard::to_allocvec(value) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn append(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => reply(&s.raft.append_entries(req).await),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn vote(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match postcard::from_bytes::<VoteRequest<NodeId>>(&body) {
+        Ok(req) => reply(&s.raft.vote(req).await),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn snapshot(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    match postcard::from_bytes::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(req) => reply(&s.raft.install_snapshot(req).await),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+/// The `/raft/*` routes.
+pub fn router(state: RaftRpcState) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .with_state(state)
+}
