@@ -8,5 +8,5 @@ command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not found; the kube
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
-cargo build --workspace --all-targets
+cargo clippy --workspace --all-targets -- -D warnings
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -158,8 +158,11 @@ impl Store {
         self.raft.metrics().borrow().current_leader == Some(self.node_id)
     }
 
-    /// Stops Raft.
+    /// Stops Raft and makes the applied state durable (so a clean restart replays
+    /// nothing).
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+        let sm = self.sm.clone();
+        let _ = tokio::task::spawn_blocking(move || sm.make_durable()).await;
     }
 }
