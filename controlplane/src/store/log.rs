@@ -1,15 +1,19 @@
 //! The Raft log persisted in redb.
 //!
 //! Entries live in a `u64 → postcard bytes` table; the vote, the committed log id and the
-//! last purged log id in a small metadata table. Every write commits with redb's default
-//! `Immediate` durability (one fsync), and the append callback fires only after that
-//! commit returns, so an acknowledged entry survives `kill -9`. Writes run on the
-//! blocking thread pool, never on a tokio worker.
+//! last purged log id in a small metadata table.
+//!
+//! All writes go through one writer thread, in order. Appends return at once and their
+//! callbacks fire after the commit that holds them (redb `Immediate`: durable when
+//! `commit` returns), so an acknowledged entry survives `kill -9`. Appends queued while a
+//! commit runs are grouped into the next transaction: one fsync for many entries (group
+//! commit). Entries not yet committed are served to readers from a pending map.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogState, RaftLogReader, StorageIOError, Vote};
@@ -34,10 +38,104 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_logs(&e).into()
 }
 
-/// The redb-backed Raft log. Cheap to clone: clones share the database.
+type SyncOp = Box<dyn FnOnce(&Database) -> Result<(), StorageError> + Send>;
+
+enum Job {
+    Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    Sync(SyncOp, tokio::sync::oneshot::Sender<Result<(), StorageError>>),
+}
+
+/// The redb-backed Raft log. Cheap to clone: clones share the database and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    writer: Arc<Writer>,
+}
+
+/// The writer thread; dropping the last handle stops and joins it, releasing the file.
+struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, job: Job) -> Result<(), StorageError> {
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(job).ok())
+            .ok_or_else(|| StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer stopped"))))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Upper bound of appends grouped into one transaction.
+const MAX_GROUP: usize = 4096;
+
+fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>, rx: mpsc::Receiver<Job>) {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        match job {
+            Job::Sync(op, reply) => {
+                let _ = reply.send(op(&db));
+            }
+            Job::Append(first, cb) => {
+                let mut batch = vec![(first, cb)];
+                while batch.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(Job::Append(e, cb)) => batch.push((e, cb)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = (|| -> Result<(), StorageError> {
+                    let tx = db.begin_write().map_err(io_err)?;
+                    {
+                        let mut table = tx.open_table(LOG).map_err(io_err)?;
+                        for (entries, _) in &batch {
+                            for (index, bytes) in entries {
+                                table.insert(*index, bytes.as_slice()).map_err(io_err)?;
+                            }
+                        }
+                    }
+                    tx.commit().map_err(io_err)
+                })();
+                if result.is_ok() {
+                    let mut p = pending.lock().expect("pending lock");
+                    for (entries, _) in &batch {
+                        for (index, _) in entries {
+                            p.remove(index);
+                        }
+                    }
+                }
+                // Acknowledge only once the commit (and its fsync) has returned.
+                for (_, cb) in batch {
+                    match &result {
+                        Ok(()) => cb.log_io_completed(Ok(())),
+                        Err(e) => cb.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl LogStore {
@@ -53,7 +151,23 @@ impl LogStore {
             Ok(())
         };
         init().map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string()))))?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let (tx, rx) = mpsc::channel();
+        let (d, p) = (db.clone(), pending.clone());
+        let thread = std::thread::Builder::new()
+            .name("wk-raft-log".into())
+            .spawn(move || writer_loop(d, p, rx))
+            .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
+        let writer = Arc::new(Writer { tx: Some(tx), thread: Some(thread) });
+        Ok(LogStore { db, pending, writer })
+    }
+
+    /// Runs a write on the writer thread, after every write queued before it.
+    async fn write_sync(&self, op: impl FnOnce(&Database) -> Result<(), StorageError> + Send + 'static) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Sync(Box::new(op), tx))?;
+        rx.await.map_err(|_| StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer stopped"))))?
     }
 
     /// Runs a blocking closure against the database on the blocking pool.
@@ -106,7 +220,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
-        self.blocking(move |db| read_range(db, start, end)).await
+        let stored = self.blocking(move |db| read_range(db, start, end)).await?;
+        // Entries appended but not yet committed come from the pending map (and win over
+        // stored ones, which a truncate is about to replace).
+        let pending = self.pending.lock().expect("pending lock");
+        if pending.is_empty() {
+            return Ok(stored);
+        }
+        let mut all: BTreeMap<u64, Entry<TypeConfig>> = stored.into_iter().map(|e| (e.log_id.index, e)).collect();
+        for (i, e) in pending.range((start, end)) {
+            all.insert(*i, e.clone());
+        }
+        Ok(all.into_values().collect())
     }
 }
 
@@ -136,7 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.blocking(move |db| {
+        self.write_sync(move |db| {
             LogStore::put_meta(db, VOTE, &vote).map_err(|_| StorageIOError::write_vote(&std::io::Error::other("vote")).into())
         })
         .await
@@ -147,7 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.blocking(move |db| LogStore::put_meta(db, COMMITTED, &committed)).await
+        self.write_sync(move |db| LogStore::put_meta(db, COMMITTED, &committed)).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -159,33 +284,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        // Serialise on the calling task (cheap), write + fsync on the blocking pool.
+        // Serialise here (cheap); the writer thread commits and then calls back.
         let mut encoded = Vec::new();
-        for e in entries {
-            encoded.push((e.log_id.index, postcard::to_allocvec(&e).map_err(io_err)?));
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            for e in entries {
+                encoded.push((e.log_id.index, postcard::to_allocvec(&e).map_err(io_err)?));
+                pending.insert(e.log_id.index, e);
+            }
         }
-        let res = self
-            .blocking(move |db| {
-                let tx = db.begin_write().map_err(io_err)?;
-                {
-                    let mut table = tx.open_table(LOG).map_err(io_err)?;
-                    for (index, bytes) in &encoded {
-                        table.insert(*index, bytes.as_slice()).map_err(io_err)?;
-                    }
-                }
-                tx.commit().map_err(io_err)
-            })
-            .await;
-        // Acknowledge only once the commit (and its fsync) has returned.
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
-        }
-        res
+        self.writer.send(Job::Append(encoded, callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |db| {
+        self.pending.lock().expect("pending lock").retain(|i, _| *i < log_id.index);
+        self.write_sync(move |db| {
             let tx = db.begin_write().map_err(io_err)?;
             {
                 let mut table = tx.open_table(LOG).map_err(io_err)?;
@@ -197,7 +310,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |db| {
+        self.write_sync(move |db| {
             let bytes = postcard::to_allocvec(&Some(log_id)).map_err(io_err)?;
             let tx = db.begin_write().map_err(io_err)?;
             {

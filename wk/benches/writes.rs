@@ -1,0 +1,313 @@
+//! Write benchmark of the control plane against etcd, in one run.
+//!
+//! `cargo bench -p wk --bench writes` starts the real `wk server` (release build) and, if
+//! `etcd` is on PATH (Debian `etcd-server`), an etcd 3.4 configured the same way: one
+//! member, data on the same disk, TLS with the same certificate. Both get the same
+//! workload over HTTPS from the same client library (reqwest, keep-alive):
+//!
+//! - committed creates/s with 1 writer and with 64 concurrent writers, p50/p99 latency;
+//! - watch event latency: a create is sent, and its event reaches a watcher.
+//!
+//! wk's create is a full Kubernetes create (decode, validate, Raft commit, apply,
+//! response); etcd's is a `/v3/kv/put` of the same JSON bytes through its gRPC gateway.
+//! Set `WK_BENCH_N` to change the number of writes (default 3000 for 1 writer, 20000
+//! for 64 writers).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+const WK: &str = env!("CARGO_BIN_EXE_wk");
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+#[derive(Clone, Copy)]
+struct Stats {
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
+    lat.sort();
+    Stats { per_sec: lat.len() as f64 / wall.as_secs_f64(), p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) }
+}
+
+fn object(i: usize) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": format!("cm-{i}"), "namespace": "default", "labels": {"bench": "writes"}},
+           "data": {"payload": "x".repeat(100)}})
+}
+
+/// Something that commits writes.
+trait Target: Send + Sync + 'static {
+    fn put(&self, i: usize) -> impl std::future::Future<Output = ()> + Send;
+}
+
+struct Wk {
+    client: wk_client::Client,
+}
+
+impl Target for Wk {
+    async fn put(&self, i: usize) {
+        let rt = wk_api::resource::lookup("cm").unwrap();
+        self.client.create(rt, Some("default"), &object(i), &[]).await.expect("wk create");
+    }
+}
+
+struct Etcd {
+    http: reqwest::Client,
+    url: String,
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+impl Target for Etcd {
+    async fn put(&self, i: usize) {
+        let key = format!("/registry/configmaps/default/cm-{i}");
+        let body = json!({"key": b64(&key), "value": b64(&object(i).to_string())});
+        let r = self.http.post(format!("{}/v3/kv/put", self.url)).json(&body).send().await.expect("etcd put");
+        assert!(r.status().is_success(), "etcd put: {}", r.status());
+        let _ = r.bytes().await;
+    }
+}
+
+async fn run_writers<T: Target>(target: Arc<T>, writers: usize, total: usize, offset: usize) -> Stats {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (target, next, lat) = (target.clone(), next.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let t = Instant::now();
+                target.put(offset + i).await;
+                mine.push(t.elapsed());
+            }
+            lat.lock().await.extend(mine);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let wall = start.elapsed();
+    let lat = std::mem::take(&mut *lat.lock().await);
+    stats(lat, wall)
+}
+
+/// Watch latency on wk: create → ADDED event received.
+async fn wk_watch_latency(client: &wk_client::Client, n: usize, offset: usize) -> Stats {
+    let rt = wk_api::resource::lookup("cm").unwrap();
+    let list = client.list(rt, Some("default"), false, &wk_client::ListParams { limit: Some(1), ..Default::default() }).await.unwrap();
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let p = wk_client::ListParams { resource_version: Some(rv), ..Default::default() };
+    let mut events = Box::pin(client.watch(rt, Some("default"), false, &p, false).await.unwrap());
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let name = format!("cm-{}", offset + i);
+        let t = Instant::now();
+        let c = client.clone();
+        let create = tokio::spawn(async move { c.create(rt, Some("default"), &object(offset + i), &[]).await.unwrap() });
+        loop {
+            let ev = events.next().await.unwrap().unwrap();
+            if ev.object["metadata"]["name"] == name.as_str() {
+                lat.push(t.elapsed());
+                break;
+            }
+        }
+        create.await.unwrap();
+    }
+    stats(lat, start.elapsed())
+}
+
+/// Watch latency on etcd via the gateway's streaming `/v3/watch`.
+async fn etcd_watch_latency(etcd: &Etcd, n: usize, offset: usize) -> Stats {
+    let prefix = "/registry/configmaps/default/";
+    let end = "/registry/configmaps/default0";
+    let req = json!({"create_request": {"key": b64(prefix), "range_end": b64(end)}});
+    let resp = etcd.http.post(format!("{}/v3/watch", etcd.url)).json(&req).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    // The first message confirms the watch was created.
+    let mut pending_lines: std::collections::VecDeque<Value> = Default::default();
+    async fn next_msg(
+        stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+        buf: &mut Vec<u8>,
+        pending: &mut std::collections::VecDeque<Value>,
+    ) -> Value {
+        loop {
+            if let Some(v) = pending.pop_front() {
+                return v;
+            }
+            let chunk = stream.next().await.unwrap().unwrap();
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                    pending.push_back(v);
+                }
+            }
+        }
+    }
+    let _created = next_msg(&mut stream, &mut buf, &mut pending_lines).await;
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    for i in 0..n {
+        let key = b64(&format!("{prefix}cm-{}", offset + i));
+        let t = Instant::now();
+        etcd.put(offset + i).await;
+        'wait: loop {
+            let msg = next_msg(&mut stream, &mut buf, &mut pending_lines).await;
+            for ev in msg.pointer("/result/events").and_then(Value::as_array).cloned().unwrap_or_default() {
+                if ev.pointer("/kv/key").and_then(Value::as_str) == Some(key.as_str()) {
+                    lat.push(t.elapsed());
+                    break 'wait;
+                }
+            }
+        }
+    }
+    stats(lat, start.elapsed())
+}
+
+fn start_wk(dir: &Path) -> (Proc, wk_client::Client, PathBuf) {
+    let port = free_port();
+    let kubeconfig = dir.join("config");
+    let child = Command::new(WK)
+        .args(["server", "--data-dir"])
+        .arg(dir.join("wk"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
+        .arg(&kubeconfig)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start wk server");
+    let mut child = Proc(child);
+    let stdout = child.0.stdout.take().unwrap();
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("wk server listening") {
+            break;
+        }
+    }
+    let client = wk_client::Client::from_path(&kubeconfig).unwrap();
+    (child, client, dir.join("wk").join("pki"))
+}
+
+fn start_etcd(dir: &Path, pki: &Path) -> Option<(Proc, Etcd)> {
+    let etcd = which("etcd")?;
+    let (cport, pport) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{cport}");
+    let child = Command::new(etcd)
+        .args(["--name", "bench", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pport}")])
+        .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{pport}")])
+        .arg("--cert-file")
+        .arg(pki.join("server.crt"))
+        .arg("--key-file")
+        .arg(pki.join("server.key"))
+        .args(["--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).ok()?).ok()?;
+    let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().ok()?;
+    Some((Proc(child), Etcd { http, url }))
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+}
+
+fn fmt_ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let n1: usize = std::env::var("WK_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let n64 = n1 * 20 / 3;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let (_wk_proc, client, pki) = start_wk(dir.path());
+        let wk = Arc::new(Wk { client: client.clone() });
+        run_writers(wk.clone(), 16, 500, 10_000_000).await; // warm-up
+        let wk1 = run_writers(wk.clone(), 1, n1, 0).await;
+        let wk64 = run_writers(wk.clone(), 64, n64, 1_000_000).await;
+        let wkw = wk_watch_latency(&client, 500, 2_000_000).await;
+
+        let etcd = start_etcd(dir.path(), &pki);
+        let mut rows = vec![
+            ("creates/s, 1 writer", wk1, None::<Stats>),
+            ("creates/s, 64 writers", wk64, None),
+            ("watch event latency (create → event)", wkw, None),
+        ];
+        if let Some((_etcd_proc, etcd)) = etcd {
+            let etcd = Arc::new(etcd);
+            let mut up = false;
+            for _ in 0..100 {
+                if etcd.http.get(format!("{}/health", etcd.url)).send().await.is_ok() {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(up, "etcd did not start");
+            run_writers(etcd.clone(), 16, 500, 10_000_000).await;
+            rows[0].2 = Some(run_writers(etcd.clone(), 1, n1, 0).await);
+            rows[1].2 = Some(run_writers(etcd.clone(), 64, n64, 1_000_000).await);
+            rows[2].2 = Some(etcd_watch_latency(&etcd, 500, 2_000_000).await);
+        } else {
+            eprintln!("etcd not found on PATH (apt-get install etcd-server): wk figures only");
+        }
+        println!("| workload | wk ops/s | wk p50 | wk p99 | etcd ops/s | etcd p50 | etcd p99 | wk/etcd ops/s |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (name, w, e) in rows {
+            match e {
+                Some(e) => println!(
+                    "| {name} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}× |",
+                    w.per_sec, fmt_ms(w.p50), fmt_ms(w.p99), e.per_sec, fmt_ms(e.p50), fmt_ms(e.p99), w.per_sec / e.per_sec
+                ),
+                None => println!("| {name} | {:.0} | {} | {} | – | – | – | – |", w.per_sec, fmt_ms(w.p50), fmt_ms(w.p99)),
+            }
+        }
+        println!("\n(1 writer: {n1} creates; 64 writers: {n64} creates; watch: 500 sequential creates)");
+    });
+}
