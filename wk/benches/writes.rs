@@ -210,7 +210,7 @@ fn start_wk(dir: &Path) -> (Proc, wk_client::Client, PathBuf) {
         .arg(dir.join("wk"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
         .arg(&kubeconfig)
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", std::env::var("WK_BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into()))
         .stdout(Stdio::piped())
         .spawn()
         .expect("start wk server");

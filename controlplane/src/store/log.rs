@@ -42,6 +42,9 @@ type SyncOp = Box<dyn FnOnce(&Database) -> Result<(), StorageError> + Send>;
 
 enum Job {
     Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    /// A metadata write nobody waits for (the committed log id): it rides along with the
+    /// next group commit.
+    Meta(&'static str, Vec<u8>),
     Sync(SyncOp, tokio::sync::oneshot::Sender<Result<(), StorageError>>),
 }
 
@@ -94,11 +97,18 @@ fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry<TypeCon
             Job::Sync(op, reply) => {
                 let _ = reply.send(op(&db));
             }
-            Job::Append(first, cb) => {
-                let mut batch = vec![(first, cb)];
+            first @ (Job::Append(..) | Job::Meta(..)) => {
+                let mut batch = Vec::new();
+                let mut metas = Vec::new();
+                match first {
+                    Job::Append(e, cb) => batch.push((e, cb)),
+                    Job::Meta(k, v) => metas.push((k, v)),
+                    Job::Sync(..) => unreachable!("matched above"),
+                }
                 while batch.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(Job::Append(e, cb)) => batch.push((e, cb)),
+                        Ok(Job::Meta(k, v)) => metas.push((k, v)),
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -106,9 +116,14 @@ fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry<TypeCon
                         Err(_) => break,
                     }
                 }
+                let start = std::time::Instant::now();
                 let result = (|| -> Result<(), StorageError> {
                     let tx = db.begin_write().map_err(io_err)?;
                     {
+                        let mut meta = tx.open_table(META).map_err(io_err)?;
+                        for (k, v) in &metas {
+                            meta.insert(*k, v.as_slice()).map_err(io_err)?;
+                        }
                         let mut table = tx.open_table(LOG).map_err(io_err)?;
                         for (entries, _) in &batch {
                             for (index, bytes) in entries {
@@ -118,6 +133,7 @@ fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry<TypeCon
                     }
                     tx.commit().map_err(io_err)
                 })();
+                tracing::trace!(appends = batch.len(), elapsed_us = start.elapsed().as_micros() as u64, "log group commit");
                 if result.is_ok() {
                     let mut p = pending.lock().expect("pending lock");
                     for (entries, _) in &batch {
@@ -272,7 +288,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_sync(move |db| LogStore::put_meta(db, COMMITTED, &committed)).await
+        // Only an optimisation for restarts (re-apply without waiting for a leader), so it
+        // need not be durable before returning: it is written with the next group commit.
+        let bytes = postcard::to_allocvec(&committed).map_err(io_err)?;
+        self.writer.send(Job::Meta(COMMITTED, bytes))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

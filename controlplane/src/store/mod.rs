@@ -56,6 +56,61 @@ pub struct Store {
     pub raft: Raft,
     pub sm: Arc<SmShared>,
     pub node_id: NodeId,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
+}
+
+type OpResults = Vec<Result<Applied, OpError>>;
+
+/// Operations waiting to be proposed, and where their results go.
+struct Proposal {
+    ops: Vec<Op>,
+    expected: usize,
+    reply: tokio::sync::oneshot::Sender<Result<OpResults, StoreError>>,
+}
+
+/// Most operations merged into one Raft entry.
+const MAX_BATCH_OPS: usize = 1024;
+
+/// Group commit above Raft: openraft 0.9 appends (and fsyncs) one client write at a time,
+/// so concurrent writers are merged into one entry here. While one entry is in flight,
+/// the next batch gathers; a lone writer still gets a one-operation entry at once.
+async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut count = batch[0].ops.len();
+        while count < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(p) => {
+                    count += p.ops.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<Op> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.ops)).collect();
+        let result = raft.client_write(Command { ops }).await;
+        match result {
+            Ok(resp) => {
+                let mut results = resp.data.results.into_iter();
+                for p in batch {
+                    let n = p.expected;
+                    let mine: OpResults = results.by_ref().take(n).collect();
+                    let _ = p.reply.send(Ok(mine));
+                }
+            }
+            Err(e) => {
+                for p in batch {
+                    let err = match &e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            StoreError::NotLeader { leader: f.leader_node.as_ref().map(|n| n.addr.clone()) }
+                        }
+                        other => StoreError::Raft(other.to_string()),
+                    };
+                    let _ = p.reply.send(Err(err));
+                }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -93,7 +148,9 @@ impl Store {
             members.insert(cfg.node_id, BasicNode { addr: cfg.advertise_url.clone() });
             raft.initialize(members).await.map_err(|e| StoreError::Raft(e.to_string()))?;
         }
-        Ok(Store { raft, sm: shared, node_id: cfg.node_id })
+        let (proposals, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(batcher(raft.clone(), rx));
+        Ok(Store { raft, sm: shared, node_id: cfg.node_id, proposals })
     }
 
     /// Waits until this server knows a leader, up to `timeout`.
@@ -114,13 +171,13 @@ impl Store {
     /// Proposes operations and waits until they are committed and applied here.
     #[tracing::instrument(level = "debug", skip_all, fields(ops = ops.len()))]
     pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<Result<Applied, OpError>>, StoreError> {
-        match self.raft.client_write(Command { ops }).await {
-            Ok(resp) => Ok(resp.data.results),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader { leader: f.leader_node.map(|n| n.addr) })
-            }
-            Err(e) => Err(StoreError::Raft(e.to_string())),
-        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let expected = ops.len();
+        self.proposals
+            .send(Proposal { ops, expected, reply })
+            .await
+            .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
+        rx.await.map_err(|_| StoreError::Raft("the store is shut down".into()))?
     }
 
     /// Proposes one operation.

@@ -421,6 +421,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 meta.insert(REVISION, bytes.as_slice()).map_err(sm_write)?;
             }
             tx.commit().map_err(sm_write)?;
+            tracing::trace!(entries = entries.len(), "state machine applied");
             sm.hub.publish(events);
             Ok(results)
         })
