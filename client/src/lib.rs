@@ -113,11 +113,12 @@ impl ClientConfig {
     }
 }
 
-/// An API client. Cheap to clone.
+/// An API client. Cheap to clone (clones share the warnings list).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     pub config: ClientConfig,
+    warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// One event of a watch stream.
@@ -184,7 +185,7 @@ impl Client {
         let http = b
             .build()
             .map_err(|e| ClientError::Config { path: PathBuf::new(), message: e.to_string() })?;
-        Ok(Client { http, config })
+        Ok(Client { http, config, warnings: Default::default() })
     }
 
     /// Loads a client from a kubeconfig file.
@@ -222,6 +223,13 @@ impl Client {
             req = req.header(CONTENT_TYPE, ct).body(bytes);
         }
         let resp = req.send().await.map_err(|e| self.connect_err(e))?;
+        for w in resp.headers().get_all(reqwest::header::WARNING) {
+            if let Ok(text) = w.to_str() {
+                // `299 - "message"`: keep the message.
+                let msg = text.splitn(3, ' ').nth(2).unwrap_or(text).trim_matches('"').to_string();
+                self.warnings.lock().expect("warnings lock").push(msg);
+            }
+        }
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -366,6 +374,11 @@ impl Client {
                 Ok(s) => s.left_stream(),
                 Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
             }))
+    }
+
+    /// Warnings the server sent (`Warning` headers) since the last call.
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.warnings.lock().expect("warnings lock"))
     }
 
     /// The server's `/version`.

@@ -325,6 +325,36 @@ async fn watch_streams_resumes_and_expires() {
 }
 
 #[tokio::test]
+async fn watch_initial_events_end_with_a_bookmark() {
+    let server = TestServer::start();
+    let c = server.client();
+    let cm = rt("cm");
+    for i in 0..3 {
+        c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("b{i}")}}), &[]).await.unwrap();
+    }
+    // The watch-list protocol: sendInitialEvents + bookmarks.
+    let q = vec![
+        ("watch", "true".to_string()),
+        ("sendInitialEvents", "true".to_string()),
+        ("resourceVersionMatch", "NotOlderThan".to_string()),
+        ("allowWatchBookmarks", "true".to_string()),
+    ];
+    let resp = c.request(reqwest::Method::GET, &cm.collection_path(Some("default")), &q, None, None).await.unwrap();
+    let mut body = resp.bytes_stream();
+    let mut text = String::new();
+    while text.matches('\n').count() < 4 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ADDED", "ADDED", "ADDED", "BOOKMARK"]);
+    assert_eq!(events[3]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    let rv: u64 = events[3]["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    assert!(rv >= 3);
+}
+
+#[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let mut server = TestServer::start();
     let c = server.client();

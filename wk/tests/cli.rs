@@ -120,6 +120,12 @@ fn user_mistakes_get_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unknown field \"datta\""), "{}", stderr(&out));
 
+    // In warn mode the same typo is applied, with a warning.
+    let out = server.wk(&["apply", "--validate=warn", "-f", typo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "configmap/t created\n");
+    assert_eq!(stderr(&out).trim(), "Warning: unknown field 'datta'");
+
     let broken = write(dir.path(), "broken.yaml", "kind: [\n");
     let out = server.wk(&["apply", "-f", broken.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -148,6 +154,41 @@ fn user_mistakes_get_one_clear_line() {
 
     let out = server.wk(&["version"]);
     assert!(stdout(&out).contains("Server Version: v1.32.0+wk-"), "{}", stdout(&out));
+}
+
+#[test]
+fn get_watch_streams_changes() {
+    use std::io::{BufRead, BufReader};
+    let server = TestServer::start();
+    let mut child = std::process::Command::new(common::WK)
+        .args(["get", "cm", "-w"])
+        .env("WK_CONFIG", &server.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Nothing exists yet: a header only appears with rows, so create something.
+    let out = server.wk_stdin(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {a: b}\n"));
+    assert!(out.status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Some(Ok(l)) = lines.next() {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let line = loop {
+        let l = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("a watch row");
+        if !l.starts_with("NAME") {
+            break l;
+        }
+    };
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cells[..2], ["watched", "1"], "{line}");
+    child.kill().unwrap();
+    let _ = child.wait();
 }
 
 /// kubectl, a real Kubernetes client, against our server with the config wk wrote.

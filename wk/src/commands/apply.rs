@@ -114,6 +114,9 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         };
+        for w in client.take_warnings() {
+            eprintln!("Warning: {w}");
+        }
         match result {
             Ok(what) => println!("{} {what}{suffix}", object_ref(rt, &name)),
             Err(wk_client::ClientError::Api(s)) => {
