@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # kubectl is preinstalled on these machines; the kubectl tests need it.
 command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not found; the kubectl tests will fail" >&2
+# The sample Wasm components the runtime tests run (needs the wasm32-wasip2 target).
+bash scripts/build-samples.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

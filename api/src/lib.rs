@@ -12,6 +12,7 @@ pub mod decode;
 pub mod meta;
 pub mod quantity;
 pub mod resource;
+pub mod runtime;
 pub mod selector;
 pub mod status;
 pub mod validation;

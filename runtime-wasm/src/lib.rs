@@ -1,4 +1,350 @@
-//! wk-runtime-wasm: the wasmtime host that runs pods of WASI P2 components.
+//! wk-runtime-wasm: pods of WASI Preview 2 components on wasmtime.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace layout, filled by the
-//! runtime-wasm issue. It exports nothing.
+//! One [`WasmRuntime`] per agent holds the one `Engine` (pooling allocator when it can,
+//! epoch interruption for time slicing), the compile cache and the containers. A
+//! container is one component of one of two worlds:
+//!
+//! - `wasi:cli/command`: run to completion in its own store; exit code and reason are
+//!   reported, stdout/stderr go to the log file.
+//! - `wasi:http/proxy`: a service. The runtime listens on the container's ports (HTTP/1.1)
+//!   and handles every request with a fresh instance from a pre-instantiated component,
+//!   as `wasmtime serve` does (it uses the same `wasmtime_wasi_http::handler`).
+//!
+//! Limits: linear memory via a store limiter (a component that cannot grow and then traps
+//! is `OOMKilled`); CPU via epoch interruption: every store yields to the scheduler each
+//! tick, so a busy loop cannot starve its neighbours, and a request past its deadline is
+//! interrupted. Outbound network (sockets, outgoing HTTP) only when the container allows it.
+
+pub mod engine;
+pub mod host;
+pub mod image;
+pub mod logs;
+mod service;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wk_api::runtime::{ContainerConfig, ContainerState, PreparedImage, Runtime, RuntimeError};
+
+use crate::engine::{CompileCache, EngineOptions, EpochTicker};
+use crate::host::{Host, HostTemplate};
+use crate::logs::ContainerLog;
+
+/// Settings of the Wasm runtime.
+#[derive(Debug, Clone)]
+pub struct WasmRuntimeConfig {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    pub engine: EngineOptions,
+    /// Default wall-clock limit of one HTTP request.
+    pub request_timeout: Duration,
+}
+
+impl WasmRuntimeConfig {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        WasmRuntimeConfig { cache_dir, engine: EngineOptions::default(), request_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// The world a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    Command,
+    Proxy,
+}
+
+struct Prepared {
+    component: Component,
+    world: World,
+    digest: String,
+}
+
+struct Container {
+    state: watch::Sender<ContainerState>,
+    stop: Arc<tokio::sync::Notify>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The Wasm runtime.
+pub struct WasmRuntime {
+    engine: Engine,
+    pooling: bool,
+    linker: Linker<Host>,
+    cache: CompileCache,
+    http: reqwest::Client,
+    request_timeout: Duration,
+    images: Mutex<HashMap<String, Arc<Prepared>>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    _ticker: EpochTicker,
+}
+
+fn invalid(image: &str, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidImage { image: image.to_string(), message: message.into() }
+}
+
+/// Component text format (used for test fixtures).
+fn is_text_component(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|t| t.contains("(component"))
+}
+
+/// Reads the 8-byte preamble: core module, component, or neither.
+fn classify_binary(image: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        // Text format is accepted (fixtures); anything else is not Wasm.
+        if is_text_component(bytes) {
+            return Ok(());
+        }
+        return Err(invalid(image, "not a WebAssembly binary (bad magic number)"));
+    }
+    match bytes[4..8] {
+        [1, 0, 0, 0] => Err(invalid(
+            image,
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or adapt a wasip1 module with `wasm-tools component new --adapt`)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl WasmRuntime {
+    /// Creates the runtime (engine, linker with WASI + wasi:http, epoch ticker).
+    pub fn new(cfg: WasmRuntimeConfig) -> Result<WasmRuntime, wasmtime::Error> {
+        let (engine, pooling) = engine::build(&cfg.engine)?;
+        let mut linker: Linker<Host> = Linker::new(&engine);
+        // Commands and services both get all of WASI CLI (Rust std imports it even in a
+        // proxy), plus wasi:http.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        let ticker = EpochTicker::start(engine.clone(), cfg.engine.epoch_tick);
+        Ok(WasmRuntime {
+            cache: CompileCache::new(cfg.cache_dir, engine.clone()),
+            engine,
+            pooling,
+            linker,
+            http: reqwest::Client::new(),
+            request_timeout: cfg.request_timeout,
+            images: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compilations done so far (cache hits do not count).
+    pub fn compilations(&self) -> u64 {
+        self.cache.compilations.load(Ordering::Relaxed)
+    }
+
+    /// Loads (fetch, verify, compile or hit the cache) and classifies an image.
+    async fn load(&self, image: &str) -> Result<(Arc<Prepared>, bool), RuntimeError> {
+        if let Some(p) = self.images.lock().expect("images lock").get(image) {
+            return Ok((p.clone(), false));
+        }
+        let (bytes, digest) = image::fetch(image, &self.http).await?;
+        classify_binary(image, &bytes)?;
+        let cache = &self.cache;
+        let (component, compiled) = tokio::task::block_in_place(|| {
+            if is_text_component(&bytes) {
+                // Text fixtures are compiled directly.
+                Component::new(&self.engine, &bytes).map(|c| (c, true))
+            } else {
+                cache.load(&digest, &bytes)
+            }
+        })
+        .map_err(|e| invalid(image, format!("cannot compile: {e:#}")))?;
+        let world = world_of(image, &self.engine, &component)?;
+        // Every import must be one the runtime provides.
+        self.linker.instantiate_pre(&component).map_err(|e| invalid(image, format!("{e:#}")))?;
+        let p = Arc::new(Prepared { component, world, digest });
+        self.images.lock().expect("images lock").insert(image.to_string(), p.clone());
+        Ok((p, compiled))
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
+        self.containers.lock().expect("containers lock").get(id).cloned().ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+    }
+
+    /// The world of a prepared image.
+    pub async fn world(&self, image: &str) -> Result<World, RuntimeError> {
+        Ok(self.load(image).await?.0.world)
+    }
+}
+
+fn world_of(image: &str, engine: &Engine, component: &Component) -> Result<World, RuntimeError> {
+    let ty = component.component_type();
+    let mut world = None;
+    for (name, _) in ty.exports(engine) {
+        if name.starts_with("wasi:http/incoming-handler@0.2") {
+            world = Some(World::Proxy);
+        } else if name.starts_with("wasi:cli/run@0.2") && world.is_none() {
+            world = Some(World::Command);
+        }
+    }
+    world.ok_or_else(|| {
+        invalid(image, "the component exports neither wasi:cli/run (a command) nor wasi:http/incoming-handler (a service)")
+    })
+}
+
+/// Sets up a store: limiter, and an epoch callback that yields every tick and interrupts
+/// after `deadline` (if any).
+fn new_store(engine: &Engine, host: Host, deadline: Option<Duration>) -> Store<Host> {
+    let mut store = Store::new(engine, host);
+    store.limiter(|h| &mut h.limiter);
+    store.set_epoch_deadline(1);
+    let start = std::time::Instant::now();
+    store.epoch_deadline_callback(move |_| match deadline {
+        Some(d) if start.elapsed() > d => Ok(UpdateDeadline::Interrupt),
+        _ => Ok(UpdateDeadline::Yield(1)),
+    });
+    store
+}
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+/// Turns the end of a command into a terminated state.
+fn command_outcome(result: wasmtime::Result<Result<(), ()>>, oom: bool, started_at: jiff::Timestamp) -> ContainerState {
+    let finished_at = now();
+    let (exit_code, reason, message) = match result {
+        Ok(Ok(())) => (0, "Completed", String::new()),
+        // The guest reported failure itself (and usually said why on stderr).
+        Ok(Err(())) => (1, "Error", String::new()),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                (exit.0, if exit.0 == 0 { "Completed" } else { "Error" }, String::new())
+            } else if oom {
+                (137, "OOMKilled", format!("memory limit exceeded: {e}"))
+            } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                (137, "DeadlineExceeded", "interrupted: time limit exceeded".into())
+            } else {
+                (134, "Error", format!("trap: {e:#}"))
+            }
+        }
+    };
+    ContainerState::Terminated { exit_code, reason: reason.into(), message, started_at, finished_at }
+}
+
+impl Runtime for WasmRuntime {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    async fn prepare(&self, image: &str) -> Result<PreparedImage, RuntimeError> {
+        let (p, compiled) = self.load(image).await?;
+        Ok(PreparedImage { digest: p.digest.clone(), compiled })
+    }
+
+    async fn start(&self, config: ContainerConfig) -> Result<(), RuntimeError> {
+        let id = config.id.clone();
+        if self.containers.lock().expect("containers lock").contains_key(&id) {
+            return Err(RuntimeError::Start { id, message: "a container with this id exists".into() });
+        }
+        let (prepared, _) = self.load(&config.image).await?;
+        let log = ContainerLog::new(config.log.path.clone(), config.log.max_bytes);
+        let template = Arc::new(HostTemplate::new(config, log));
+        let started_at = now();
+        let (state_tx, _) = watch::channel(ContainerState::Running { started_at });
+        let container = Arc::new(Container { state: state_tx, stop: Arc::new(tokio::sync::Notify::new()), task: Mutex::new(None) });
+        let task = match prepared.world {
+            World::Command => {
+                let pre = self
+                    .linker
+                    .instantiate_pre(&prepared.component)
+                    .and_then(wasmtime_wasi::p2::bindings::CommandPre::new)
+                    .map_err(|e| RuntimeError::Start { id: id.clone(), message: format!("{e:#}") })?;
+                let oom = Arc::new(AtomicBool::new(false));
+                let host = template.host(oom.clone()).map_err(|message| RuntimeError::Start { id: id.clone(), message })?;
+                let engine = self.engine.clone();
+                let c = container.clone();
+                let log = template.log.clone();
+                tokio::spawn(async move {
+                    let mut store = new_store(&engine, host, None);
+                    let result = async {
+                        let cmd = pre.instantiate_async(&mut store).await?;
+                        cmd.wasi_cli_run().call_run(&mut store).await
+                    }
+                    .await;
+                    let state = command_outcome(result, oom.load(Ordering::Relaxed), started_at);
+                    if let ContainerState::Terminated { reason, message, .. } = &state {
+                        if !message.is_empty() {
+                            log.note(&format!("{reason}: {message}"));
+                        }
+                    }
+                    c.state.send_replace(state);
+                })
+            }
+            World::Proxy => service::start(self, &prepared.component, template, container.clone(), self.request_timeout)
+                .await
+                .map_err(|message| RuntimeError::Start { id: id.clone(), message })?,
+        };
+        *container.task.lock().expect("task lock") = Some(task);
+        self.containers.lock().expect("containers lock").insert(id, container);
+        Ok(())
+    }
+
+    fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        Ok(self.container(id)?.state.borrow().clone())
+    }
+
+    async fn wait(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        let c = self.container(id)?;
+        let mut rx = c.state.subscribe();
+        let state = rx.wait_for(ContainerState::is_terminated).await.map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        Ok(state.clone())
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<ContainerState, RuntimeError> {
+        let c = self.container(id)?;
+        if c.state.borrow().is_terminated() {
+            return Ok(c.state.borrow().clone());
+        }
+        // Services drain in-flight requests when asked; commands cannot be signalled.
+        c.stop.notify_waiters();
+        c.stop.notify_one();
+        let mut rx = c.state.subscribe();
+        let drained = tokio::time::timeout(grace, rx.wait_for(ContainerState::is_terminated)).await.is_ok();
+        if !drained {
+            if let Some(task) = c.task.lock().expect("task lock").take() {
+                task.abort();
+            }
+            let started_at = match &*c.state.borrow() {
+                ContainerState::Running { started_at } => *started_at,
+                _ => now(),
+            };
+            c.state.send_if_modified(|s| {
+                if s.is_terminated() {
+                    return false;
+                }
+                *s = ContainerState::Terminated {
+                    exit_code: 137,
+                    reason: "Error".into(),
+                    message: "killed after the grace period".into(),
+                    started_at,
+                    finished_at: now(),
+                };
+                true
+            });
+        }
+        let state = c.state.borrow().clone();
+        Ok(state)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let c = self.container(id)?;
+        if !c.state.borrow().is_terminated() {
+            return Err(RuntimeError::Start { id: id.to_string(), message: "container is still running; stop it first".into() });
+        }
+        self.containers.lock().expect("containers lock").remove(id);
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! The runtime contract: what a node agent asks of a runtime (`wasm` or `oci`).
+//!
+//! A runtime prepares images, starts containers from a fully resolved
+//! [`ContainerConfig`] (env values already looked up, volumes already materialised as
+//! host directories), reports their [`ContainerState`], waits for them, and stops them
+//! (grace period, then kill). Both runtime crates implement [`Runtime`]; the agent picks
+//! one by the pod's `runtimeClassName`.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Who a container belongs to (also what the downward API exposes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodIdentity {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub node_name: String,
+    pub pod_ip: String,
+}
+
+/// A host directory made visible inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// A port the container serves, and where the runtime should listen for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortBinding {
+    pub container_port: u16,
+    pub host_ip: IpAddr,
+    /// The port to listen on (the container port unless the agent remaps it).
+    pub host_port: u16,
+    pub protocol: String,
+}
+
+/// Resource limits, resolved from `resources.limits`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory (and table) bytes a container may grow to.
+    pub memory_bytes: Option<u64>,
+    /// CPU in millicores (informs time slicing).
+    pub cpu_millis: Option<u64>,
+    /// Wall-clock limit for one request to a service.
+    pub request_timeout: Option<Duration>,
+}
+
+/// Where a container's stdout/stderr go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub path: PathBuf,
+    /// The file is rotated (to `<path>.1`) when it grows past this size.
+    pub max_bytes: u64,
+}
+
+/// Everything needed to start one container.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Unique per container instance on the node (`<pod uid>/<name>/<restart>`).
+    pub id: String,
+    pub pod: PodIdentity,
+    pub name: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    pub ports: Vec<PortBinding>,
+    pub limits: Limits,
+    /// Whether outbound network access (outgoing HTTP, sockets) is allowed.
+    pub allow_outbound: bool,
+    pub log: LogConfig,
+}
+
+/// A container's state, as `containerStatuses[].state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Waiting { reason: String, message: String },
+    Running { started_at: jiff::Timestamp },
+    Terminated { exit_code: i32, reason: String, message: String, started_at: jiff::Timestamp, finished_at: jiff::Timestamp },
+}
+
+impl ContainerState {
+    pub fn is_terminated(&self) -> bool {
+        matches!(self, ContainerState::Terminated { .. })
+    }
+}
+
+/// What an image turned out to be once prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedImage {
+    /// `sha256:<hex>` of the image content.
+    pub digest: String,
+    /// Whether preparing it needed a compilation (false when served from cache).
+    pub compiled: bool,
+}
+
+/// Runtime failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The workload is not for this runtime (youki's `CantHandle`).
+    #[error("runtime {runtime} cannot run this workload: {reason}")]
+    CantHandle { runtime: &'static str, reason: String },
+    /// The image could not be fetched (`ErrImagePull`).
+    #[error("pulling image {image:?}: {message}")]
+    Pull { image: String, message: String },
+    /// The image is not a valid workload for this runtime (`InvalidImage`).
+    #[error("image {image:?} is invalid: {message}")]
+    InvalidImage { image: String, message: String },
+    /// The container could not be started (`CreateContainerError`).
+    #[error("starting container {id}: {message}")]
+    Start { id: String, message: String },
+    #[error("no container {0}")]
+    NotFound(String),
+}
+
+impl RuntimeError {
+    /// The `waiting.reason` Kubernetes shows for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuntimeError::CantHandle { .. } => "CreateContainerConfigError",
+            RuntimeError::Pull { .. } => "ErrImagePull",
+            RuntimeError::InvalidImage { .. } => "InvalidImageName",
+            RuntimeError::Start { .. } => "CreateContainerError",
+            RuntimeError::NotFound(_) => "ContainerNotFound",
+        }
+    }
+}
+
+/// A container runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// `wasm` or `oci`: the `runtimeClassName` it serves.
+    fn name(&self) -> &'static str;
+
+    /// Fetches, verifies and (for Wasm) compiles an image, using caches.
+    fn prepare(&self, image: &str) -> impl Future<Output = Result<PreparedImage, RuntimeError>> + Send;
+
+    /// Starts a container; returns once it is running (or failed to start).
+    fn start(&self, config: ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The current state of a container.
+    fn state(&self, id: &str) -> Result<ContainerState, RuntimeError>;
+
+    /// Waits until the container terminates.
+    fn wait(&self, id: &str) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
+
+    /// Asks the container to stop, kills it after `grace`, and returns its final state.
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
+
+    /// Forgets a terminated container.
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+}

@@ -1,0 +1,119 @@
+//! The per-store host state: WASI (CLI, filesystem, sockets), wasi:http, and limits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::uri::Scheme;
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wk_api::runtime::ContainerConfig;
+
+use crate::logs::ContainerLog;
+
+/// Memory and table limits of one store; remembers whether it refused a growth, so a
+/// trap that follows is reported as `OOMKilled`.
+pub struct Limiter {
+    pub memory_bytes: usize,
+    pub oom: Arc<AtomicBool>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes || maximum.is_some_and(|m| desired > m) {
+            self.oom.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
+    }
+}
+
+/// Outbound HTTP policy: without permission every scheme is refused.
+pub struct Hooks {
+    pub allow_outbound: bool,
+}
+
+impl WasiHttpHooks for Hooks {
+    fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
+        self.allow_outbound && (*scheme == Scheme::HTTP || *scheme == Scheme::HTTPS)
+    }
+}
+
+/// Store data.
+pub struct Host {
+    pub table: ResourceTable,
+    pub wasi: WasiCtx,
+    pub http: WasiHttpCtx,
+    pub hooks: Hooks,
+    pub limiter: Limiter,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Default memory limit when a container sets none.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+
+/// What every store of a container is built from.
+pub struct HostTemplate {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub config: ContainerConfig,
+    pub log: ContainerLog,
+    pub memory_bytes: usize,
+}
+
+impl HostTemplate {
+    pub fn new(config: ContainerConfig, log: ContainerLog) -> HostTemplate {
+        let program = config.command.first().cloned().unwrap_or_else(|| config.name.clone());
+        let mut argv = vec![program];
+        argv.extend(config.command.iter().skip(1).cloned());
+        argv.extend(config.args.iter().cloned());
+        let mut env = config.env.clone();
+        if let Some(wd) = &config.working_dir {
+            env.push(("PWD".into(), wd.clone()));
+        }
+        let memory_bytes = config.limits.memory_bytes.unwrap_or(DEFAULT_MEMORY) as usize;
+        HostTemplate { argv, env, config, log, memory_bytes }
+    }
+
+    /// A fresh host for one store.
+    pub fn host(&self, oom: Arc<AtomicBool>) -> Result<Host, String> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.argv).envs(&self.env);
+        for m in &self.config.mounts {
+            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            b.preopened_dir(&m.host_path, &m.container_path, perms)
+                .map_err(|e| format!("mounting {} at {}: {e}", m.host_path.display(), m.container_path))?;
+        }
+        b.stdout(self.log.stream("stdout"));
+        b.stderr(self.log.stream("stderr"));
+        if self.config.allow_outbound {
+            b.inherit_network();
+            b.allow_ip_name_lookup(true);
+        } else {
+            b.allow_ip_name_lookup(false);
+        }
+        Ok(Host {
+            table: ResourceTable::new(),
+            wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            hooks: Hooks { allow_outbound: self.config.allow_outbound },
+            limiter: Limiter { memory_bytes: self.memory_bytes, oom },
+        })
+    }
+}

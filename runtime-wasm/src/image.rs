@@ -1,0 +1,123 @@
+//! Image references for Wasm: where the component's bytes come from.
+//!
+//! Accepted forms:
+//! - a local path (`./app.wasm`, `/srv/app.wasm`) or `file:///srv/app.wasm`;
+//! - an `http://` or `https://` URL to a `.wasm`;
+//! - any of these followed by `@sha256:<hex>`: the bytes must have that digest.
+//!
+//! OCI references (`registry/app:tag` with a `application/vnd.wasm.content.layer.v1+wasm`
+//! layer) are recognised and refused with a clear message until the OCI client lands.
+
+use sha2::{Digest, Sha256};
+use wk_api::runtime::RuntimeError;
+
+/// A parsed image reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    File(std::path::PathBuf),
+    Http(String),
+    Oci(String),
+}
+
+/// An image reference with its optional expected digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    pub source: ImageSource,
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    pub fn parse(image: &str) -> Result<ImageRef, RuntimeError> {
+        let invalid = |message: &str| RuntimeError::InvalidImage { image: image.to_string(), message: message.to_string() };
+        let (location, digest) = match image.rsplit_once("@sha256:") {
+            Some((loc, hex)) => {
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid("the digest must be sha256: followed by 64 hex digits"));
+                }
+                (loc, Some(format!("sha256:{}", hex.to_ascii_lowercase())))
+            }
+            None => (image, None),
+        };
+        if location.is_empty() {
+            return Err(invalid("empty image reference"));
+        }
+        let source = if let Some(p) = location.strip_prefix("file://") {
+            ImageSource::File(p.into())
+        } else if location.starts_with("http://") || location.starts_with("https://") {
+            ImageSource::Http(location.to_string())
+        } else if location.starts_with('/') || location.starts_with("./") || location.starts_with("../") || location.ends_with(".wasm") {
+            ImageSource::File(location.into())
+        } else {
+            ImageSource::Oci(location.to_string())
+        };
+        Ok(ImageRef { source, digest })
+    }
+}
+
+/// `sha256:<hex>` of some bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Fetches the bytes of an image and checks the digest if one was given.
+pub async fn fetch(image: &str, http: &reqwest::Client) -> Result<(Vec<u8>, String), RuntimeError> {
+    let r = ImageRef::parse(image)?;
+    let pull = |message: String| RuntimeError::Pull { image: image.to_string(), message };
+    let bytes = match &r.source {
+        ImageSource::File(path) => tokio::fs::read(path).await.map_err(|e| pull(format!("{}: {e}", path.display())))?,
+        ImageSource::Http(url) => {
+            let resp = http.get(url).send().await.map_err(|e| pull(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(pull(format!("server answered {}", resp.status())));
+            }
+            resp.bytes().await.map_err(|e| pull(e.to_string()))?.to_vec()
+        }
+        ImageSource::Oci(reference) => {
+            return Err(pull(format!(
+                "OCI references ({reference}) are not supported yet; use a path, file:// or http(s):// URL"
+            )))
+        }
+    };
+    let d = digest(&bytes);
+    if let Some(want) = &r.digest {
+        if *want != d {
+            return Err(RuntimeError::InvalidImage {
+                image: image.to_string(),
+                message: format!("digest mismatch: expected {want}, got {d}"),
+            });
+        }
+    }
+    Ok((bytes, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert_eq!(ImageRef::parse("/srv/a.wasm").unwrap().source, ImageSource::File("/srv/a.wasm".into()));
+        assert_eq!(ImageRef::parse("file:///srv/a.wasm").unwrap().source, ImageSource::File("/srv/a.wasm".into()));
+        assert_eq!(ImageRef::parse("app.wasm").unwrap().source, ImageSource::File("app.wasm".into()));
+        assert_eq!(ImageRef::parse("http://h/a.wasm").unwrap().source, ImageSource::Http("http://h/a.wasm".into()));
+        assert_eq!(ImageRef::parse("ghcr.io/x/app:1").unwrap().source, ImageSource::Oci("ghcr.io/x/app:1".into()));
+        let d = "a".repeat(64);
+        let r = ImageRef::parse(&format!("/a.wasm@sha256:{d}")).unwrap();
+        assert_eq!(r.digest, Some(format!("sha256:{d}")));
+        assert!(ImageRef::parse("/a.wasm@sha256:xyz").is_err());
+        assert!(ImageRef::parse("").is_err());
+    }
+
+    #[tokio::test]
+    async fn digest_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.wasm");
+        std::fs::write(&p, b"abc").unwrap();
+        let http = reqwest::Client::new();
+        let (_, d) = fetch(p.to_str().unwrap(), &http).await.unwrap();
+        assert_eq!(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        let bad = format!("{}@sha256:{}", p.display(), "0".repeat(64));
+        assert!(matches!(fetch(&bad, &http).await, Err(RuntimeError::InvalidImage { .. })));
+        assert!(matches!(fetch("/nonexistent.wasm", &http).await, Err(RuntimeError::Pull { .. })));
+    }
+}

@@ -1,0 +1,221 @@
+//! `wasi:http/proxy` services: an HTTP/1.1 listener per container port, a fresh instance
+//! per request from a pre-instantiated component (`wasmtime_wasi_http::handler`, the same
+//! machinery `wasmtime serve` uses).
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use wasmtime::component::{Component, GuestTaskId};
+use wasmtime::{Store, StoreContextMut};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::io::TokioIo;
+use wk_api::runtime::ContainerState;
+
+use crate::host::{Host, HostTemplate};
+use crate::{new_store, Container, WasmRuntime};
+
+struct Expiration {
+    request_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiration {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let me = self.get_mut();
+        let timeout = match status {
+            // One request per instance: an idle worker is done at once.
+            WorkerStatus::Idle => Duration::ZERO,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => me.request_timeout,
+        };
+        match start.checked_add(timeout) {
+            Some(deadline) => {
+                let deadline = tokio::time::Instant::from_std(deadline);
+                if deadline != me.sleep.deadline() {
+                    me.sleep.as_mut().reset(deadline);
+                }
+                me.sleep.as_mut().poll(cx)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+struct Worker {
+    request_timeout: Duration,
+    oom: Arc<AtomicBool>,
+    log: crate::logs::ContainerLog,
+}
+
+impl WorkerState for Worker {
+    type StoreData = Host;
+    type RequestData = u64;
+
+    fn should_accept_request(&self, _concurrent: usize, total: usize) -> ShouldAccept {
+        // A fresh instance per request.
+        if total >= 1 { ShouldAccept::Never } else { ShouldAccept::Yes }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, Host>,
+        _request: u64,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
+        Box::pin(tokio::time::sleep(self.request_timeout))
+    }
+
+    fn drop(&self, store: Store<Host>, result: Result<(), wasmtime::Error>) {
+        if let Err(e) = result {
+            let why = if self.oom.load(Ordering::Relaxed) { "OOMKilled: memory limit exceeded" } else { "request failed" };
+            self.log.note(&format!("{why}: {e:#}"));
+        }
+        drop(store);
+    }
+}
+
+struct State {
+    engine: wasmtime::Engine,
+    pre: ProxyPre<Host>,
+    template: Arc<HostTemplate>,
+    request_timeout: Duration,
+}
+
+impl HandlerState for State {
+    type StoreData = Host;
+    type WorkerExpiration = Expiration;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<Host, Expiration, Worker>> {
+        let oom = Arc::new(AtomicBool::new(false));
+        let host = self.template.host(oom.clone()).map_err(|e| wasmtime::format_err!(e))?;
+        let mut store = new_store(&self.engine, host, Some(self.request_timeout));
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            store,
+            proxy,
+            view: wasmtime_wasi_http::WasiHttpView::http,
+            expiration: Expiration {
+                request_timeout: self.request_timeout,
+                sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86400 * 365))),
+            },
+            state: Worker { request_timeout: self.request_timeout, oom, log: self.template.log.clone() },
+        })
+    }
+}
+
+fn error_response(code: hyper::StatusCode, text: &str) -> hyper::Response<wasmtime_wasi_http::WasiBody> {
+    let body = Full::new(Bytes::from(format!("{text}\n"))).map_err(|_| unreachable!()).boxed_unsync();
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() = code;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Binds the container's ports and serves until stopped; returns the serving task.
+pub async fn start(
+    rt: &WasmRuntime,
+    component: &Component,
+    template: Arc<HostTemplate>,
+    container: Arc<Container>,
+    default_timeout: Duration,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let pre = rt.linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+    let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|e| format!("{e:#}"))?;
+    let request_timeout = template.config.limits.request_timeout.unwrap_or(default_timeout);
+    let mut listeners = Vec::new();
+    for p in &template.config.ports {
+        let addr = std::net::SocketAddr::new(p.host_ip, p.host_port);
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        listeners.push(l);
+    }
+    if listeners.is_empty() {
+        return Err("a wasi:http service needs at least one containerPort".into());
+    }
+    let handler = ProxyHandler::new(State { engine: rt.engine.clone(), pre: ProxyPre::P2(pre), template, request_timeout });
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let next_id = Arc::new(AtomicU64::new(0));
+    let stop = container.stop.clone();
+    // Tells open connections to finish their current request and close.
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    Ok(tokio::spawn(async move {
+        let mut accept_tasks = Vec::new();
+        for listener in listeners {
+            let handler = handler.clone();
+            let in_flight = in_flight.clone();
+            let next_id = next_id.clone();
+            let closing_rx = closing_rx.clone();
+            accept_tasks.push(tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let handler = handler.clone();
+                    let in_flight = in_flight.clone();
+                    let next_id = next_id.clone();
+                    let mut closing = closing_rx.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let handler = handler.clone();
+                            let in_flight = in_flight.clone();
+                            let id = next_id.fetch_add(1, Ordering::Relaxed);
+                            async move {
+                                in_flight.fetch_add(1, Ordering::SeqCst);
+                                let req = req.map(|b| b.map_err(|e| -> wasmtime_wasi_http::Error { e.into() }).boxed_unsync());
+                                let resp = match handler.handle(id, req).await {
+                                    Ok(r) => r,
+                                    Err(e) if e.is::<wasmtime_wasi_http::handler::ExpirationError>() => {
+                                        error_response(hyper::StatusCode::GATEWAY_TIMEOUT, "request timed out")
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(error = %format!("{e:#}"), "wasi:http request failed");
+                                        error_response(hyper::StatusCode::INTERNAL_SERVER_ERROR, "the component failed to handle the request")
+                                    }
+                                };
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                                Ok::<_, Infallible>(resp)
+                            }
+                        });
+                        let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+                        tokio::pin!(conn);
+                        let closed = tokio::select! {
+                            _ = conn.as_mut() => false,
+                            _ = async { let _ = closing.wait_for(|c| *c).await; } => true,
+                        };
+                        if closed {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    });
+                }
+            }));
+        }
+        // Stop: close the listeners, let in-flight requests finish, report Completed.
+        stop.notified().await;
+        for t in &accept_tasks {
+            t.abort();
+        }
+        let _ = closing_tx.send(true);
+        while in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started_at = match &*container.state.borrow() {
+            ContainerState::Running { started_at } => *started_at,
+            _ => jiff::Timestamp::now(),
+        };
+        container.state.send_replace(ContainerState::Terminated {
+            exit_code: 0,
+            reason: "Completed".into(),
+            message: String::new(),
+            started_at,
+            finished_at: jiff::Timestamp::now(),
+        });
+    }))
+}

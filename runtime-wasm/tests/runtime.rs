@@ -1,0 +1,216 @@
+//! The Wasm runtime with real wasmtime and the project's real sample components
+//! (built by scripts/build-samples.sh) plus tiny WAT fixtures.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wk_api::runtime::{ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime, RuntimeError};
+use wk_runtime_wasm::{WasmRuntime, WasmRuntimeConfig};
+
+fn sample(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/build-samples.sh", p.display());
+    p.canonicalize().unwrap().display().to_string()
+}
+
+fn fixture(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
+}
+
+fn runtime(dir: &std::path::Path) -> WasmRuntime {
+    WasmRuntime::new(WasmRuntimeConfig::new(dir.join("cache"))).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn config(dir: &std::path::Path, id: &str, image: String) -> ContainerConfig {
+    ContainerConfig {
+        id: id.into(),
+        pod: PodIdentity { name: format!("{id}-pod"), namespace: "default".into(), ..Default::default() },
+        name: id.into(),
+        image,
+        command: vec![],
+        args: vec![],
+        env: vec![],
+        working_dir: None,
+        mounts: vec![],
+        ports: vec![],
+        limits: Limits::default(),
+        allow_outbound: false,
+        log: LogConfig { path: dir.join(format!("{id}.log")), max_bytes: 1 << 20 },
+    }
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_once(' ').map(|(_, rest)| rest.to_string()).unwrap_or_default())
+        .collect()
+}
+
+fn terminated(s: &ContainerState) -> (i32, String, String) {
+    match s {
+        ContainerState::Terminated { exit_code, reason, message, .. } => (*exit_code, reason.clone(), message.clone()),
+        other => panic!("not terminated: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_sample_computes_pi_and_reports_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let mut ok = config(dir.path(), "pi-ok", sample("pi.wasm"));
+    ok.args = vec!["30".into()];
+    rt.start(ok.clone()).await.unwrap();
+    let (code, reason, _) = terminated(&rt.wait("pi-ok").await.unwrap());
+    assert_eq!((code, reason.as_str()), (0, "Completed"));
+    assert_eq!(log_lines(&ok.log.path), ["stdout 3.14159265358979323846264338327"]);
+
+    let mut bad = config(dir.path(), "pi-bad", sample("pi.wasm"));
+    bad.args = vec!["lots".into()];
+    rt.start(bad.clone()).await.unwrap();
+    let (code, reason, _) = terminated(&rt.wait("pi-bad").await.unwrap());
+    // WASI 0.2's exit carries success or failure only: every failure is exit code 1.
+    assert_eq!((code, reason.as_str()), (1, "Error"));
+    assert_eq!(log_lines(&bad.log.path), ["stderr pi: expected a number of digits between 1 and 10000, got \"lots\""]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_http_serves_env_volume_and_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let content = dir.path().join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("greeting.txt"), "from the volume\n").unwrap();
+    let port = free_port();
+    let mut c = config(dir.path(), "hello", sample("hello-http.wasm"));
+    c.env = vec![("POD_NAME".into(), "hello-7d9".into()), ("GREETING".into(), "hi there".into())];
+    c.mounts = vec![Mount { host_path: content, container_path: "/content".into(), read_only: true }];
+    c.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    rt.start(c).await.unwrap();
+    assert!(matches!(rt.state("hello").unwrap(), ContainerState::Running { .. }));
+    let http = reqwest::Client::new();
+    let body = http.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "hello from hello-7d9\ngreeting: hi there\ncontent: from the volume\n");
+    let r = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "ok\n");
+    // Many requests, each on a fresh instance, concurrently.
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move { http.get(format!("http://127.0.0.1:{port}/x")).send().await.unwrap().status() }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // Stop drains and reports Completed; the port is released.
+    let (code, reason, _) = terminated(&rt.stop("hello", Duration::from_secs(5)).await.unwrap());
+    assert_eq!((code, reason.as_str()), (0, "Completed"));
+    assert!(http.get(format!("http://127.0.0.1:{port}/")).send().await.is_err());
+    rt.remove("hello").unwrap();
+    assert!(matches!(rt.state("hello"), Err(RuntimeError::NotFound(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_stop_misbehaving_components_and_neighbours_keep_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    // A well-behaved neighbour.
+    let port = free_port();
+    let mut hello = config(dir.path(), "hello", sample("hello-http.wasm"));
+    hello.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    rt.start(hello).await.unwrap();
+
+    // Memory grower with a 16 MiB limit: stopped as OOMKilled.
+    let mut grower = config(dir.path(), "grower", fixture("memory-grower.wat"));
+    grower.limits.memory_bytes = Some(16 << 20);
+    rt.start(grower.clone()).await.unwrap();
+    let (code, reason, _) = terminated(&rt.wait("grower").await.unwrap());
+    assert_eq!((code, reason.as_str()), (137, "OOMKilled"));
+    assert!(log_lines(&grower.log.path).iter().any(|l| l.contains("OOMKilled")));
+
+    // A trap is an Error with the trap in the message.
+    rt.start(config(dir.path(), "trap", fixture("trap.wat"))).await.unwrap();
+    let (code, reason, message) = terminated(&rt.wait("trap").await.unwrap());
+    assert_eq!((code, reason.as_str()), (134, "Error"));
+    assert!(message.contains("unreachable"), "{message}");
+
+    // Two busy loops (more than the worker threads) run; the neighbour still answers.
+    rt.start(config(dir.path(), "busy1", fixture("busy-loop.wat"))).await.unwrap();
+    rt.start(config(dir.path(), "busy2", fixture("busy-loop.wat"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = tokio::time::timeout(Duration::from_secs(5), http.get(format!("http://127.0.0.1:{port}/healthz")).send())
+            .await
+            .expect("the neighbour answers while busy loops run")
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(matches!(rt.state("busy1").unwrap(), ContainerState::Running { .. }));
+    // A busy loop cannot be asked to stop: it is killed after the grace period.
+    let (code, _, message) = terminated(&rt.stop("busy1", Duration::from_millis(100)).await.unwrap());
+    assert_eq!(code, 137);
+    assert_eq!(message, "killed after the grace period");
+    rt.stop("busy2", Duration::ZERO).await.unwrap();
+    rt.stop("hello", Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_components_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let random = dir.path().join("random.wasm");
+    std::fs::write(&random, (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<u8>>()).unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, [0u8, 0x61, 0x73, 0x6d, 1, 0, 0, 0]).unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    let bytes = std::fs::read(sample("pi.wasm")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let cases = [
+        (random.display().to_string(), "not a WebAssembly binary"),
+        (core.display().to_string(), "core WebAssembly module, not a component"),
+        (truncated.display().to_string(), "cannot compile"),
+        (fixture("wrong-world.wat"), "exports neither wasi:cli/run"),
+        (fixture("unknown-import.wat"), "wk:nowhere/thing@1.0.0"),
+        ("/nonexistent/app.wasm".to_string(), "No such file"),
+        ("registry.example/app:1".to_string(), "OCI references"),
+    ];
+    for (image, expected) in cases {
+        let err = rt.prepare(&image).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{image}: {err}");
+        // And start fails the same way, without a panic.
+        let err = rt.start(config(dir.path(), "bad", image.clone())).await.unwrap_err();
+        assert!(err.to_string().contains(expected), "{image}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = sample("hello-http.wasm");
+    let first = runtime(dir.path());
+    let p = first.prepare(&image).await.unwrap();
+    assert!(p.compiled);
+    assert_eq!(first.compilations(), 1);
+    assert!(p.digest.starts_with("sha256:"));
+    // Same runtime: in-memory hit.
+    assert!(!first.prepare(&image).await.unwrap().compiled);
+    drop(first);
+    // A restarted runtime (same cache dir) compiles nothing.
+    let second = runtime(dir.path());
+    let p2 = second.prepare(&image).await.unwrap();
+    assert!(!p2.compiled);
+    assert_eq!(second.compilations(), 0);
+    assert_eq!(p2.digest, p.digest);
+    // A pinned digest that does not match is refused.
+    let wrong = format!("{image}@sha256:{}", "0".repeat(64));
+    assert!(matches!(second.prepare(&wrong).await, Err(RuntimeError::InvalidImage { .. })));
+    let right = format!("{image}@{}", p.digest);
+    assert!(second.prepare(&right).await.is_ok());
+}
