@@ -71,8 +71,39 @@ struct Container {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// A tokio runtime of its own for commands, so CPU-bound guests share the CPU with the
+/// agent's I/O (HTTP serving, API traffic) through the OS scheduler instead of queueing
+/// behind them on the same workers.
+struct CommandPool(Option<tokio::runtime::Runtime>);
+
+impl CommandPool {
+    fn new() -> std::io::Result<CommandPool> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("wk-wasm-cmd")
+            .enable_all()
+            .build()?;
+        Ok(CommandPool(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("pool present until drop").handle()
+    }
+}
+
+impl Drop for CommandPool {
+    fn drop(&mut self) {
+        // May be dropped inside another runtime: do not block.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The Wasm runtime.
 pub struct WasmRuntime {
+    commands: CommandPool,
     engine: Engine,
     pooling: bool,
     linker: Linker<Host>,
@@ -122,6 +153,7 @@ impl WasmRuntime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone(), cfg.engine.epoch_tick);
         Ok(WasmRuntime {
+            commands: CommandPool::new()?,
             cache: CompileCache::new(cfg.cache_dir, engine.clone()),
             engine,
             pooling,
@@ -267,7 +299,7 @@ impl Runtime for WasmRuntime {
                 let engine = self.engine.clone();
                 let c = container.clone();
                 let log = template.log.clone();
-                tokio::spawn(async move {
+                self.commands.handle().spawn(async move {
                     let mut store = new_store(&engine, host, None);
                     let result = async {
                         let cmd = pre.instantiate_async(&mut store).await?;

@@ -163,15 +163,22 @@ pub async fn start(
                     let mut closing = closing_rx.clone();
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let request_timeout = request_timeout;
                             let handler = handler.clone();
                             let in_flight = in_flight.clone();
                             let id = next_id.fetch_add(1, Ordering::Relaxed);
                             async move {
                                 in_flight.fetch_add(1, Ordering::SeqCst);
+                                let began = Instant::now();
                                 let req = req.map(|b| b.map_err(|e| -> wasmtime_wasi_http::Error { e.into() }).boxed_unsync());
                                 let resp = match handler.handle(id, req).await {
                                     Ok(r) => r,
-                                    Err(e) if e.is::<wasmtime_wasi_http::handler::ExpirationError>() => {
+                                    // Cut off at its deadline (by expiry or by the epoch
+                                    // interrupt, which surfaces as a missing response).
+                                    Err(e)
+                                        if e.is::<wasmtime_wasi_http::handler::ExpirationError>()
+                                            || began.elapsed() >= request_timeout =>
+                                    {
                                         error_response(hyper::StatusCode::GATEWAY_TIMEOUT, "request timed out")
                                     }
                                     Err(e) => {

@@ -153,12 +153,26 @@ async fn limits_stop_misbehaving_components_and_neighbours_keep_answering() {
         assert_eq!(r.status(), 200);
     }
     assert!(matches!(rt.state("busy1").unwrap(), ContainerState::Running { .. }));
+    rt.stop("hello", Duration::from_secs(1)).await.unwrap();
+
+    // A request past its deadline is cut off with 504 while others are served.
+    let port = free_port();
+    let mut timed = config(dir.path(), "timed", sample("hello-http.wasm"));
+    timed.limits.request_timeout = Some(Duration::from_millis(300));
+    timed.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    rt.start(timed).await.unwrap();
+    let started = std::time::Instant::now();
+    let r = http.get(format!("http://127.0.0.1:{port}/busy?ms=10000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5), "cut off near its deadline, not after 10 s");
+    let r = http.get(format!("http://127.0.0.1:{port}/busy?ms=10")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    rt.stop("timed", Duration::from_secs(1)).await.unwrap();
     // A busy loop cannot be asked to stop: it is killed after the grace period.
     let (code, _, message) = terminated(&rt.stop("busy1", Duration::from_millis(100)).await.unwrap());
     assert_eq!(code, 137);
     assert_eq!(message, "killed after the grace period");
     rt.stop("busy2", Duration::ZERO).await.unwrap();
-    rt.stop("hello", Duration::from_secs(1)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! hello-http: a `wasi:http/proxy` component.
 //!
 //! - `GET /healthz` → `ok`
+//! - `GET /busy?ms=N` → spins the CPU for N milliseconds, then answers (for limit tests
+//!   and CPU-bound load)
 //! - anything else → its pod name (`POD_NAME`), the `GREETING` env value and the content of
 //!   `/content/greeting.txt` (a mounted volume), one per line.
 
@@ -32,6 +34,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let path = request.path_with_query().unwrap_or_default();
         if path == "/healthz" || path.starts_with("/healthz?") {
             return respond(out, 200, b"ok\n");
+        }
+        if let Some(q) = path.strip_prefix("/busy?ms=") {
+            let ms: u64 = q.parse().unwrap_or(0);
+            let start = wasip2::clocks::monotonic_clock::now();
+            let mut x = 0u64;
+            while wasip2::clocks::monotonic_clock::now() - start < ms * 1_000_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            return respond(out, 200, format!("busy {ms} ms ({x})\n").as_bytes());
         }
         let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".into());
         let greeting = std::env::var("GREETING").unwrap_or_else(|_| "<unset>".into());
