@@ -5,8 +5,9 @@
 //! - an `http://` or `https://` URL to a `.wasm`;
 //! - any of these followed by `@sha256:<hex>`: the bytes must have that digest.
 //!
-//! OCI references (`registry/app:tag` with a `application/vnd.wasm.content.layer.v1+wasm`
-//! layer) are recognised and refused with a clear message until the OCI client lands.
+//! - an OCI reference (`registry.example/app:1.0`, `…@sha256:<manifest digest>`) whose
+//!   image has a `application/vnd.wasm.content.layer.v1+wasm` layer, pulled with
+//!   oci-client (registries listed as insecure are reached over plain HTTP).
 
 use sha2::{Digest, Sha256};
 use wk_api::runtime::RuntimeError;
@@ -29,6 +30,17 @@ pub struct ImageRef {
 impl ImageRef {
     pub fn parse(image: &str) -> Result<ImageRef, RuntimeError> {
         let invalid = |message: &str| RuntimeError::InvalidImage { image: image.to_string(), message: message.to_string() };
+        let is_location = image.starts_with("file://")
+            || image.starts_with("http://")
+            || image.starts_with("https://")
+            || image.starts_with('/')
+            || image.starts_with("./")
+            || image.starts_with("../")
+            || image.split('@').next().is_some_and(|l| l.ends_with(".wasm"));
+        if !is_location && !image.is_empty() {
+            // An OCI reference; a digest in it names the manifest, checked by the client.
+            return Ok(ImageRef { source: ImageSource::Oci(image.to_string()), digest: None });
+        }
         let (location, digest) = match image.rsplit_once("@sha256:") {
             Some((loc, hex)) => {
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -59,8 +71,47 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// Clients for fetching images.
+pub struct Fetcher {
+    pub http: reqwest::Client,
+    pub oci: oci_client::Client,
+}
+
+impl Fetcher {
+    /// `insecure_registries` (`host:port`) are reached over plain HTTP.
+    pub fn new(insecure_registries: Vec<String>) -> Fetcher {
+        // oci-client's reqwest uses rustls without a default provider: use ring, like
+        // the rest of wk.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let oci = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure_registries),
+            ..Default::default()
+        });
+        Fetcher { http: reqwest::Client::new(), oci }
+    }
+}
+
+async fn pull_oci(fetcher: &Fetcher, image: &str, reference: &str) -> Result<Vec<u8>, RuntimeError> {
+    let pull = |message: String| RuntimeError::Pull { image: image.to_string(), message };
+    let r: oci_client::Reference = reference
+        .parse()
+        .map_err(|e| RuntimeError::InvalidImage { image: image.to_string(), message: format!("not an OCI reference: {e}") })?;
+    let data = fetcher
+        .oci
+        .pull(&r, &oci_client::secrets::RegistryAuth::Anonymous, vec![oci_client::manifest::WASM_LAYER_MEDIA_TYPE])
+        .await
+        .map_err(|e| pull(format!("{e}")))?;
+    let layer = data
+        .layers
+        .into_iter()
+        .find(|l| l.media_type == oci_client::manifest::WASM_LAYER_MEDIA_TYPE)
+        .ok_or_else(|| pull(format!("the image has no {} layer", oci_client::manifest::WASM_LAYER_MEDIA_TYPE)))?;
+    Ok(layer.data.to_vec())
+}
+
 /// Fetches the bytes of an image and checks the digest if one was given.
-pub async fn fetch(image: &str, http: &reqwest::Client) -> Result<(Vec<u8>, String), RuntimeError> {
+pub async fn fetch(image: &str, fetcher: &Fetcher) -> Result<(Vec<u8>, String), RuntimeError> {
+    let http = &fetcher.http;
     let r = ImageRef::parse(image)?;
     let pull = |message: String| RuntimeError::Pull { image: image.to_string(), message };
     let bytes = match &r.source {
@@ -72,11 +123,7 @@ pub async fn fetch(image: &str, http: &reqwest::Client) -> Result<(Vec<u8>, Stri
             }
             resp.bytes().await.map_err(|e| pull(e.to_string()))?.to_vec()
         }
-        ImageSource::Oci(reference) => {
-            return Err(pull(format!(
-                "OCI references ({reference}) are not supported yet; use a path, file:// or http(s):// URL"
-            )))
-        }
+        ImageSource::Oci(reference) => pull_oci(fetcher, image, reference).await?,
     };
     let d = digest(&bytes);
     if let Some(want) = &r.digest {
@@ -101,6 +148,8 @@ mod tests {
         assert_eq!(ImageRef::parse("app.wasm").unwrap().source, ImageSource::File("app.wasm".into()));
         assert_eq!(ImageRef::parse("http://h/a.wasm").unwrap().source, ImageSource::Http("http://h/a.wasm".into()));
         assert_eq!(ImageRef::parse("ghcr.io/x/app:1").unwrap().source, ImageSource::Oci("ghcr.io/x/app:1".into()));
+        let pinned = format!("ghcr.io/x/app@sha256:{}", "b".repeat(64));
+        assert_eq!(ImageRef::parse(&pinned).unwrap().source, ImageSource::Oci(pinned.clone()));
         let d = "a".repeat(64);
         let r = ImageRef::parse(&format!("/a.wasm@sha256:{d}")).unwrap();
         assert_eq!(r.digest, Some(format!("sha256:{d}")));
@@ -113,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.wasm");
         std::fs::write(&p, b"abc").unwrap();
-        let http = reqwest::Client::new();
+        let http = Fetcher::new(vec![]);
         let (_, d) = fetch(p.to_str().unwrap(), &http).await.unwrap();
         assert_eq!(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let bad = format!("{}@sha256:{}", p.display(), "0".repeat(64));

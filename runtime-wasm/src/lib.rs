@@ -44,11 +44,18 @@ pub struct WasmRuntimeConfig {
     pub engine: EngineOptions,
     /// Default wall-clock limit of one HTTP request.
     pub request_timeout: Duration,
+    /// OCI registries (`host:port`) reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 impl WasmRuntimeConfig {
     pub fn new(cache_dir: PathBuf) -> Self {
-        WasmRuntimeConfig { cache_dir, engine: EngineOptions::default(), request_timeout: Duration::from_secs(30) }
+        WasmRuntimeConfig {
+            cache_dir,
+            engine: EngineOptions::default(),
+            request_timeout: Duration::from_secs(30),
+            insecure_registries: Vec::new(),
+        }
     }
 }
 
@@ -108,7 +115,7 @@ pub struct WasmRuntime {
     pooling: bool,
     linker: Linker<Host>,
     cache: CompileCache,
-    http: reqwest::Client,
+    fetcher: image::Fetcher,
     request_timeout: Duration,
     images: Mutex<HashMap<String, Arc<Prepared>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -158,7 +165,7 @@ impl WasmRuntime {
             engine,
             pooling,
             linker,
-            http: reqwest::Client::new(),
+            fetcher: image::Fetcher::new(cfg.insecure_registries),
             request_timeout: cfg.request_timeout,
             images: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
@@ -181,7 +188,7 @@ impl WasmRuntime {
         if let Some(p) = self.images.lock().expect("images lock").get(image) {
             return Ok((p.clone(), false));
         }
-        let (bytes, digest) = image::fetch(image, &self.http).await?;
+        let (bytes, digest) = image::fetch(image, &self.fetcher).await?;
         classify_binary(image, &bytes)?;
         let cache = &self.cache;
         let (component, compiled) = tokio::task::block_in_place(|| {

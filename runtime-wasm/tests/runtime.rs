@@ -193,7 +193,8 @@ async fn bad_components_get_clear_errors() {
         (fixture("wrong-world.wat"), "exports neither wasi:cli/run"),
         (fixture("unknown-import.wat"), "wk:nowhere/thing@1.0.0"),
         ("/nonexistent/app.wasm".to_string(), "No such file"),
-        ("registry.example/app:1".to_string(), "OCI references"),
+        // An OCI reference to a registry that is not there (loopback, closed port).
+        (format!("127.0.0.1:{}/app:1", free_port()), "pulling image"),
     ];
     for (image, expected) in cases {
         let err = rt.prepare(&image).await.unwrap_err();
@@ -227,4 +228,78 @@ async fn compiled_components_are_cached_on_disk() {
     assert!(matches!(second.prepare(&wrong).await, Err(RuntimeError::InvalidImage { .. })));
     let right = format!("{image}@{}", p.digest);
     assert!(second.prepare(&right).await.is_ok());
+}
+
+/// Starts Debian's `docker-registry` on a loopback port with its storage in `dir`.
+fn start_registry(dir: &std::path::Path) -> (std::process::Child, u16) {
+    let port = free_port();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("registry-data").display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry is installed (apt-get install docker-registry)");
+    (child, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_wasm_artifacts_from_an_oci_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut registry, reg_port) = start_registry(dir.path());
+    let registry_addr = format!("127.0.0.1:{reg_port}");
+    // Push hello-http as a Wasm OCI artifact (wasm config + wasm layer media types).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pusher = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::HttpsExcept(vec![registry_addr.clone()]),
+        ..Default::default()
+    });
+    let wasm = std::fs::read(sample("hello-http.wasm")).unwrap();
+    let reference: oci_client::Reference = format!("{registry_addr}/samples/hello-http:1.0").parse().unwrap();
+    let layer = oci_client::client::ImageLayer::new(wasm.clone(), oci_client::manifest::WASM_LAYER_MEDIA_TYPE.to_string(), None);
+    let config = oci_client::client::Config::new(b"{}".to_vec(), oci_client::manifest::WASM_CONFIG_MEDIA_TYPE.to_string(), None);
+    let mut pushed = None;
+    for _ in 0..100 {
+        match pusher.push(&reference, std::slice::from_ref(&layer), config.clone(), &oci_client::secrets::RegistryAuth::Anonymous, None).await {
+            Ok(r) => {
+                pushed = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(pushed.is_some(), "push to the local registry");
+
+    let mut cfg = WasmRuntimeConfig::new(dir.path().join("cache"));
+    cfg.insecure_registries = vec![registry_addr.clone()];
+    let rt = WasmRuntime::new(cfg).unwrap();
+    let image = reference.to_string();
+    let p = rt.prepare(&image).await.unwrap();
+    assert_eq!(p.digest, wk_runtime_wasm::image::digest(&wasm), "the layer's bytes");
+    let port = free_port();
+    let mut c = config_for(dir.path(), "oci-hello", image);
+    c.env = vec![("POD_NAME".into(), "from-oci".into())];
+    c.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    rt.start(c).await.unwrap();
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap().text().await.unwrap();
+    assert!(body.starts_with("hello from from-oci\n"), "{body}");
+    // A tag that does not exist is a pull error.
+    let missing = format!("{registry_addr}/samples/hello-http:nope");
+    assert!(matches!(rt.prepare(&missing).await, Err(RuntimeError::Pull { .. })));
+    rt.stop("oci-hello", Duration::from_secs(1)).await.unwrap();
+    let _ = registry.kill();
+    let _ = registry.wait();
+}
+
+fn config_for(dir: &std::path::Path, id: &str, image: String) -> ContainerConfig {
+    config(dir, id, image)
 }
