@@ -176,16 +176,43 @@ fn main() {
             let _ = c.wait();
         }
 
-        // Memory per idle service: start N more, compare RSS.
-        let n = 200;
+        // Per-request instantiation (fresh store + instance), measured directly.
+        let mut inst = wasm.bench_instantiate(&image, 5000).await.unwrap();
+        inst.sort();
+        let pct = |p: f64| inst[((inst.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+        println!("\ninstantiation per request: p50 {:.1} µs, p99 {:.1} µs (5000 instances)", pct(0.5), pct(0.99));
+
+        // Memory per in-flight request: 64 requests each holding an instance for 300 ms.
+        let idle = rss_kib();
+        let mut load = Vec::new();
+        let busy = format!("{url}busy?ms=300");
+        for _ in 0..64 {
+            let u = busy.clone();
+            load.push(tokio::spawn(async move { reqwest::get(&u).await.map(|r| r.status().as_u16()).unwrap_or(0) }));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let peak = rss_kib();
+        for l in load {
+            assert_eq!(l.await.unwrap(), 200);
+        }
+        println!(
+            "in-flight: RSS {idle} KiB idle → {peak} KiB with 64 requests in flight: {:.0} KiB per in-flight request",
+            peak.saturating_sub(idle) as f64 / 64.0
+        );
+
+        // Memory per idle service, and how many one runtime holds: start N more.
+        let n = 1000;
+        let t = Instant::now();
         let before = rss_kib();
         for i in 1..=n {
             wasm.start(config(&format!("svc-{i}"), &image, free_port(), dir.path())).await.unwrap();
         }
+        let started = t.elapsed();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = rss_kib();
         println!(
-            "\nidle services: {n} started; RSS {before} KiB → {after} KiB: {:.1} KiB per idle hello-http service",
+            "idle services: {n} more started in {:.0} ms; RSS {before} KiB → {after} KiB: {:.1} KiB per idle hello-http service",
+            started.as_secs_f64() * 1000.0,
             (after.saturating_sub(before)) as f64 / n as f64
         );
     });

@@ -212,6 +212,46 @@ impl WasmRuntime {
         self.containers.lock().expect("containers lock").get(id).cloned().ok_or_else(|| RuntimeError::NotFound(id.to_string()))
     }
 
+    /// Instantiates a service image `n` times the way a request does (fresh store +
+    /// instance from the pre-instantiated component) and returns each duration. For the
+    /// benchmark.
+    #[doc(hidden)]
+    pub async fn bench_instantiate(&self, image: &str, n: usize) -> Result<Vec<Duration>, RuntimeError> {
+        let (prepared, _) = self.load(image).await?;
+        let err = |e: wasmtime::Error| RuntimeError::Start { id: image.to_string(), message: format!("{e:#}") };
+        let pre = self.linker.instantiate_pre(&prepared.component).map_err(err)?;
+        let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(err)?;
+        let dir = std::env::temp_dir().join(format!("wk-bench-{}", std::process::id()));
+        let mut config = ContainerConfig {
+            id: "bench".into(),
+            pod: Default::default(),
+            name: "bench".into(),
+            image: image.into(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            working_dir: None,
+            mounts: vec![],
+            ports: vec![],
+            limits: Default::default(),
+            allow_outbound: false,
+            log: wk_api::runtime::LogConfig { path: dir.join("bench.log"), max_bytes: 1 << 20 },
+        };
+        config.env.push(("POD_NAME".into(), "bench".into()));
+        let template = HostTemplate::new(config, ContainerLog::new(dir.join("bench.log"), 1 << 20));
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let host = template.host(Arc::new(AtomicBool::new(false))).map_err(|m| RuntimeError::Start { id: image.into(), message: m })?;
+            let mut store = new_store(&self.engine, host, Some(self.request_timeout));
+            let proxy = pre.instantiate_async(&mut store).await.map_err(err)?;
+            drop(proxy);
+            drop(store);
+            out.push(t.elapsed());
+        }
+        Ok(out)
+    }
+
     /// The world of a prepared image.
     pub async fn world(&self, image: &str) -> Result<World, RuntimeError> {
         Ok(self.load(image).await?.0.world)

@@ -142,6 +142,7 @@ pub async fn start(
     }
     let handler = ProxyHandler::new(State { engine: rt.engine.clone(), pre: ProxyPre::P2(pre), template, request_timeout });
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let open_conns = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(0));
     let stop = container.stop.clone();
     // Tells open connections to finish their current request and close.
@@ -153,6 +154,7 @@ pub async fn start(
             let in_flight = in_flight.clone();
             let next_id = next_id.clone();
             let closing_rx = closing_rx.clone();
+            let open_conns = open_conns.clone();
             accept_tasks.push(tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else { continue };
@@ -161,6 +163,8 @@ pub async fn start(
                     let in_flight = in_flight.clone();
                     let next_id = next_id.clone();
                     let mut closing = closing_rx.clone();
+                    let open_conns = open_conns.clone();
+                    open_conns.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                             let request_timeout = request_timeout;
@@ -200,6 +204,7 @@ pub async fn start(
                             conn.as_mut().graceful_shutdown();
                             let _ = conn.await;
                         }
+                        open_conns.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
             }));
@@ -210,7 +215,7 @@ pub async fn start(
             t.abort();
         }
         let _ = closing_tx.send(true);
-        while in_flight.load(Ordering::SeqCst) > 0 {
+        while in_flight.load(Ordering::SeqCst) > 0 || open_conns.load(Ordering::SeqCst) > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let started_at = match &*container.state.borrow() {

@@ -303,3 +303,70 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
 fn config_for(dir: &std::path::Path, id: &str, image: String) -> ContainerConfig {
     config(dir, id, image)
 }
+
+/// A one-route HTTP server on loopback answering every request with `body`.
+async fn serve_bytes(body: Vec<u8>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_requests_only_where_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let upstream = serve_bytes(b"upstream says hi".to_vec()).await;
+    let http = reqwest::Client::new();
+    for (id, allow) in [("closed", false), ("open", true)] {
+        let port = free_port();
+        let mut c = config(dir.path(), id, sample("hello-http.wasm"));
+        c.allow_outbound = allow;
+        c.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+        rt.start(c).await.unwrap();
+        let r = http.get(format!("http://127.0.0.1:{port}/fetch?url=http://127.0.0.1:{upstream}/x")).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        if allow {
+            assert_eq!((status.as_u16(), text.as_str()), (200, "upstream says hi"));
+        } else {
+            assert_eq!(status, 502, "{text}");
+            assert!(text.starts_with("outbound request failed"), "{text}");
+        }
+        rt.stop(id, Duration::from_secs(1)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_over_http_are_fetched_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let bytes = std::fs::read(sample("pi.wasm")).unwrap();
+    let digest = wk_runtime_wasm::image::digest(&bytes);
+    let port = serve_bytes(bytes).await;
+    let url = format!("http://127.0.0.1:{port}/pi.wasm");
+    let p = rt.prepare(&format!("{url}@{digest}")).await.unwrap();
+    assert_eq!(p.digest, digest);
+    let mut c = config(dir.path(), "pi-http", url.clone());
+    c.args = vec!["5".into()];
+    rt.start(c.clone()).await.unwrap();
+    let (code, _, _) = terminated(&rt.wait("pi-http").await.unwrap());
+    assert_eq!(code, 0);
+    assert_eq!(log_lines(&c.log.path), ["stdout 3.1415"]);
+    let wrong = format!("{url}@sha256:{}", "1".repeat(64));
+    let err = rt.prepare(&wrong).await.unwrap_err();
+    assert!(err.to_string().contains("digest mismatch"), "{err}");
+}

@@ -3,6 +3,8 @@
 //! - `GET /healthz` → `ok`
 //! - `GET /busy?ms=N` → spins the CPU for N milliseconds, then answers (for limit tests
 //!   and CPU-bound load)
+//! - `GET /fetch?url=http://host:port/path` → fetches the URL with an outgoing wasi:http
+//!   request and answers with its body (502 with the error when outbound is not allowed)
 //! - anything else → its pod name (`POD_NAME`), the `GREETING` env value and the content of
 //!   `/content/greeting.txt` (a mounted volume), one per line.
 
@@ -44,6 +46,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             }
             return respond(out, 200, format!("busy {ms} ms ({x})\n").as_bytes());
         }
+        if let Some(url) = path.strip_prefix("/fetch?url=") {
+            return match fetch(url) {
+                Ok(body) => respond(out, 200, &body),
+                Err(e) => respond(out, 502, format!("outbound request failed: {e}\n").as_bytes()),
+            };
+        }
         let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".into());
         let greeting = std::env::var("GREETING").unwrap_or_else(|_| "<unset>".into());
         let content = std::fs::read_to_string("/content/greeting.txt")
@@ -52,4 +60,36 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let body = format!("hello from {pod}\ngreeting: {greeting}\ncontent: {content}\n");
         respond(out, 200, body.as_bytes());
     }
+}
+
+/// GET `url` (`http://authority/path`) with wasi:http's outgoing handler.
+fn fetch(url: &str) -> Result<Vec<u8>, String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(Fields::new());
+    req.set_scheme(Some(&Scheme::Http)).map_err(|_| "bad scheme")?;
+    req.set_authority(Some(authority)).map_err(|_| "bad authority")?;
+    req.set_path_with_query(Some(path)).map_err(|_| "bad path")?;
+    let future = outgoing_handler::handle(req, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let resp = future
+        .get()
+        .ok_or("no response")?
+        .map_err(|_| "response already taken")?
+        .map_err(|e| format!("{e:?}"))?;
+    let body = resp.consume().map_err(|_| "no body")?;
+    let stream = body.stream().map_err(|_| "no body stream")?;
+    let mut data = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+    }
+    Ok(data)
 }
