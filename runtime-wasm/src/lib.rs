@@ -244,8 +244,7 @@ impl WasmRuntime {
             let t = std::time::Instant::now();
             let host = template.host(Arc::new(AtomicBool::new(false))).map_err(|m| RuntimeError::Start { id: image.into(), message: m })?;
             let mut store = new_store(&self.engine, host, Some(self.request_timeout));
-            let proxy = pre.instantiate_async(&mut store).await.map_err(err)?;
-            drop(proxy);
+            let _proxy = pre.instantiate_async(&mut store).await.map_err(err)?;
             drop(store);
             out.push(t.elapsed());
         }
