@@ -544,49 +544,42 @@ async fn commit_update(
 
 pub async fn update(state: ApiState, target: Target, req: Request) -> Result<Response> {
     let params = Params::from_uri(req.uri());
-    let name = target.name.clone().unwrap_or_default();
     let (incoming, _) = read_body(req).await?;
     let wanted_rv = incoming.meta_str("resourceVersion").filter(|s| !s.is_empty()).map(String::from);
-    for _ in 0..MAX_RETRIES {
-        let current = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
-        if let Some(rv) = &wanted_rv {
-            if *rv != current.resource_version().to_string() {
-                return Err(Status::stale(target.rt, &name).into());
-            }
-        }
-        let next = prepare_update(&target, &current, incoming.clone())?;
-        let (next, warnings) = check(target.rt, &next, &params)?;
-        match commit_update(&state, &target, &current, next, &params, &warnings).await? {
-            Ok(resp) => return Ok(resp),
-            Err(OpError::Conflict { .. }) if wanted_rv.is_none() => continue,
-            Err(e) => return Err(store_op_error(&target, &name, e)),
-        }
-    }
-    Err(Status::stale(target.rt, &name).into())
+    read_modify_write(&state, &target, &params, wanted_rv, |_| Ok(incoming.clone())).await
 }
 
 pub async fn patch(state: ApiState, target: Target, req: Request) -> Result<Response> {
     let params = Params::from_uri(req.uri());
-    let name = target.name.clone().unwrap_or_default();
     let (patch_doc, content_type) = read_body(req).await?;
-    let wanted_rv = patch_doc
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .map(String::from);
+    let wanted_rv = patch_doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+    read_modify_write(&state, &target, &params, wanted_rv, |current| apply_patch(current, &patch_doc, &content_type)).await
+}
+
+/// Reads the current object, computes the next one, and writes it guarded by the revision
+/// read. Without a `resourceVersion` from the client, a concurrent write means a retry;
+/// with one, a mismatch is a 409.
+async fn read_modify_write(
+    state: &ApiState,
+    target: &Target,
+    params: &Params,
+    wanted_rv: Option<String>,
+    next_of: impl Fn(&Value) -> Result<Value>,
+) -> Result<Response> {
+    let name = target.name.clone().unwrap_or_default();
     for _ in 0..MAX_RETRIES {
-        let current = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
+        let current = load(state, &key_of(target, &name), false).await?.ok_or_else(|| not_found(target, &name))?;
         if let Some(rv) = &wanted_rv {
             if *rv != current.resource_version().to_string() {
                 return Err(Status::stale(target.rt, &name).into());
             }
         }
-        let patched = apply_patch(&current, &patch_doc, &content_type)?;
-        let next = prepare_update(&target, &current, patched)?;
-        let (next, warnings) = check(target.rt, &next, &params)?;
-        match commit_update(&state, &target, &current, next, &params, &warnings).await? {
+        let next = prepare_update(target, &current, next_of(&current)?)?;
+        let (next, warnings) = check(target.rt, &next, params)?;
+        match commit_update(state, target, &current, next, params, &warnings).await? {
             Ok(resp) => return Ok(resp),
             Err(OpError::Conflict { .. }) if wanted_rv.is_none() => continue,
-            Err(e) => return Err(store_op_error(&target, &name, e)),
+            Err(e) => return Err(store_op_error(target, &name, e)),
         }
     }
     Err(Status::stale(target.rt, &name).into())

@@ -145,34 +145,32 @@ fn reply<T: Serialize>(value: &T) -> axum::response::Response {
     }
 }
 
-async fn append(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    if !authorized(&s, &headers) {
+/// Decodes a request, runs the Raft call, encodes its result.
+async fn rpc<Req, Resp, Fut>(s: &RaftRpcState, headers: &HeaderMap, body: &[u8], call: impl FnOnce(Raft, Req) -> Fut) -> axum::response::Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    Fut: std::future::Future<Output = Resp>,
+{
+    if !authorized(s, headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    match postcard::from_bytes::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(req) => reply(&s.raft.append_entries(req).await),
+    match postcard::from_bytes::<Req>(body) {
+        Ok(req) => reply(&call(s.raft.clone(), req).await),
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
+}
+
+async fn append(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+    rpc(&s, &headers, &body, |raft, req: AppendEntriesRequest<TypeConfig>| async move { raft.append_entries(req).await }).await
 }
 
 async fn vote(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    if !authorized(&s, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    match postcard::from_bytes::<VoteRequest<NodeId>>(&body) {
-        Ok(req) => reply(&s.raft.vote(req).await),
-        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    }
+    rpc(&s, &headers, &body, |raft, req: VoteRequest<NodeId>| async move { raft.vote(req).await }).await
 }
 
 async fn snapshot(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    if !authorized(&s, &headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    match postcard::from_bytes::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(req) => reply(&s.raft.install_snapshot(req).await),
-        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    }
+    rpc(&s, &headers, &body, |raft, req: InstallSnapshotRequest<TypeConfig>| async move { raft.install_snapshot(req).await }).await
 }
 
 /// The `/raft/*` routes.

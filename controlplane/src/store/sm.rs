@@ -244,6 +244,21 @@ fn read_revision(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Resu
     })
 }
 
+/// The last applied log id and membership stored in the metadata table.
+fn read_applied(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let last: Option<LogId> = match meta.get(LAST_APPLIED).map_err(sm_read)? {
+        Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
+        None => None,
+    };
+    let membership: StoredMembership = match meta.get(MEMBERSHIP).map_err(sm_read)? {
+        Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
+        None => StoredMembership::default(),
+    };
+    Ok((last, membership))
+}
+
 /// The redb-backed state machine. Clones share state.
 #[derive(Clone)]
 pub struct StateMachine {
@@ -358,16 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         self.blocking(|sm| {
             let tx = sm.db.begin_read().map_err(sm_read)?;
-            let meta = tx.open_table(META).map_err(sm_read)?;
-            let last: Option<LogId> = match meta.get(LAST_APPLIED).map_err(sm_read)? {
-                Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
-                None => None,
-            };
-            let membership: StoredMembership = match meta.get(MEMBERSHIP).map_err(sm_read)? {
-                Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
-                None => StoredMembership::default(),
-            };
-            Ok((last, membership))
+            read_applied(&tx.open_table(META).map_err(sm_read)?)
         })
         .await
     }
@@ -500,14 +506,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             sm.make_durable()?;
             let tx = sm.db.begin_read().map_err(sm_read)?;
             let meta_t = tx.open_table(META).map_err(sm_read)?;
-            let last_applied: Option<LogId> = match meta_t.get(LAST_APPLIED).map_err(sm_read)? {
-                Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
-                None => None,
-            };
-            let membership: StoredMembership = match meta_t.get(MEMBERSHIP).map_err(sm_read)? {
-                Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
-                None => StoredMembership::default(),
-            };
+            let (last_applied, membership) = read_applied(&meta_t)?;
             let revision = read_revision(&meta_t)?;
             let table = tx.open_table(OBJECTS).map_err(sm_read)?;
             let mut objects = Vec::new();
