@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use futures::{Stream, StreamExt};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 use wk_api::resource::ResourceType;
 use wk_api::Status;
+
+pub use reqwest::Method;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,216 @@
-//! wk-nodeagent: the kubelet and kube-proxy roles of wk (registration, leases, pod
-//! workers, probes, logs, the in-agent L4 balancer).
+//! wk-nodeagent: the kubelet role of wk.
 //!
-//! Not implemented yet: this crate is a placeholder in the workspace layout, filled by the
-//! node-agent issue. It exports nothing.
+//! An [`Agent`] registers its Node (capacity, addresses, the runtimes it offers), renews
+//! its Lease, watches the pods bound to it (`spec.nodeName`), runs their containers with
+//! the Wasm runtime and reports pod status the way Kubernetes does. Each pod gets its own
+//! loopback address (`127.244.x.y`, all of 127/8 is local on Linux, so no host setup):
+//! its containers listen on their `containerPort`s there, and that is the pod IP.
+//!
+//! Not yet built (node-agent issue): probes, the logs API, resource accounting,
+//! CrashLoopBackOff timing by the book, agent restart re-adoption, the OCI runtime.
+
+mod pod;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use wk_api::resource::lookup;
+use wk_client::{Client, ClientError, ListParams};
+use wk_runtime_wasm::{WasmRuntime, WasmRuntimeConfig};
+
+/// Agent failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("starting the wasm runtime: {0}")]
+    Runtime(String),
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// How often the Lease is renewed.
+    pub lease_interval: Duration,
+    /// The node's address (where NodePorts and the node's own services listen).
+    pub node_ip: Ipv4Addr,
+    /// The first two octets of pod addresses (`127.244` → pods get `127.244.x.y`).
+    pub pod_prefix: [u8; 2],
+}
+
+impl AgentConfig {
+    pub fn new(name: String, data_dir: PathBuf) -> AgentConfig {
+        AgentConfig {
+            name,
+            data_dir,
+            labels: BTreeMap::new(),
+            lease_interval: Duration::from_secs(2),
+            node_ip: Ipv4Addr::LOCALHOST,
+            pod_prefix: [127, 244],
+        }
+    }
+}
+
+/// A running node agent.
+pub struct Agent {
+    pub(crate) client: Client,
+    pub(crate) cfg: AgentConfig,
+    pub(crate) runtime: Arc<WasmRuntime>,
+    pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
+    next_ip: std::sync::atomic::AtomicU32,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn memory_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))))
+        .unwrap_or(0)
+}
+
+impl Agent {
+    pub fn new(client: Client, cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
+        let runtime = WasmRuntime::new(WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache"))).map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
+        Ok(Arc::new(Agent { client, cfg, runtime: Arc::new(runtime), pods: Mutex::new(HashMap::new()), next_ip: std::sync::atomic::AtomicU32::new(2) }))
+    }
+
+    /// The next pod address.
+    pub(crate) fn allocate_ip(&self) -> Ipv4Addr {
+        let n = self.next_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let [a, b] = self.cfg.pod_prefix;
+        Ipv4Addr::new(a, b, ((n >> 8) & 0xff) as u8, (n & 0xff) as u8)
+    }
+
+    fn node_object(&self) -> Value {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mem = format!("{}Ki", memory_kib());
+        let mut labels = json!({
+            "kubernetes.io/hostname": self.cfg.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH },
+        });
+        for (k, v) in &self.cfg.labels {
+            labels[k] = json!(v);
+        }
+        let now = now_rfc3339();
+        let resources = json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110"});
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.cfg.name, "labels": labels, "annotations": {"wk.dev/runtimes": "wasm"}},
+            "spec": {},
+            "status": {
+                "capacity": resources, "allocatable": resources,
+                "addresses": [{"type": "InternalIP", "address": self.cfg.node_ip.to_string()}, {"type": "Hostname", "address": self.cfg.name}],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "wk agent is posting ready status",
+                                "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "", "containerRuntimeVersion": "wasmtime://48.0.8",
+                             "kubeletVersion": format!("v1.32.0+wk-{}", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "", "operatingSystem": "linux",
+                             "architecture": if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }},
+            },
+        })
+    }
+
+    /// Creates the Node, or refreshes its status if it exists.
+    pub async fn register(&self) -> Result<(), AgentError> {
+        let rt = lookup("nodes").expect("nodes registered");
+        let node = self.node_object();
+        match self.client.create(rt, None, &node, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(409) => {
+                let path = format!("{}/status", rt.object_path(None, &self.cfg.name));
+                let body = serde_json::to_vec(&json!({"status": node["status"]})).unwrap_or_default();
+                self.client
+                    .request(reqwest_method_patch(), &path, &[], Some(("application/merge-patch+json", body)), None)
+                    .await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renews (or creates) the node's Lease in `kube-node-lease`.
+    pub async fn renew_lease(&self) -> Result<(), AgentError> {
+        let rt = lookup("leases").expect("leases registered");
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let patch = json!({"spec": {"holderIdentity": self.cfg.name, "leaseDurationSeconds": 40, "renewTime": now}});
+        match self.client.patch(rt, Some("kube-node-lease"), &self.cfg.name, "application/merge-patch+json", &patch, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(404) => {
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self.cfg.name, "namespace": "kube-node-lease"}, "spec": patch["spec"]});
+                self.client.create(rt, Some("kube-node-lease"), &lease, &[]).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs until `shutdown` resolves: registration, lease renewal, pod reconciliation.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+        self.register().await?;
+        self.renew_lease().await?;
+        let me = self.clone();
+        let lease_task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(me.cfg.lease_interval).await;
+                if let Err(e) = me.renew_lease().await {
+                    // The control plane may be away: pods keep running; retry next tick.
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+            }
+        });
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                r = self.clone().watch_pods() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "pod watch ended; resyncing");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        lease_task.abort();
+        Ok(())
+    }
+
+    /// Lists the node's pods, reconciles them, then follows the watch.
+    async fn watch_pods(self: Arc<Self>) -> Result<(), AgentError> {
+        let rt = lookup("pods").expect("pods registered");
+        let selector = format!("spec.nodeName={}", self.cfg.name);
+        let list = self.client.list(rt, None, true, &ListParams { field_selector: Some(selector.clone()), ..Default::default() }).await?;
+        for p in list["items"].as_array().cloned().unwrap_or_default() {
+            self.clone().reconcile(p).await;
+        }
+        let rv = list["metadata"]["resourceVersion"].as_str().map(String::from);
+        let p = ListParams { field_selector: Some(selector), resource_version: rv, allow_bookmarks: true, ..Default::default() };
+        let mut events = Box::pin(self.client.watch(rt, None, true, &p, false).await?);
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            match ev.kind.as_str() {
+                "ADDED" | "MODIFIED" => self.clone().reconcile(ev.object).await,
+                "DELETED" => self.forget(&ev.object).await,
+                "ERROR" => return Ok(()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reqwest_method_patch() -> wk_client::Method {
+    wk_client::Method::PATCH
+}

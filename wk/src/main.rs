@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run a control-plane server (API server + Raft-replicated store)
     Server(commands::server::Args),
+    /// Run a node agent: register a node and run the pods bound to it
+    Agent(commands::agent::Args),
     /// Create or update objects from manifests
     Apply(commands::apply::Args),
     /// List objects or show one
@@ -39,7 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Server(_));
+    let is_server = matches!(cli.command, Command::Server(_) | Command::Agent(_));
     let default_level = if is_server { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(a) => commands::server::run(a, cli.kubeconfig).await,
+            Command::Agent(a) => commands::agent::run(a, &kubeconfig).await,
             Command::Apply(a) => commands::apply::run(a, &kubeconfig).await,
             Command::Get(a) => commands::get::run(a, &kubeconfig).await,
             Command::Describe(a) => commands::describe::run(a, &kubeconfig).await,

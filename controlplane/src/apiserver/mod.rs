@@ -134,11 +134,10 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
     let Some(target) = target else {
         return ApiError(Status::not_found_path(&path)).into_response();
     };
-    if identity != Identity::Admin {
-        // Node credentials get their narrowed permissions with the node agent; until then
-        // only the admin may use the resource API.
+    if identity == Identity::Node && !node_may(&target, req.method()) {
         return ApiError(Status::forbidden(format!(
-            "node credentials may not access {}",
+            "node credentials may not {} {}",
+            req.method().as_str().to_lowercase(),
             target.rt.plural
         )))
         .into_response();
@@ -167,6 +166,18 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         )))),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a node agent may touch: its Node and Lease, pods (their status and deletion),
+/// what pods consume (ConfigMaps, Secrets, Services, Endpoints) and Events. Coarse for now:
+/// not yet narrowed to the node's own objects.
+fn node_may(target: &Target, method: &Method) -> bool {
+    let read = matches!(*method, Method::GET);
+    match target.rt.plural {
+        "nodes" | "leases" | "pods" | "events" => true,
+        "configmaps" | "secrets" | "services" | "endpoints" | "namespaces" => read,
+        _ => false,
+    }
 }
 
 async fn health() -> &'static str {

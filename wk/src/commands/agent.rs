@@ -1,0 +1,72 @@
+//! `wk agent`: run a node agent against a control plane.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use wk_client::{Client, ClientConfig};
+use wk_nodeagent::{Agent, AgentConfig};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// API server URL (https://host:port); without it the client config is used
+    #[arg(long)]
+    server: Option<String>,
+    /// Node join token (printed in <server data dir>/tokens.json as "node")
+    #[arg(long, env = "WK_TOKEN")]
+    token: Option<String>,
+    /// CA certificate of the cluster (PEM), for --server
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Node name [default: the host name]
+    #[arg(long)]
+    name: Option<String>,
+    /// Node labels, key=value (repeatable)
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Where pods' volumes, logs and the compile cache live
+    #[arg(long, default_value = "/var/lib/wk-agent")]
+    data_dir: PathBuf,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let client = match &args.server {
+        Some(server) => {
+            let ca_pem = match &args.ca_file {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                None => None,
+            };
+            Client::new(ClientConfig {
+                server: server.trim_end_matches('/').to_string(),
+                token: args.token.clone(),
+                ca_pem,
+                insecure: false,
+                namespace: "default".into(),
+            })?
+        }
+        None => super::client(kubeconfig)?,
+    };
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into()),
+    };
+    let mut cfg = AgentConfig::new(name.clone(), args.data_dir);
+    cfg.labels = args.labels.into_iter().collect();
+    let agent = Agent::new(client, cfg).context("cannot start the agent")?;
+    println!("wk agent {name} starting");
+    agent.run(shutdown_signal()).await.context("agent failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
