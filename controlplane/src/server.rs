@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub node_id: u64,
     pub snapshot_every: u64,
     pub watch_history: usize,
+    /// Run the scheduler and controllers (on the Raft leader).
+    pub controllers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub url: String,
     pub pki: Pki,
+    controllers: bool,
     listener: TcpListener,
     acceptor: TlsAcceptor,
 }
@@ -98,7 +101,7 @@ impl Server {
             auth::write_client_config(path, &url, &tokens.admin, &pki.ca_pem()?)
                 .map_err(|source| ServerError::ClientConfig { path: path.clone(), source })?;
         }
-        Ok(Server { store, tokens, addr, url, pki, listener, acceptor })
+        Ok(Server { store, tokens, addr, url, pki, controllers: cfg.controllers, listener, acceptor })
     }
 
     /// Serves until `shutdown` resolves, then stops Raft.
@@ -106,6 +109,14 @@ impl Server {
         let state = ApiState { store: self.store.clone(), tokens: self.tokens.clone() };
         let rpc = network::RaftRpcState { raft: self.store.raft.clone(), token: self.tokens.peer.clone() };
         let app = apiserver::router(state).merge(network::router(rpc));
+        if self.controllers {
+            match self.admin_client() {
+                Ok(client) => {
+                    tokio::spawn(crate::controllers::run(self.store.clone(), client));
+                }
+                Err(e) => tracing::error!(error = %e, "controllers not started"),
+            }
+        }
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -142,6 +153,21 @@ impl Server {
             });
         }
         self.store.shutdown().await;
+    }
+}
+
+impl Server {
+    /// An API client of this server with admin rights (for the in-process controllers).
+    pub fn admin_client(&self) -> Result<wk_client::Client, String> {
+        let ca = self.pki.ca_pem().map_err(|e| e.to_string())?;
+        wk_client::Client::new(wk_client::ClientConfig {
+            server: self.url.clone(),
+            token: Some(self.tokens.admin.clone()),
+            ca_pem: Some(ca.into_bytes()),
+            insecure: false,
+            namespace: "default".into(),
+        })
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -3,8 +3,10 @@
 //! An [`Agent`] registers its Node (capacity, addresses, the runtimes it offers), renews
 //! its Lease, watches the pods bound to it (`spec.nodeName`), runs their containers with
 //! the Wasm runtime and reports pod status the way Kubernetes does. Each pod gets its own
-//! loopback address (`127.244.x.y`, all of 127/8 is local on Linux, so no host setup):
-//! its containers listen on their `containerPort`s there, and that is the pod IP.
+//! loopback address (all of 127/8 is local on Linux, so no host setup): its containers
+//! listen on their `containerPort`s there, and that is the pod IP. A node's pods share a
+//! /16 picked from its name (`127.64.0.0`–`127.191.255.255`), so agents on one host do not
+//! collide and a restarted agent keeps its range.
 //!
 //! Not yet built (node-agent issue): probes, the logs API, resource accounting,
 //! CrashLoopBackOff timing by the book, agent restart re-adoption, the OCI runtime.
@@ -43,19 +45,19 @@ pub struct AgentConfig {
     pub lease_interval: Duration,
     /// The node's address (where NodePorts and the node's own services listen).
     pub node_ip: Ipv4Addr,
-    /// The first two octets of pod addresses (`127.244` → pods get `127.244.x.y`).
+    /// The first two octets of pod addresses (`[127, 100]` → pods get `127.100.x.y`).
     pub pod_prefix: [u8; 2],
 }
 
 impl AgentConfig {
     pub fn new(name: String, data_dir: PathBuf) -> AgentConfig {
         AgentConfig {
-            name,
             data_dir,
             labels: BTreeMap::new(),
             lease_interval: Duration::from_secs(2),
             node_ip: Ipv4Addr::LOCALHOST,
-            pod_prefix: [127, 244],
+            pod_prefix: [127, pod_octet(&name)],
+            name,
         }
     }
 }
@@ -67,6 +69,15 @@ pub struct Agent {
     pub(crate) runtime: Arc<WasmRuntime>,
     pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
     next_ip: std::sync::atomic::AtomicU32,
+}
+
+/// The second octet of a node's pod range, from its name (FNV-1a): 64..=191.
+pub fn pod_octet(name: &str) -> u8 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x01000193);
+    }
+    64 + (h % 128) as u8
 }
 
 fn now_rfc3339() -> String {
@@ -86,11 +97,17 @@ impl Agent {
         Ok(Arc::new(Agent { client, cfg, runtime: Arc::new(runtime), pods: Mutex::new(HashMap::new()), next_ip: std::sync::atomic::AtomicU32::new(2) }))
     }
 
-    /// The next pod address.
-    pub(crate) fn allocate_ip(&self) -> Ipv4Addr {
-        let n = self.next_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let [a, b] = self.cfg.pod_prefix;
-        Ipv4Addr::new(a, b, ((n >> 8) & 0xff) as u8, (n & 0xff) as u8)
+    /// The next free pod address (one whose `port` can be bound, if a port is given).
+    pub(crate) fn allocate_ip(&self, port: Option<u16>) -> Ipv4Addr {
+        loop {
+            let n = self.next_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 65_000 + 2;
+            let [a, b] = self.cfg.pod_prefix;
+            let ip = Ipv4Addr::new(a, b, ((n >> 8) & 0xff) as u8, (n & 0xff) as u8);
+            match port {
+                Some(p) if std::net::TcpListener::bind((ip, p)).is_err() => continue,
+                _ => return ip,
+            }
+        }
     }
 
     fn node_object(&self) -> Value {

@@ -51,6 +51,8 @@ struct ContainerSlot {
     last: Option<ContainerState>,
     restarts: u32,
     id: String,
+    /// Started in the runtime and not yet seen to end.
+    started: bool,
     done: bool,
 }
 
@@ -86,7 +88,11 @@ impl Agent {
         let (done_tx, done) = tokio::sync::watch::channel(false);
         pods.insert(uid, PodHandle { stop: stop.clone(), done });
         drop(pods);
-        let ip = self.allocate_ip();
+        let first_port = pod
+            .pointer("/spec/containers/0/ports/0/containerPort")
+            .and_then(Value::as_u64)
+            .map(|p| p as u16);
+        let ip = self.allocate_ip(first_port);
         tokio::spawn(async move {
             self.run_pod(pod, ip, stop).await;
             let _ = done_tx.send(true);
@@ -292,6 +298,7 @@ impl Agent {
                 last: None,
                 restarts: 0,
                 id: String::new(),
+                started: false,
                 done: false,
             });
         }
@@ -358,7 +365,7 @@ impl Agent {
                             log: LogConfig { path: dir.join("x.log"), max_bytes: 0 },
                         },
                         state: ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message },
-                        last: None, restarts: 0, id: String::new(), done: false,
+                        last: None, restarts: 0, id: String::new(), started: false, done: false,
                     };
                     self.report(&pod, ip, std::slice::from_ref(&slot), "Pending", &started).await;
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => continue, _ = stop.notified() => return }
@@ -371,14 +378,21 @@ impl Agent {
         loop {
             let mut pending_retry = None;
             for (i, c) in slots.iter_mut().enumerate() {
-                if c.done || matches!(c.state, ContainerState::Running { .. }) {
+                if c.done || c.started {
                     continue;
                 }
                 c.id = format!("{uid}/{}/{}", c.name, c.restarts);
                 let mut cfg = c.config.clone();
                 cfg.id = c.id.clone();
                 match self.runtime.start(cfg).await {
-                    Ok(()) => c.state = self.runtime.state(&c.id).unwrap_or(ContainerState::Waiting { reason: "Unknown".into(), message: String::new() }),
+                    Ok(()) => {
+                        c.started = true;
+                        c.state = self.runtime.state(&c.id).unwrap_or(ContainerState::Waiting { reason: "Unknown".into(), message: String::new() });
+                        // A quick command may already be over; it is handled below like any end.
+                        if c.state.is_terminated() {
+                            c.state = ContainerState::Running { started_at: jiff::Timestamp::now() };
+                        }
+                    }
                     Err(e) => {
                         c.state = ContainerState::Waiting { reason: e.reason().into(), message: e.to_string() };
                         pending_retry = Some(backoff[i]);
@@ -399,7 +413,7 @@ impl Agent {
                 return;
             }
             // Wait for a container to end, a retry to be due, or a stop.
-            let running: Vec<(usize, String)> = slots.iter().enumerate().filter(|(_, c)| matches!(c.state, ContainerState::Running { .. })).map(|(i, c)| (i, c.id.clone())).collect();
+            let running: Vec<(usize, String)> = slots.iter().enumerate().filter(|(_, c)| c.started && !c.done).map(|(i, c)| (i, c.id.clone())).collect();
             let rt = self.runtime.clone();
             let wait_any = async {
                 let futs = running.iter().map(|(i, id)| {
@@ -429,6 +443,7 @@ impl Agent {
                     let restart = policy == "Always" || (policy == "OnFailure" && failed);
                     let c = &mut slots[i];
                     c.last = Some(end.clone());
+                    c.started = false;
                     if restart {
                         c.restarts += 1;
                         c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container", backoff[i].as_secs()) };

@@ -87,7 +87,7 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     .await;
     let running = c.get(pods, None, "hello").await.unwrap();
     let ip = running["status"]["podIP"].as_str().unwrap().to_string();
-    assert!(ip.starts_with("127.244."), "{ip}");
+    assert!(ip.starts_with(&format!("127.{}.", wk_nodeagent::pod_octet("node-a"))), "{ip}");
     let ready = running["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");
     assert!(running["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
@@ -101,7 +101,9 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     c.create(pods, None, &job, &[]).await.unwrap();
     wait_for("the pi pod to succeed", Duration::from_secs(30), || {
         let c = c.clone();
-        async move { c.get(pods, None, "pi").await.unwrap()["status"]["phase"] == "Succeeded" }
+        async move {
+            c.get(pods, None, "pi").await.unwrap()["status"]["phase"] == "Succeeded"
+        }
     })
     .await;
     let done = c.get(pods, None, "pi").await.unwrap();
@@ -152,4 +154,91 @@ async fn node_credentials_are_limited() {
         .await
         .unwrap();
     assert_eq!(write_secret.status(), 403);
+}
+
+fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
+    AgentProc(
+        Command::new(WK)
+            .args(["agent", "--server", &server.url, "--token", &node_token(server), "--ca-file"])
+            .arg(server.ca_path())
+            .args(["--name", name, "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Deployment → ReplicaSet → pods → scheduled onto two agents → served; scale; delete.
+#[tokio::test]
+async fn deployments_are_scheduled_across_agents_and_serve() {
+    let server = TestServer::start_cluster();
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let _a1 = start_agent(&server, "node-1", d1.path());
+    let _a2 = start_agent(&server, "node-2", d2.path());
+    let c = server.client();
+    let nodes = lookup("nodes").unwrap();
+    wait_for("two nodes", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { c.list(nodes, None, false, &Default::default()).await.unwrap()["items"].as_array().unwrap().len() == 2 }
+    })
+    .await;
+    let deploy = lookup("deploy").unwrap();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hello"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "hello"}},
+            "template": {"metadata": {"labels": {"app": "hello"}}, "spec": {"runtimeClassName": "wasm",
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}}});
+    c.create(deploy, None, &d, &[]).await.unwrap();
+    wait_for("4 available replicas", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { c.get(deploy, None, "hello").await.unwrap()["status"]["availableReplicas"] == 4 }
+    })
+    .await;
+    let pods = lookup("pods").unwrap();
+    let list = c.list(pods, None, false, &wk_client::ListParams { label_selector: Some("app=hello".into()), ..Default::default() }).await.unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    let on = |n: &str| items.iter().filter(|p| p["spec"]["nodeName"] == n).count();
+    assert_eq!((on("node-1"), on("node-2")), (2, 2), "spread across both nodes");
+    for p in items {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let body = reqwest::get(format!("http://{ip}:8080/")).await.unwrap().text().await.unwrap();
+        assert!(body.starts_with(&format!("hello from {}", p["metadata"]["name"].as_str().unwrap())), "{body}");
+    }
+    // Scale down to 1.
+    c.patch(deploy, None, "hello", "application/merge-patch+json", &json!({"spec": {"replicas": 1}}), &[]).await.unwrap();
+    wait_for("one pod left", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move {
+            let l = c.list(pods, None, false, &wk_client::ListParams { label_selector: Some("app=hello".into()), ..Default::default() }).await.unwrap();
+            l["items"].as_array().unwrap().len() == 1
+        }
+    })
+    .await;
+    // A pod no node can run is explained.
+    let oci = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "container"},
+        "spec": {"runtimeClassName": "oci", "containers": [{"name": "c", "image": "busybox"}]}});
+    c.create(pods, None, &oci, &[]).await.unwrap();
+    wait_for("an Unschedulable condition", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let p = c.get(pods, None, "container").await.unwrap();
+            p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["reason"] == "Unschedulable"
+                && c["message"] == "0/2 nodes are available: 2 node(s) did not offer the pod's runtime."))
+        }
+    })
+    .await;
+    // Deleting the deployment removes its ReplicaSet and pods.
+    c.delete(deploy, None, "hello", &json!({})).await.unwrap();
+    wait_for("pods to be gone", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move {
+            let l = c.list(pods, None, false, &wk_client::ListParams { label_selector: Some("app=hello".into()), ..Default::default() }).await.unwrap();
+            l["items"].as_array().unwrap().is_empty()
+        }
+    })
+    .await;
 }

@@ -30,6 +30,9 @@ pub struct Args {
     /// Do not write the admin client config
     #[arg(long)]
     no_client_config: bool,
+    /// Do not run the scheduler and controllers
+    #[arg(long)]
+    no_controllers: bool,
 }
 
 pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -46,6 +49,7 @@ pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<Exit
         node_id: args.node_id,
         snapshot_every: args.snapshot_every,
         watch_history: args.watch_history,
+        controllers: !args.no_controllers,
     })
     .await
     .context("cannot start the server")?;

@@ -25,11 +25,23 @@ fn free_port() -> u16 {
 }
 
 impl TestServer {
+    /// The API server alone (no scheduler or controllers acting on what tests create).
     pub fn start() -> TestServer {
         Self::start_with(&[])
     }
 
     pub fn start_with(args: &[&str]) -> TestServer {
+        let mut all = vec!["--no-controllers"];
+        all.extend_from_slice(args);
+        Self::spawn_with(&all)
+    }
+
+    /// The server with its scheduler and controllers.
+    pub fn start_cluster() -> TestServer {
+        Self::spawn_with(&[])
+    }
+
+    fn spawn_with(args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("config");
         let mut s = TestServer {
