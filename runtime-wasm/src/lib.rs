@@ -183,12 +183,20 @@ impl WasmRuntime {
         self.cache.compilations.load(Ordering::Relaxed)
     }
 
-    /// Loads (fetch, verify, compile or hit the cache) and classifies an image.
+    /// Loads (fetch, verify, compile or hit the cache) and classifies an image. Local
+    /// files are re-read every time (cheap), so a rebuilt `.wasm` at the same path is
+    /// picked up; remote images are fetched once per runtime.
     async fn load(&self, image: &str) -> Result<(Arc<Prepared>, bool), RuntimeError> {
-        if let Some(p) = self.images.lock().expect("images lock").get(image) {
-            return Ok((p.clone(), false));
+        let local = matches!(image::ImageRef::parse(image)?.source, image::ImageSource::File(_));
+        if !local {
+            if let Some(p) = self.images.lock().expect("images lock").get(image) {
+                return Ok((p.clone(), false));
+            }
         }
         let (bytes, digest) = image::fetch(image, &self.fetcher).await?;
+        if let Some(p) = self.images.lock().expect("images lock").get(&digest) {
+            return Ok((p.clone(), false));
+        }
         classify_binary(image, &bytes)?;
         let cache = &self.cache;
         let (component, compiled) = tokio::task::block_in_place(|| {
@@ -203,8 +211,12 @@ impl WasmRuntime {
         let world = world_of(image, &self.engine, &component)?;
         // Every import must be one the runtime provides.
         self.linker.instantiate_pre(&component).map_err(|e| invalid(image, format!("{e:#}")))?;
-        let p = Arc::new(Prepared { component, world, digest });
-        self.images.lock().expect("images lock").insert(image.to_string(), p.clone());
+        let p = Arc::new(Prepared { component, world, digest: digest.clone() });
+        let mut images = self.images.lock().expect("images lock");
+        images.insert(digest, p.clone());
+        if !local {
+            images.insert(image.to_string(), p.clone());
+        }
         Ok((p, compiled))
     }
 

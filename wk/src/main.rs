@@ -35,13 +35,17 @@ enum Command {
     Describe(commands::describe::Args),
     /// Delete objects by name or from manifests
     Delete(commands::delete::Args),
+    /// Run a local cluster (control plane + agent) in one process
+    Up(commands::up::Args),
+    /// Stop the cluster `wk up` started
+    Down(commands::up::DownArgs),
     /// Print the client and server versions
     Version(commands::version::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Server(_) | Command::Agent(_));
+    let is_server = matches!(cli.command, Command::Server(_) | Command::Agent(_) | Command::Up(_));
     let default_level = if is_server { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +70,8 @@ fn main() -> ExitCode {
             Command::Get(a) => commands::get::run(a, &kubeconfig).await,
             Command::Describe(a) => commands::describe::run(a, &kubeconfig).await,
             Command::Delete(a) => commands::delete::run(a, &kubeconfig).await,
+            Command::Up(a) => commands::up::run(a, &kubeconfig).await,
+            Command::Down(a) => commands::up::down(a).await,
             Command::Version(a) => commands::version::run(a, &kubeconfig).await,
         }
     });

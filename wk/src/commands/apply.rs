@@ -62,11 +62,23 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
         "warn" => "Warn",
         _ => "Ignore",
     };
+    let ok = apply_docs(&client, docs, args.namespace.as_deref(), validation, args.dry_run).await?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Applies objects, printing one line each; returns whether all succeeded.
+pub async fn apply_docs(
+    client: &wk_client::Client,
+    docs: Vec<(String, Value)>,
+    namespace: Option<&str>,
+    validation: &str,
+    dry_run: bool,
+) -> anyhow::Result<bool> {
     let mut query = vec![("fieldManager", "wk-apply".to_string()), ("fieldValidation", validation.to_string())];
-    if args.dry_run {
+    if dry_run {
         query.push(("dryRun", "All".into()));
     }
-    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let suffix = if dry_run { " (dry run)" } else { "" };
     let mut failed = false;
     for (source, mut doc) in docs {
         let rt = super::resource_of(&source, &doc)?;
@@ -75,7 +87,7 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
             failed = true;
             continue;
         };
-        let ns = doc.namespace().map(String::from).or(args.namespace.clone());
+        let ns = doc.namespace().map(String::from).or(namespace.map(String::from));
         if rt.namespaced {
             if let Some(n) = &ns {
                 doc.set_meta("namespace", n.clone());
@@ -126,7 +138,7 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(!failed)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod server;
+pub mod up;
 pub mod version;
 
 use std::path::Path;
