@@ -46,7 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(cli.command, Command::Server(_) | Command::Agent(_) | Command::Up(_));
-    let default_level = if is_server { "info" } else { "warn" };
+    let default_level = if is_server { "info,openraft=warn" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
