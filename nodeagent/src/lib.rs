@@ -11,6 +11,7 @@
 //! Not yet built (node-agent issue): probes, the logs API, resource accounting,
 //! CrashLoopBackOff timing by the book, agent restart re-adoption, the OCI runtime.
 
+mod logs;
 mod pod;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +48,10 @@ pub struct AgentConfig {
     pub node_ip: Ipv4Addr,
     /// The first two octets of pod addresses (`[127, 100]` → pods get `127.100.x.y`).
     pub pod_prefix: [u8; 2],
+    /// Port of the agent's HTTP endpoint (logs) on `node_ip`; 0 picks a free one.
+    pub log_port: u16,
+    /// The token the API server presents to the agent's endpoint (the node join token).
+    pub log_token: Option<String>,
 }
 
 impl AgentConfig {
@@ -57,6 +62,8 @@ impl AgentConfig {
             lease_interval: Duration::from_secs(2),
             node_ip: Ipv4Addr::LOCALHOST,
             pod_prefix: [127, pod_octet(&name)],
+            log_port: 0,
+            log_token: None,
             name,
         }
     }
@@ -68,6 +75,10 @@ pub struct Agent {
     pub(crate) cfg: AgentConfig,
     pub(crate) runtime: Arc<WasmRuntime>,
     pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
+    /// `namespace/name` → the pod's directory (logs, volumes), while it is on this node.
+    pub(crate) pod_dirs: Mutex<HashMap<String, PathBuf>>,
+    /// Where the agent's endpoint listens (set by `run`).
+    endpoint_port: std::sync::atomic::AtomicU16,
     next_ip: std::sync::atomic::AtomicU32,
 }
 
@@ -94,7 +105,15 @@ fn memory_kib() -> u64 {
 impl Agent {
     pub fn new(client: Client, cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         let runtime = WasmRuntime::new(WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache"))).map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
-        Ok(Arc::new(Agent { client, cfg, runtime: Arc::new(runtime), pods: Mutex::new(HashMap::new()), next_ip: std::sync::atomic::AtomicU32::new(2) }))
+        Ok(Arc::new(Agent {
+            client,
+            cfg,
+            runtime: Arc::new(runtime),
+            pods: Mutex::new(HashMap::new()),
+            pod_dirs: Mutex::new(HashMap::new()),
+            endpoint_port: std::sync::atomic::AtomicU16::new(0),
+            next_ip: std::sync::atomic::AtomicU32::new(2),
+        }))
     }
 
     /// The next free pod address (one whose `port` can be bound, if a port is given).
@@ -129,6 +148,7 @@ impl Agent {
             "spec": {},
             "status": {
                 "capacity": resources, "allocatable": resources,
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": self.endpoint_port.load(std::sync::atomic::Ordering::Relaxed)}},
                 "addresses": [{"type": "InternalIP", "address": self.cfg.node_ip.to_string()}, {"type": "Hostname", "address": self.cfg.name}],
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "wk agent is posting ready status",
                                 "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -176,6 +196,15 @@ impl Agent {
 
     /// Runs until `shutdown` resolves: registration, lease renewal, pod reconciliation.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+        let listener = tokio::net::TcpListener::bind((self.cfg.node_ip, self.cfg.log_port))
+            .await
+            .map_err(|e| AgentError::Runtime(format!("cannot listen on {}:{}: {e}", self.cfg.node_ip, self.cfg.log_port)))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.endpoint_port.store(port, std::sync::atomic::Ordering::Relaxed);
+        let app = logs::router(self.clone());
+        let endpoint = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
         self.register().await?;
         self.renew_lease().await?;
         let me = self.clone();
@@ -201,6 +230,7 @@ impl Agent {
             }
         }
         lease_task.abort();
+        endpoint.abort();
         Ok(())
     }
 

@@ -101,6 +101,8 @@ impl Agent {
 
     /// A pod deleted outright (without graceful deletion): stop what runs.
     pub(crate) async fn forget(&self, pod: &Value) {
+        let key = format!("{}/{}", s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+        self.pod_dirs.lock().await.remove(&key);
         if let Some(h) = self.pods.lock().await.remove(s(pod, "/metadata/uid")) {
             h.stop.notify_one();
         }
@@ -337,6 +339,14 @@ impl Agent {
     async fn run_pod(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>) {
         let uid = s(&pod, "/metadata/uid").to_string();
         let dir = self.cfg.data_dir.join("pods").join(&uid);
+        let key = format!("{}/{}", s(&pod, "/metadata/namespace"), s(&pod, "/metadata/name"));
+        self.pod_dirs.lock().await.insert(key.clone(), dir.clone());
+        self.clone().run_pod_inner(pod, ip, stop, uid, dir).await;
+        // Logs stay readable until the pod object is gone (see `forget`).
+        let _ = key;
+    }
+
+    async fn run_pod_inner(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>, uid: String, dir: PathBuf) {
         let started = ts(&jiff::Timestamp::now());
         let policy = match s(&pod, "/spec/restartPolicy") {
             "" => "Always",

@@ -33,6 +33,8 @@ enum Command {
     Get(commands::get::Args),
     /// Show an object in detail, with its events
     Describe(commands::describe::Args),
+    /// Print or follow a pod's logs
+    Logs(commands::logs::Args),
     /// Delete objects by name or from manifests
     Delete(commands::delete::Args),
     /// Run a local cluster (control plane + agent) in one process
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
             Command::Get(a) => commands::get::run(a, &kubeconfig).await,
             Command::Describe(a) => commands::describe::run(a, &kubeconfig).await,
             Command::Delete(a) => commands::delete::run(a, &kubeconfig).await,
+            Command::Logs(a) => commands::logs::run(a, &kubeconfig).await,
             Command::Up(a) => commands::up::run(a, &kubeconfig).await,
             Command::Down(a) => commands::up::down(a).await,
             Command::Version(a) => commands::version::run(a, &kubeconfig).await,

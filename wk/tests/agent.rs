@@ -110,6 +110,52 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     assert_eq!(done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
     assert_eq!(done["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
 
+    // Logs through the API server, from wk and from kubectl.
+    let out = server.wk(&["logs", "pi"]);
+    assert_eq!(common::stdout(&out), "3.141592653\n", "{}", common::stderr(&out));
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.path().join("kube-cache"))
+        .args(["logs", "pi", "--timestamps"])
+        .output()
+        .unwrap();
+    let text = common::stdout(&out);
+    let (ts, line) = text.trim_end().split_once(' ').unwrap_or_default();
+    assert!(ts.parse::<jiff::Timestamp>().is_ok(), "{text} {}", common::stderr(&out));
+    assert_eq!(line, "3.141592653");
+    // Follow: each request to hello-http logs a line.
+    let mut follow = Command::new(WK)
+        .args(["logs", "-f", "hello"])
+        .env("WK_CONFIG", &server.kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reqwest::get(format!("http://{ip}:8080/followed")).await.unwrap();
+    let mut seen = false;
+    for _ in 0..50 {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) if l == "GET /followed" => {
+                seen = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "wk logs -f shows the new line");
+
     // A failing command with restartPolicy OnFailure is restarted with back-off.
     let failing = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad"},
         "spec": {"nodeName": "node-a", "runtimeClassName": "wasm", "restartPolicy": "OnFailure",

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::body::to_bytes;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -893,6 +893,72 @@ pub async fn update_scale(state: ApiState, target: Target, req: Request) -> Resu
     Err(Status::stale(target.rt, &name).into())
 }
 
+/// `GET pods/{name}/log`: proxied to the agent of the pod's node (its `containerLogs`
+/// endpoint), streamed back as text.
+pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Response> {
+    let name = target.name.clone().unwrap_or_default();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let params = Params::from_uri(req.uri());
+    let pod = load(&state, &key_of(&target, &name), true).await?.ok_or_else(|| not_found(&target, &name))?;
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string();
+    if node_name.is_empty() {
+        return Err(Status::bad_request(format!("pod {name} does not have a host assigned")).into());
+    }
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect())
+        .unwrap_or_default();
+    let container = match params.get("container") {
+        Some(c) if containers.iter().any(|x| x == c) => c.to_string(),
+        Some(c) => {
+            return Err(Status::bad_request(format!(
+                "container {c} is not valid for pod {name}; choose one of: [{}]",
+                containers.join(" ")
+            ))
+            .into())
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(Status::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            ))
+            .into())
+        }
+    };
+    let nodes = resource::by_plural("", "nodes").expect("nodes registered");
+    let node = load(&state, &nodes.key(None, &node_name), true).await?.ok_or_else(|| Status::not_found(nodes, &node_name))?;
+    let ip = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP")))
+        .and_then(|x| x.get("address").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_string();
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(0);
+    if ip.is_empty() || port == 0 {
+        return Err(Status::unavailable(format!("node {node_name} does not serve logs")).into());
+    }
+    let ns = target.namespace.clone().unwrap_or_default();
+    let url = format!("http://{ip}:{port}/containerLogs/{ns}/{name}/{container}?{query}");
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&state.tokens.node)
+        .send()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach the agent of node {node_name}: {e}")))?;
+    let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if !code.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(Status::new(code.as_u16(), if code == StatusCode::NOT_FOUND { "NotFound" } else { "BadRequest" }, text.trim().to_string()).into());
+    }
+    let body = axum::body::Body::from_stream(resp.bytes_stream());
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -906,3 +972,4 @@ mod tests {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
+

@@ -156,11 +156,7 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         (&Method::PATCH, true, None | Some("status")) => handlers::patch(state, target, req).await,
         (&Method::DELETE, true, None) => handlers::delete(state, target, req).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(state, target, req).await,
-        (&Method::GET, true, Some("log")) => Err(ApiError(Status::new(
-            503,
-            "ServiceUnavailable",
-            "pod logs are served by node agents, and no agent serves this pod",
-        ))),
+        (&Method::GET, true, Some("log")) => handlers::logs(state, target, req).await,
         _ => Err(ApiError(Status::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
         )))),

@@ -34,6 +34,8 @@ fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
 impl wasip2::exports::http::incoming_handler::Guest for Hello {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
+        // One access-log line per request, to stdout (the pod's log).
+        println!("GET {path}");
         if path == "/healthz" || path.starts_with("/healthz?") {
             return respond(out, 200, b"ok\n");
         }

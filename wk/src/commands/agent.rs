@@ -56,6 +56,8 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
     };
     let mut cfg = AgentConfig::new(name.clone(), args.data_dir);
     cfg.labels = args.labels.into_iter().collect();
+    // The API server presents the node token when it proxies logs.
+    cfg.log_token = args.token.clone();
     let agent = Agent::new(client, cfg).context("cannot start the agent")?;
     println!("wk agent {name} starting");
     agent.run(shutdown_signal()).await.context("agent failed")?;

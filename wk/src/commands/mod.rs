@@ -5,6 +5,7 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
 pub mod server;
 pub mod up;
 pub mod version;

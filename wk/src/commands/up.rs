@@ -57,8 +57,11 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     .context("cannot start the control plane")?;
     let client = server.admin_client().map_err(|e| anyhow::anyhow!(e))?;
     let url = server.url.clone();
+    let node_token = server.tokens.node.clone();
     let serving = tokio::spawn(server.serve(shutdown_signal()));
-    let agent = Agent::new(client.clone(), AgentConfig::new(args.node_name.clone(), args.data_dir.join("agent"))).context("cannot start the agent")?;
+    let mut agent_cfg = AgentConfig::new(args.node_name.clone(), args.data_dir.join("agent"));
+    agent_cfg.log_token = Some(node_token);
+    let agent = Agent::new(client.clone(), agent_cfg).context("cannot start the agent")?;
     let agent_task = tokio::spawn(agent.run(std::future::pending()));
     println!("wk up: control plane at {url}, node {:?} ready to run pods", args.node_name);
     println!("client config: {} (wk and kubectl use it)", kubeconfig.display());

@@ -1,0 +1,151 @@
+//! The agent's logs endpoint (the kubelet's `containerLogs`): the API server proxies
+//! `GET /api/v1/namespaces/{ns}/pods/{name}/log` here. Requests must carry the cluster's
+//! node token. Supports `follow`, `tailLines`, `sinceSeconds`, `timestamps`, `limitBytes`.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::Agent;
+
+/// One log line: `<RFC 3339> <stream> <text>` as the runtime writes it.
+fn split_line(line: &str) -> Option<(&str, &str)> {
+    let (ts, rest) = line.split_once(' ')?;
+    let (_stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((ts, text))
+}
+
+fn render(line: &str, timestamps: bool, since: Option<jiff::Timestamp>) -> Option<String> {
+    let (ts, text) = split_line(line)?;
+    if let Some(since) = since {
+        if ts.parse::<jiff::Timestamp>().is_ok_and(|t| t < since) {
+            return None;
+        }
+    }
+    Some(if timestamps { format!("{ts} {text}\n") } else { format!("{text}\n") })
+}
+
+async fn container_logs(
+    State(agent): State<Arc<Agent>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if agent.cfg.log_token.is_none() || token != agent.cfg.log_token.as_deref() {
+        return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
+    }
+    let Some(dir) = agent.pod_dirs.lock().await.get(&format!("{ns}/{pod}")).cloned() else {
+        return (StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node\n")).into_response();
+    };
+    let path = dir.join("logs").join(format!("{container}.log"));
+    if q.get("previous").is_some_and(|v| v == "true") {
+        return (StatusCode::BAD_REQUEST, format!("previous terminated container \"{container}\" in pod \"{pod}\" not found\n")).into_response();
+    }
+    let timestamps = q.get("timestamps").is_some_and(|v| v == "true");
+    let follow = q.get("follow").is_some_and(|v| v == "true");
+    let tail: Option<usize> = q.get("tailLines").and_then(|v| v.parse().ok());
+    let limit: Option<usize> = q.get("limitBytes").and_then(|v| v.parse().ok());
+    let since = q
+        .get("sinceSeconds")
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|s| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s));
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut lines: Vec<String> = text.lines().filter_map(|l| render(l, timestamps, since)).collect();
+    if let Some(n) = tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let mut first: String = lines.concat();
+    if let Some(l) = limit {
+        first.truncate(l);
+    }
+    if !follow {
+        return ([("content-type", "text/plain")], first).into_response();
+    }
+    let offset = text.len() as u64;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let key = format!("{ns}/{pod}");
+    tokio::spawn(follow_file(agent.clone(), key, path, offset, timestamps, first, tx));
+    ([("content-type", "text/plain")], Body::from_stream(tokio_stream_from(rx))).into_response()
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Sends what is appended to the file until the pod leaves the node or the client goes.
+async fn follow_file(
+    agent: Arc<Agent>,
+    key: String,
+    path: PathBuf,
+    mut offset: u64,
+    timestamps: bool,
+    first: String,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
+        return;
+    }
+    let mut partial = String::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tx.closed() => return,
+        }
+        let mut chunk = String::new();
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                offset = 0; // rotated
+            }
+            if f.seek(SeekFrom::Start(offset)).is_ok() && f.read_to_string(&mut chunk).is_ok() {
+                offset += chunk.len() as u64;
+            }
+        }
+        partial.push_str(&chunk);
+        let mut out = String::new();
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            if let Some(r) = render(line.trim_end_matches('\n'), timestamps, None) {
+                out.push_str(&r);
+            }
+        }
+        if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
+            return;
+        }
+        if !agent.pod_dirs.lock().await.contains_key(&key) {
+            return;
+        }
+    }
+}
+
+/// The agent's HTTP endpoints.
+pub(crate) fn router(agent: Arc<Agent>) -> Router {
+    Router::new().route("/containerLogs/{ns}/{pod}/{container}", get(container_logs)).with_state(agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_render_with_and_without_timestamps() {
+        let l = "2026-11-22T03:00:00.000000000Z stdout GET /x";
+        assert_eq!(render(l, false, None).unwrap(), "GET /x\n");
+        assert_eq!(render(l, true, None).unwrap(), "2026-11-22T03:00:00.000000000Z GET /x\n");
+        let later: jiff::Timestamp = "2026-11-22T04:00:00Z".parse().unwrap();
+        assert!(render(l, false, Some(later)).is_none());
+    }
+}

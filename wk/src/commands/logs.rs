@@ -1,0 +1,62 @@
+//! `wk logs`: print (or follow) a pod container's output, through the API server.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use futures::StreamExt;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Pod name
+    pod: String,
+    /// Container (defaults to the pod's only container)
+    #[arg(short, long)]
+    container: Option<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Keep streaming new output
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines
+    #[arg(long)]
+    tail: Option<u64>,
+    /// Only lines newer than this many seconds
+    #[arg(long)]
+    since_seconds: Option<u64>,
+    /// Prefix lines with their RFC 3339 timestamps
+    #[arg(long)]
+    timestamps: bool,
+}
+
+pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    let client = super::client(kubeconfig)?;
+    let rt = super::resource("pods")?;
+    let ns = args.namespace.clone().unwrap_or_else(|| client.config.namespace.clone());
+    let path = format!("{}/log", rt.object_path(Some(&ns), &args.pod));
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(c) = args.container {
+        q.push(("container", c));
+    }
+    if args.follow {
+        q.push(("follow", "true".into()));
+    }
+    if let Some(t) = args.tail {
+        q.push(("tailLines", t.to_string()));
+    }
+    if let Some(s) = args.since_seconds {
+        q.push(("sinceSeconds", s.to_string()));
+    }
+    if args.timestamps {
+        q.push(("timestamps", "true".into()));
+    }
+    let resp = client.request(wk_client::Method::GET, &path, &q, None, None).await?;
+    let mut body = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
