@@ -8,11 +8,16 @@
 //! /16 picked from its name (`127.64.0.0`–`127.191.255.255`), so agents on one host do not
 //! collide and a restarted agent keeps its range.
 //!
-//! Not yet built (node-agent issue): probes, the logs API, resource accounting,
-//! CrashLoopBackOff timing by the book, agent restart re-adoption, the OCI runtime.
+//! Each container gets its probes (startup, liveness, readiness; `probe.rs`); a pod is
+//! admitted only if its requests fit the node's allocatable. Status reports are retried
+//! until the API server takes them, so pods keep running and their state catches up when
+//! the control plane is away for a while. Wasm pods live inside the agent process: when
+//! the agent restarts they restart with it (same pod IP, `restartCount` + 1), and nothing
+//! is left running behind it.
 
 mod logs;
 mod pod;
+mod probe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -52,6 +57,8 @@ pub struct AgentConfig {
     pub log_port: u16,
     /// The token the API server presents to the agent's endpoint (the node join token).
     pub log_token: Option<String>,
+    /// Most pods the node runs at once (the kubelet's `--max-pods`).
+    pub max_pods: u64,
 }
 
 impl AgentConfig {
@@ -64,9 +71,22 @@ impl AgentConfig {
             pod_prefix: [127, pod_octet(&name)],
             log_port: 0,
             log_token: None,
+            max_pods: DEFAULT_MAX_PODS,
             name,
         }
     }
+}
+
+/// Default `max_pods`. The kubelet's is 110, sized for containers; an idle Wasm pod costs
+/// the agent kilobytes (BENCHMARKS.md), so wk allows more.
+pub const DEFAULT_MAX_PODS: u64 = 1000;
+
+/// What the node offers pods.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Allocatable {
+    pub cpu_milli: u64,
+    pub memory: u64,
+    pub pods: u64,
 }
 
 /// A running node agent.
@@ -77,6 +97,8 @@ pub struct Agent {
     pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
     /// `namespace/name` → the pod's directory (logs, volumes), while it is on this node.
     pub(crate) pod_dirs: Mutex<HashMap<String, PathBuf>>,
+    /// The client probes use (no proxy; HTTPS probes skip verification, as the kubelet's).
+    pub(crate) probe_http: reqwest::Client,
     /// Where the agent's endpoint listens (set by `run`).
     endpoint_port: std::sync::atomic::AtomicU16,
     next_ip: std::sync::atomic::AtomicU32,
@@ -111,6 +133,12 @@ impl Agent {
             runtime: Arc::new(runtime),
             pods: Mutex::new(HashMap::new()),
             pod_dirs: Mutex::new(HashMap::new()),
+            probe_http: reqwest::Client::builder()
+                .no_proxy()
+                .danger_accept_invalid_certs(true)
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| AgentError::Runtime(format!("probe client: {e}")))?,
             endpoint_port: std::sync::atomic::AtomicU16::new(0),
             next_ip: std::sync::atomic::AtomicU32::new(2),
         }))
@@ -129,9 +157,13 @@ impl Agent {
         }
     }
 
+    pub(crate) fn allocatable(&self) -> Allocatable {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
+        Allocatable { cpu_milli: cpus * 1000, memory: memory_kib() * 1024, pods: self.cfg.max_pods }
+    }
+
     fn node_object(&self) -> Value {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let mem = format!("{}Ki", memory_kib());
+        let alloc = self.allocatable();
         let mut labels = json!({
             "kubernetes.io/hostname": self.cfg.name,
             "kubernetes.io/os": "linux",
@@ -141,7 +173,7 @@ impl Agent {
             labels[k] = json!(v);
         }
         let now = now_rfc3339();
-        let resources = json!({"cpu": cpus.to_string(), "memory": mem, "pods": "110"});
+        let resources = json!({"cpu": (alloc.cpu_milli / 1000).to_string(), "memory": format!("{}Ki", alloc.memory / 1024), "pods": alloc.pods.to_string()});
         json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.cfg.name, "labels": labels, "annotations": {"wk.dev/runtimes": "wasm"}},
@@ -239,7 +271,17 @@ impl Agent {
         let rt = lookup("pods").expect("pods registered");
         let selector = format!("spec.nodeName={}", self.cfg.name);
         let list = self.client.list(rt, None, true, &ListParams { field_selector: Some(selector.clone()), ..Default::default() }).await?;
-        for p in list["items"].as_array().cloned().unwrap_or_default() {
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        // Pods deleted (or rebound) while the watch was down are stopped; the rest keep
+        // running untouched.
+        let listed: std::collections::HashSet<&str> = items.iter().filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str)).collect();
+        for uid in self.pod_uids().await {
+            if !listed.contains(uid.as_str()) {
+                self.forget(&uid).await;
+            }
+        }
+        self.remove_stale_pod_dirs(&listed);
+        for p in items.iter().cloned() {
             self.clone().reconcile(p).await;
         }
         let rv = list["metadata"]["resourceVersion"].as_str().map(String::from);
@@ -249,12 +291,26 @@ impl Agent {
             let ev = ev?;
             match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" => self.clone().reconcile(ev.object).await,
-                "DELETED" => self.forget(&ev.object).await,
+                "DELETED" => self.forget(ev.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()).await,
                 "ERROR" => return Ok(()),
                 _ => {}
             }
         }
         Ok(())
+    }
+}
+
+impl Agent {
+    /// Removes the directories (volumes, logs) of pods that are no longer bound here, left
+    /// by an earlier run of the agent.
+    fn remove_stale_pod_dirs(&self, listed: &std::collections::HashSet<&str>) {
+        let Ok(entries) = std::fs::read_dir(self.cfg.data_dir.join("pods")) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !listed.contains(name.as_str()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 

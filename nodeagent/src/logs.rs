@@ -47,8 +47,11 @@ async fn container_logs(
     let Some(dir) = agent.pod_dirs.lock().await.get(&format!("{ns}/{pod}")).cloned() else {
         return (StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node\n")).into_response();
     };
-    let path = dir.join("logs").join(format!("{container}.log"));
-    if q.get("previous").is_some_and(|v| v == "true") {
+    let previous = q.get("previous").is_some_and(|v| v == "true");
+    // The runtime writes `<container>.log`; the agent keeps the last instance's log as
+    // `<container>.previous.log` when it restarts a container.
+    let path = dir.join("logs").join(if previous { format!("{container}.previous.log") } else { format!("{container}.log") });
+    if previous && !path.exists() {
         return (StatusCode::BAD_REQUEST, format!("previous terminated container \"{container}\" in pod \"{pod}\" not found\n")).into_response();
     }
     let timestamps = q.get("timestamps").is_some_and(|v| v == "true");

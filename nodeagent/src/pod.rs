@@ -1,5 +1,5 @@
-//! One pod on this node: volumes, env, containers through the runtime, restarts per
-//! `restartPolicy`, status reports, graceful stop.
+//! One pod on this node: admission, volumes, env, containers through the runtime, probes,
+//! restarts per `restartPolicy`, status reports, graceful stop.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,22 +9,37 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 use wk_api::quantity::Quantity;
 use wk_api::resource::lookup;
 use wk_api::runtime::{ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime};
 
+use crate::probe::{self, ProbeEvent, Probes};
 use crate::Agent;
 
-/// What the agent keeps per running pod.
+/// What the agent keeps per admitted pod.
 pub(crate) struct PodHandle {
     stop: Arc<Notify>,
-    done: tokio::sync::watch::Receiver<bool>,
+    done: watch::Receiver<bool>,
+    /// `namespace/name`, to drop the pod's log directory when it goes.
+    key: String,
+    /// CPU (millicores) and memory (bytes) the pod requests, counted while it is not done.
+    pub(crate) requests: Resources,
 }
 
-/// Restart back-off: 1 s doubling to 60 s.
+impl PodHandle {
+    pub(crate) fn is_done(&self) -> bool {
+        *self.done.borrow()
+    }
+}
+
+/// Restart back-off: 1 s doubling to 60 s (the kubelet's is 10 s to 5 min; Wasm components
+/// start in milliseconds, so wk retries sooner). It resets after 10 min of running, as the
+/// kubelet's does.
 const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
@@ -43,10 +58,36 @@ fn state_json(st: &ContainerState) -> Value {
     }
 }
 
+/// Compute resources: CPU in millicores, memory in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Resources {
+    pub cpu_milli: u64,
+    pub memory: u64,
+}
+
+fn quantity(v: Option<&Value>) -> Option<Quantity> {
+    let v = v?;
+    let text = v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string()))?;
+    Quantity::parse(&text).ok()
+}
+
+/// What a pod requests: the sum over its containers of `resources.requests`, or of
+/// `resources.limits` where a request is not given (Kubernetes defaults requests to limits).
+pub(crate) fn pod_requests(pod: &Value) -> Resources {
+    let mut r = Resources::default();
+    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+        let get = |res: &str| quantity(c.pointer(&format!("/resources/requests/{res}"))).or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))));
+        r.cpu_milli += get("cpu").map(|q| q.milli_value().max(0) as u64).unwrap_or(0);
+        r.memory += get("memory").map(|q| q.value().max(0) as u64).unwrap_or(0);
+    }
+    r
+}
+
 struct ContainerSlot {
     name: String,
     image: String,
     config: ContainerConfig,
+    probes: Probes,
     state: ContainerState,
     last: Option<ContainerState>,
     restarts: u32,
@@ -54,6 +95,53 @@ struct ContainerSlot {
     /// Started in the runtime and not yet seen to end.
     started: bool,
     done: bool,
+    /// Kubernetes' `started`: the startup probe (if any) has passed.
+    startup_passed: bool,
+    /// Kubernetes' `ready`: the readiness probe (if any) passes.
+    ready: bool,
+    prober: Option<tokio::task::JoinHandle<()>>,
+    /// Why the agent is killing the container (a failed liveness or startup probe).
+    killing: Option<String>,
+    running_since: Option<Instant>,
+}
+
+impl ContainerSlot {
+    fn is_ready(&self) -> bool {
+        matches!(self.state, ContainerState::Running { .. }) && self.startup_passed && self.ready
+    }
+}
+
+/// Sends a pod's latest status to the API server, retrying until it is taken: a report
+/// made while the control plane is away arrives when it is back. Newer reports replace
+/// older unsent ones.
+fn spawn_reporter(agent: Arc<Agent>, pod: &Value) -> watch::Sender<Option<Value>> {
+    let (tx, mut rx) = watch::channel::<Option<Value>>(None);
+    let ns = s(pod, "/metadata/namespace").to_string();
+    let name = s(pod, "/metadata/name").to_string();
+    let uid = s(pod, "/metadata/uid").to_string();
+    tokio::spawn(async move {
+        // `changed` still yields a value sent just before the sender was dropped.
+        while rx.changed().await.is_ok() {
+            let Some(mut status) = rx.borrow_and_update().clone() else { continue };
+            loop {
+                match agent.patch_status(&ns, &name, &uid, &status).await {
+                    Ok(()) => break,
+                    // The pod is gone, or the name now belongs to a newer pod.
+                    Err(e) if matches!(e.code(), Some(404 | 409)) => return,
+                    Err(e) => {
+                        tracing::debug!(pod = %name, error = %e, "status update failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if rx.has_changed().unwrap_or(false) {
+                            if let Some(newer) = rx.borrow_and_update().clone() {
+                                status = newer;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    tx
 }
 
 impl Agent {
@@ -67,12 +155,19 @@ impl Agent {
                 if let Some(mut h) = handle {
                     h.stop.notify_one();
                     let _ = h.done.wait_for(|d| *d).await;
+                    let dir = me.cfg.data_dir.join("pods").join(&uid);
+                    let mut dirs = me.pod_dirs.lock().await;
+                    if dirs.get(&h.key) == Some(&dir) {
+                        dirs.remove(&h.key);
+                    }
+                    drop(dirs);
+                    let _ = std::fs::remove_dir_all(dir);
                 }
-                // Finish the graceful deletion.
+                // Finish the graceful deletion (only of this very pod).
                 let rt = lookup("pods").expect("pods registered");
                 let _ = me
                     .client
-                    .delete(rt, Some(s(&pod, "/metadata/namespace")), s(&pod, "/metadata/name"), &json!({"gracePeriodSeconds": 0}))
+                    .delete(rt, Some(s(&pod, "/metadata/namespace")), s(&pod, "/metadata/name"), &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}))
                     .await;
             });
             return;
@@ -84,41 +179,100 @@ impl Agent {
         if pods.contains_key(&uid) {
             return;
         }
+        // Admission, as the kubelet does it: the pod must fit what is left of allocatable.
+        let requests = pod_requests(&pod);
+        let active: Vec<&PodHandle> = pods.values().filter(|h| !h.is_done()).collect();
+        let used = active.iter().fold(Resources::default(), |a, h| Resources { cpu_milli: a.cpu_milli + h.requests.cpu_milli, memory: a.memory + h.requests.memory });
+        let alloc = self.allocatable();
+        let refusal = if active.len() as u64 + 1 > alloc.pods {
+            Some(("pods", 1, active.len() as u64, alloc.pods))
+        } else if requests.cpu_milli > 0 && used.cpu_milli + requests.cpu_milli > alloc.cpu_milli {
+            Some(("cpu", requests.cpu_milli, used.cpu_milli, alloc.cpu_milli))
+        } else if requests.memory > 0 && used.memory + requests.memory > alloc.memory {
+            Some(("memory", requests.memory, used.memory, alloc.memory))
+        } else {
+            None
+        };
+        if let Some((res, requested, used, capacity)) = refusal {
+            drop(pods);
+            let message = format!("Pod was rejected: Node didn't have enough resource: {res}, requested: {requested}, used: {used}, capacity: {capacity}");
+            let reason = format!("OutOf{res}");
+            tracing::info!(pod = s(&pod, "/metadata/name"), %message, "pod rejected");
+            self.event(&pod, "Warning", &reason, &message);
+            let tx = spawn_reporter(self.clone(), &pod);
+            let _ = tx.send(Some(json!({"phase": "Failed", "reason": reason, "message": message, "startTime": ts(&jiff::Timestamp::now())})));
+            return;
+        }
         let stop = Arc::new(Notify::new());
-        let (done_tx, done) = tokio::sync::watch::channel(false);
-        pods.insert(uid, PodHandle { stop: stop.clone(), done });
+        let (done_tx, done) = watch::channel(false);
+        let key = format!("{}/{}", s(&pod, "/metadata/namespace"), s(&pod, "/metadata/name"));
+        pods.insert(uid, PodHandle { stop: stop.clone(), done, key, requests });
         drop(pods);
         let first_port = pod
             .pointer("/spec/containers/0/ports/0/containerPort")
             .and_then(Value::as_u64)
             .map(|p| p as u16);
-        let ip = self.allocate_ip(first_port);
+        // A pod this node ran before (the agent restarted) keeps its address if it can.
+        let previous_ip = s(&pod, "/status/podIP").parse::<Ipv4Addr>().ok().filter(|ip| {
+            let [a, b, ..] = ip.octets();
+            [a, b] == self.cfg.pod_prefix && first_port.is_none_or(|p| std::net::TcpListener::bind((*ip, p)).is_ok())
+        });
+        let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port));
         tokio::spawn(async move {
             self.run_pod(pod, ip, stop).await;
             let _ = done_tx.send(true);
         });
     }
 
-    /// A pod deleted outright (without graceful deletion): stop what runs.
-    pub(crate) async fn forget(&self, pod: &Value) {
-        let key = format!("{}/{}", s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
-        self.pod_dirs.lock().await.remove(&key);
-        if let Some(h) = self.pods.lock().await.remove(s(pod, "/metadata/uid")) {
+    /// A pod that is gone (deleted outright, or no longer bound here): stop what runs.
+    pub(crate) async fn forget(&self, uid: &str) {
+        if let Some(mut h) = self.pods.lock().await.remove(uid) {
+            self.pod_dirs.lock().await.remove(&h.key);
             h.stop.notify_one();
+            let dir = self.cfg.data_dir.join("pods").join(uid);
+            tokio::spawn(async move {
+                let _ = h.done.wait_for(|d| *d).await;
+                let _ = std::fs::remove_dir_all(dir);
+            });
         }
     }
 
-    async fn patch_status(&self, pod: &Value, status: Value) {
+    /// The uids of the pods this agent holds.
+    pub(crate) async fn pod_uids(&self) -> Vec<String> {
+        self.pods.lock().await.keys().cloned().collect()
+    }
+
+    /// Merge-patches a pod's status, guarded by its uid.
+    async fn patch_status(&self, ns: &str, name: &str, uid: &str, status: &Value) -> Result<(), wk_client::ClientError> {
         let rt = lookup("pods").expect("pods registered");
-        let path = format!("{}/status", rt.object_path(Some(s(pod, "/metadata/namespace")), s(pod, "/metadata/name")));
-        let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
-        if let Err(e) = self
-            .client
+        let path = format!("{}/status", rt.object_path(Some(ns), name));
+        let body = serde_json::to_vec(&json!({"metadata": {"uid": uid}, "status": status})).unwrap_or_default();
+        self.client
             .request(wk_client::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body)), None)
             .await
-        {
-            tracing::warn!(pod = s(pod, "/metadata/name"), error = %e, "status update failed");
-        }
+            .map(|_| ())
+    }
+
+    /// Records an Event about a pod (best effort, in the background).
+    pub(crate) fn event(&self, pod: &Value, kind: &str, reason: &str, message: &str) {
+        let ns = s(pod, "/metadata/namespace").to_string();
+        let now = jiff::Timestamp::now();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{}.{:x}", s(pod, "/metadata/name"), now.as_nanosecond()), "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": s(pod, "/metadata/name"), "uid": s(pod, "/metadata/uid")},
+            "reason": reason, "message": message, "type": kind, "count": 1,
+            "source": {"component": "kubelet", "host": self.cfg.name},
+            "reportingComponent": "kubelet", "reportingInstance": self.cfg.name,
+            "firstTimestamp": ts(&now), "lastTimestamp": ts(&now),
+        });
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let rt = lookup("events").expect("events registered");
+            if let Err(e) = client.create(rt, Some(&ns), &event, &[]).await {
+                tracing::debug!(error = %e, "event not recorded");
+            }
+        });
     }
 
     async fn lookup_key(&self, kind: &str, ns: &str, name: &str, key: &str) -> Result<String, String> {
@@ -294,6 +448,7 @@ impl Agent {
             };
             slots.push(ContainerSlot {
                 image: config.image.clone(),
+                probes: Probes::of(&c, ip).map_err(|e| format!("container {name}: {e}"))?,
                 name,
                 config,
                 state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
@@ -302,20 +457,29 @@ impl Agent {
                 id: String::new(),
                 started: false,
                 done: false,
+                startup_passed: false,
+                ready: false,
+                prober: None,
+                killing: None,
+                running_since: None,
             });
         }
         Ok(slots)
     }
 
-    async fn report(&self, pod: &Value, ip: Ipv4Addr, slots: &[ContainerSlot], phase: &str, started: &str) {
-        let ready = !slots.is_empty() && slots.iter().all(|c| matches!(c.state, ContainerState::Running { .. }));
+    async fn report(&self, tx: &watch::Sender<Option<Value>>, ip: Ipv4Addr, slots: &[ContainerSlot], phase: &str, started: &str) {
+        let ready = !slots.is_empty() && slots.iter().all(ContainerSlot::is_ready);
         let now = ts(&jiff::Timestamp::now());
         let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now, "lastProbeTime": null});
         let statuses: Vec<Value> = slots
             .iter()
             .map(|c| {
-                let mut st = json!({"name": c.name, "image": c.image, "imageID": "", "ready": matches!(c.state, ContainerState::Running { .. }),
-                    "restartCount": c.restarts, "started": matches!(c.state, ContainerState::Running { .. }), "state": state_json(&c.state)});
+                let running = matches!(c.state, ContainerState::Running { .. });
+                let mut st = json!({"name": c.name, "image": c.image, "imageID": "", "ready": c.is_ready(),
+                    "restartCount": c.restarts, "started": running && c.startup_passed, "state": state_json(&c.state)});
+                if !c.id.is_empty() {
+                    st["containerID"] = json!(format!("wasm://{}", c.id));
+                }
                 if let Some(l) = &c.last {
                     st["lastState"] = state_json(l);
                 }
@@ -332,7 +496,7 @@ impl Agent {
             "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", ready), cond("Ready", ready)],
             "containerStatuses": statuses,
         });
-        self.patch_status(pod, status).await;
+        let _ = tx.send(Some(status));
     }
 
     /// Runs a pod until it finishes (per restartPolicy) or is stopped.
@@ -340,50 +504,98 @@ impl Agent {
         let uid = s(&pod, "/metadata/uid").to_string();
         let dir = self.cfg.data_dir.join("pods").join(&uid);
         let key = format!("{}/{}", s(&pod, "/metadata/namespace"), s(&pod, "/metadata/name"));
-        self.pod_dirs.lock().await.insert(key.clone(), dir.clone());
-        self.clone().run_pod_inner(pod, ip, stop, uid, dir).await;
+        if let Err(e) = std::fs::create_dir_all(dir.join("logs")) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create the pod's directory");
+        }
+        self.pod_dirs.lock().await.insert(key, dir.clone());
         // Logs stay readable until the pod object is gone (see `forget`).
-        let _ = key;
+        let reporter = spawn_reporter(self.clone(), &pod);
+        self.clone().run_pod_inner(pod, ip, stop, uid, dir, reporter).await;
     }
 
-    async fn run_pod_inner(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>, uid: String, dir: PathBuf) {
-        let started = ts(&jiff::Timestamp::now());
+    fn config_error_slot(pod: &Value, dir: &std::path::Path, message: String) -> ContainerSlot {
+        ContainerSlot {
+            name: s(pod, "/spec/containers/0/name").into(),
+            image: s(pod, "/spec/containers/0/image").into(),
+            config: ContainerConfig {
+                id: String::new(),
+                pod: PodIdentity::default(),
+                name: String::new(),
+                image: String::new(),
+                command: vec![],
+                args: vec![],
+                env: vec![],
+                working_dir: None,
+                mounts: vec![],
+                ports: vec![],
+                limits: Limits::default(),
+                allow_outbound: false,
+                log: LogConfig { path: dir.join("x.log"), max_bytes: 0 },
+            },
+            probes: Probes::default(),
+            state: ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message },
+            last: None,
+            restarts: 0,
+            id: String::new(),
+            started: false,
+            done: false,
+            startup_passed: false,
+            ready: false,
+            prober: None,
+            killing: None,
+            running_since: None,
+        }
+    }
+
+    async fn run_pod_inner(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>, uid: String, dir: PathBuf, tx: watch::Sender<Option<Value>>) {
+        let started = match s(&pod, "/status/startTime") {
+            "" => ts(&jiff::Timestamp::now()),
+            t => t.to_string(),
+        };
         let policy = match s(&pod, "/spec/restartPolicy") {
             "" => "Always",
             p => p,
         }
         .to_string();
         if s(&pod, "/spec/runtimeClassName") == "oci" {
-            let slot_state = ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: "runtime oci is not available on this node".into() };
-            let mut slots = self.container_configs(&pod, ip, &dir).await.unwrap_or_default();
-            for c in &mut slots {
-                c.state = slot_state.clone();
-            }
-            self.report(&pod, ip, &slots, "Pending", &started).await;
+            let slot = Self::config_error_slot(&pod, &dir, "runtime oci is not available on this node".into());
+            self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started).await;
             return;
         }
         let mut slots = loop {
             match self.container_configs(&pod, ip, &dir).await {
                 Ok(s) => break s,
                 Err(message) => {
-                    let slot = ContainerSlot {
-                        name: s(&pod, "/spec/containers/0/name").into(),
-                        image: s(&pod, "/spec/containers/0/image").into(),
-                        config: ContainerConfig {
-                            id: String::new(), pod: PodIdentity::default(), name: String::new(), image: String::new(), command: vec![], args: vec![],
-                            env: vec![], working_dir: None, mounts: vec![], ports: vec![], limits: Limits::default(), allow_outbound: false,
-                            log: LogConfig { path: dir.join("x.log"), max_bytes: 0 },
-                        },
-                        state: ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message },
-                        last: None, restarts: 0, id: String::new(), started: false, done: false,
-                    };
-                    self.report(&pod, ip, std::slice::from_ref(&slot), "Pending", &started).await;
+                    let slot = Self::config_error_slot(&pod, &dir, message);
+                    self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started).await;
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => continue, _ = stop.notified() => return }
                 }
             }
         };
+        // Containers that were running under a previous life of this agent died with it.
+        for c in &mut slots {
+            let prev = pod
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(&c.name)));
+            if let Some(prev) = prev {
+                c.restarts = prev.get("restartCount").and_then(Value::as_u64).unwrap_or(0) as u32;
+                if let Some(since) = prev.pointer("/state/running/startedAt").and_then(Value::as_str).and_then(|t| t.parse().ok()) {
+                    c.restarts += 1;
+                    c.last = Some(ContainerState::Terminated {
+                        exit_code: 255,
+                        reason: "Unknown".into(),
+                        message: "the node agent restarted".into(),
+                        started_at: since,
+                        finished_at: jiff::Timestamp::now(),
+                    });
+                }
+            }
+        }
         let grace = Duration::from_secs(pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30));
         let mut backoff = vec![BACKOFF_START; slots.len()];
+        let http = self.probe_http.clone();
+        let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(usize, String, ProbeEvent)>();
         // Start every container that is not done; then wait for changes.
         loop {
             let mut pending_retry = None;
@@ -394,17 +606,33 @@ impl Agent {
                 c.id = format!("{uid}/{}/{}", c.name, c.restarts);
                 let mut cfg = c.config.clone();
                 cfg.id = c.id.clone();
+                if c.restarts > 0 {
+                    // The previous instance's log is what `logs --previous` shows.
+                    let _ = std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
+                }
                 match self.runtime.start(cfg).await {
                     Ok(()) => {
                         c.started = true;
+                        c.killing = None;
+                        c.running_since = Some(Instant::now());
                         c.state = self.runtime.state(&c.id).unwrap_or(ContainerState::Waiting { reason: "Unknown".into(), message: String::new() });
                         // A quick command may already be over; it is handled below like any end.
                         if c.state.is_terminated() {
                             c.state = ContainerState::Running { started_at: jiff::Timestamp::now() };
                         }
+                        c.startup_passed = c.probes.startup.is_none();
+                        c.ready = c.probes.readiness.is_none();
+                        if !c.probes.is_empty() {
+                            let (ptx, id) = (probe_tx.clone(), c.id.clone());
+                            c.prober = Some(tokio::spawn(probe::run(c.probes.clone(), http.clone(), move |ev| {
+                                let _ = ptx.send((i, id.clone(), ev));
+                            })));
+                        }
+                        self.event(&pod, "Normal", "Started", &format!("Started container {}", c.name));
                     }
                     Err(e) => {
                         c.state = ContainerState::Waiting { reason: e.reason().into(), message: e.to_string() };
+                        self.event(&pod, "Warning", "Failed", &format!("Error: {e}"));
                         pending_retry = Some(backoff[i]);
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     }
@@ -412,17 +640,17 @@ impl Agent {
             }
             let all_done = slots.iter().all(|c| c.done);
             let phase = if all_done {
-                if slots.iter().all(|c| matches!(c.last, Some(ContainerState::Terminated { exit_code: 0, .. }))) { "Succeeded" } else { "Failed" }
+                if slots.iter().all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. })) { "Succeeded" } else { "Failed" }
             } else if slots.iter().any(|c| matches!(c.state, ContainerState::Running { .. })) {
                 "Running"
             } else {
                 "Pending"
             };
-            self.report(&pod, ip, &slots, phase, &started).await;
+            self.report(&tx, ip, &slots, phase, &started).await;
             if all_done {
                 return;
             }
-            // Wait for a container to end, a retry to be due, or a stop.
+            // Wait for a container to end, a probe result, a retry to be due, or a stop.
             let running: Vec<(usize, String)> = slots.iter().enumerate().filter(|(_, c)| c.started && !c.done).map(|(i, c)| (i, c.id.clone())).collect();
             let rt = self.runtime.clone();
             let wait_any = async {
@@ -446,40 +674,96 @@ impl Agent {
             };
             tokio::select! {
                 (i, result) = wait_any => {
-                    let end = result.unwrap_or(ContainerState::Terminated { exit_code: 1, reason: "Unknown".into(), message: String::new(),
+                    let mut end = result.unwrap_or(ContainerState::Terminated { exit_code: 1, reason: "Unknown".into(), message: String::new(),
                         started_at: jiff::Timestamp::now(), finished_at: jiff::Timestamp::now() });
-                    let _ = self.runtime.remove(&slots[i].id);
+                    let c = &mut slots[i];
+                    let _ = self.runtime.remove(&c.id);
+                    if let Some(p) = c.prober.take() {
+                        p.abort();
+                    }
+                    // Killed for a failed probe: a failure whatever the component said on its way out.
+                    if let (Some(why), ContainerState::Terminated { exit_code, reason, message, .. }) = (c.killing.take(), &mut end) {
+                        if *exit_code == 0 {
+                            *exit_code = 137;
+                        }
+                        *reason = "Error".into();
+                        *message = why;
+                    }
+                    if c.running_since.is_some_and(|t| t.elapsed() >= BACKOFF_RESET) {
+                        backoff[i] = BACKOFF_START;
+                    }
                     let failed = !matches!(end, ContainerState::Terminated { exit_code: 0, .. });
                     let restart = policy == "Always" || (policy == "OnFailure" && failed);
-                    let c = &mut slots[i];
                     c.last = Some(end.clone());
                     c.started = false;
+                    c.ready = false;
                     if restart {
                         c.restarts += 1;
-                        c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container", backoff[i].as_secs()) };
-                        self.report(&pod, ip, &slots, "Running", &started).await;
-                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(&slots, grace).await; return; } }
+                        c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container={} pod={}", backoff[i].as_secs(), c.name, s(&pod, "/metadata/name")) };
+                        self.event(&pod, "Warning", "BackOff", "Back-off restarting failed container");
+                        self.report(&tx, ip, &slots, "Running", &started).await;
+                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(&mut slots, grace).await; return; } }
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     } else {
                         slots[i].state = end;
                         slots[i].done = true;
                     }
                 }
+                Some((i, id, ev)) = probe_rx.recv() => {
+                    let c = &mut slots[i];
+                    if c.id != id || !c.started {
+                        continue; // about an instance that has already ended
+                    }
+                    match ev {
+                        ProbeEvent::Started => c.startup_passed = true,
+                        ProbeEvent::Ready(r) => c.ready = r,
+                        ProbeEvent::Unhealthy(message) => self.event(&pod, "Warning", "Unhealthy", &message),
+                        ProbeEvent::Kill(message) if c.killing.is_none() => {
+                            self.event(&pod, "Normal", "Killing", &message);
+                            c.killing = Some(message);
+                            c.ready = false;
+                            let (rt, id) = (self.runtime.clone(), c.id.clone());
+                            tokio::spawn(async move { rt.stop(&id, grace).await });
+                        }
+                        ProbeEvent::Kill(_) => {}
+                    }
+                }
                 _ = retry => {}
                 _ = stop.notified() => {
-                    self.stop_all(&slots, grace).await;
+                    self.stop_all(&mut slots, grace).await;
                     return;
                 }
             }
         }
     }
 
-    async fn stop_all(&self, slots: &[ContainerSlot], grace: Duration) {
-        for c in slots {
-            if matches!(c.state, ContainerState::Running { .. }) {
-                let _ = self.runtime.stop(&c.id, grace).await;
-                let _ = self.runtime.remove(&c.id);
+    async fn stop_all(&self, slots: &mut [ContainerSlot], grace: Duration) {
+        for c in slots.iter_mut() {
+            if let Some(p) = c.prober.take() {
+                p.abort();
             }
         }
+        let stops = slots.iter().filter(|c| c.started).map(|c| {
+            let (rt, id) = (self.runtime.clone(), c.id.clone());
+            async move {
+                let _ = rt.stop(&id, grace).await;
+                let _ = rt.remove(&id);
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_default_to_limits_and_add_up_over_containers() {
+        let pod = json!({"spec": {"containers": [
+            {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}},
+            {"resources": {"limits": {"cpu": "500m", "memory": "32Mi"}}},
+            {"name": "no-resources"}]}});
+        assert_eq!(pod_requests(&pod), Resources { cpu_milli: 750, memory: 96 << 20 });
     }
 }

@@ -203,12 +203,17 @@ async fn node_credentials_are_limited() {
 }
 
 fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
+    start_agent_with(server, name, dir, &[])
+}
+
+fn start_agent_with(server: &TestServer, name: &str, dir: &std::path::Path, extra: &[&str]) -> AgentProc {
     AgentProc(
         Command::new(WK)
             .args(["agent", "--server", &server.url, "--token", &node_token(server), "--ca-file"])
             .arg(server.ca_path())
             .args(["--name", name, "--data-dir"])
             .arg(dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -287,4 +292,245 @@ async fn deployments_are_scheduled_across_agents_and_serve() {
         }
     })
     .await;
+}
+
+async fn pod_status(c: &wk_client::Client, name: &str) -> Value {
+    c.get(lookup("pods").unwrap(), None, name).await.unwrap()["status"].clone()
+}
+
+fn condition(status: &Value, kind: &str) -> String {
+    status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).map(|c| c["status"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+}
+
+async fn wait_node(c: &wk_client::Client, name: &str) {
+    let nodes = lookup("nodes").unwrap();
+    wait_for("the node to register", Duration::from_secs(30), || {
+        let c = c.clone();
+        let name = name.to_string();
+        async move { c.get_opt(nodes, None, &name).await.unwrap().is_some() }
+    })
+    .await;
+}
+
+/// Readiness flips Ready without restarts; liveness failures restart the container (with
+/// its previous log kept); a startup probe gates both; a dead tcpSocket probe restarts.
+#[tokio::test]
+async fn probes_drive_readiness_and_restarts() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(&server, "node-p", dir.path());
+    let c = server.client();
+    wait_node(&c, "node-p").await;
+    let flags = tempfile::tempdir().unwrap();
+    std::fs::write(flags.path().join("not-ready"), "").unwrap();
+    let pods = lookup("pods").unwrap();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probed"},
+        "spec": {"nodeName": "node-p", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                "startupProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+                "volumeMounts": [{"name": "flags", "mountPath": "/content", "readOnly": true}]}],
+            "volumes": [{"name": "flags", "hostPath": {"path": flags.path().display().to_string()}}]}});
+    c.create(pods, None, &pod, &[]).await.unwrap();
+    wait_for("the pod to run and pass its startup probe", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "probed").await["containerStatuses"][0]["started"] == true }
+    })
+    .await;
+    // Running, but its readiness probe fails: not Ready.
+    let st = pod_status(&c, "probed").await;
+    assert_eq!(st["phase"], "Running");
+    assert_eq!(condition(&st, "Ready"), "False", "{st}");
+    assert_eq!(st["containerStatuses"][0]["ready"], false);
+    std::fs::remove_file(flags.path().join("not-ready")).unwrap();
+    wait_for("Ready once the readiness probe passes", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move { condition(&pod_status(&c, "probed").await, "Ready") == "True" }
+    })
+    .await;
+    std::fs::write(flags.path().join("not-ready"), "").unwrap();
+    wait_for("NotReady again", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move { condition(&pod_status(&c, "probed").await, "Ready") == "False" }
+    })
+    .await;
+    let st = pod_status(&c, "probed").await;
+    assert_eq!(st["containerStatuses"][0]["restartCount"], 0, "readiness never restarts");
+    let ip = st["podIP"].as_str().unwrap().to_string();
+    assert_eq!(reqwest::get(format!("http://{ip}:8080/")).await.unwrap().status(), 200, "a NotReady pod still runs");
+    std::fs::remove_file(flags.path().join("not-ready")).unwrap();
+
+    // Liveness fails twice in a row: the container is killed and restarted.
+    std::fs::write(flags.path().join("unhealthy"), "").unwrap();
+    wait_for("a restart after the liveness probe fails", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "probed").await["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 1 }
+    })
+    .await;
+    std::fs::remove_file(flags.path().join("unhealthy")).unwrap();
+    let st = pod_status(&c, "probed").await;
+    let last = &st["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 137, "{st}");
+    assert!(last["message"].as_str().unwrap().contains("failed liveness probe"), "{last}");
+    let restarts = st["containerStatuses"][0]["restartCount"].as_u64().unwrap();
+    wait_for("Ready again after the restart", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { condition(&pod_status(&c, "probed").await, "Ready") == "True" }
+    })
+    .await;
+    assert_eq!(pod_status(&c, "probed").await["containerStatuses"][0]["restartCount"].as_u64().unwrap(), restarts, "healthy again: no more restarts");
+    // Events explain it.
+    let events = c.list(lookup("events").unwrap(), Some("default"), false, &Default::default()).await.unwrap();
+    let reasons: Vec<(String, String)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == "probed")
+        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        reasons.iter().any(|(r, m)| r == "Unhealthy" && m == "Liveness probe failed: HTTP probe failed with statuscode: 503"),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|(r, _)| r == "Killing"), "{reasons:?}");
+    // The killed instance's log is the previous log.
+    let out = server.wk(&["logs", "probed", "--previous"]);
+    assert!(common::stdout(&out).contains("GET /healthz"), "{} {}", common::stdout(&out), common::stderr(&out));
+
+    // A liveness probe on a port nothing listens on restarts the container.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dead-port"},
+        "spec": {"nodeName": "node-p", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                "livenessProbe": {"tcpSocket": {"host": "127.0.0.1", "port": closed}, "periodSeconds": 1, "failureThreshold": 1}}]}});
+    c.create(pods, None, &dead, &[]).await.unwrap();
+    wait_for("the dead-port pod to restart", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "dead-port").await["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 1 }
+    })
+    .await;
+}
+
+/// The agent admits only what fits its allocatable, and says why it refused, as the
+/// kubelet does.
+#[tokio::test]
+async fn pods_that_do_not_fit_are_rejected() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent_with(&server, "small", dir.path(), &["--max-pods", "2"]);
+    let c = server.client();
+    wait_node(&c, "small").await;
+    let node = c.get(lookup("nodes").unwrap(), None, "small").await.unwrap();
+    assert_eq!(node["status"]["allocatable"]["pods"], "2");
+    let pods = lookup("pods").unwrap();
+    let pod = |name: &str, cpu: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "small", "runtimeClassName": "wasm",
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                    "resources": {"requests": {"cpu": cpu}}}]}})
+    };
+    c.create(pods, None, &pod("fits", "100m"), &[]).await.unwrap();
+    wait_for("the first pod to run", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "fits").await["phase"] == "Running" }
+    })
+    .await;
+    c.create(pods, None, &pod("too-big", "1000"), &[]).await.unwrap();
+    wait_for("the big pod to be rejected", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "too-big").await["phase"] == "Failed" }
+    })
+    .await;
+    let st = pod_status(&c, "too-big").await;
+    assert_eq!(st["reason"], "OutOfcpu");
+    let cpus = std::thread::available_parallelism().unwrap().get() * 1000;
+    assert_eq!(st["message"], format!("Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 100, capacity: {cpus}"));
+    c.create(pods, None, &pod("second", "100m"), &[]).await.unwrap();
+    c.create(pods, None, &pod("third", "100m"), &[]).await.unwrap();
+    wait_for("the third pod to be rejected for the pod count", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "third").await["reason"] == "OutOfpods" }
+    })
+    .await;
+    assert_eq!(pod_status(&c, "second").await["phase"], "Running");
+}
+
+/// With the control plane gone for 10 s pods keep serving; the agent resyncs after it
+/// returns without restarting them. A restarted agent restarts its Wasm pods on the same
+/// addresses and removes what was deleted while it was down.
+#[tokio::test]
+async fn pods_survive_control_plane_outage_and_agent_restart() {
+    let mut server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(&server, "node-r", dir.path());
+    let c = server.client();
+    wait_node(&c, "node-r").await;
+    let pods = lookup("pods").unwrap();
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "node-r", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}})
+    };
+    for name in ["steady", "doomed"] {
+        c.create(pods, None, &pod(name), &[]).await.unwrap();
+    }
+    for name in ["steady", "doomed"] {
+        wait_for("the pods to run", Duration::from_secs(30), || {
+            let c = c.clone();
+            async move { pod_status(&c, name).await["phase"] == "Running" }
+        })
+        .await;
+    }
+    let before = pod_status(&c, "steady").await;
+    let ip = before["podIP"].as_str().unwrap().to_string();
+    let started_at = before["containerStatuses"][0]["state"]["running"]["startedAt"].clone();
+
+    // The control plane goes away for 10 s; the pod keeps answering throughout.
+    server.kill9();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut answered = 0;
+    while std::time::Instant::now() < until {
+        let body = reqwest::get(format!("http://{ip}:8080/")).await.expect("the pod answers while the control plane is down").text().await.unwrap();
+        assert!(body.starts_with("hello from steady"), "{body}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(answered >= 30);
+    server.restart();
+    let c = server.client();
+    // The agent resyncs: a pod created now runs, and the old one was not restarted.
+    c.create(pods, None, &pod("after"), &[]).await.unwrap();
+    wait_for("a new pod to run after the outage", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "after").await["phase"] == "Running" }
+    })
+    .await;
+    let st = pod_status(&c, "steady").await;
+    assert_eq!(st["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(st["containerStatuses"][0]["state"]["running"]["startedAt"], started_at);
+    assert_eq!(st["podIP"], ip.as_str());
+
+    // The agent is killed; meanwhile one of its pods is force-deleted.
+    let doomed_uid = c.get(pods, None, "doomed").await.unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    assert!(dir.path().join("pods").join(&doomed_uid).exists());
+    drop(agent);
+    assert!(reqwest::get(format!("http://{ip}:8080/")).await.is_err(), "wasm pods end with their agent");
+    c.delete(pods, None, "doomed", &json!({"gracePeriodSeconds": 0})).await.unwrap();
+    let _agent = start_agent(&server, "node-r", dir.path());
+    wait_for("the pod to be restarted by the new agent", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let st = pod_status(&c, "steady").await;
+            st["containerStatuses"][0]["restartCount"] == 1 && st["containerStatuses"][0]["state"]["running"].is_object()
+        }
+    })
+    .await;
+    let st = pod_status(&c, "steady").await;
+    assert_eq!(st["podIP"], ip.as_str(), "same address after the agent restart");
+    assert_eq!(st["containerStatuses"][0]["lastState"]["terminated"]["reason"], "Unknown");
+    let body = reqwest::get(format!("http://{ip}:8080/")).await.unwrap().text().await.unwrap();
+    assert!(body.starts_with("hello from steady"), "{body}");
+    assert!(!dir.path().join("pods").join(&doomed_uid).exists(), "the deleted pod's directory is cleaned up");
 }

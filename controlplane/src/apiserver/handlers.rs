@@ -467,6 +467,18 @@ fn prepare_update(target: &Target, current: &Value, incoming: Value) -> Result<V
             .into());
         }
     }
+    // A uid in the body is a precondition, as in Kubernetes: it stops a writer that read an
+    // object from updating a newer object of the same name.
+    if let Some(uid) = incoming.uid().filter(|u| !u.is_empty()) {
+        if Some(uid) != current.uid() {
+            return Err(Status::conflict(
+                rt,
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current.uid().unwrap_or("")),
+            )
+            .into());
+        }
+    }
     let mut next = match target.subresource.as_deref() {
         Some("status") => {
             let mut next = current.clone();

@@ -1,6 +1,8 @@
 //! hello-http: a `wasi:http/proxy` component.
 //!
-//! - `GET /healthz` → `ok`
+//! - `GET /healthz` → `ok`, or 503 while the file `/content/unhealthy` exists
+//! - `GET /readyz` → `ready`, or 503 while the file `/content/not-ready` exists (the files
+//!   let probe tests and demos flip the answers from outside, through a volume)
 //! - `GET /busy?ms=N` → spins the CPU for N milliseconds, then answers (for limit tests
 //!   and CPU-bound load)
 //! - `GET /fetch?url=http://host:port/path` → fetches the URL with an outgoing wasi:http
@@ -37,7 +39,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         // One access-log line per request, to stdout (the pod's log).
         println!("GET {path}");
         if path == "/healthz" || path.starts_with("/healthz?") {
+            if std::fs::metadata("/content/unhealthy").is_ok() {
+                return respond(out, 503, b"unhealthy\n");
+            }
             return respond(out, 200, b"ok\n");
+        }
+        if path == "/readyz" || path.starts_with("/readyz?") {
+            if std::fs::metadata("/content/not-ready").is_ok() {
+                return respond(out, 503, b"not ready\n");
+            }
+            return respond(out, 200, b"ready\n");
         }
         if let Some(q) = path.strip_prefix("/busy?ms=") {
             let ms: u64 = q.parse().unwrap_or(0);

@@ -27,6 +27,9 @@ pub struct Args {
     /// Where pods' volumes, logs and the compile cache live
     #[arg(long, default_value = "/var/lib/wk-agent")]
     data_dir: PathBuf,
+    /// Most pods this node runs at once
+    #[arg(long, default_value_t = wk_nodeagent::DEFAULT_MAX_PODS)]
+    max_pods: u64,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -56,6 +59,7 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
     };
     let mut cfg = AgentConfig::new(name.clone(), args.data_dir);
     cfg.labels = args.labels.into_iter().collect();
+    cfg.max_pods = args.max_pods;
     // The API server presents the node token when it proxies logs.
     cfg.log_token = args.token.clone();
     let agent = Agent::new(client, cfg).context("cannot start the agent")?;

@@ -27,6 +27,9 @@ pub struct Args {
     /// Prefix lines with their RFC 3339 timestamps
     #[arg(long)]
     timestamps: bool,
+    /// The previous instance's output (after a restart)
+    #[arg(short, long)]
+    previous: bool,
 }
 
 pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
@@ -49,6 +52,9 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     }
     if args.timestamps {
         q.push(("timestamps", "true".into()));
+    }
+    if args.previous {
+        q.push(("previous", "true".into()));
     }
     let resp = client.request(wk_client::Method::GET, &path, &q, None, None).await?;
     let mut body = resp.bytes_stream();
