@@ -446,9 +446,13 @@ impl Agent {
                 allow_outbound,
                 log: LogConfig { path: dir.join("logs").join(format!("{name}.log")), max_bytes: 10 << 20 },
             };
+            let probes = Probes::of(&c, ip).map_err(|e| format!("container {name}: {e}"))?;
+            if let Some(field) = probes.exec_probe() {
+                return Err(format!("container {name}: {field}.exec: a wasm container has no processes to exec; use httpGet or tcpSocket"));
+            }
             slots.push(ContainerSlot {
                 image: config.image.clone(),
-                probes: Probes::of(&c, ip).map_err(|e| format!("container {name}: {e}"))?,
+                probes,
                 name,
                 config,
                 state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },

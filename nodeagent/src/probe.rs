@@ -149,8 +149,8 @@ impl Probe {
                     Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
                 }
             }
-            // A Wasm component has no processes to exec into; the container runtime will.
-            Action::Exec(cmd) => Err(format!("exec {cmd:?}: exec probes are not supported for wasm containers; use httpGet or tcpSocket")),
+            // Wasm containers with exec probes are refused before they start (see `exec_probe`).
+            Action::Exec(cmd) => Err(format!("exec {cmd:?}: this runtime cannot exec")),
         }
     }
 }
@@ -178,6 +178,14 @@ impl Probes {
             liveness: Probe::of(container, "livenessProbe", pod_ip)?,
             readiness: Probe::of(container, "readinessProbe", pod_ip)?,
         })
+    }
+
+    /// The first probe with an `exec` action, by field name.
+    pub(crate) fn exec_probe(&self) -> Option<&'static str> {
+        [("startupProbe", &self.startup), ("livenessProbe", &self.liveness), ("readinessProbe", &self.readiness)]
+            .into_iter()
+            .find(|(_, p)| p.as_ref().is_some_and(|p| matches!(p.action, Action::Exec(_))))
+            .map(|(f, _)| f)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

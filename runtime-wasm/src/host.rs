@@ -51,6 +51,8 @@ pub struct Host {
     pub http: WasiHttpCtx,
     pub hooks: Hooks,
     pub limiter: Limiter,
+    /// The container's CPU quota, shared by all its stores.
+    pub cpu: Arc<crate::cpu::CpuQuota>,
 }
 
 impl WasiView for Host {
@@ -75,10 +77,11 @@ pub struct HostTemplate {
     pub config: ContainerConfig,
     pub log: ContainerLog,
     pub memory_bytes: usize,
+    pub cpu: Arc<crate::cpu::CpuQuota>,
 }
 
 impl HostTemplate {
-    pub fn new(config: ContainerConfig, log: ContainerLog) -> HostTemplate {
+    pub fn new(config: ContainerConfig, log: ContainerLog, cpu: Arc<crate::cpu::CpuQuota>) -> HostTemplate {
         let program = config.command.first().cloned().unwrap_or_else(|| config.name.clone());
         let mut argv = vec![program];
         argv.extend(config.command.iter().skip(1).cloned());
@@ -88,7 +91,7 @@ impl HostTemplate {
             env.push(("PWD".into(), wd.clone()));
         }
         let memory_bytes = config.limits.memory_bytes.unwrap_or(DEFAULT_MEMORY) as usize;
-        HostTemplate { argv, env, config, log, memory_bytes }
+        HostTemplate { argv, env, config, log, memory_bytes, cpu }
     }
 
     /// A fresh host for one store.
@@ -114,6 +117,7 @@ impl HostTemplate {
             http: WasiHttpCtx::new(),
             hooks: Hooks { allow_outbound: self.config.allow_outbound },
             limiter: Limiter { memory_bytes: self.memory_bytes, oom },
+            cpu: self.cpu.clone(),
         })
     }
 }

@@ -12,9 +12,10 @@
 //!
 //! Limits: linear memory via a store limiter (a component that cannot grow and then traps
 //! is `OOMKilled`); CPU via epoch interruption: every store yields to the scheduler each
-//! tick, so a busy loop cannot starve its neighbours, and a request past its deadline is
-//! interrupted. Outbound network (sockets, outgoing HTTP) only when the container allows it.
+//! tick, so a busy loop cannot starve its neighbours, a request past its deadline is
+//! interrupted, and `limits.cpu` caps a container's share per 100 ms period (`cpu.rs`). Outbound network (sockets, outgoing HTTP) only when the container allows it.
 
+pub mod cpu;
 pub mod engine;
 pub mod host;
 pub mod image;
@@ -73,6 +74,7 @@ struct Prepared {
 }
 
 struct Container {
+    cpu: Arc<cpu::CpuQuota>,
     state: watch::Sender<ContainerState>,
     stop: Arc<tokio::sync::Notify>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -117,7 +119,11 @@ pub struct WasmRuntime {
     cache: CompileCache,
     fetcher: image::Fetcher,
     request_timeout: Duration,
+    epoch_tick: Duration,
     images: Mutex<HashMap<String, Arc<Prepared>>>,
+    /// One load at a time per image reference: a burst of pods of a new image compiles
+    /// it once, not once per pod.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     _ticker: EpochTicker,
 }
@@ -150,6 +156,11 @@ fn classify_binary(image: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
 }
 
 impl WasmRuntime {
+    /// CPU usage and throttling of a container (like its cgroup's `cpu.stat`).
+    pub fn cpu_stats(&self, id: &str) -> Result<cpu::CpuStats, RuntimeError> {
+        Ok(self.container(id)?.cpu.stats())
+    }
+
     /// Creates the runtime (engine, linker with WASI + wasi:http, epoch ticker).
     pub fn new(cfg: WasmRuntimeConfig) -> Result<WasmRuntime, wasmtime::Error> {
         let (engine, pooling) = engine::build(&cfg.engine)?;
@@ -167,7 +178,9 @@ impl WasmRuntime {
             linker,
             fetcher: image::Fetcher::new(cfg.insecure_registries),
             request_timeout: cfg.request_timeout,
+            epoch_tick: cfg.engine.epoch_tick,
             images: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             containers: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
@@ -187,6 +200,8 @@ impl WasmRuntime {
     /// files are re-read every time (cheap), so a rebuilt `.wasm` at the same path is
     /// picked up; remote images are fetched once per runtime.
     async fn load(&self, image: &str) -> Result<(Arc<Prepared>, bool), RuntimeError> {
+        let gate = self.loading.lock().expect("loading lock").entry(image.to_string()).or_default().clone();
+        let _one_at_a_time = gate.lock().await;
         let local = matches!(image::ImageRef::parse(image)?.source, image::ImageSource::File(_));
         if !local {
             if let Some(p) = self.images.lock().expect("images lock").get(image) {
@@ -250,7 +265,7 @@ impl WasmRuntime {
             log: wk_api::runtime::LogConfig { path: dir.join("bench.log"), max_bytes: 1 << 20 },
         };
         config.env.push(("POD_NAME".into(), "bench".into()));
-        let template = HostTemplate::new(config, ContainerLog::new(dir.join("bench.log"), 1 << 20));
+        let template = HostTemplate::new(config, ContainerLog::new(dir.join("bench.log"), 1 << 20), Arc::new(cpu::CpuQuota::new(None, self.epoch_tick)));
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let t = std::time::Instant::now();
@@ -287,13 +302,25 @@ fn world_of(image: &str, engine: &Engine, component: &Component) -> Result<World
 /// Sets up a store: limiter, and an epoch callback that yields every tick and interrupts
 /// after `deadline` (if any).
 fn new_store(engine: &Engine, host: Host, deadline: Option<Duration>) -> Store<Host> {
+    let cpu = host.cpu.clone();
     let mut store = Store::new(engine, host);
     store.limiter(|h| &mut h.limiter);
     store.set_epoch_deadline(1);
     let start = std::time::Instant::now();
-    store.epoch_deadline_callback(move |_| match deadline {
-        Some(d) if start.elapsed() > d => Ok(UpdateDeadline::Interrupt),
-        _ => Ok(UpdateDeadline::Yield(1)),
+    let mut last = start;
+    store.epoch_deadline_callback(move |_| {
+        let now = std::time::Instant::now();
+        if deadline.is_some_and(|d| now.duration_since(start) > d) {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        // The store ran since the previous callback, at most one tick (it may have been
+        // suspended in between).
+        let ran = now.duration_since(last);
+        last = now;
+        match cpu.charge(ran) {
+            Some(wait) => Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait)))),
+            None => Ok(UpdateDeadline::Yield(1)),
+        }
     });
     store
 }
@@ -341,10 +368,11 @@ impl Runtime for WasmRuntime {
         }
         let (prepared, _) = self.load(&config.image).await?;
         let log = ContainerLog::new(config.log.path.clone(), config.log.max_bytes);
-        let template = Arc::new(HostTemplate::new(config, log));
+        let cpu = Arc::new(cpu::CpuQuota::new(config.limits.cpu_millis, self.epoch_tick));
+        let template = Arc::new(HostTemplate::new(config, log, cpu.clone()));
         let started_at = now();
         let (state_tx, _) = watch::channel(ContainerState::Running { started_at });
-        let container = Arc::new(Container { state: state_tx, stop: Arc::new(tokio::sync::Notify::new()), task: Mutex::new(None) });
+        let container = Arc::new(Container { cpu, state: state_tx, stop: Arc::new(tokio::sync::Notify::new()), task: Mutex::new(None) });
         let task = match prepared.world {
             World::Command => {
                 let pre = self

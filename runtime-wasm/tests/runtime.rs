@@ -175,6 +175,32 @@ async fn limits_stop_misbehaving_components_and_neighbours_keep_answering() {
     rt.stop("busy2", Duration::ZERO).await.unwrap();
 }
 
+/// `limits.cpu` is a CFS-style quota: a busy loop limited to 100m runs about 10 ms of
+/// every 100 ms period and is counted as throttled; an unlimited one is never throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_limits_throttle_busy_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let mut limited = config(dir.path(), "limited", fixture("busy-loop.wat"));
+    limited.limits.cpu_millis = Some(100);
+    rt.start(limited).await.unwrap();
+    rt.start(config(dir.path(), "free", fixture("busy-loop.wat"))).await.unwrap();
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let l = rt.cpu_stats("limited").unwrap();
+    let f = rt.cpu_stats("free").unwrap();
+    let periods = (t0.elapsed().as_millis() / 100 + 1) as u32;
+    assert!(l.nr_throttled >= 5, "the limited loop hit its quota: {l:?}");
+    // At most its quota plus one tick of overrun per period.
+    assert!(l.usage <= Duration::from_millis(20) * periods, "{l:?} over {periods} periods");
+    assert!(l.usage > Duration::ZERO, "{l:?}");
+    assert_eq!(f.nr_throttled, 0, "{f:?}");
+    assert!(f.usage > Duration::ZERO, "{f:?}");
+    assert!(matches!(rt.state("limited").unwrap(), ContainerState::Running { .. }), "throttled, not killed");
+    rt.stop("limited", Duration::ZERO).await.unwrap();
+    rt.stop("free", Duration::ZERO).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_components_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

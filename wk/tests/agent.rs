@@ -94,6 +94,44 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     let body = reqwest::get(format!("http://{ip}:8080/")).await.unwrap().text().await.unwrap();
     assert_eq!(body, "hello from hello\ngreeting: hey\ncontent: from a configmap\n");
 
+    // Env from Secret and ConfigMap keys (envFrom too) and a Secret volume.
+    let secrets = lookup("secrets").unwrap();
+    c.create(secrets, None, &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "data": {"greeting": "ZnJvbSBhIHNlY3JldA==", "greeting.txt": "c2VjcmV0IGZpbGU="}}), &[]).await.unwrap();
+    c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "names"}, "data": {"NAME": "from-envfrom"}}), &[])
+        .await
+        .unwrap();
+    let pod2 = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hello2"},
+        "spec": {"nodeName": "node-a", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                "envFrom": [{"configMapRef": {"name": "names"}, "prefix": "POD_"}],
+                "env": [{"name": "GREETING", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "greeting"}}}],
+                "volumeMounts": [{"name": "s", "mountPath": "/content", "readOnly": true}, {"name": "scratch", "mountPath": "/tmp"}]}],
+            "volumes": [{"name": "s", "secret": {"secretName": "creds"}}, {"name": "scratch", "emptyDir": {}}]}});
+    c.create(pods, None, &pod2, &[]).await.unwrap();
+    wait_for("hello2 to run", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { c.get(pods, None, "hello2").await.unwrap()["status"]["phase"] == "Running" }
+    })
+    .await;
+    let ip2 = c.get(pods, None, "hello2").await.unwrap()["status"]["podIP"].as_str().unwrap().to_string();
+    let body = reqwest::get(format!("http://{ip2}:8080/")).await.unwrap().text().await.unwrap();
+    assert_eq!(body, "hello from from-envfrom\ngreeting: from a secret\ncontent: secret file\n");
+    // A missing key is a config error the pod reports.
+    let broken = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "broken-env"},
+        "spec": {"nodeName": "node-a", "runtimeClassName": "wasm",
+            "containers": [{"name": "hello", "image": sample("hello-http.wasm"),
+                "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "names", "key": "missing"}}}]}]}});
+    c.create(pods, None, &broken, &[]).await.unwrap();
+    wait_for("a CreateContainerConfigError", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let w = &c.get(pods, None, "broken-env").await.unwrap()["status"]["containerStatuses"][0]["state"]["waiting"];
+            w["reason"] == "CreateContainerConfigError" && w["message"] == "env X: key missing not found in configmap names"
+        }
+    })
+    .await;
+
     // A command pod runs to completion.
     let job = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pi"},
         "spec": {"nodeName": "node-a", "runtimeClassName": "wasm", "restartPolicy": "Never",
@@ -397,6 +435,21 @@ async fn probes_drive_readiness_and_restarts() {
     // The killed instance's log is the previous log.
     let out = server.wk(&["logs", "probed", "--previous"]);
     assert!(common::stdout(&out).contains("GET /healthz"), "{} {}", common::stdout(&out), common::stderr(&out));
+
+    // Exec probes need processes: a Wasm container with one is not started, and says why.
+    let exec = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exec-probe"},
+        "spec": {"nodeName": "node-p", "runtimeClassName": "wasm",
+            "containers": [{"name": "hello", "image": sample("hello-http.wasm"),
+                "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}}}]}});
+    c.create(pods, None, &exec, &[]).await.unwrap();
+    wait_for("the exec probe to be refused", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let w = &pod_status(&c, "exec-probe").await["containerStatuses"][0]["state"]["waiting"];
+            w["reason"] == "CreateContainerConfigError" && w["message"].as_str().is_some_and(|m| m.contains("livenessProbe.exec"))
+        }
+    })
+    .await;
 
     // A liveness probe on a port nothing listens on restarts the container.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

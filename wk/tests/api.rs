@@ -410,6 +410,21 @@ async fn snapshots_compact_the_log_and_restore() {
         async move { snap.exists() }
     })
     .await;
+    // The log was purged up to a snapshot: it does not grow forever.
+    let tokens: Value = serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(server.ca_path()).unwrap()).unwrap();
+    let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().unwrap();
+    let metrics = || async {
+        http.get(format!("{}/raft/metrics", server.url)).bearer_auth(tokens["peer"].as_str().unwrap()).send().await.unwrap().json::<Value>().await.unwrap()
+    };
+    common::wait_for("the log to be purged", Duration::from_secs(20), || async { metrics().await["purged"]["index"].as_u64().unwrap_or(0) >= 100 }).await;
+    let m = metrics().await;
+    let last_log = m["last_log_index"].as_u64().unwrap();
+    let purged = m["purged"]["index"].as_u64().unwrap();
+    assert!(last_log - purged <= 200, "at most a snapshot interval and the kept tail remain: {m}");
+    assert!(m["snapshot"]["index"].as_u64().unwrap() >= purged, "{m}");
+    let unauth = http.get(format!("{}/raft/metrics", server.url)).send().await.unwrap();
+    assert_eq!(unauth.status(), 401);
     server.restart();
     let c = server.client();
     let list = c.list(cm, None, false, &ListParams::default()).await.unwrap();

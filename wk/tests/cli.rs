@@ -242,3 +242,47 @@ fn kubectl_get_apply_delete() {
     let out = kubectl(&["get", "deploy,svc,cm", "-o", "name"]);
     assert!(!stdout(&out).contains("web"), "{}", stdout(&out));
 }
+
+/// Namespaces (`-n`, `-A`), label selectors (`-l`), short names, a directory for `-f`,
+/// and `--help` on every command.
+#[test]
+fn namespaces_selectors_directories_and_help() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "0-ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n");
+    write(
+        dir.path(),
+        "1-cms.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: team\n  labels: {tier: web}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: team\n  labels: {tier: db}\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  labels: {tier: web}\n",
+    );
+    write(dir.path(), "notes.txt", "not a manifest: skipped\n");
+    let out = server.wk(&["apply", "-f", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "namespace/team created\nconfigmap/a created\nconfigmap/b created\nconfigmap/c created\n");
+
+    let names = |out: &std::process::Output| -> Vec<String> {
+        stdout(out).lines().skip(1).map(|l| l.split_whitespace().next().unwrap_or("").to_string()).collect()
+    };
+    let out = server.wk(&["get", "cm", "-n", "team"]);
+    assert_eq!(names(&out), ["a", "b"], "{}", stdout(&out));
+    let out = server.wk(&["get", "configmaps", "-n", "team", "-l", "tier=web"]);
+    assert_eq!(names(&out), ["a"]);
+    let out = server.wk(&["get", "cm", "-A", "-l", "tier in (web)"]);
+    let text = stdout(&out);
+    assert!(text.lines().next().unwrap().starts_with("NAMESPACE"), "{text}");
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split_whitespace().take(2).collect()).collect();
+    assert_eq!(rows, [vec!["default", "c"], vec!["team", "a"]]);
+    let out = server.wk(&["get", "ns"]);
+    assert!(names(&out).contains(&"team".to_string()));
+    let out = server.wk(&["get", "po"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim(), "No resources found in default namespace.");
+
+    for cmd in ["server", "agent", "up", "down", "apply", "get", "describe", "delete", "logs", "version"] {
+        let out = server.wk(&[cmd, "--help"]);
+        assert!(out.status.success(), "wk {cmd} --help: {}", stderr(&out));
+        assert!(stdout(&out).contains("Usage: wk"), "wk {cmd} --help: {}", stdout(&out));
+    }
+}

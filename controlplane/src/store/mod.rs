@@ -135,7 +135,8 @@ impl Store {
             election_timeout_min: 600,
             election_timeout_max: 1200,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            // Keep enough of the log for a slow follower, never more than a snapshot's worth.
+            max_in_snapshot_log_to_keep: cfg.snapshot_every.min(1000),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| StoreError::Raft(e.to_string()))?);

@@ -173,9 +173,20 @@ async fn snapshot(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes
     rpc(&s, &headers, &body, |raft, req: InstallSnapshotRequest<TypeConfig>| async move { raft.install_snapshot(req).await }).await
 }
 
+/// `GET /raft/metrics`: this member's Raft metrics as JSON (state, term, leader, log
+/// indexes, last snapshot, purged index, membership), for operators and tests.
+async fn metrics(State(s): State<RaftRpcState>, headers: HeaderMap) -> axum::response::Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let m = s.raft.metrics().borrow().clone();
+    axum::Json(m).into_response()
+}
+
 /// The `/raft/*` routes.
 pub fn router(state: RaftRpcState) -> Router {
     Router::new()
+        .route("/raft/metrics", axum::routing::get(metrics))
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))

@@ -1,0 +1,138 @@
+//! Node lifecycle: a node whose Lease has not been renewed for `NODE_GRACE` becomes
+//! `Ready=Unknown` and gets the `node.kubernetes.io/unreachable:NoExecute` taint; its pods
+//! are evicted once their toleration of that taint runs out (`DEFAULT_TOLERATION` for pods
+//! that do not say), so their controllers replace them elsewhere. A node whose Lease is
+//! renewed again gets its Ready condition back and loses the taint.
+//!
+//! Kubernetes waits 40 s and then 300 s; wk's defaults are 4 s and 3 s, so pods serve
+//! again elsewhere within about 10 s of an agent's death (the agent renews every 2 s).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wk_api::resource::lookup;
+use wk_client::Client;
+
+use super::{event, is_active, patch_status, s, World};
+
+/// How long a Lease may go unrenewed before the node is considered unreachable.
+pub(crate) const NODE_GRACE: Duration = Duration::from_secs(4);
+/// How long pods that do not tolerate the unreachable taint stay on such a node.
+pub(crate) const DEFAULT_TOLERATION: Duration = Duration::from_secs(3);
+
+pub(crate) const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+fn ts(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn parse_time(v: &Value, p: &str) -> Option<jiff::Timestamp> {
+    v.pointer(p).and_then(Value::as_str).and_then(|t| t.parse().ok())
+}
+
+fn ready_status(node: &Value) -> &str {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or("Unknown")
+}
+
+fn taints(node: &Value) -> Vec<Value> {
+    node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// How long `pod` tolerates a NoExecute taint `key`: `None` = forever.
+pub(crate) fn toleration_for(pod: &Value, key: &str) -> Option<Duration> {
+    let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let matching: Vec<&Value> = tolerations
+        .iter()
+        .filter(|t| {
+            let effect_ok = matches!(s(t, "/effect"), "" | "NoExecute");
+            let key_ok = match s(t, "/operator") {
+                "Exists" => s(t, "/key").is_empty() || s(t, "/key") == key,
+                _ => s(t, "/key") == key,
+            };
+            effect_ok && key_ok
+        })
+        .collect();
+    if matching.is_empty() {
+        return Some(DEFAULT_TOLERATION);
+    }
+    // The longest toleration wins; one without tolerationSeconds is forever.
+    let mut longest = Duration::ZERO;
+    for t in matching {
+        match t.get("tolerationSeconds").and_then(Value::as_i64) {
+            None => return None,
+            Some(n) => longest = longest.max(Duration::from_secs(n.max(0) as u64)),
+        }
+    }
+    Some(longest)
+}
+
+pub(crate) async fn run(client: &Client, w: &World) {
+    let nodes_rt = lookup("nodes").expect("nodes");
+    let pods_rt = lookup("pods").expect("pods");
+    let now = jiff::Timestamp::now();
+    for node in &w.nodes {
+        let name = s(node, "/metadata/name");
+        let lease = w.leases.iter().find(|l| s(l, "/metadata/namespace") == "kube-node-lease" && s(l, "/metadata/name") == name);
+        let Some(renewed) = lease.and_then(|l| parse_time(l, "/spec/renewTime")) else { continue };
+        let silent = now.duration_since(renewed).unsigned_abs();
+        let mut node_taints = taints(node);
+        let tainted = node_taints.iter().find(|t| t["key"] == UNREACHABLE).cloned();
+        if silent > NODE_GRACE {
+            if ready_status(node) == "True" || tainted.is_none() {
+                tracing::info!(node = name, silent_ms = silent.as_millis() as u64, "node stopped renewing its lease: unreachable");
+                let cond = json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
+                    "lastHeartbeatTime": ts(renewed), "lastTransitionTime": ts(now)});
+                patch_status(client, "nodes", node, json!({"conditions": [cond]})).await;
+                if tainted.is_none() {
+                    node_taints.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": ts(now)}));
+                    let _ = client
+                        .patch(nodes_rt, None, name, "application/merge-patch+json", &json!({"spec": {"taints": node_taints}}), &[])
+                        .await;
+                }
+                event(client, node, "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady"));
+            }
+            // Evict pods whose toleration has run out.
+            let Some(since) = tainted.as_ref().and_then(|t| parse_time(t, "/timeAdded")) else { continue };
+            let tainted_for = now.duration_since(since).unsigned_abs();
+            for pod in w.pods.iter().filter(|p| s(p, "/spec/nodeName") == name && is_active(p)) {
+                if toleration_for(pod, UNREACHABLE).is_some_and(|d| tainted_for >= d) {
+                    tracing::info!(node = name, pod = s(pod, "/metadata/name"), "evicting a pod from an unreachable node");
+                    event(client, pod, "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {}/{}", s(pod, "/metadata/namespace"), s(pod, "/metadata/name")));
+                    let _ = client.delete(pods_rt, Some(s(pod, "/metadata/namespace")), s(pod, "/metadata/name"), &json!({})).await;
+                }
+            }
+        } else if tainted.is_some() || ready_status(node) != "True" {
+            tracing::info!(node = name, "node renews its lease again: ready");
+            node_taints.retain(|t| t["key"] != UNREACHABLE);
+            let _ = client
+                .patch(nodes_rt, None, name, "application/merge-patch+json", &json!({"spec": {"taints": node_taints}}), &[])
+                .await;
+            let cond = json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "wk agent is posting ready status",
+                "lastHeartbeatTime": ts(renewed), "lastTransitionTime": ts(now)});
+            patch_status(client, "nodes", node, json!({"conditions": [cond]})).await;
+            event(client, node, "Normal", "NodeReady", &format!("Node {name} status is now: NodeReady"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerations_of_the_unreachable_taint() {
+        let none = json!({"spec": {}});
+        assert_eq!(toleration_for(&none, UNREACHABLE), Some(DEFAULT_TOLERATION));
+        let seconds = json!({"spec": {"tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}});
+        assert_eq!(toleration_for(&seconds, UNREACHABLE), Some(Duration::from_secs(60)));
+        let forever = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        assert_eq!(toleration_for(&forever, UNREACHABLE), None);
+        let other = json!({"spec": {"tolerations": [{"key": "x", "operator": "Exists"}]}});
+        assert_eq!(toleration_for(&other, UNREACHABLE), Some(DEFAULT_TOLERATION));
+    }
+}
