@@ -1,33 +1,43 @@
 //! Garbage collection: objects whose controller owner no longer exists are deleted
-//! (background cascading deletion).
+//! (background cascading deletion): ReplicaSets of a gone Deployment, pods of a gone
+//! ReplicaSet or Job, Jobs of a gone CronJob.
 
 use std::collections::HashSet;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{controller_uid, s, World};
+use super::{s, World};
+
+/// The kinds whose objects the controllers load, so an owner of these kinds that is not
+/// in the World is really gone.
+const OWNER_KINDS: [&str; 4] = ["Deployment", "ReplicaSet", "Job", "CronJob"];
+
+fn gone_owner(v: &Value, uids: &HashSet<&str>) -> bool {
+    v.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| {
+        refs.iter().any(|r| {
+            r["controller"] == json!(true) && OWNER_KINDS.contains(&s(r, "/kind")) && !uids.contains(s(r, "/uid"))
+        })
+    })
+}
 
 pub(crate) async fn run(client: &Client, w: &World) {
-    let rs_uids: HashSet<&str> = w.replicasets.iter().map(|r| s(r, "/metadata/uid")).collect();
-    let deploy_uids: HashSet<&str> = w.deployments.iter().map(|d| s(d, "/metadata/uid")).collect();
-    let owned_by = |v: &serde_json::Value, kind: &str| {
-        v.pointer("/metadata/ownerReferences")
-            .and_then(|o| o.as_array())
-            .is_some_and(|o| o.iter().any(|r| r["kind"] == kind && r["controller"] == json!(true)))
-    };
-    for rs in &w.replicasets {
-        if owned_by(rs, "Deployment") && controller_uid(rs).is_some_and(|u| !deploy_uids.contains(u)) {
-            let _ = client.delete(lookup("rs").expect("rs"), Some(s(rs, "/metadata/namespace")), s(rs, "/metadata/name"), &json!({})).await;
-        }
-    }
-    for pod in &w.pods {
-        if pod.pointer("/metadata/deletionTimestamp").is_some() {
-            continue;
-        }
-        if owned_by(pod, "ReplicaSet") && controller_uid(pod).is_some_and(|u| !rs_uids.contains(u)) {
-            let _ = client.delete(lookup("pods").expect("pods"), Some(s(pod, "/metadata/namespace")), s(pod, "/metadata/name"), &json!({})).await;
+    let uids: HashSet<&str> = w
+        .deployments
+        .iter()
+        .chain(&w.replicasets)
+        .chain(&w.jobs)
+        .chain(&w.cronjobs)
+        .map(|o| s(o, "/metadata/uid"))
+        .collect();
+    for (kind, objs) in [("replicasets", &w.replicasets), ("jobs", &w.jobs), ("pods", &w.pods)] {
+        let rt = lookup(kind).expect("kind registered");
+        for o in objs.iter() {
+            if o.pointer("/metadata/deletionTimestamp").is_none() && gone_owner(o, &uids) {
+                tracing::debug!(kind, name = s(o, "/metadata/name"), "garbage collecting");
+                let _ = client.delete(rt, Some(s(o, "/metadata/namespace")), s(o, "/metadata/name"), &json!({})).await;
+            }
         }
     }
 }

@@ -3,13 +3,16 @@
 //! kube-scheduler). Each pass is triggered by a watch event on the resources involved or
 //! by a periodic resync.
 //!
-//! Built so far (the controllers issue grows these): a scheduler binding pending pods to
-//! ready nodes that offer the pod's runtime, ReplicaSet and Deployment controllers (a new
-//! ReplicaSet per pod template, old ones scaled down once the new one is ready), and
-//! garbage collection of objects whose controller owner is gone.
+//! Built so far (the controllers issue grows these): the scheduler (filters and scores,
+//! `scheduler.rs`), node lifecycle (unreachable nodes tainted, their pods evicted), the
+//! ReplicaSet, Deployment, Job and Endpoints controllers, and garbage collection of
+//! objects whose controller owner is gone.
 
 mod deployment;
+mod endpoints;
 mod gc;
+mod job;
+mod nodelifecycle;
 mod replicaset;
 mod scheduler;
 
@@ -29,6 +32,11 @@ pub(crate) struct World {
     pub pods: Vec<Value>,
     pub replicasets: Vec<Value>,
     pub deployments: Vec<Value>,
+    pub jobs: Vec<Value>,
+    pub cronjobs: Vec<Value>,
+    pub services: Vec<Value>,
+    pub endpoints: Vec<Value>,
+    pub leases: Vec<Value>,
 }
 
 pub(crate) fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -77,6 +85,11 @@ impl World {
             pods: list_all(client, "pods").await?,
             replicasets: list_all(client, "replicasets").await?,
             deployments: list_all(client, "deployments").await?,
+            jobs: list_all(client, "jobs").await?,
+            cronjobs: list_all(client, "cronjobs").await?,
+            services: list_all(client, "services").await?,
+            endpoints: list_all(client, "endpoints").await?,
+            leases: list_all(client, "leases").await?,
         })
     }
 }
@@ -92,10 +105,39 @@ pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, statu
     }
 }
 
+/// Records an Event about `obj` (best effort).
+pub(crate) fn event(client: &Client, obj: &Value, kind: &str, reason: &str, message: &str) {
+    let ns = match s(obj, "/metadata/namespace") {
+        "" => "default".to_string(),
+        n => n.to_string(),
+    };
+    let now = jiff::Timestamp::now();
+    let t = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let api_version = match s(obj, "/apiVersion") {
+        "" => "v1",
+        v => v,
+    };
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{}.{:x}", s(obj, "/metadata/name"), now.as_nanosecond()), "namespace": ns},
+        "involvedObject": {"apiVersion": api_version, "kind": s(obj, "/kind"), "name": s(obj, "/metadata/name"),
+            "namespace": s(obj, "/metadata/namespace"), "uid": s(obj, "/metadata/uid")},
+        "reason": reason, "message": message, "type": kind, "count": 1,
+        "source": {"component": "wk-controller-manager"}, "reportingComponent": "wk-controller-manager",
+        "firstTimestamp": t, "lastTimestamp": t,
+    });
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = client.create(lookup("events").expect("events"), Some(&ns), &ev, &[]).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    });
+}
+
 /// Runs the controllers while this server leads, until the process ends.
 pub async fn run(store: Store, client: Client) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    for kind in ["pods", "replicasets", "deployments", "nodes"] {
+    for kind in ["pods", "replicasets", "deployments", "nodes", "jobs", "services"] {
         let (client, tx) = (client.clone(), tx.clone());
         tokio::spawn(async move {
             let rt = lookup(kind).expect("kind registered");
@@ -113,8 +155,9 @@ pub async fn run(store: Store, client: Client) {
         });
     }
     loop {
-        // Coalesce bursts of events, resync at least every 2 s.
-        let _ = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        // Coalesce bursts of events; resync at least every second (node leases are read on
+        // resync, not watched).
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         while rx.try_recv().is_ok() {}
         if !store.is_leader() {
@@ -128,8 +171,11 @@ pub async fn run(store: Store, client: Client) {
             }
         };
         gc::run(&client, &world).await;
+        nodelifecycle::run(&client, &world).await;
         deployment::run(&client, &world).await;
         replicaset::run(&client, &world).await;
+        job::run(&client, &world).await;
         scheduler::run(&client, &world).await;
+        endpoints::run(&client, &world).await;
     }
 }

@@ -1,0 +1,210 @@
+//! The scheduler and controllers with a real server and three real agents on loopback:
+//! spreading, Endpoints, a node dying and its pods coming back elsewhere, Jobs, and an
+//! unschedulable pod explained.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wk_api::resource::lookup;
+use wk_client::{Client, ListParams};
+
+use common::{wait_for, TestServer, WK};
+
+struct AgentProc(Child);
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sample(name: &str) -> String {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/build-samples.sh", p.display());
+    p.canonicalize().unwrap().display().to_string()
+}
+
+fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
+    let tokens: Value = serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap()).unwrap();
+    AgentProc(
+        Command::new(WK)
+            .args(["agent", "--server", &server.url, "--token", tokens["node"].as_str().unwrap(), "--ca-file"])
+            .arg(server.ca_path())
+            .args(["--name", name, "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn list(c: &Client, kind: &str, selector: &str) -> Vec<Value> {
+    let p = ListParams { label_selector: Some(selector.to_string()).filter(|s| !s.is_empty()), ..Default::default() };
+    c.list(lookup(kind).unwrap(), None, false, &p).await.unwrap()["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn is_ready(p: &Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+async fn cluster(n: usize) -> (TestServer, Vec<(String, AgentProc)>, Vec<tempfile::TempDir>) {
+    let server = TestServer::start_cluster();
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 1..=n {
+        let d = tempfile::tempdir().unwrap();
+        let name = format!("node-{i}");
+        agents.push((name.clone(), start_agent(&server, &name, d.path())));
+        dirs.push(d);
+    }
+    let c = server.client();
+    wait_for("the nodes to register", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { list(&c, "nodes", "").await.len() == n }
+    })
+    .await;
+    (server, agents, dirs)
+}
+
+/// Three replicas spread over three nodes, listed in Endpoints; one agent is killed and
+/// its pod is replaced on another node.
+#[tokio::test]
+async fn replicas_spread_and_come_back_when_a_node_dies() {
+    let (server, mut agents, _dirs) = cluster(3).await;
+    let c = server.client();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hello"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "hello"}},
+            "template": {"metadata": {"labels": {"app": "hello"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
+    c.create(lookup("deploy").unwrap(), None, &d, &[]).await.unwrap();
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
+        "spec": {"selector": {"app": "hello"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}});
+    c.create(lookup("svc").unwrap(), None, &svc, &[]).await.unwrap();
+    wait_for("3 ready replicas", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { list(&c, "pods", "app=hello").await.iter().filter(|p| is_ready(p)).count() == 3 }
+    })
+    .await;
+    let pods = list(&c, "pods", "app=hello").await;
+    let mut nodes: Vec<&str> = pods.iter().map(|p| p["spec"]["nodeName"].as_str().unwrap()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node-1", "node-2", "node-3"], "one replica per node");
+    // Endpoints list the three ready pods on the target port.
+    wait_for("endpoints with 3 addresses", Duration::from_secs(20), || {
+        let c = c.clone();
+        async move {
+            let ep = c.get_opt(lookup("endpoints").unwrap(), None, "hello").await.unwrap();
+            ep.is_some_and(|e| e["subsets"][0]["addresses"].as_array().is_some_and(|a| a.len() == 3) && e["subsets"][0]["ports"][0]["port"] == 8080)
+        }
+    })
+    .await;
+    // Scheduled events were recorded.
+    let events = list(&c, "events", "").await;
+    assert!(events.iter().any(|e| e["reason"] == "Scheduled" && e["message"].as_str().unwrap().contains("to node-")), "{events:?}");
+
+    // node-2's agent dies.
+    let victim = pods.iter().find(|p| p["spec"]["nodeName"] == "node-2").unwrap();
+    let victim_ip = victim["status"]["podIP"].as_str().unwrap().to_string();
+    let killed = Instant::now();
+    agents.retain(|(n, _)| n != "node-2");
+    wait_for("a replacement serving on another node", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move {
+            let ps = list(&c, "pods", "app=hello").await;
+            ps.iter().filter(|p| is_ready(p) && p["metadata"]["deletionTimestamp"].is_null() && p["spec"]["nodeName"] != "node-2").count() == 3
+        }
+    })
+    .await;
+    println!("pods serving again {:.1} s after the agent was killed", killed.elapsed().as_secs_f64());
+    let node = c.get(lookup("nodes").unwrap(), None, "node-2").await.unwrap();
+    let ready = node["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    assert_eq!(ready["status"], "Unknown", "{node}");
+    assert!(node["spec"]["taints"].as_array().unwrap().iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"));
+    wait_for("the dead pod to leave the endpoints", Duration::from_secs(20), || {
+        let c = c.clone();
+        let victim_ip = victim_ip.clone();
+        async move {
+            let e = c.get(lookup("endpoints").unwrap(), None, "hello").await.unwrap();
+            let ips: Vec<&str> = e["subsets"][0]["addresses"].as_array().map(|a| a.iter().filter_map(|x| x["ip"].as_str()).collect()).unwrap_or_default();
+            ips.len() == 3 && !ips.contains(&victim_ip.as_str())
+        }
+    })
+    .await;
+    for p in list(&c, "pods", "app=hello").await.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        assert_eq!(reqwest::get(format!("http://{ip}:8080/healthz")).await.unwrap().status(), 200);
+    }
+}
+
+/// Jobs: completions with parallelism, a failing Job stopped by backoffLimit, a finished
+/// Job removed by its TTL together with its pods; and a pod that fits nowhere explained.
+#[tokio::test]
+async fn jobs_complete_fail_and_expire() {
+    let (server, _agents, _dirs) = cluster(2).await;
+    let c = server.client();
+    let jobs = lookup("jobs").unwrap();
+    let job = |name: &str, arg: &str, extra: Value| {
+        let mut j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"template": {"spec": {"runtimeClassName": "wasm", "restartPolicy": "Never",
+                "containers": [{"name": "pi", "image": sample("pi.wasm"), "args": [arg]}]}}}});
+        for (k, v) in extra.as_object().unwrap() {
+            j["spec"][k] = v.clone();
+        }
+        j
+    };
+    c.create(jobs, None, &job("pi", "50", json!({"completions": 3, "parallelism": 2})), &[]).await.unwrap();
+    c.create(jobs, None, &job("bad", "nope", json!({"backoffLimit": 1})), &[]).await.unwrap();
+    c.create(jobs, None, &job("short-lived", "5", json!({"ttlSecondsAfterFinished": 0})), &[]).await.unwrap();
+    let condition = |j: &Value| j["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["status"] == "True")).cloned();
+    wait_for("pi to complete", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { condition(&c.get(jobs, None, "pi").await.unwrap()).is_some_and(|c| c["type"] == "Complete") }
+    })
+    .await;
+    let pi = c.get(jobs, None, "pi").await.unwrap();
+    assert_eq!(pi["status"]["succeeded"], 3);
+    assert!(pi["status"]["completionTime"].is_string());
+    let pi_pods = list(&c, "pods", "job-name=pi").await;
+    assert_eq!(pi_pods.len(), 3);
+    let out = server.wk(&["logs", pi_pods[0]["metadata"]["name"].as_str().unwrap()]);
+    assert!(common::stdout(&out).starts_with("3.14159265358979"), "{}", common::stdout(&out));
+
+    wait_for("bad to fail", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { condition(&c.get(jobs, None, "bad").await.unwrap()).is_some_and(|c| c["type"] == "Failed") }
+    })
+    .await;
+    let bad = c.get(jobs, None, "bad").await.unwrap();
+    assert_eq!(condition(&bad).unwrap()["reason"], "BackoffLimitExceeded");
+    assert_eq!(bad["status"]["failed"], 2, "backoffLimit 1 allows one retry");
+
+    wait_for("the ttl job and its pods to be deleted", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { c.get_opt(jobs, None, "short-lived").await.unwrap().is_none() && list(&c, "pods", "job-name=short-lived").await.is_empty() }
+    })
+    .await;
+
+    // A pod that fits no node is explained in Kubernetes' words.
+    let pods = lookup("pods").unwrap();
+    let big = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"},
+        "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c", "image": sample("hello-http.wasm"), "resources": {"requests": {"memory": "64Ti"}}}]}});
+    c.create(pods, None, &big, &[]).await.unwrap();
+    wait_for("an Unschedulable condition", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let p = c.get(pods, None, "big").await.unwrap();
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| c["reason"] == "Unschedulable" && c["message"] == "0/2 nodes are available: 2 Insufficient memory.")
+            })
+        }
+    })
+    .await;
+    let events = list(&c, "events", "").await;
+    assert!(events.iter().any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "big"));
+}
