@@ -91,6 +91,7 @@ impl Server {
             peer_token: tokens.peer.clone(),
             watch_history: cfg.watch_history,
             snapshot_every: cfg.snapshot_every,
+            initialize: true,
         })
         .await?;
         store.wait_for_leader(Duration::from_secs(10)).await?;

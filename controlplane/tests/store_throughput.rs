@@ -16,6 +16,7 @@ async fn concurrent_writes() {
         peer_token: "t".into(),
         watch_history: 1000,
         snapshot_every: 100_000,
+        initialize: true,
     })
     .await
     .unwrap();

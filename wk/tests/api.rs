@@ -217,7 +217,11 @@ async fn authentication_is_required() {
     let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|n| n["metadata"]["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"default") && names.contains(&"kube-system"), "{names:?}");
     // Health and version are public, as in Kubernetes.
-    assert_eq!(http.get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+    for path in ["/healthz", "/readyz", "/livez"] {
+        let r = http.get(format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.text().await.unwrap(), "ok", "{path}");
+    }
     let v: Value = http.get(format!("{}/version", server.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["major"], "1");
 }

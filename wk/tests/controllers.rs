@@ -36,6 +36,8 @@ fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentP
             .args(["--name", name, "--data-dir"])
             .arg(dir)
             .env("RUST_LOG", "warn")
+            // The sample manifests name their images relative to the repository root.
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -158,19 +160,29 @@ async fn jobs_complete_fail_and_expire() {
         }
         j
     };
-    c.create(jobs, None, &job("pi", "50", json!({"completions": 3, "parallelism": 2})), &[]).await.unwrap();
+    c.create(jobs, None, &job("digits", "50", json!({"completions": 3, "parallelism": 2})), &[]).await.unwrap();
     c.create(jobs, None, &job("bad", "nope", json!({"backoffLimit": 1})), &[]).await.unwrap();
     c.create(jobs, None, &job("short-lived", "5", json!({"ttlSecondsAfterFinished": 0})), &[]).await.unwrap();
     let condition = |j: &Value| j["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["status"] == "True")).cloned();
-    wait_for("pi to complete", Duration::from_secs(60), || {
-        let c = c.clone();
-        async move { condition(&c.get(jobs, None, "pi").await.unwrap()).is_some_and(|c| c["type"] == "Complete") }
-    })
-    .await;
-    let pi = c.get(jobs, None, "pi").await.unwrap();
+    // The sample Job, applied from its manifest.
+    let out = server.wk(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/manifests/pi-job.yaml")]);
+    assert_eq!(common::stdout(&out), "job.batch/pi created\n", "{}", common::stderr(&out));
+    for name in ["digits", "pi"] {
+        wait_for("the jobs to complete", Duration::from_secs(60), || {
+            let c = c.clone();
+            async move { condition(&c.get(jobs, None, name).await.unwrap()).is_some_and(|c| c["type"] == "Complete") }
+        })
+        .await;
+    }
+    let sample_pod = list(&c, "pods", "job-name=pi").await;
+    let out = server.wk(&["logs", sample_pod[0]["metadata"]["name"].as_str().unwrap()]);
+    const PI: &str = "3.14159265358979323846264338327950288419716939937510582097494459230781640628620899862803482534211706798214808651";
+    let digits = common::stdout(&out).trim().to_string();
+    assert!(digits.len() == 101 && PI.starts_with(&digits), "the sample's 100 places of pi: {digits}");
+    let pi = c.get(jobs, None, "digits").await.unwrap();
     assert_eq!(pi["status"]["succeeded"], 3);
     assert!(pi["status"]["completionTime"].is_string());
-    let pi_pods = list(&c, "pods", "job-name=pi").await;
+    let pi_pods = list(&c, "pods", "job-name=digits").await;
     assert_eq!(pi_pods.len(), 3);
     let out = server.wk(&["logs", pi_pods[0]["metadata"]["name"].as_str().unwrap()]);
     assert!(common::stdout(&out).starts_with("3.14159265358979"), "{}", common::stdout(&out));

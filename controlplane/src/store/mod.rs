@@ -35,6 +35,9 @@ pub struct StoreConfig {
     pub watch_history: usize,
     /// Build a snapshot (and purge the log) after this many entries.
     pub snapshot_every: u64,
+    /// Start a one-member cluster if the data dir holds none. `false` for a server that
+    /// waits to be added to an existing cluster.
+    pub initialize: bool,
 }
 
 /// Store failures that are not about one key.
@@ -144,7 +147,7 @@ impl Store {
         let raft = Raft::new(cfg.node_id, config, network, log, sm)
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
-        if !raft.is_initialized().await.map_err(|e| StoreError::Raft(e.to_string()))? {
+        if cfg.initialize && !raft.is_initialized().await.map_err(|e| StoreError::Raft(e.to_string()))? {
             let mut members = BTreeMap::new();
             members.insert(cfg.node_id, BasicNode { addr: cfg.advertise_url.clone() });
             raft.initialize(members).await.map_err(|e| StoreError::Raft(e.to_string()))?;
