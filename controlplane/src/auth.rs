@@ -1,8 +1,14 @@
 //! Authentication: bearer tokens generated at first start, and the client config file.
 //!
 //! The server keeps its tokens in `<data-dir>/tokens.json` (mode 0600): an admin token
-//! (full access, written to the client config), a node join token (for agents, used by the
-//! node agent issue) and a peer token for server-to-server Raft RPCs.
+//! (full access, written to the client config), a node join token and a peer token for
+//! server-to-server Raft RPCs.
+//!
+//! The join token does one thing: it obtains a node credential for a node name (like
+//! k3s' join token bootstrapping a kubelet's own credential). A node credential is
+//! `wknode.<node name>.<HMAC-SHA256(peer token, node name)>`: any server holding the
+//! cluster's secrets verifies it without state, and it authenticates exactly one node,
+//! which the node authorizer (`apiserver/nodeauth.rs`) then limits to its own objects.
 
 use std::path::Path;
 
@@ -18,11 +24,16 @@ pub struct Tokens {
 }
 
 /// Who a request authenticated as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
     Admin,
-    Node,
+    /// The node join token: may only obtain a node credential.
+    Join,
+    /// One node agent.
+    Node(String),
 }
+
+const NODE_PREFIX: &str = "wknode.";
 
 fn random_token() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -50,10 +61,20 @@ impl Tokens {
         if constant_time_eq(token.as_bytes(), self.admin.as_bytes()) {
             Some(Identity::Admin)
         } else if constant_time_eq(token.as_bytes(), self.node.as_bytes()) {
-            Some(Identity::Node)
+            Some(Identity::Join)
+        } else if let Some((name, _)) = token.strip_prefix(NODE_PREFIX).and_then(|t| t.rsplit_once('.')) {
+            constant_time_eq(token.as_bytes(), self.node_credential(name).as_bytes()).then(|| Identity::Node(name.to_string()))
         } else {
             None
         }
+    }
+
+    /// The credential of node `name`.
+    pub fn node_credential(&self, name: &str) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.peer.as_bytes());
+        let mac = ring::hmac::sign(&key, name.as_bytes());
+        let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{NODE_PREFIX}{name}.{hex}")
     }
 }
 
@@ -109,8 +130,14 @@ mod tests {
         assert_eq!(a.admin, b.admin);
         assert_ne!(a.admin, a.node);
         assert_eq!(a.identify(&a.admin), Some(Identity::Admin));
-        assert_eq!(a.identify(&a.node), Some(Identity::Node));
+        assert_eq!(a.identify(&a.node), Some(Identity::Join));
         assert_eq!(a.identify("nope"), None);
+        // A node credential names its node and cannot be bent to another name.
+        let cred = a.node_credential("node-1.example");
+        assert_eq!(a.identify(&cred), Some(Identity::Node("node-1.example".into())));
+        let mac = cred.rsplit_once('.').unwrap().1;
+        assert_eq!(a.identify(&format!("wknode.node-2.{mac}")), None);
+        assert_eq!(a.identify("wknode.node-1.example.00"), None);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("tokens.json")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -314,6 +314,19 @@ impl Agent {
     }
 }
 
+/// Exchanges the join token (or an admin token) `client` carries for node `name`'s own
+/// credential, and returns a client that uses it: the API server then limits the agent to
+/// its own Node, Lease and pods and what those pods reference.
+pub async fn node_client(client: &Client, name: &str) -> Result<Client, AgentError> {
+    let path = format!("/wk/v1/nodecredentials/{name}");
+    let resp = client.request(wk_client::Method::POST, &path, &[], None, None).await?;
+    let body: Value = resp.json().await.map_err(|e| AgentError::Runtime(format!("reading the node credential: {e}")))?;
+    let token = body.get("token").and_then(Value::as_str).ok_or_else(|| AgentError::Runtime("the server sent no node credential".into()))?;
+    let mut cfg = client.config.clone();
+    cfg.token = Some(token.to_string());
+    Ok(Client::new(cfg)?)
+}
+
 fn reqwest_method_patch() -> wk_client::Method {
     wk_client::Method::PATCH
 }

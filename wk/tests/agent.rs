@@ -218,26 +218,65 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     drop(agent);
 }
 
+/// The join token only obtains a node credential; a node credential reaches only its own
+/// Node, Lease and pods and what those pods reference.
 #[tokio::test]
 async fn node_credentials_are_limited() {
     let server = TestServer::start();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(server.ca_path()).unwrap()).unwrap();
     let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().unwrap();
-    let token = node_token(&server);
-    let ok = http.get(format!("{}/api/v1/namespaces/default/pods", server.url)).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(ok.status(), 200);
-    let denied = http.get(format!("{}/apis/apps/v1/deployments", server.url)).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(denied.status(), 403);
-    let body: Value = denied.json().await.unwrap();
-    assert_eq!(body["reason"], "Forbidden");
-    let write_secret = http
-        .post(format!("{}/api/v1/namespaces/default/secrets", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(write_secret.status(), 403);
+    let join = node_token(&server);
+    let url = |p: &str| format!("{}{p}", server.url);
+    let denied = http.get(url("/api/v1/namespaces/default/pods")).bearer_auth(&join).send().await.unwrap();
+    assert_eq!(denied.status(), 403, "the join token is not a node credential");
+    let bad = http.post(url("/wk/v1/nodecredentials/n1")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+    let cred: Value = http.post(url("/wk/v1/nodecredentials/n1")).bearer_auth(&join).send().await.unwrap().json().await.unwrap();
+    let n1 = cred["token"].as_str().unwrap().to_string();
+    let send = |m: reqwest::Method, p: &str, body: Option<Value>, ct: &str| {
+        let mut r = http.request(m, url(p)).bearer_auth(&n1).header("content-type", ct);
+        if let Some(b) = body {
+            r = r.body(serde_json::to_vec(&b).unwrap());
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    let json_ct = "application/json";
+    let merge = "application/merge-patch+json";
+    use reqwest::Method;
+    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/pods", None, json_ct).await, 200);
+    assert_eq!(send(Method::GET, "/apis/apps/v1/deployments", None, json_ct).await, 403);
+    let node = |n: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
+    assert_eq!(send(Method::POST, "/api/v1/nodes", Some(node("n2")), json_ct).await, 403, "not its name");
+    assert_eq!(send(Method::POST, "/api/v1/nodes", Some(node("n1")), json_ct).await, 201);
+    let lease = |n: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": n, "namespace": "kube-node-lease"}});
+    assert_eq!(send(Method::POST, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", Some(lease("n2")), json_ct).await, 403);
+    assert_eq!(send(Method::POST, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", Some(lease("n1")), json_ct).await, 201);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}});
+    assert_eq!(send(Method::POST, "/api/v1/namespaces/default/secrets", Some(secret), json_ct).await, 403);
+
+    // Secrets: only those a pod bound to the node references, by name.
+    let c = server.client();
+    let secrets = lookup("secrets").unwrap();
+    for name in ["mine", "theirs"] {
+        c.create(secrets, None, &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {"k": "dg=="}}), &[]).await.unwrap();
+    }
+    let pods = lookup("pods").unwrap();
+    let pod = |name: &str, node: &str, secret: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x.wasm"}], "volumes": [{"name": "s", "secret": {"secretName": secret}}]}})
+    };
+    c.create(pods, None, &pod("p1", "n1", "mine"), &[]).await.unwrap();
+    c.create(pods, None, &pod("p2", "n2", "theirs"), &[]).await.unwrap();
+    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/secrets/mine", None, json_ct).await, 200);
+    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/secrets/theirs", None, json_ct).await, 403);
+    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/secrets", None, json_ct).await, 403, "no listing");
+    // Pods: status and deletion of its own pods only.
+    let status = json!({"status": {"phase": "Running"}});
+    assert_eq!(send(Method::PATCH, "/api/v1/namespaces/default/pods/p1/status", Some(status.clone()), merge).await, 200);
+    assert_eq!(send(Method::PATCH, "/api/v1/namespaces/default/pods/p2/status", Some(status), merge).await, 403);
+    assert_eq!(send(Method::PATCH, "/api/v1/namespaces/default/pods/p1", Some(json!({"metadata": {"labels": {"a": "b"}}})), merge).await, 403);
+    assert_eq!(send(Method::DELETE, "/api/v1/namespaces/default/pods/p2", None, json_ct).await, 403);
+    assert_eq!(send(Method::DELETE, "/api/v1/namespaces/default/pods/p1", None, json_ct).await, 200);
 }
 
 fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {

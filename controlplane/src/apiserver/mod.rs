@@ -8,13 +8,14 @@
 mod defaults;
 mod discovery;
 mod handlers;
+mod nodeauth;
 mod patch;
 mod table;
 mod watch;
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -123,7 +124,9 @@ async fn authenticate(State(state): State<ApiState>, mut req: Request, next: Nex
 
 /// Routes a resource request by method and target.
 async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
-    let identity = req.extensions().get::<Identity>().copied().unwrap_or(Identity::Node);
+    let Some(identity) = req.extensions().get::<Identity>().cloned() else {
+        return ApiError(Status::unauthorized()).into_response();
+    };
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let target = match segments.as_slice() {
@@ -134,14 +137,19 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
     let Some(target) = target else {
         return ApiError(Status::not_found_path(&path)).into_response();
     };
-    if identity == Identity::Node && !node_may(&target, req.method()) {
-        return ApiError(Status::forbidden(format!(
-            "node credentials may not {} {}",
-            req.method().as_str().to_lowercase(),
-            target.rt.plural
-        )))
-        .into_response();
-    }
+    let req = match &identity {
+        Identity::Admin => req,
+        Identity::Join => {
+            return ApiError(Status::forbidden(
+                "the node join token only obtains a node credential (POST /wk/v1/nodecredentials/<node name>)",
+            ))
+            .into_response()
+        }
+        Identity::Node(node) => match nodeauth::authorize(&state, &target, node, req).await {
+            Ok(req) => req,
+            Err(e) => return e.into_response(),
+        },
+    };
     let method = req.method().clone();
     let result = match (&method, target.name.is_some(), target.subresource.as_deref()) {
         (&Method::GET, false, _) => handlers::list_or_watch(state, target, req).await,
@@ -164,16 +172,19 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// What a node agent may touch: its Node and Lease, pods (their status and deletion),
-/// what pods consume (ConfigMaps, Secrets, Services, Endpoints) and Events. Coarse for now:
-/// not yet narrowed to the node's own objects.
-fn node_may(target: &Target, method: &Method) -> bool {
-    let read = matches!(*method, Method::GET);
-    match target.rt.plural {
-        "nodes" | "leases" | "pods" | "events" => true,
-        "configmaps" | "secrets" | "services" | "endpoints" | "namespaces" => read,
-        _ => false,
+/// `POST /wk/v1/nodecredentials/{name}`: exchanges the node join token (or the admin
+/// token) for the credential of node `name`.
+async fn node_credentials(State(state): State<ApiState>, Path(name): Path<String>, req: Request) -> Response {
+    match req.extensions().get::<Identity>() {
+        Some(Identity::Join | Identity::Admin) => {}
+        _ => return ApiError(Status::forbidden("node credentials are issued for the node join token")).into_response(),
     }
+    let errors = wk_api::validation::dns1123_subdomain_errors(&name);
+    if !errors.is_empty() {
+        return ApiError(Status::bad_request(format!("invalid node name {name:?}: {}", errors.join("; ")))).into_response();
+    }
+    let body = serde_json::json!({"kind": "NodeCredential", "apiVersion": "wk.dev/v1", "nodeName": name, "token": state.tokens.node_credential(&name)});
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn health() -> &'static str {
@@ -195,6 +206,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*rest}", get(discovery::openapi_v3_group))
+        .route("/wk/v1/nodecredentials/{name}", axum::routing::post(node_credentials))
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)

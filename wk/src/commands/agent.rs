@@ -57,6 +57,7 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
         Some(n) => n,
         None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into()),
     };
+    let client = wk_nodeagent::node_client(&client, &name).await.context("cannot obtain the node's credential (is the join token right?)")?;
     let mut cfg = AgentConfig::new(name.clone(), args.data_dir);
     cfg.labels = args.labels.into_iter().collect();
     cfg.max_pods = args.max_pods;

@@ -61,7 +61,8 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     let serving = tokio::spawn(server.serve(shutdown_signal()));
     let mut agent_cfg = AgentConfig::new(args.node_name.clone(), args.data_dir.join("agent"));
     agent_cfg.log_token = Some(node_token);
-    let agent = Agent::new(client.clone(), agent_cfg).context("cannot start the agent")?;
+    let agent_client = wk_nodeagent::node_client(&client, &args.node_name).await.context("cannot obtain the node's credential")?;
+    let agent = Agent::new(agent_client, agent_cfg).context("cannot start the agent")?;
     let agent_task = tokio::spawn(agent.run(std::future::pending()));
     println!("wk up: control plane at {url}, node {:?} ready to run pods", args.node_name);
     println!("client config: {} (wk and kubectl use it)", kubeconfig.display());
