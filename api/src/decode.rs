@@ -5,8 +5,8 @@
 //! trip are unknown. Unknown fields are an error in strict mode and a warning otherwise,
 //! as the Kubernetes API server does for `fieldValidation=Strict|Warn`.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::k8s::api::apps::v1 as apps;
@@ -36,10 +36,9 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, DecodeError> {
         match value {
             Value::Null => continue,
             Value::Object(ref map) => {
-                let is_list = map
-                    .get("kind")
-                    .and_then(Value::as_str)
-                    .is_some_and(|k| k == "List" || k.ends_with("List") && map.contains_key("items"));
+                let is_list = map.get("kind").and_then(Value::as_str).is_some_and(|k| {
+                    k == "List" || k.ends_with("List") && map.contains_key("items")
+                });
                 if let (true, Some(Value::Array(items))) = (is_list, map.get("items")) {
                     out.extend(items.iter().cloned());
                     continue;
@@ -50,7 +49,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, DecodeError> {
                 return Err(DecodeError::Document {
                     index: index + 1,
                     message: "expected an object with apiVersion and kind".into(),
-                })
+                });
             }
         }
     }
@@ -120,7 +119,13 @@ fn check_as<T: DeserializeOwned + Serialize>(
     })?;
     let mut unknown_fields = Vec::new();
     diff_unknown(obj, &object, "", &mut unknown_fields);
-    Ok((Checked { object, unknown_fields }, errors))
+    Ok((
+        Checked {
+            object,
+            unknown_fields,
+        },
+        errors,
+    ))
 }
 
 /// Decodes `obj` as the type of `rt`, runs the kind's validation and reports unknown
@@ -155,7 +160,11 @@ fn diff_unknown(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>)
     match (input, typed) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     Some(t) => diff_unknown(v, t, &p, out),
                     None if v.is_null() => {}
@@ -208,7 +217,11 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(
             checked.unknown_fields,
-            vec!["metadata.colour", "spec.replicaz", "spec.template.spec.containers[0].imagePullPolice"]
+            vec![
+                "metadata.colour",
+                "spec.replicaz",
+                "spec.template.spec.containers[0].imagePullPolice"
+            ]
         );
         assert!(checked.object["spec"].get("replicaz").is_none());
     }
@@ -224,7 +237,10 @@ mod tests {
     #[test]
     fn unknown_kind_is_not_supported() {
         let err = resource_of(&json!({"apiVersion": "v1", "kind": "Widget"})).unwrap_err();
-        assert!(err.to_string().contains("no kind \"Widget\" is registered"), "{err}");
+        assert!(
+            err.to_string().contains("no kind \"Widget\" is registered"),
+            "{err}"
+        );
         let err = resource_of(&json!({"kind": "Pod"})).unwrap_err();
         assert_eq!(err.field, "apiVersion");
     }

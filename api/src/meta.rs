@@ -24,7 +24,9 @@ pub trait ObjectMetaExt {
     }
     /// The resourceVersion as a revision number (0 when absent or not a number).
     fn resource_version(&self) -> u64 {
-        self.meta_str("resourceVersion").and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.meta_str("resourceVersion")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
     fn labels(&self) -> BTreeMap<String, String> {
         string_map(self.meta().and_then(|m| m.get("labels")))
@@ -33,7 +35,11 @@ pub trait ObjectMetaExt {
         self.meta()
             .and_then(|m| m.get("finalizers"))
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
     fn deletion_timestamp(&self) -> Option<&str> {
@@ -56,7 +62,9 @@ impl ObjectMetaExt for Value {
             *self = Value::Object(Map::new());
         }
         let obj = self.as_object_mut().expect("just made an object");
-        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
         if !meta.is_object() {
             *meta = Value::Object(Map::new());
         }
@@ -67,7 +75,11 @@ impl ObjectMetaExt for Value {
 /// A JSON object of strings as a map (non-string values are skipped).
 pub fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -93,7 +105,8 @@ mod tests {
 
     #[test]
     fn accessors() {
-        let mut v = json!({"metadata": {"name": "a", "resourceVersion": "42", "labels": {"x": "y"}}});
+        let mut v =
+            json!({"metadata": {"name": "a", "resourceVersion": "42", "labels": {"x": "y"}}});
         assert_eq!(v.name(), Some("a"));
         assert_eq!(v.resource_version(), 42);
         assert_eq!(v.labels().get("x").map(String::as_str), Some("y"));
@@ -102,6 +115,9 @@ mod tests {
         let mut empty = json!(null);
         empty.set_meta("name", "b");
         assert_eq!(empty.name(), Some("b"));
-        assert_eq!(field_str(&json!({"spec": {"replicas": 3}}), "spec.replicas").as_deref(), Some("3"));
+        assert_eq!(
+            field_str(&json!({"spec": {"replicas": 3}}), "spec.replicas").as_deref(),
+            Some("3")
+        );
     }
 }

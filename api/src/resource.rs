@@ -45,7 +45,11 @@ impl ResourceType {
     /// Storage key prefix of the resource, optionally narrowed to one namespace.
     /// Always ends with `/` so that prefixes never match a longer namespace name.
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         match namespace {
             Some(ns) if self.namespaced => format!("/registry/{group}/{}/{ns}/", self.plural),
             _ => format!("/registry/{group}/{}/", self.plural),
@@ -94,20 +98,110 @@ macro_rules! rt {
 
 /// Every resource type wk serves.
 pub static RESOURCES: &[ResourceType] = &[
-    rt!("", "Namespace", "namespaces", "namespace", ["ns"], false, ["status", "finalize"], []),
+    rt!(
+        "",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        ["ns"],
+        false,
+        ["status", "finalize"],
+        []
+    ),
     rt!("", "Node", "nodes", "node", ["no"], false, ["status"], []),
-    rt!("", "Pod", "pods", "pod", ["po"], true, ["status", "log", "binding", "eviction"], ["all"]),
-    rt!("", "Service", "services", "service", ["svc"], true, ["status"], ["all"]),
-    rt!("", "Endpoints", "endpoints", "endpoints", ["ep"], true, [], []),
-    rt!("", "ConfigMap", "configmaps", "configmap", ["cm"], true, [], []),
+    rt!(
+        "",
+        "Pod",
+        "pods",
+        "pod",
+        ["po"],
+        true,
+        ["status", "log", "binding", "eviction"],
+        ["all"]
+    ),
+    rt!(
+        "",
+        "Service",
+        "services",
+        "service",
+        ["svc"],
+        true,
+        ["status"],
+        ["all"]
+    ),
+    rt!(
+        "",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        ["ep"],
+        true,
+        [],
+        []
+    ),
+    rt!(
+        "",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        ["cm"],
+        true,
+        [],
+        []
+    ),
     rt!("", "Secret", "secrets", "secret", [], true, [], []),
     rt!("", "Event", "events", "event", ["ev"], true, [], []),
-    rt!("apps", "Deployment", "deployments", "deployment", ["deploy"], true, ["status", "scale"], ["all"]),
-    rt!("apps", "ReplicaSet", "replicasets", "replicaset", ["rs"], true, ["status", "scale"], ["all"]),
-    rt!("apps", "DaemonSet", "daemonsets", "daemonset", ["ds"], true, ["status"], ["all"]),
+    rt!(
+        "apps",
+        "Deployment",
+        "deployments",
+        "deployment",
+        ["deploy"],
+        true,
+        ["status", "scale"],
+        ["all"]
+    ),
+    rt!(
+        "apps",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        ["rs"],
+        true,
+        ["status", "scale"],
+        ["all"]
+    ),
+    rt!(
+        "apps",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        ["ds"],
+        true,
+        ["status"],
+        ["all"]
+    ),
     rt!("batch", "Job", "jobs", "job", [], true, ["status"], ["all"]),
-    rt!("batch", "CronJob", "cronjobs", "cronjob", ["cj"], true, ["status"], ["all"]),
-    rt!("coordination.k8s.io", "Lease", "leases", "lease", [], true, [], []),
+    rt!(
+        "batch",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        ["cj"],
+        true,
+        ["status"],
+        ["all"]
+    ),
+    rt!(
+        "coordination.k8s.io",
+        "Lease",
+        "leases",
+        "lease",
+        [],
+        true,
+        [],
+        []
+    ),
 ];
 
 /// The API groups (other than core) in discovery order.
@@ -123,12 +217,16 @@ pub fn groups() -> Vec<&'static str> {
 
 /// Finds a resource by group and plural, as routed from a URL.
 pub fn by_plural(group: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.group == group && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
 }
 
 /// Finds a resource by apiVersion and kind, as written in a manifest.
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// Finds a resource from what a user types on the command line: plural, singular, short
@@ -166,13 +264,25 @@ mod tests {
     #[test]
     fn keys_and_paths() {
         let pods = by_plural("", "pods").unwrap();
-        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/core/pods/default/web"
+        );
         assert_eq!(pods.key_prefix(None), "/registry/core/pods/");
-        assert_eq!(pods.object_path(Some("a"), "b"), "/api/v1/namespaces/a/pods/b");
+        assert_eq!(
+            pods.object_path(Some("a"), "b"),
+            "/api/v1/namespaces/a/pods/b"
+        );
         let ns = by_plural("", "namespaces").unwrap();
-        assert_eq!(ns.key(Some("ignored"), "kube-system"), "/registry/core/namespaces/kube-system");
+        assert_eq!(
+            ns.key(Some("ignored"), "kube-system"),
+            "/registry/core/namespaces/kube-system"
+        );
         let dep = by_kind("apps/v1", "Deployment").unwrap();
-        assert_eq!(dep.collection_path(Some("x")), "/apis/apps/v1/namespaces/x/deployments");
+        assert_eq!(
+            dep.collection_path(Some("x")),
+            "/apis/apps/v1/namespaces/x/deployments"
+        );
     }
 
     #[test]

@@ -81,9 +81,20 @@ pub struct ContainerConfig {
 /// A container's state, as `containerStatuses[].state` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerState {
-    Waiting { reason: String, message: String },
-    Running { started_at: jiff::Timestamp },
-    Terminated { exit_code: i32, reason: String, message: String, started_at: jiff::Timestamp, finished_at: jiff::Timestamp },
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: jiff::Timestamp,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+        started_at: jiff::Timestamp,
+        finished_at: jiff::Timestamp,
+    },
 }
 
 impl ContainerState {
@@ -106,7 +117,10 @@ pub struct PreparedImage {
 pub enum RuntimeError {
     /// The workload is not for this runtime (youki's `CantHandle`).
     #[error("runtime {runtime} cannot run this workload: {reason}")]
-    CantHandle { runtime: &'static str, reason: String },
+    CantHandle {
+        runtime: &'static str,
+        reason: String,
+    },
     /// The image could not be fetched (`ErrImagePull`).
     #[error("pulling image {image:?}: {message}")]
     Pull { image: String, message: String },
@@ -139,10 +153,16 @@ pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Fetches, verifies and (for Wasm) compiles an image, using caches.
-    fn prepare(&self, image: &str) -> impl Future<Output = Result<PreparedImage, RuntimeError>> + Send;
+    fn prepare(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<PreparedImage, RuntimeError>> + Send;
 
     /// Starts a container; returns once it is running (or failed to start).
-    fn start(&self, config: ContainerConfig) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn start(
+        &self,
+        config: ContainerConfig,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// The current state of a container.
     fn state(&self, id: &str) -> Result<ContainerState, RuntimeError>;
@@ -151,7 +171,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn wait(&self, id: &str) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
 
     /// Asks the container to stop, kills it after `grace`, and returns its final state.
-    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
+    fn stop(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> impl Future<Output = Result<ContainerState, RuntimeError>> + Send;
 
     /// Forgets a terminated container.
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;

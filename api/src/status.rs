@@ -107,20 +107,31 @@ impl Status {
     }
 
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Status::new(404, "NotFound", format!("{} \"{name}\" not found", Self::qualified(rt)))
-            .with_details(rt, name)
+        Status::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", Self::qualified(rt)),
+        )
+        .with_details(rt, name)
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Status::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", Self::qualified(rt)))
-            .with_details(rt, name)
+        Status::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", Self::qualified(rt)),
+        )
+        .with_details(rt, name)
     }
 
     pub fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
         Status::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", Self::qualified(rt)),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                Self::qualified(rt)
+            ),
         )
         .with_details(rt, name)
     }
@@ -182,7 +193,13 @@ impl Status {
     }
 
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Status::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {content_type:?})"))
+        Status::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {content_type:?})"
+            ),
+        )
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -198,7 +215,11 @@ impl Status {
     }
 
     pub fn not_found_path(path: &str) -> Self {
-        Status::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Status::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 }
 

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use futures::{Stream, StreamExt};
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
-use wk_api::resource::ResourceType;
 use wk_api::Status;
+use wk_api::resource::ResourceType;
 
 pub use reqwest::Method;
 
@@ -65,18 +65,30 @@ pub fn default_config_path() -> PathBuf {
 impl ClientConfig {
     /// Loads the current context of a kubeconfig file.
     pub fn load(path: &Path) -> Result<ClientConfig> {
-        let err = |message: String| ClientError::Config { path: path.to_path_buf(), message };
+        let err = |message: String| ClientError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| {
             err(if e.kind() == std::io::ErrorKind::NotFound {
-                "not found; start a server with `wk server` (or `wk up`), or pass --kubeconfig".into()
+                "not found; start a server with `wk server` (or `wk up`), or pass --kubeconfig"
+                    .into()
             } else {
                 e.to_string()
             })
         })?;
-        let doc: Value = serde_yaml::from_str(&text).map_err(|e| err(format!("invalid YAML: {e}")))?;
-        let current = doc.get("current-context").and_then(Value::as_str).unwrap_or("");
+        let doc: Value =
+            serde_yaml::from_str(&text).map_err(|e| err(format!("invalid YAML: {e}")))?;
+        let current = doc
+            .get("current-context")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let find = |list: &str, name: &str| -> Option<Value> {
-            doc.get(list)?.as_array()?.iter().find(|e| e.get("name").and_then(Value::as_str) == Some(name)).cloned()
+            doc.get(list)?
+                .as_array()?
+                .iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+                .cloned()
         };
         let ctx = find("contexts", current)
             .or_else(|| doc.get("contexts")?.as_array()?.first().cloned())
@@ -87,14 +99,19 @@ impl ClientConfig {
         let cluster = find("clusters", cluster_name)
             .and_then(|c| c.get("cluster").cloned())
             .ok_or_else(|| err(format!("cluster {cluster_name:?} not found")))?;
-        let user = find("users", user_name).and_then(|u| u.get("user").cloned()).unwrap_or_default();
+        let user = find("users", user_name)
+            .and_then(|u| u.get("user").cloned())
+            .unwrap_or_default();
         let server = cluster
             .get("server")
             .and_then(Value::as_str)
             .ok_or_else(|| err("cluster has no server".into()))?
             .trim_end_matches('/')
             .to_string();
-        let ca_pem = match cluster.get("certificate-authority-data").and_then(Value::as_str) {
+        let ca_pem = match cluster
+            .get("certificate-authority-data")
+            .and_then(Value::as_str)
+        {
             Some(b64) => Some(
                 base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())
@@ -109,8 +126,15 @@ impl ClientConfig {
             server,
             token: user.get("token").and_then(Value::as_str).map(String::from),
             ca_pem,
-            insecure: cluster.get("insecure-skip-tls-verify").and_then(Value::as_bool).unwrap_or(false),
-            namespace: ctx.get("namespace").and_then(Value::as_str).unwrap_or("default").to_string(),
+            insecure: cluster
+                .get("insecure-skip-tls-verify")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            namespace: ctx
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string(),
         })
     }
 }
@@ -177,17 +201,24 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client> {
         let mut b = reqwest::Client::builder().use_rustls_tls();
         if let Some(pem) = &config.ca_pem {
-            let cert = reqwest::Certificate::from_pem(pem)
-                .map_err(|e| ClientError::Config { path: PathBuf::new(), message: format!("CA certificate: {e}") })?;
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ClientError::Config {
+                path: PathBuf::new(),
+                message: format!("CA certificate: {e}"),
+            })?;
             b = b.add_root_certificate(cert).tls_built_in_root_certs(false);
         }
         if config.insecure {
             b = b.danger_accept_invalid_certs(true);
         }
-        let http = b
-            .build()
-            .map_err(|e| ClientError::Config { path: PathBuf::new(), message: e.to_string() })?;
-        Ok(Client { http, config, warnings: Default::default() })
+        let http = b.build().map_err(|e| ClientError::Config {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        Ok(Client {
+            http,
+            config,
+            warnings: Default::default(),
+        })
     }
 
     /// Loads a client from a kubeconfig file.
@@ -202,7 +233,10 @@ impl Client {
             message = format!("{message}: {s}");
             src = s.source();
         }
-        ClientError::Connect { url: self.config.server.clone(), message }
+        ClientError::Connect {
+            url: self.config.server.clone(),
+            message,
+        }
     }
 
     /// Sends a request and returns the response if it succeeded.
@@ -214,7 +248,10 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         accept: Option<&str>,
     ) -> Result<reqwest::Response> {
-        let mut req = self.http.request(method, format!("{}{path}", self.config.server)).query(query);
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.config.server))
+            .query(query);
         if let Some(t) = &self.config.token {
             req = req.bearer_auth(t);
         }
@@ -228,7 +265,12 @@ impl Client {
         for w in resp.headers().get_all(reqwest::header::WARNING) {
             if let Ok(text) = w.to_str() {
                 // `299 - "message"`: keep the message.
-                let msg = text.splitn(3, ' ').nth(2).unwrap_or(text).trim_matches('"').to_string();
+                let msg = text
+                    .splitn(3, ' ')
+                    .nth(2)
+                    .unwrap_or(text)
+                    .trim_matches('"')
+                    .to_string();
                 self.warnings.lock().expect("warnings lock").push(msg);
             }
         }
@@ -237,14 +279,16 @@ impl Client {
         }
         let code = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.connect_err(e))?;
-        Err(ClientError::Api(match serde_json::from_slice::<Status>(&bytes) {
-            Ok(s) if !s.message.is_empty() || !s.reason.is_empty() => s,
-            _ => Status::new(
-                code.as_u16(),
-                code.canonical_reason().unwrap_or(""),
-                String::from_utf8_lossy(&bytes).trim().to_string(),
-            ),
-        }))
+        Err(ClientError::Api(
+            match serde_json::from_slice::<Status>(&bytes) {
+                Ok(s) if !s.message.is_empty() || !s.reason.is_empty() => s,
+                _ => Status::new(
+                    code.as_u16(),
+                    code.canonical_reason().unwrap_or(""),
+                    String::from_utf8_lossy(&bytes).trim().to_string(),
+                ),
+            },
+        ))
     }
 
     async fn json(&self, resp: reqwest::Response) -> Result<Value> {
@@ -253,16 +297,33 @@ impl Client {
     }
 
     fn ns<'a>(&'a self, rt: &ResourceType, ns: Option<&'a str>) -> Option<&'a str> {
-        if rt.namespaced { Some(ns.unwrap_or(&self.config.namespace)) } else { None }
+        if rt.namespaced {
+            Some(ns.unwrap_or(&self.config.namespace))
+        } else {
+            None
+        }
     }
 
     pub async fn get(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Value> {
-        let resp = self.request(Method::GET, &rt.object_path(self.ns(rt, ns), name), &[], None, None).await?;
+        let resp = self
+            .request(
+                Method::GET,
+                &rt.object_path(self.ns(rt, ns), name),
+                &[],
+                None,
+                None,
+            )
+            .await?;
         self.json(resp).await
     }
 
     /// Like [`Client::get`] but `None` when not found.
-    pub async fn get_opt(&self, rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+    pub async fn get_opt(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>> {
         match self.get(rt, ns, name).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.code() == Some(404) => Ok(None),
@@ -272,9 +333,21 @@ impl Client {
 
     /// Lists a resource; `ns = None` with a namespaced resource lists all namespaces only
     /// if `all_namespaces`.
-    pub async fn list(&self, rt: &ResourceType, ns: Option<&str>, all_namespaces: bool, p: &ListParams) -> Result<Value> {
-        let ns = if all_namespaces { None } else { self.ns(rt, ns) };
-        let resp = self.request(Method::GET, &rt.collection_path(ns), &p.query(), None, None).await?;
+    pub async fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        all_namespaces: bool,
+        p: &ListParams,
+    ) -> Result<Value> {
+        let ns = if all_namespaces {
+            None
+        } else {
+            self.ns(rt, ns)
+        };
+        let resp = self
+            .request(Method::GET, &rt.collection_path(ns), &p.query(), None, None)
+            .await?;
         self.json(resp).await
     }
 
@@ -287,27 +360,57 @@ impl Client {
         name: Option<&str>,
         p: &ListParams,
     ) -> Result<Value> {
-        let ns = if all_namespaces { None } else { self.ns(rt, ns) };
+        let ns = if all_namespaces {
+            None
+        } else {
+            self.ns(rt, ns)
+        };
         let path = match name {
             Some(n) => rt.object_path(ns, n),
             None => rt.collection_path(ns),
         };
-        let resp = self.request(Method::GET, &path, &p.query(), None, Some(TABLE_ACCEPT)).await?;
-        self.json(resp).await
-    }
-
-    pub async fn create(&self, rt: &ResourceType, ns: Option<&str>, obj: &Value, query: &[(&str, String)]) -> Result<Value> {
-        let body = serde_json::to_vec(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self
-            .request(Method::POST, &rt.collection_path(self.ns(rt, ns)), query, Some(("application/json", body)), None)
+            .request(Method::GET, &path, &p.query(), None, Some(TABLE_ACCEPT))
             .await?;
         self.json(resp).await
     }
 
-    pub async fn replace(&self, rt: &ResourceType, ns: Option<&str>, name: &str, obj: &Value) -> Result<Value> {
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        obj: &Value,
+        query: &[(&str, String)],
+    ) -> Result<Value> {
         let body = serde_json::to_vec(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self
-            .request(Method::PUT, &rt.object_path(self.ns(rt, ns), name), &[], Some(("application/json", body)), None)
+            .request(
+                Method::POST,
+                &rt.collection_path(self.ns(rt, ns)),
+                query,
+                Some(("application/json", body)),
+                None,
+            )
+            .await?;
+        self.json(resp).await
+    }
+
+    pub async fn replace(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        obj: &Value,
+    ) -> Result<Value> {
+        let body = serde_json::to_vec(obj).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = self
+            .request(
+                Method::PUT,
+                &rt.object_path(self.ns(rt, ns), name),
+                &[],
+                Some(("application/json", body)),
+                None,
+            )
             .await?;
         self.json(resp).await
     }
@@ -324,15 +427,33 @@ impl Client {
     ) -> Result<Value> {
         let body = serde_json::to_vec(patch).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self
-            .request(Method::PATCH, &rt.object_path(self.ns(rt, ns), name), query, Some((content_type, body)), None)
+            .request(
+                Method::PATCH,
+                &rt.object_path(self.ns(rt, ns), name),
+                query,
+                Some((content_type, body)),
+                None,
+            )
             .await?;
         self.json(resp).await
     }
 
-    pub async fn delete(&self, rt: &ResourceType, ns: Option<&str>, name: &str, options: &Value) -> Result<Value> {
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        options: &Value,
+    ) -> Result<Value> {
         let body = serde_json::to_vec(options).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = self
-            .request(Method::DELETE, &rt.object_path(self.ns(rt, ns), name), &[], Some(("application/json", body)), None)
+            .request(
+                Method::DELETE,
+                &rt.object_path(self.ns(rt, ns), name),
+                &[],
+                Some(("application/json", body)),
+                None,
+            )
             .await?;
         self.json(resp).await
     }
@@ -346,17 +467,26 @@ impl Client {
         p: &ListParams,
         table: bool,
     ) -> Result<impl Stream<Item = Result<WatchEvent>> + use<>> {
-        let ns = if all_namespaces { None } else { self.ns(rt, ns) };
+        let ns = if all_namespaces {
+            None
+        } else {
+            self.ns(rt, ns)
+        };
         let mut q = p.query();
         q.push(("watch", "true".into()));
         let accept = if table { Some(TABLE_ACCEPT) } else { None };
-        let resp = self.request(Method::GET, &rt.collection_path(ns), &q, None, accept).await?;
+        let resp = self
+            .request(Method::GET, &rt.collection_path(ns), &q, None, accept)
+            .await?;
         let server = self.config.server.clone();
         let mut buf = Vec::new();
         let bytes = resp.bytes_stream();
         Ok(bytes
             .map(move |chunk| {
-                let chunk = chunk.map_err(|e| ClientError::Connect { url: server.clone(), message: e.to_string() })?;
+                let chunk = chunk.map_err(|e| ClientError::Connect {
+                    url: server.clone(),
+                    message: e.to_string(),
+                })?;
                 buf.extend_from_slice(&chunk);
                 let mut events = Vec::new();
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
@@ -364,9 +494,14 @@ impl Client {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let v: Value = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    let v: Value = serde_json::from_slice(&line)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
                     events.push(Ok(WatchEvent {
-                        kind: v.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
+                        kind: v
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
                         object: v.get("object").cloned().unwrap_or_default(),
                     }));
                 }
@@ -385,7 +520,9 @@ impl Client {
 
     /// The server's `/version`.
     pub async fn server_version(&self) -> Result<Value> {
-        let resp = self.request(Method::GET, "/version", &[], None, None).await?;
+        let resp = self
+            .request(Method::GET, "/version", &[], None, None)
+            .await?;
         self.json(resp).await
     }
 }

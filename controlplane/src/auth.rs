@@ -38,7 +38,9 @@ const NODE_PREFIX: &str = "wknode.";
 fn random_token() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..40).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..40)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 impl Tokens {
@@ -48,8 +50,15 @@ impl Tokens {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let tokens = Tokens { admin: random_token(), node: random_token(), peer: random_token() };
-                write_private(&path, &serde_json::to_vec_pretty(&tokens).map_err(std::io::Error::other)?)?;
+                let tokens = Tokens {
+                    admin: random_token(),
+                    node: random_token(),
+                    peer: random_token(),
+                };
+                write_private(
+                    &path,
+                    &serde_json::to_vec_pretty(&tokens).map_err(std::io::Error::other)?,
+                )?;
                 Ok(tokens)
             }
             Err(e) => Err(e),
@@ -62,8 +71,12 @@ impl Tokens {
             Some(Identity::Admin)
         } else if constant_time_eq(token.as_bytes(), self.node.as_bytes()) {
             Some(Identity::Join)
-        } else if let Some((name, _)) = token.strip_prefix(NODE_PREFIX).and_then(|t| t.rsplit_once('.')) {
-            constant_time_eq(token.as_bytes(), self.node_credential(name).as_bytes()).then(|| Identity::Node(name.to_string()))
+        } else if let Some((name, _)) = token
+            .strip_prefix(NODE_PREFIX)
+            .and_then(|t| t.rsplit_once('.'))
+        {
+            constant_time_eq(token.as_bytes(), self.node_credential(name).as_bytes())
+                .then(|| Identity::Node(name.to_string()))
         } else {
             None
         }
@@ -94,7 +107,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -102,7 +120,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Writes a kubeconfig-format client config for `server` with `token` as context `wk`,
 /// usable by both `wk` and `kubectl`.
-pub fn write_client_config(path: &Path, server: &str, token: &str, ca_pem: &str) -> std::io::Result<()> {
+pub fn write_client_config(
+    path: &Path,
+    server: &str,
+    token: &str,
+    ca_pem: &str,
+) -> std::io::Result<()> {
     use base64::Engine;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let config = serde_json::json!({
@@ -134,12 +157,18 @@ mod tests {
         assert_eq!(a.identify("nope"), None);
         // A node credential names its node and cannot be bent to another name.
         let cred = a.node_credential("node-1.example");
-        assert_eq!(a.identify(&cred), Some(Identity::Node("node-1.example".into())));
+        assert_eq!(
+            a.identify(&cred),
+            Some(Identity::Node("node-1.example".into()))
+        );
         let mac = cred.rsplit_once('.').unwrap().1;
         assert_eq!(a.identify(&format!("wknode.node-2.{mac}")), None);
         assert_eq!(a.identify("wknode.node-1.example.00"), None);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("tokens.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("tokens.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

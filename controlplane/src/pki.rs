@@ -22,7 +22,10 @@ pub enum PkiError {
     #[error("generating certificates: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Pem { path: PathBuf, message: String },
     #[error("tls configuration: {0}")]
@@ -30,7 +33,10 @@ pub enum PkiError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Pki {
@@ -50,13 +56,19 @@ impl Pki {
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.distinguished_name.push(DnType::CommonName, "wk-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca_cert = ca.self_signed(&ca_key)?;
         let issuer = Issuer::from_params(&ca, &ca_key);
 
         let server_key = KeyPair::generate()?;
         let mut params = CertificateParams::new(sans.to_vec())?;
-        params.distinguished_name.push(DnType::CommonName, "wk-apiserver");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "wk-apiserver");
         let server_cert = params.signed_by(&server_key, &issuer)?;
 
         let write = |p: &Path, s: &str| crate::auth::write_private(p, s.as_bytes()).map_err(io(p));
@@ -76,9 +88,14 @@ impl Pki {
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.server_cert)
             .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| PkiError::Pem { path: self.server_cert.clone(), message: e.to_string() })?;
-        let key = PrivateKeyDer::from_pem_file(&self.server_key)
-            .map_err(|e| PkiError::Pem { path: self.server_key.clone(), message: e.to_string() })?;
+            .map_err(|e| PkiError::Pem {
+                path: self.server_cert.clone(),
+                message: e.to_string(),
+            })?;
+        let key = PrivateKeyDer::from_pem_file(&self.server_key).map_err(|e| PkiError::Pem {
+            path: self.server_key.clone(),
+            message: e.to_string(),
+        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

@@ -17,7 +17,7 @@ use wk_api::resource;
 use crate::apiserver::{self, ApiState};
 use crate::auth::{self, Tokens};
 use crate::pki::{Pki, PkiError};
-use crate::store::{network, Op, Precondition, Store, StoreConfig, StoreError};
+use crate::store::{Op, Precondition, Store, StoreConfig, StoreError, network};
 
 /// Settings of `wk server`.
 #[derive(Debug, Clone)]
@@ -38,15 +38,24 @@ pub struct ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Pki(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("writing client config {path}: {source}")]
-    ClientConfig { path: PathBuf, source: std::io::Error },
+    ClientConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A started server.
@@ -67,22 +76,46 @@ const BUILTIN_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", 
 impl Server {
     /// Opens everything and binds the listener; [`Server::serve`] then runs it.
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
-        let dd = |source| ServerError::DataDir { path: cfg.data_dir.clone(), source };
+        let dd = |source| ServerError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&cfg.data_dir).map_err(dd)?;
         let tokens = Arc::new(Tokens::load_or_create(&cfg.data_dir).map_err(dd)?);
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: cfg.listen, source })?;
-        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let listener =
+            TcpListener::bind(cfg.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         if !addr.ip().is_unspecified() {
             sans.push(addr.ip().to_string());
         }
         sans.extend(cfg.tls_sans.iter().cloned());
         let pki = Pki::load_or_create(&cfg.data_dir.join("pki"), &sans)?;
         let acceptor = TlsAcceptor::from(pki.server_config()?);
-        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-        let url = if addr.is_ipv6() { format!("https://[{host}]:{}", addr.port()) } else { format!("https://{host}:{}", addr.port()) };
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let url = if addr.is_ipv6() {
+            format!("https://[{host}]:{}", addr.port())
+        } else {
+            format!("https://{host}:{}", addr.port())
+        };
 
         let store = Store::open(&StoreConfig {
             data_dir: cfg.data_dir.clone(),
@@ -99,16 +132,35 @@ impl Server {
             bootstrap(&store).await?;
         }
         if let Some(path) = &cfg.client_config {
-            auth::write_client_config(path, &url, &tokens.admin, &pki.ca_pem()?)
-                .map_err(|source| ServerError::ClientConfig { path: path.clone(), source })?;
+            auth::write_client_config(path, &url, &tokens.admin, &pki.ca_pem()?).map_err(
+                |source| ServerError::ClientConfig {
+                    path: path.clone(),
+                    source,
+                },
+            )?;
         }
-        Ok(Server { store, tokens, addr, url, pki, controllers: cfg.controllers, listener, acceptor })
+        Ok(Server {
+            store,
+            tokens,
+            addr,
+            url,
+            pki,
+            controllers: cfg.controllers,
+            listener,
+            acceptor,
+        })
     }
 
     /// Serves until `shutdown` resolves, then stops Raft.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
-        let state = ApiState { store: self.store.clone(), tokens: self.tokens.clone() };
-        let rpc = network::RaftRpcState { raft: self.store.raft.clone(), token: self.tokens.peer.clone() };
+        let state = ApiState {
+            store: self.store.clone(),
+            tokens: self.tokens.clone(),
+        };
+        let rpc = network::RaftRpcState {
+            raft: self.store.raft.clone(),
+            token: self.tokens.peer.clone(),
+        };
         let app = apiserver::router(state).merge(network::router(rpc));
         if self.controllers {
             match self.admin_client() {
@@ -175,7 +227,9 @@ impl Server {
 /// Creates the built-in namespaces if they are missing.
 async fn bootstrap(store: &Store) -> Result<(), StoreError> {
     let rt = resource::by_plural("", "namespaces").expect("namespaces registered");
-    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let mut ops = Vec::new();
     for ns in BUILTIN_NAMESPACES {
         let key = rt.key(None, ns);
@@ -190,7 +244,11 @@ async fn bootstrap(store: &Store) -> Result<(), StoreError> {
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         });
-        ops.push(Op::Put { key, object: obj.to_string(), precondition: Precondition::Absent });
+        ops.push(Op::Put {
+            key,
+            object: obj.to_string(),
+            precondition: Precondition::Absent,
+        });
     }
     if !ops.is_empty() {
         store.write(ops).await?;

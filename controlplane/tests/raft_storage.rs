@@ -17,7 +17,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = LogStore::open(&dir.path().join("log.redb")).expect("open log");
-        let sm = StateMachine::open(&dir.path().join("sm.redb"), dir.path().join("snap.bin"), 100)?;
+        let sm = StateMachine::open(
+            &dir.path().join("sm.redb"),
+            dir.path().join("snap.bin"),
+            100,
+        )?;
         Ok((dir, log, sm))
     }
 }
@@ -35,26 +39,55 @@ fn entry(index: u64, ops: Vec<Op>) -> Entry<TypeConfig> {
 }
 
 fn put(key: &str, json: &str, p: Precondition) -> Op {
-    Op::Put { key: key.into(), object: json.into(), precondition: p }
+    Op::Put {
+        key: key.into(),
+        object: json.into(),
+        precondition: p,
+    }
 }
 
 #[tokio::test]
 async fn revisions_preconditions_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || StateMachine::open(&dir.path().join("sm.redb"), dir.path().join("snap.bin"), 100).unwrap();
+    let open = || {
+        StateMachine::open(
+            &dir.path().join("sm.redb"),
+            dir.path().join("snap.bin"),
+            100,
+        )
+        .unwrap()
+    };
     let mut sm = open();
     let (past, mut rx) = sm.shared.hub.subscribe_from(0).unwrap();
     assert!(past.is_empty());
     let out = sm
         .apply(vec![
-            entry(1, vec![put("/a", r#"{"metadata":{"name":"a"}}"#, Precondition::Absent)]),
+            entry(
+                1,
+                vec![put(
+                    "/a",
+                    r#"{"metadata":{"name":"a"}}"#,
+                    Precondition::Absent,
+                )],
+            ),
             entry(
                 2,
                 vec![
                     put("/a", r#"{"metadata":{"name":"a"}}"#, Precondition::Absent),
-                    put("/a", r#"{"metadata":{"name":"a"},"x":1}"#, Precondition::Revision(7)),
-                    put("/a", r#"{"metadata":{"name":"a"},"x":2}"#, Precondition::Revision(1)),
-                    Op::Delete { key: "/missing".into(), precondition: Precondition::None },
+                    put(
+                        "/a",
+                        r#"{"metadata":{"name":"a"},"x":1}"#,
+                        Precondition::Revision(7),
+                    ),
+                    put(
+                        "/a",
+                        r#"{"metadata":{"name":"a"},"x":2}"#,
+                        Precondition::Revision(1),
+                    ),
+                    Op::Delete {
+                        key: "/missing".into(),
+                        precondition: Precondition::None,
+                    },
                 ],
             ),
         ])
@@ -65,13 +98,22 @@ async fn revisions_preconditions_and_reopen() {
     assert_eq!(out[1].results[1], Err(OpError::Conflict { current: 1 }));
     let applied = out[1].results[2].as_ref().unwrap();
     assert_eq!(applied.revision, 2);
-    assert!(applied.object.contains(r#""resourceVersion":"2""#), "{}", applied.object);
+    assert!(
+        applied.object.contains(r#""resourceVersion":"2""#),
+        "{}",
+        applied.object
+    );
     assert_eq!(out[1].results[3], Err(OpError::NotFound));
     let first = rx.recv().await.unwrap();
     assert_eq!((first.revision, first.key.as_str()), (1, "/a"));
     assert_eq!(rx.recv().await.unwrap().revision, 2);
 
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     assert_eq!(snap.meta.last_log_id.unwrap().index, 2);
     drop(sm);
 
@@ -89,9 +131,16 @@ async fn revisions_preconditions_and_reopen() {
 
     // Installing the snapshot into a fresh machine reproduces the state.
     let dir2 = tempfile::tempdir().unwrap();
-    let mut sm2 = StateMachine::open(&dir2.path().join("sm.redb"), dir2.path().join("snap.bin"), 100).unwrap();
+    let mut sm2 = StateMachine::open(
+        &dir2.path().join("sm.redb"),
+        dir2.path().join("snap.bin"),
+        100,
+    )
+    .unwrap();
     let data = cur.snapshot.into_inner();
-    sm2.install_snapshot(&cur.meta, Box::new(Cursor::new(data))).await.unwrap();
+    sm2.install_snapshot(&cur.meta, Box::new(Cursor::new(data)))
+        .await
+        .unwrap();
     assert_eq!(sm2.shared.revision().unwrap(), 2);
     let (_, items, more) = sm2.shared.list("/", None, 0).unwrap();
     assert_eq!(items.len(), 1);
@@ -108,7 +157,10 @@ async fn log_survives_reopen_and_purges() {
         log.save_vote(&vote).await.unwrap();
     }
     let mut log = LogStore::open(&path).unwrap();
-    assert_eq!(log.read_vote().await.unwrap(), Some(openraft::Vote::new(3, 1)));
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(openraft::Vote::new(3, 1))
+    );
     let state = log.get_log_state().await.unwrap();
     assert!(state.last_log_id.is_none());
 }

@@ -20,7 +20,10 @@ async fn concurrent_writes() {
     })
     .await
     .unwrap();
-    store.wait_for_leader(std::time::Duration::from_secs(5)).await.unwrap();
+    store
+        .wait_for_leader(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
     for writers in [1usize, 64] {
         let n = 6400;
         let start = Instant::now();
@@ -30,16 +33,23 @@ async fn concurrent_writes() {
             tasks.push(tokio::spawn(async move {
                 for i in 0..n / writers {
                     let key = format!("/k/{writers}/{w}/{i}");
-                    s.write_one(Op::Put { key, object: r#"{"metadata":{}}"#.into(), precondition: Precondition::Absent })
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    s.write_one(Op::Put {
+                        key,
+                        object: r#"{"metadata":{}}"#.into(),
+                        precondition: Precondition::Absent,
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
                 }
             }));
         }
         for t in tasks {
             t.await.unwrap();
         }
-        println!("{writers} writers: {:.0} writes/s", n as f64 / start.elapsed().as_secs_f64());
+        println!(
+            "{writers} writers: {:.0} writes/s",
+            n as f64 / start.elapsed().as_secs_f64()
+        );
     }
 }

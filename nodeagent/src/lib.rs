@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use wk_api::resource::lookup;
 use wk_client::{Client, ClientError, ListParams};
@@ -114,19 +114,27 @@ pub fn pod_octet(name: &str) -> u8 {
 }
 
 fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn memory_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))))
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+            })
+        })
         .unwrap_or(0)
 }
 
 impl Agent {
     pub fn new(client: Client, cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
-        let runtime = WasmRuntime::new(WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache"))).map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
+        let runtime = WasmRuntime::new(WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache")))
+            .map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
         Ok(Arc::new(Agent {
             client,
             cfg,
@@ -147,7 +155,11 @@ impl Agent {
     /// The next free pod address (one whose `port` can be bound, if a port is given).
     pub(crate) fn allocate_ip(&self, port: Option<u16>) -> Ipv4Addr {
         loop {
-            let n = self.next_ip.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 65_000 + 2;
+            let n = self
+                .next_ip
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                % 65_000
+                + 2;
             let [a, b] = self.cfg.pod_prefix;
             let ip = Ipv4Addr::new(a, b, ((n >> 8) & 0xff) as u8, (n & 0xff) as u8);
             match port {
@@ -158,8 +170,14 @@ impl Agent {
     }
 
     pub(crate) fn allocatable(&self) -> Allocatable {
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
-        Allocatable { cpu_milli: cpus * 1000, memory: memory_kib() * 1024, pods: self.cfg.max_pods }
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as u64;
+        Allocatable {
+            cpu_milli: cpus * 1000,
+            memory: memory_kib() * 1024,
+            pods: self.cfg.max_pods,
+        }
     }
 
     fn node_object(&self) -> Value {
@@ -199,9 +217,16 @@ impl Agent {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(409) => {
                 let path = format!("{}/status", rt.object_path(None, &self.cfg.name));
-                let body = serde_json::to_vec(&json!({"status": node["status"]})).unwrap_or_default();
+                let body =
+                    serde_json::to_vec(&json!({"status": node["status"]})).unwrap_or_default();
                 self.client
-                    .request(reqwest_method_patch(), &path, &[], Some(("application/merge-patch+json", body)), None)
+                    .request(
+                        reqwest_method_patch(),
+                        &path,
+                        &[],
+                        Some(("application/merge-patch+json", body)),
+                        None,
+                    )
                     .await?;
                 Ok(())
             }
@@ -212,14 +237,29 @@ impl Agent {
     /// Renews (or creates) the node's Lease in `kube-node-lease`.
     pub async fn renew_lease(&self) -> Result<(), AgentError> {
         let rt = lookup("leases").expect("leases registered");
-        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
         let patch = json!({"spec": {"holderIdentity": self.cfg.name, "leaseDurationSeconds": 40, "renewTime": now}});
-        match self.client.patch(rt, Some("kube-node-lease"), &self.cfg.name, "application/merge-patch+json", &patch, &[]).await {
+        match self
+            .client
+            .patch(
+                rt,
+                Some("kube-node-lease"),
+                &self.cfg.name,
+                "application/merge-patch+json",
+                &patch,
+                &[],
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(404) => {
                 let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.cfg.name, "namespace": "kube-node-lease"}, "spec": patch["spec"]});
-                self.client.create(rt, Some("kube-node-lease"), &lease, &[]).await?;
+                self.client
+                    .create(rt, Some("kube-node-lease"), &lease, &[])
+                    .await?;
                 Ok(())
             }
             Err(e) => Err(e.into()),
@@ -227,12 +267,21 @@ impl Agent {
     }
 
     /// Runs until `shutdown` resolves: registration, lease renewal, pod reconciliation.
-    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
         let listener = tokio::net::TcpListener::bind((self.cfg.node_ip, self.cfg.log_port))
             .await
-            .map_err(|e| AgentError::Runtime(format!("cannot listen on {}:{}: {e}", self.cfg.node_ip, self.cfg.log_port)))?;
+            .map_err(|e| {
+                AgentError::Runtime(format!(
+                    "cannot listen on {}:{}: {e}",
+                    self.cfg.node_ip, self.cfg.log_port
+                ))
+            })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        self.endpoint_port.store(port, std::sync::atomic::Ordering::Relaxed);
+        self.endpoint_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
         let app = logs::router(self.clone());
         let endpoint = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -270,11 +319,25 @@ impl Agent {
     async fn watch_pods(self: Arc<Self>) -> Result<(), AgentError> {
         let rt = lookup("pods").expect("pods registered");
         let selector = format!("spec.nodeName={}", self.cfg.name);
-        let list = self.client.list(rt, None, true, &ListParams { field_selector: Some(selector.clone()), ..Default::default() }).await?;
+        let list = self
+            .client
+            .list(
+                rt,
+                None,
+                true,
+                &ListParams {
+                    field_selector: Some(selector.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         // Pods deleted (or rebound) while the watch was down are stopped; the rest keep
         // running untouched.
-        let listed: std::collections::HashSet<&str> = items.iter().filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str)).collect();
+        let listed: std::collections::HashSet<&str> = items
+            .iter()
+            .filter_map(|p| p.pointer("/metadata/uid").and_then(Value::as_str))
+            .collect();
         for uid in self.pod_uids().await {
             if !listed.contains(uid.as_str()) {
                 self.forget(&uid).await;
@@ -284,14 +347,29 @@ impl Agent {
         for p in items.iter().cloned() {
             self.clone().reconcile(p).await;
         }
-        let rv = list["metadata"]["resourceVersion"].as_str().map(String::from);
-        let p = ListParams { field_selector: Some(selector), resource_version: rv, allow_bookmarks: true, ..Default::default() };
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .map(String::from);
+        let p = ListParams {
+            field_selector: Some(selector),
+            resource_version: rv,
+            allow_bookmarks: true,
+            ..Default::default()
+        };
         let mut events = Box::pin(self.client.watch(rt, None, true, &p, false).await?);
         while let Some(ev) = events.next().await {
             let ev = ev?;
             match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" => self.clone().reconcile(ev.object).await,
-                "DELETED" => self.forget(ev.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()).await,
+                "DELETED" => {
+                    self.forget(
+                        ev.object
+                            .pointer("/metadata/uid")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    )
+                    .await
+                }
                 "ERROR" => return Ok(()),
                 _ => {}
             }
@@ -304,7 +382,9 @@ impl Agent {
     /// Removes the directories (volumes, logs) of pods that are no longer bound here, left
     /// by an earlier run of the agent.
     fn remove_stale_pod_dirs(&self, listed: &std::collections::HashSet<&str>) {
-        let Ok(entries) = std::fs::read_dir(self.cfg.data_dir.join("pods")) else { return };
+        let Ok(entries) = std::fs::read_dir(self.cfg.data_dir.join("pods")) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !listed.contains(name.as_str()) {
@@ -319,9 +399,17 @@ impl Agent {
 /// its own Node, Lease and pods and what those pods reference.
 pub async fn node_client(client: &Client, name: &str) -> Result<Client, AgentError> {
     let path = format!("/wk/v1/nodecredentials/{name}");
-    let resp = client.request(wk_client::Method::POST, &path, &[], None, None).await?;
-    let body: Value = resp.json().await.map_err(|e| AgentError::Runtime(format!("reading the node credential: {e}")))?;
-    let token = body.get("token").and_then(Value::as_str).ok_or_else(|| AgentError::Runtime("the server sent no node credential".into()))?;
+    let resp = client
+        .request(wk_client::Method::POST, &path, &[], None, None)
+        .await?;
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| AgentError::Runtime(format!("reading the node credential: {e}")))?;
+    let token = body
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AgentError::Runtime("the server sent no node credential".into()))?;
     let mut cfg = client.config.clone();
     cfg.token = Some(token.to_string());
     Ok(Client::new(cfg)?)

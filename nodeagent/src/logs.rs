@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::Agent;
 
@@ -31,7 +31,11 @@ fn render(line: &str, timestamps: bool, since: Option<jiff::Timestamp>) -> Optio
             return None;
         }
     }
-    Some(if timestamps { format!("{ts} {text}\n") } else { format!("{text}\n") })
+    Some(if timestamps {
+        format!("{ts} {text}\n")
+    } else {
+        format!("{text}\n")
+    })
 }
 
 async fn container_logs(
@@ -40,19 +44,40 @@ async fn container_logs(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if agent.cfg.log_token.is_none() || token != agent.cfg.log_token.as_deref() {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
-    let Some(dir) = agent.pod_dirs.lock().await.get(&format!("{ns}/{pod}")).cloned() else {
-        return (StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node\n")).into_response();
+    let Some(dir) = agent
+        .pod_dirs
+        .lock()
+        .await
+        .get(&format!("{ns}/{pod}"))
+        .cloned()
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not on this node\n"),
+        )
+            .into_response();
     };
     let previous = q.get("previous").is_some_and(|v| v == "true");
     // The runtime writes `<container>.log`; the agent keeps the last instance's log as
     // `<container>.previous.log` when it restarts a container.
-    let path = dir.join("logs").join(if previous { format!("{container}.previous.log") } else { format!("{container}.log") });
+    let path = dir.join("logs").join(if previous {
+        format!("{container}.previous.log")
+    } else {
+        format!("{container}.log")
+    });
     if previous && !path.exists() {
-        return (StatusCode::BAD_REQUEST, format!("previous terminated container \"{container}\" in pod \"{pod}\" not found\n")).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found\n"),
+        )
+            .into_response();
     }
     let timestamps = q.get("timestamps").is_some_and(|v| v == "true");
     let follow = q.get("follow").is_some_and(|v| v == "true");
@@ -63,7 +88,10 @@ async fn container_logs(
         .and_then(|v| v.parse::<i64>().ok())
         .map(|s| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s));
     let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut lines: Vec<String> = text.lines().filter_map(|l| render(l, timestamps, since)).collect();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter_map(|l| render(l, timestamps, since))
+        .collect();
     if let Some(n) = tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -78,8 +106,20 @@ async fn container_logs(
     let offset = text.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let key = format!("{ns}/{pod}");
-    tokio::spawn(follow_file(agent.clone(), key, path, offset, timestamps, first, tx));
-    ([("content-type", "text/plain")], Body::from_stream(tokio_stream_from(rx))).into_response()
+    tokio::spawn(follow_file(
+        agent.clone(),
+        key,
+        path,
+        offset,
+        timestamps,
+        first,
+        tx,
+    ));
+    (
+        [("content-type", "text/plain")],
+        Body::from_stream(tokio_stream_from(rx)),
+    )
+        .into_response()
 }
 
 fn tokio_stream_from(
@@ -136,7 +176,9 @@ async fn follow_file(
 
 /// The agent's HTTP endpoints.
 pub(crate) fn router(agent: Arc<Agent>) -> Router {
-    Router::new().route("/containerLogs/{ns}/{pod}/{container}", get(container_logs)).with_state(agent)
+    Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .with_state(agent)
 }
 
 #[cfg(test)]
@@ -147,7 +189,10 @@ mod tests {
     fn lines_render_with_and_without_timestamps() {
         let l = "2026-11-22T03:00:00.000000000Z stdout GET /x";
         assert_eq!(render(l, false, None).unwrap(), "GET /x\n");
-        assert_eq!(render(l, true, None).unwrap(), "2026-11-22T03:00:00.000000000Z GET /x\n");
+        assert_eq!(
+            render(l, true, None).unwrap(),
+            "2026-11-22T03:00:00.000000000Z GET /x\n"
+        );
         let later: jiff::Timestamp = "2026-11-22T04:00:00Z".parse().unwrap();
         assert!(render(l, false, Some(later)).is_none());
     }

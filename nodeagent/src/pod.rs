@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use wk_api::quantity::Quantity;
 use wk_api::resource::lookup;
-use wk_api::runtime::{ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime};
+use wk_api::runtime::{
+    ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime,
+};
 
-use crate::probe::{self, ProbeEvent, Probes};
 use crate::Agent;
+use crate::probe::{self, ProbeEvent, Probes};
 
 /// What the agent keeps per admitted pod.
 pub(crate) struct PodHandle {
@@ -51,9 +53,17 @@ fn ts(t: &jiff::Timestamp) -> String {
 
 fn state_json(st: &ContainerState) -> Value {
     match st {
-        ContainerState::Waiting { reason, message } => json!({"waiting": {"reason": reason, "message": message}}),
+        ContainerState::Waiting { reason, message } => {
+            json!({"waiting": {"reason": reason, "message": message}})
+        }
         ContainerState::Running { started_at } => json!({"running": {"startedAt": ts(started_at)}}),
-        ContainerState::Terminated { exit_code, reason, message, started_at, finished_at } => json!({"terminated": {
+        ContainerState::Terminated {
+            exit_code,
+            reason,
+            message,
+            started_at,
+            finished_at,
+        } => json!({"terminated": {
             "exitCode": exit_code, "reason": reason, "message": message, "startedAt": ts(started_at), "finishedAt": ts(finished_at)}}),
     }
 }
@@ -67,7 +77,10 @@ pub(crate) struct Resources {
 
 fn quantity(v: Option<&Value>) -> Option<Quantity> {
     let v = v?;
-    let text = v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string()))?;
+    let text = v
+        .as_str()
+        .map(String::from)
+        .or_else(|| v.as_i64().map(|n| n.to_string()))?;
     Quantity::parse(&text).ok()
 }
 
@@ -75,9 +88,19 @@ fn quantity(v: Option<&Value>) -> Option<Quantity> {
 /// `resources.limits` where a request is not given (Kubernetes defaults requests to limits).
 pub(crate) fn pod_requests(pod: &Value) -> Resources {
     let mut r = Resources::default();
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-        let get = |res: &str| quantity(c.pointer(&format!("/resources/requests/{res}"))).or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))));
-        r.cpu_milli += get("cpu").map(|q| q.milli_value().max(0) as u64).unwrap_or(0);
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let get = |res: &str| {
+            quantity(c.pointer(&format!("/resources/requests/{res}")))
+                .or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))))
+        };
+        r.cpu_milli += get("cpu")
+            .map(|q| q.milli_value().max(0) as u64)
+            .unwrap_or(0);
         r.memory += get("memory").map(|q| q.value().max(0) as u64).unwrap_or(0);
     }
     r
@@ -122,7 +145,9 @@ fn spawn_reporter(agent: Arc<Agent>, pod: &Value) -> watch::Sender<Option<Value>
     tokio::spawn(async move {
         // `changed` still yields a value sent just before the sender was dropped.
         while rx.changed().await.is_ok() {
-            let Some(mut status) = rx.borrow_and_update().clone() else { continue };
+            let Some(mut status) = rx.borrow_and_update().clone() else {
+                continue;
+            };
             loop {
                 match agent.patch_status(&ns, &name, &uid, &status).await {
                     Ok(()) => break,
@@ -167,7 +192,12 @@ impl Agent {
                 let rt = lookup("pods").expect("pods registered");
                 let _ = me
                     .client
-                    .delete(rt, Some(s(&pod, "/metadata/namespace")), s(&pod, "/metadata/name"), &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}))
+                    .delete(
+                        rt,
+                        Some(s(&pod, "/metadata/namespace")),
+                        s(&pod, "/metadata/name"),
+                        &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}),
+                    )
                     .await;
             });
             return;
@@ -182,7 +212,10 @@ impl Agent {
         // Admission, as the kubelet does it: the pod must fit what is left of allocatable.
         let requests = pod_requests(&pod);
         let active: Vec<&PodHandle> = pods.values().filter(|h| !h.is_done()).collect();
-        let used = active.iter().fold(Resources::default(), |a, h| Resources { cpu_milli: a.cpu_milli + h.requests.cpu_milli, memory: a.memory + h.requests.memory });
+        let used = active.iter().fold(Resources::default(), |a, h| Resources {
+            cpu_milli: a.cpu_milli + h.requests.cpu_milli,
+            memory: a.memory + h.requests.memory,
+        });
         let alloc = self.allocatable();
         let refusal = if active.len() as u64 + 1 > alloc.pods {
             Some(("pods", 1, active.len() as u64, alloc.pods))
@@ -195,7 +228,9 @@ impl Agent {
         };
         if let Some((res, requested, used, capacity)) = refusal {
             drop(pods);
-            let message = format!("Pod was rejected: Node didn't have enough resource: {res}, requested: {requested}, used: {used}, capacity: {capacity}");
+            let message = format!(
+                "Pod was rejected: Node didn't have enough resource: {res}, requested: {requested}, used: {used}, capacity: {capacity}"
+            );
             let reason = format!("OutOf{res}");
             tracing::info!(pod = s(&pod, "/metadata/name"), %message, "pod rejected");
             self.event(&pod, "Warning", &reason, &message);
@@ -205,18 +240,34 @@ impl Agent {
         }
         let stop = Arc::new(Notify::new());
         let (done_tx, done) = watch::channel(false);
-        let key = format!("{}/{}", s(&pod, "/metadata/namespace"), s(&pod, "/metadata/name"));
-        pods.insert(uid, PodHandle { stop: stop.clone(), done, key, requests });
+        let key = format!(
+            "{}/{}",
+            s(&pod, "/metadata/namespace"),
+            s(&pod, "/metadata/name")
+        );
+        pods.insert(
+            uid,
+            PodHandle {
+                stop: stop.clone(),
+                done,
+                key,
+                requests,
+            },
+        );
         drop(pods);
         let first_port = pod
             .pointer("/spec/containers/0/ports/0/containerPort")
             .and_then(Value::as_u64)
             .map(|p| p as u16);
         // A pod this node ran before (the agent restarted) keeps its address if it can.
-        let previous_ip = s(&pod, "/status/podIP").parse::<Ipv4Addr>().ok().filter(|ip| {
-            let [a, b, ..] = ip.octets();
-            [a, b] == self.cfg.pod_prefix && first_port.is_none_or(|p| std::net::TcpListener::bind((*ip, p)).is_ok())
-        });
+        let previous_ip = s(&pod, "/status/podIP")
+            .parse::<Ipv4Addr>()
+            .ok()
+            .filter(|ip| {
+                let [a, b, ..] = ip.octets();
+                [a, b] == self.cfg.pod_prefix
+                    && first_port.is_none_or(|p| std::net::TcpListener::bind((*ip, p)).is_ok())
+            });
         let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port));
         tokio::spawn(async move {
             self.run_pod(pod, ip, stop).await;
@@ -243,12 +294,25 @@ impl Agent {
     }
 
     /// Merge-patches a pod's status, guarded by its uid.
-    async fn patch_status(&self, ns: &str, name: &str, uid: &str, status: &Value) -> Result<(), wk_client::ClientError> {
+    async fn patch_status(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        status: &Value,
+    ) -> Result<(), wk_client::ClientError> {
         let rt = lookup("pods").expect("pods registered");
         let path = format!("{}/status", rt.object_path(Some(ns), name));
-        let body = serde_json::to_vec(&json!({"metadata": {"uid": uid}, "status": status})).unwrap_or_default();
+        let body = serde_json::to_vec(&json!({"metadata": {"uid": uid}, "status": status}))
+            .unwrap_or_default();
         self.client
-            .request(wk_client::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body)), None)
+            .request(
+                wk_client::Method::PATCH,
+                &path,
+                &[],
+                Some(("application/merge-patch+json", body)),
+                None,
+            )
             .await
             .map(|_| ())
     }
@@ -275,48 +339,99 @@ impl Agent {
         });
     }
 
-    async fn lookup_key(&self, kind: &str, ns: &str, name: &str, key: &str) -> Result<String, String> {
+    async fn lookup_key(
+        &self,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<String, String> {
         let rt = lookup(kind).expect("kind registered");
-        let obj = self.client.get(rt, Some(ns), name).await.map_err(|e| e.to_string())?;
+        let obj = self
+            .client
+            .get(rt, Some(ns), name)
+            .await
+            .map_err(|e| e.to_string())?;
         if kind == "secrets" {
-            let b64 = obj.pointer(&format!("/data/{key}")).and_then(Value::as_str).ok_or(format!("key {key} not found in secret {name}"))?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string())?;
+            let b64 = obj
+                .pointer(&format!("/data/{key}"))
+                .and_then(Value::as_str)
+                .ok_or(format!("key {key} not found in secret {name}"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| e.to_string())?;
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         } else {
-            obj.pointer(&format!("/data/{key}")).and_then(Value::as_str).map(String::from).ok_or(format!("key {key} not found in configmap {name}"))
+            obj.pointer(&format!("/data/{key}"))
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or(format!("key {key} not found in configmap {name}"))
         }
     }
 
     /// Resolves a container's environment (literal, downward API, ConfigMap and Secret keys).
-    async fn env_of(&self, pod: &Value, c: &Value, ip: Ipv4Addr) -> Result<Vec<(String, String)>, String> {
+    async fn env_of(
+        &self,
+        pod: &Value,
+        c: &Value,
+        ip: Ipv4Addr,
+    ) -> Result<Vec<(String, String)>, String> {
         let ns = s(pod, "/metadata/namespace");
         let mut env = Vec::new();
-        for from in c.get("envFrom").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for from in c
+            .get("envFrom")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let prefix = s(&from, "/prefix").to_string();
-            let (kind, name) = if let Some(n) = from.pointer("/configMapRef/name").and_then(Value::as_str) {
-                ("configmaps", n)
-            } else if let Some(n) = from.pointer("/secretRef/name").and_then(Value::as_str) {
-                ("secrets", n)
-            } else {
-                continue;
-            };
+            let (kind, name) =
+                if let Some(n) = from.pointer("/configMapRef/name").and_then(Value::as_str) {
+                    ("configmaps", n)
+                } else if let Some(n) = from.pointer("/secretRef/name").and_then(Value::as_str) {
+                    ("secrets", n)
+                } else {
+                    continue;
+                };
             let rt = lookup(kind).expect("kind registered");
-            let obj = self.client.get(rt, Some(ns), name).await.map_err(|e| e.to_string())?;
-            for (k, v) in obj.get("data").and_then(Value::as_object).cloned().unwrap_or_default() {
+            let obj = self
+                .client
+                .get(rt, Some(ns), name)
+                .await
+                .map_err(|e| e.to_string())?;
+            for (k, v) in obj
+                .get("data")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+            {
                 let value = v.as_str().unwrap_or_default().to_string();
                 let value = if kind == "secrets" {
-                    String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(&value).unwrap_or_default()).into_owned()
+                    String::from_utf8_lossy(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(&value)
+                            .unwrap_or_default(),
+                    )
+                    .into_owned()
                 } else {
                     value
                 };
                 env.push((format!("{prefix}{k}"), value));
             }
         }
-        for e in c.get("env").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for e in c
+            .get("env")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let name = s(&e, "/name").to_string();
             let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
                 v.to_string()
-            } else if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+            } else if let Some(path) = e
+                .pointer("/valueFrom/fieldRef/fieldPath")
+                .and_then(Value::as_str)
+            {
                 match path {
                     "metadata.name" => s(pod, "/metadata/name").to_string(),
                     "metadata.namespace" => ns.to_string(),
@@ -324,19 +439,32 @@ impl Agent {
                     "spec.nodeName" => self.cfg.name.clone(),
                     "status.podIP" => ip.to_string(),
                     "status.hostIP" => self.cfg.node_ip.to_string(),
-                    p => match p.strip_prefix("metadata.labels['").and_then(|r| r.strip_suffix("']")) {
-                        Some(l) => pod.pointer(&format!("/metadata/labels/{l}")).and_then(Value::as_str).unwrap_or("").to_string(),
+                    p => match p
+                        .strip_prefix("metadata.labels['")
+                        .and_then(|r| r.strip_suffix("']"))
+                    {
+                        Some(l) => pod
+                            .pointer(&format!("/metadata/labels/{l}"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
                         None => return Err(format!("env {name}: unsupported fieldPath {p}")),
                     },
                 }
             } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
-                match self.lookup_key("configmaps", ns, s(r, "/name"), s(r, "/key")).await {
+                match self
+                    .lookup_key("configmaps", ns, s(r, "/name"), s(r, "/key"))
+                    .await
+                {
                     Ok(v) => v,
                     Err(_) if r.get("optional") == Some(&json!(true)) => continue,
                     Err(e) => return Err(format!("env {name}: {e}")),
                 }
             } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
-                match self.lookup_key("secrets", ns, s(r, "/name"), s(r, "/key")).await {
+                match self
+                    .lookup_key("secrets", ns, s(r, "/name"), s(r, "/key"))
+                    .await
+                {
                     Ok(v) => v,
                     Err(_) if r.get("optional") == Some(&json!(true)) => continue,
                     Err(e) => return Err(format!("env {name}: {e}")),
@@ -350,10 +478,19 @@ impl Agent {
     }
 
     /// Materialises the pod's volumes as host directories.
-    async fn volumes_of(&self, pod: &Value, dir: &std::path::Path) -> Result<BTreeMap<String, PathBuf>, String> {
+    async fn volumes_of(
+        &self,
+        pod: &Value,
+        dir: &std::path::Path,
+    ) -> Result<BTreeMap<String, PathBuf>, String> {
         let ns = s(pod, "/metadata/namespace");
         let mut out = BTreeMap::new();
-        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for v in pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let name = s(&v, "/name").to_string();
             let path = dir.join("volumes").join(&name);
             if let Some(host) = v.pointer("/hostPath/path").and_then(Value::as_str) {
@@ -361,24 +498,37 @@ impl Agent {
                 continue;
             }
             std::fs::create_dir_all(&path).map_err(|e| format!("volume {name}: {e}"))?;
-            let (kind, obj_name) = if let Some(n) = v.pointer("/configMap/name").and_then(Value::as_str) {
-                ("configmaps", Some(n))
-            } else if let Some(n) = v.pointer("/secret/secretName").and_then(Value::as_str) {
-                ("secrets", Some(n))
-            } else {
-                ("", None) // emptyDir and anything else: an empty directory
-            };
+            let (kind, obj_name) =
+                if let Some(n) = v.pointer("/configMap/name").and_then(Value::as_str) {
+                    ("configmaps", Some(n))
+                } else if let Some(n) = v.pointer("/secret/secretName").and_then(Value::as_str) {
+                    ("secrets", Some(n))
+                } else {
+                    ("", None) // emptyDir and anything else: an empty directory
+                };
             if let Some(obj_name) = obj_name {
                 let rt = lookup(kind).expect("kind registered");
-                let obj = self.client.get(rt, Some(ns), obj_name).await.map_err(|e| format!("volume {name}: {e}"))?;
-                for (k, val) in obj.get("data").and_then(Value::as_object).cloned().unwrap_or_default() {
+                let obj = self
+                    .client
+                    .get(rt, Some(ns), obj_name)
+                    .await
+                    .map_err(|e| format!("volume {name}: {e}"))?;
+                for (k, val) in obj
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default()
+                {
                     let text = val.as_str().unwrap_or_default();
                     let bytes = if kind == "secrets" {
-                        base64::engine::general_purpose::STANDARD.decode(text).unwrap_or_default()
+                        base64::engine::general_purpose::STANDARD
+                            .decode(text)
+                            .unwrap_or_default()
                     } else {
                         text.as_bytes().to_vec()
                     };
-                    std::fs::write(path.join(&k), bytes).map_err(|e| format!("volume {name}: {e}"))?;
+                    std::fs::write(path.join(&k), bytes)
+                        .map_err(|e| format!("volume {name}: {e}"))?;
                 }
             }
             out.insert(name, path);
@@ -386,21 +536,53 @@ impl Agent {
         Ok(out)
     }
 
-    async fn container_configs(&self, pod: &Value, ip: Ipv4Addr, dir: &std::path::Path) -> Result<Vec<ContainerSlot>, String> {
+    async fn container_configs(
+        &self,
+        pod: &Value,
+        ip: Ipv4Addr,
+        dir: &std::path::Path,
+    ) -> Result<Vec<ContainerSlot>, String> {
         let volumes = self.volumes_of(pod, dir).await?;
-        let allow_outbound = pod.pointer("/metadata/annotations/wk.dev~1allow-outbound").and_then(Value::as_str) == Some("true");
+        let allow_outbound = pod
+            .pointer("/metadata/annotations/wk.dev~1allow-outbound")
+            .and_then(Value::as_str)
+            == Some("true");
         let mut slots = Vec::new();
-        for c in pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for c in pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let name = s(&c, "/name").to_string();
             let strs = |p: &str| -> Vec<String> {
-                c.get(p).and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+                c.get(p)
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
             };
             let mut mounts = Vec::new();
-            for m in c.get("volumeMounts").and_then(Value::as_array).cloned().unwrap_or_default() {
-                let vol = volumes.get(s(&m, "/name")).ok_or(format!("container {name}: volume {} not found", s(&m, "/name")))?;
+            for m in c
+                .get("volumeMounts")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                let vol = volumes.get(s(&m, "/name")).ok_or(format!(
+                    "container {name}: volume {} not found",
+                    s(&m, "/name")
+                ))?;
                 let sub = s(&m, "/subPath");
                 mounts.push(Mount {
-                    host_path: if sub.is_empty() { vol.clone() } else { vol.join(sub) },
+                    host_path: if sub.is_empty() {
+                        vol.clone()
+                    } else {
+                        vol.join(sub)
+                    },
                     container_path: s(&m, "/mountPath").to_string(),
                     read_only: m.get("readOnly") == Some(&json!(true)),
                 });
@@ -411,18 +593,31 @@ impl Agent {
                 .map(|ps| {
                     ps.iter()
                         .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
-                        .map(|port| PortBinding { container_port: port as u16, host_ip: IpAddr::V4(ip), host_port: port as u16, protocol: "TCP".into() })
+                        .map(|port| PortBinding {
+                            container_port: port as u16,
+                            host_ip: IpAddr::V4(ip),
+                            host_port: port as u16,
+                            protocol: "TCP".into(),
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
             let memory_bytes = c
                 .pointer("/resources/limits/memory")
-                .and_then(|v| v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string())))
+                .and_then(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                })
                 .and_then(|q| Quantity::parse(&q).ok())
                 .map(|q| q.value().max(0) as u64);
             let cpu_millis = c
                 .pointer("/resources/limits/cpu")
-                .and_then(|v| v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string())))
+                .and_then(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                })
                 .and_then(|q| Quantity::parse(&q).ok())
                 .map(|q| q.milli_value().max(0) as u64);
             let config = ContainerConfig {
@@ -439,23 +634,38 @@ impl Agent {
                 command: strs("command"),
                 args: strs("args"),
                 env: self.env_of(pod, &c, ip).await?,
-                working_dir: c.get("workingDir").and_then(Value::as_str).map(String::from),
+                working_dir: c
+                    .get("workingDir")
+                    .and_then(Value::as_str)
+                    .map(String::from),
                 mounts,
                 ports,
-                limits: Limits { memory_bytes, cpu_millis, request_timeout: None },
+                limits: Limits {
+                    memory_bytes,
+                    cpu_millis,
+                    request_timeout: None,
+                },
                 allow_outbound,
-                log: LogConfig { path: dir.join("logs").join(format!("{name}.log")), max_bytes: 10 << 20 },
+                log: LogConfig {
+                    path: dir.join("logs").join(format!("{name}.log")),
+                    max_bytes: 10 << 20,
+                },
             };
             let probes = Probes::of(&c, ip).map_err(|e| format!("container {name}: {e}"))?;
             if let Some(field) = probes.exec_probe() {
-                return Err(format!("container {name}: {field}.exec: a wasm container has no processes to exec; use httpGet or tcpSocket"));
+                return Err(format!(
+                    "container {name}: {field}.exec: a wasm container has no processes to exec; use httpGet or tcpSocket"
+                ));
             }
             slots.push(ContainerSlot {
                 image: config.image.clone(),
                 probes,
                 name,
                 config,
-                state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
+                state: ContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                },
                 last: None,
                 restarts: 0,
                 id: String::new(),
@@ -471,7 +681,14 @@ impl Agent {
         Ok(slots)
     }
 
-    async fn report(&self, tx: &watch::Sender<Option<Value>>, ip: Ipv4Addr, slots: &[ContainerSlot], phase: &str, started: &str) {
+    async fn report(
+        &self,
+        tx: &watch::Sender<Option<Value>>,
+        ip: Ipv4Addr,
+        slots: &[ContainerSlot],
+        phase: &str,
+        started: &str,
+    ) {
         let ready = !slots.is_empty() && slots.iter().all(ContainerSlot::is_ready);
         let now = ts(&jiff::Timestamp::now());
         let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now, "lastProbeTime": null});
@@ -507,14 +724,20 @@ impl Agent {
     async fn run_pod(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>) {
         let uid = s(&pod, "/metadata/uid").to_string();
         let dir = self.cfg.data_dir.join("pods").join(&uid);
-        let key = format!("{}/{}", s(&pod, "/metadata/namespace"), s(&pod, "/metadata/name"));
+        let key = format!(
+            "{}/{}",
+            s(&pod, "/metadata/namespace"),
+            s(&pod, "/metadata/name")
+        );
         if let Err(e) = std::fs::create_dir_all(dir.join("logs")) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot create the pod's directory");
         }
         self.pod_dirs.lock().await.insert(key, dir.clone());
         // Logs stay readable until the pod object is gone (see `forget`).
         let reporter = spawn_reporter(self.clone(), &pod);
-        self.clone().run_pod_inner(pod, ip, stop, uid, dir, reporter).await;
+        self.clone()
+            .run_pod_inner(pod, ip, stop, uid, dir, reporter)
+            .await;
     }
 
     fn config_error_slot(pod: &Value, dir: &std::path::Path, message: String) -> ContainerSlot {
@@ -534,10 +757,16 @@ impl Agent {
                 ports: vec![],
                 limits: Limits::default(),
                 allow_outbound: false,
-                log: LogConfig { path: dir.join("x.log"), max_bytes: 0 },
+                log: LogConfig {
+                    path: dir.join("x.log"),
+                    max_bytes: 0,
+                },
             },
             probes: Probes::default(),
-            state: ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message },
+            state: ContainerState::Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message,
+            },
             last: None,
             restarts: 0,
             id: String::new(),
@@ -551,7 +780,15 @@ impl Agent {
         }
     }
 
-    async fn run_pod_inner(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>, uid: String, dir: PathBuf, tx: watch::Sender<Option<Value>>) {
+    async fn run_pod_inner(
+        self: Arc<Self>,
+        pod: Value,
+        ip: Ipv4Addr,
+        stop: Arc<Notify>,
+        uid: String,
+        dir: PathBuf,
+        tx: watch::Sender<Option<Value>>,
+    ) {
         let started = match s(&pod, "/status/startTime") {
             "" => ts(&jiff::Timestamp::now()),
             t => t.to_string(),
@@ -562,8 +799,13 @@ impl Agent {
         }
         .to_string();
         if s(&pod, "/spec/runtimeClassName") == "oci" {
-            let slot = Self::config_error_slot(&pod, &dir, "runtime oci is not available on this node".into());
-            self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started).await;
+            let slot = Self::config_error_slot(
+                &pod,
+                &dir,
+                "runtime oci is not available on this node".into(),
+            );
+            self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started)
+                .await;
             return;
         }
         let mut slots = loop {
@@ -571,7 +813,8 @@ impl Agent {
                 Ok(s) => break s,
                 Err(message) => {
                     let slot = Self::config_error_slot(&pod, &dir, message);
-                    self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started).await;
+                    self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started)
+                        .await;
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => continue, _ = stop.notified() => return }
                 }
             }
@@ -581,10 +824,20 @@ impl Agent {
             let prev = pod
                 .pointer("/status/containerStatuses")
                 .and_then(Value::as_array)
-                .and_then(|cs| cs.iter().find(|x| x.get("name").and_then(Value::as_str) == Some(&c.name)));
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|x| x.get("name").and_then(Value::as_str) == Some(&c.name))
+                });
             if let Some(prev) = prev {
-                c.restarts = prev.get("restartCount").and_then(Value::as_u64).unwrap_or(0) as u32;
-                if let Some(since) = prev.pointer("/state/running/startedAt").and_then(Value::as_str).and_then(|t| t.parse().ok()) {
+                c.restarts = prev
+                    .get("restartCount")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0) as u32;
+                if let Some(since) = prev
+                    .pointer("/state/running/startedAt")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse().ok())
+                {
                     c.restarts += 1;
                     c.last = Some(ContainerState::Terminated {
                         exit_code: 255,
@@ -596,7 +849,11 @@ impl Agent {
                 }
             }
         }
-        let grace = Duration::from_secs(pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30));
+        let grace = Duration::from_secs(
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(30),
+        );
         let mut backoff = vec![BACKOFF_START; slots.len()];
         let http = self.probe_http.clone();
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(usize, String, ProbeEvent)>();
@@ -612,30 +869,51 @@ impl Agent {
                 cfg.id = c.id.clone();
                 if c.restarts > 0 {
                     // The previous instance's log is what `logs --previous` shows.
-                    let _ = std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
+                    let _ =
+                        std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
                 }
                 match self.runtime.start(cfg).await {
                     Ok(()) => {
                         c.started = true;
                         c.killing = None;
                         c.running_since = Some(Instant::now());
-                        c.state = self.runtime.state(&c.id).unwrap_or(ContainerState::Waiting { reason: "Unknown".into(), message: String::new() });
+                        c.state = self
+                            .runtime
+                            .state(&c.id)
+                            .unwrap_or(ContainerState::Waiting {
+                                reason: "Unknown".into(),
+                                message: String::new(),
+                            });
                         // A quick command may already be over; it is handled below like any end.
                         if c.state.is_terminated() {
-                            c.state = ContainerState::Running { started_at: jiff::Timestamp::now() };
+                            c.state = ContainerState::Running {
+                                started_at: jiff::Timestamp::now(),
+                            };
                         }
                         c.startup_passed = c.probes.startup.is_none();
                         c.ready = c.probes.readiness.is_none();
                         if !c.probes.is_empty() {
                             let (ptx, id) = (probe_tx.clone(), c.id.clone());
-                            c.prober = Some(tokio::spawn(probe::run(c.probes.clone(), http.clone(), move |ev| {
-                                let _ = ptx.send((i, id.clone(), ev));
-                            })));
+                            c.prober = Some(tokio::spawn(probe::run(
+                                c.probes.clone(),
+                                http.clone(),
+                                move |ev| {
+                                    let _ = ptx.send((i, id.clone(), ev));
+                                },
+                            )));
                         }
-                        self.event(&pod, "Normal", "Started", &format!("Started container {}", c.name));
+                        self.event(
+                            &pod,
+                            "Normal",
+                            "Started",
+                            &format!("Started container {}", c.name),
+                        );
                     }
                     Err(e) => {
-                        c.state = ContainerState::Waiting { reason: e.reason().into(), message: e.to_string() };
+                        c.state = ContainerState::Waiting {
+                            reason: e.reason().into(),
+                            message: e.to_string(),
+                        };
                         self.event(&pod, "Warning", "Failed", &format!("Error: {e}"));
                         pending_retry = Some(backoff[i]);
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
@@ -644,8 +922,18 @@ impl Agent {
             }
             let all_done = slots.iter().all(|c| c.done);
             let phase = if all_done {
-                if slots.iter().all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. })) { "Succeeded" } else { "Failed" }
-            } else if slots.iter().any(|c| matches!(c.state, ContainerState::Running { .. })) {
+                if slots
+                    .iter()
+                    .all(|c| matches!(c.state, ContainerState::Terminated { exit_code: 0, .. }))
+                {
+                    "Succeeded"
+                } else {
+                    "Failed"
+                }
+            } else if slots
+                .iter()
+                .any(|c| matches!(c.state, ContainerState::Running { .. }))
+            {
                 "Running"
             } else {
                 "Pending"
@@ -655,7 +943,12 @@ impl Agent {
                 return;
             }
             // Wait for a container to end, a probe result, a retry to be due, or a stop.
-            let running: Vec<(usize, String)> = slots.iter().enumerate().filter(|(_, c)| c.started && !c.done).map(|(i, c)| (i, c.id.clone())).collect();
+            let running: Vec<(usize, String)> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.started && !c.done)
+                .map(|(i, c)| (i, c.id.clone()))
+                .collect();
             let rt = self.runtime.clone();
             let wait_any = async {
                 let futs = running.iter().map(|(i, id)| {
@@ -665,7 +958,11 @@ impl Agent {
                     Box::pin(async move { (i, rt.wait(&id).await) })
                 });
                 if futs.len() == 0 {
-                    std::future::pending::<(usize, Result<ContainerState, wk_api::runtime::RuntimeError>)>().await
+                    std::future::pending::<(
+                        usize,
+                        Result<ContainerState, wk_api::runtime::RuntimeError>,
+                    )>()
+                    .await
                 } else {
                     futures::future::select_all(futs).await.0
                 }
@@ -768,6 +1065,12 @@ mod tests {
             {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}},
             {"resources": {"limits": {"cpu": "500m", "memory": "32Mi"}}},
             {"name": "no-resources"}]}});
-        assert_eq!(pod_requests(&pod), Resources { cpu_milli: 750, memory: 96 << 20 });
+        assert_eq!(
+            pod_requests(&pod),
+            Resources {
+                cpu_milli: 750,
+                memory: 96 << 20
+            }
+        );
     }
 }

@@ -28,8 +28,17 @@ pub(crate) enum ProbeEvent {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
-    Http { https: bool, host: IpAddr, port: u16, path: String, headers: Vec<(String, String)> },
-    Tcp { host: IpAddr, port: u16 },
+    Http {
+        https: bool,
+        host: IpAddr,
+        port: u16,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
+    Tcp {
+        host: IpAddr,
+        port: u16,
+    },
     Exec(Vec<String>),
 }
 
@@ -60,7 +69,10 @@ fn resolve_port(port: &Value, container: &Value) -> Result<u16, String> {
     container
         .get("ports")
         .and_then(Value::as_array)
-        .and_then(|ps| ps.iter().find(|p| p.get("name").and_then(Value::as_str) == Some(name)))
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+        })
         .and_then(|p| p.get("containerPort").and_then(Value::as_u64))
         .map(|p| p as u16)
         .ok_or_else(|| format!("port {name:?} is not a named port of the container"))
@@ -68,11 +80,23 @@ fn resolve_port(port: &Value, container: &Value) -> Result<u16, String> {
 
 impl Probe {
     /// Parses `container.<field>` (`livenessProbe`, …); `None` when the container has none.
-    pub(crate) fn of(container: &Value, field: &str, pod_ip: Ipv4Addr) -> Result<Option<Probe>, String> {
-        let Some(spec) = container.get(field).filter(|v| v.is_object()) else { return Ok(None) };
+    pub(crate) fn of(
+        container: &Value,
+        field: &str,
+        pod_ip: Ipv4Addr,
+    ) -> Result<Option<Probe>, String> {
+        let Some(spec) = container.get(field).filter(|v| v.is_object()) else {
+            return Ok(None);
+        };
         let host_of = |v: &Value| -> Result<IpAddr, String> {
-            match v.get("host").and_then(Value::as_str).filter(|h| !h.is_empty()) {
-                Some(h) => h.parse().map_err(|_| format!("{field}: host {h:?} is not an IP address")),
+            match v
+                .get("host")
+                .and_then(Value::as_str)
+                .filter(|h| !h.is_empty())
+            {
+                Some(h) => h
+                    .parse()
+                    .map_err(|_| format!("{field}: host {h:?} is not an IP address")),
                 None => Ok(IpAddr::V4(pod_ip)),
             }
         };
@@ -81,14 +105,24 @@ impl Probe {
             Action::Http {
                 https: h.get("scheme").and_then(Value::as_str) == Some("HTTPS"),
                 host: host_of(h)?,
-                port: resolve_port(h.get("port").unwrap_or(&Value::Null), container).map_err(|e| format!("{field}.httpGet: {e}"))?,
-                path: if path.starts_with('/') { path.to_string() } else { format!("/{path}") },
+                port: resolve_port(h.get("port").unwrap_or(&Value::Null), container)
+                    .map_err(|e| format!("{field}.httpGet: {e}"))?,
+                path: if path.starts_with('/') {
+                    path.to_string()
+                } else {
+                    format!("/{path}")
+                },
                 headers: h
                     .get("httpHeaders")
                     .and_then(Value::as_array)
                     .map(|hs| {
                         hs.iter()
-                            .filter_map(|x| Some((x.get("name")?.as_str()?.to_string(), x.get("value")?.as_str()?.to_string())))
+                            .filter_map(|x| {
+                                Some((
+                                    x.get("name")?.as_str()?.to_string(),
+                                    x.get("value")?.as_str()?.to_string(),
+                                ))
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -96,13 +130,18 @@ impl Probe {
         } else if let Some(t) = spec.get("tcpSocket") {
             Action::Tcp {
                 host: host_of(t)?,
-                port: resolve_port(t.get("port").unwrap_or(&Value::Null), container).map_err(|e| format!("{field}.tcpSocket: {e}"))?,
+                port: resolve_port(t.get("port").unwrap_or(&Value::Null), container)
+                    .map_err(|e| format!("{field}.tcpSocket: {e}"))?,
             }
         } else if let Some(e) = spec.get("exec") {
             let cmd = e
                 .get("command")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             Action::Exec(cmd)
         } else {
@@ -115,8 +154,19 @@ impl Probe {
             period: secs(spec, "periodSeconds", 10).max(Duration::from_secs(1)),
             timeout: secs(spec, "timeoutSeconds", 1).max(Duration::from_secs(1)),
             // Liveness and startup probes must use 1 (validation enforces it in Kubernetes).
-            success_threshold: if liveness_like { 1 } else { spec.get("successThreshold").and_then(Value::as_u64).unwrap_or(1).max(1) as u32 },
-            failure_threshold: spec.get("failureThreshold").and_then(Value::as_u64).unwrap_or(3).max(1) as u32,
+            success_threshold: if liveness_like {
+                1
+            } else {
+                spec.get("successThreshold")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1)
+                    .max(1) as u32
+            },
+            failure_threshold: spec
+                .get("failureThreshold")
+                .and_then(Value::as_u64)
+                .unwrap_or(3)
+                .max(1) as u32,
         }))
     }
 
@@ -124,26 +174,45 @@ impl Probe {
     /// Kubernetes puts after `Liveness probe failed: `).
     pub(crate) async fn check(&self, http: &reqwest::Client) -> Result<(), String> {
         match &self.action {
-            Action::Http { https, host, port, path, headers } => {
+            Action::Http {
+                https,
+                host,
+                port,
+                path,
+                headers,
+            } => {
                 let scheme = if *https { "https" } else { "http" };
                 let host = match host {
                     IpAddr::V6(a) => format!("[{a}]"),
                     IpAddr::V4(a) => a.to_string(),
                 };
                 let url = format!("{scheme}://{host}:{port}{path}");
-                let mut req = http.get(&url).timeout(self.timeout).header("user-agent", "kube-probe/1.32");
+                let mut req = http
+                    .get(&url)
+                    .timeout(self.timeout)
+                    .header("user-agent", "kube-probe/1.32");
                 for (k, v) in headers {
                     req = req.header(k.as_str(), v.as_str());
                 }
                 match req.send().await {
                     Ok(r) if (200..400).contains(&r.status().as_u16()) => Ok(()),
-                    Ok(r) => Err(format!("HTTP probe failed with statuscode: {}", r.status().as_u16())),
-                    Err(e) if e.is_timeout() => Err(format!("Get \"{url}\": context deadline exceeded")),
+                    Ok(r) => Err(format!(
+                        "HTTP probe failed with statuscode: {}",
+                        r.status().as_u16()
+                    )),
+                    Err(e) if e.is_timeout() => {
+                        Err(format!("Get \"{url}\": context deadline exceeded"))
+                    }
                     Err(e) => Err(format!("Get \"{url}\": {}", root_cause(&e))),
                 }
             }
             Action::Tcp { host, port } => {
-                match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect((*host, *port))).await {
+                match tokio::time::timeout(
+                    self.timeout,
+                    tokio::net::TcpStream::connect((*host, *port)),
+                )
+                .await
+                {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: connect: {e}")),
                     Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
@@ -182,10 +251,17 @@ impl Probes {
 
     /// The first probe with an `exec` action, by field name.
     pub(crate) fn exec_probe(&self) -> Option<&'static str> {
-        [("startupProbe", &self.startup), ("livenessProbe", &self.liveness), ("readinessProbe", &self.readiness)]
-            .into_iter()
-            .find(|(_, p)| p.as_ref().is_some_and(|p| matches!(p.action, Action::Exec(_))))
-            .map(|(f, _)| f)
+        [
+            ("startupProbe", &self.startup),
+            ("livenessProbe", &self.liveness),
+            ("readinessProbe", &self.readiness),
+        ]
+        .into_iter()
+        .find(|(_, p)| {
+            p.as_ref()
+                .is_some_and(|p| matches!(p.action, Action::Exec(_)))
+        })
+        .map(|(f, _)| f)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -195,7 +271,11 @@ impl Probes {
 
 /// Probes one container from its start until the task is aborted. `send` gets the
 /// container's events.
-pub(crate) async fn run(probes: Probes, http: reqwest::Client, send: impl Fn(ProbeEvent) + Send + Sync) {
+pub(crate) async fn run(
+    probes: Probes,
+    http: reqwest::Client,
+    send: impl Fn(ProbeEvent) + Send + Sync,
+) {
     let started_at = Instant::now();
     if let Some(p) = &probes.startup {
         tokio::time::sleep(p.initial_delay).await;
@@ -207,7 +287,9 @@ pub(crate) async fn run(probes: Probes, http: reqwest::Client, send: impl Fn(Pro
                     failures += 1;
                     if failures >= p.failure_threshold {
                         send(ProbeEvent::Unhealthy(format!("Startup probe failed: {e}")));
-                        send(ProbeEvent::Kill(format!("Container failed startup probe, will be restarted: {e}")));
+                        send(ProbeEvent::Kill(format!(
+                            "Container failed startup probe, will be restarted: {e}"
+                        )));
                         return;
                     }
                 }
@@ -217,7 +299,9 @@ pub(crate) async fn run(probes: Probes, http: reqwest::Client, send: impl Fn(Pro
         send(ProbeEvent::Started);
     }
     let liveness = async {
-        let Some(p) = &probes.liveness else { return std::future::pending().await };
+        let Some(p) = &probes.liveness else {
+            return std::future::pending().await;
+        };
         tokio::time::sleep_until(started_at + p.initial_delay).await;
         let mut failures = 0;
         loop {
@@ -227,7 +311,9 @@ pub(crate) async fn run(probes: Probes, http: reqwest::Client, send: impl Fn(Pro
                     failures += 1;
                     if failures >= p.failure_threshold {
                         send(ProbeEvent::Unhealthy(format!("Liveness probe failed: {e}")));
-                        send(ProbeEvent::Kill(format!("Container failed liveness probe, will be restarted: {e}")));
+                        send(ProbeEvent::Kill(format!(
+                            "Container failed liveness probe, will be restarted: {e}"
+                        )));
                         return;
                     }
                 }
@@ -236,7 +322,9 @@ pub(crate) async fn run(probes: Probes, http: reqwest::Client, send: impl Fn(Pro
         }
     };
     let readiness = async {
-        let Some(p) = &probes.readiness else { return std::future::pending::<()>().await };
+        let Some(p) = &probes.readiness else {
+            return std::future::pending::<()>().await;
+        };
         tokio::time::sleep_until(started_at + p.initial_delay).await;
         let (mut ok, mut bad) = (0u32, 0u32);
         let mut ready = None;
@@ -255,7 +343,9 @@ pub(crate) async fn run(probes: Probes, http: reqwest::Client, send: impl Fn(Pro
                     ok = 0;
                     if bad >= p.failure_threshold && ready != Some(false) {
                         ready = Some(false);
-                        send(ProbeEvent::Unhealthy(format!("Readiness probe failed: {e}")));
+                        send(ProbeEvent::Unhealthy(format!(
+                            "Readiness probe failed: {e}"
+                        )));
                         send(ProbeEvent::Ready(false));
                     }
                 }
@@ -284,11 +374,37 @@ mod tests {
             "readinessProbe": {"tcpSocket": {"port": 9000}, "periodSeconds": 2, "successThreshold": 3, "failureThreshold": 1}});
         let p = Probes::of(&c, IP).unwrap();
         let l = p.liveness.unwrap();
-        assert_eq!(l.action, Action::Http { https: false, host: IpAddr::V4(IP), port: 8080, path: "/healthz".into(), headers: vec![] });
-        assert_eq!((l.period, l.timeout, l.failure_threshold, l.success_threshold), (Duration::from_secs(10), Duration::from_secs(1), 3, 1));
+        assert_eq!(
+            l.action,
+            Action::Http {
+                https: false,
+                host: IpAddr::V4(IP),
+                port: 8080,
+                path: "/healthz".into(),
+                headers: vec![]
+            }
+        );
+        assert_eq!(
+            (
+                l.period,
+                l.timeout,
+                l.failure_threshold,
+                l.success_threshold
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 3, 1)
+        );
         let r = p.readiness.unwrap();
-        assert_eq!(r.action, Action::Tcp { host: IpAddr::V4(IP), port: 9000 });
-        assert_eq!((r.period, r.success_threshold, r.failure_threshold), (Duration::from_secs(2), 3, 1));
+        assert_eq!(
+            r.action,
+            Action::Tcp {
+                host: IpAddr::V4(IP),
+                port: 9000
+            }
+        );
+        assert_eq!(
+            (r.period, r.success_threshold, r.failure_threshold),
+            (Duration::from_secs(2), 3, 1)
+        );
         assert!(p.startup.is_none());
     }
 
@@ -313,24 +429,59 @@ mod tests {
                 let mut buf = [0u8; 1024];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]);
-                let code = if req.starts_with("GET /ok ") { "200 OK" } else { "503 Service Unavailable" };
-                let _ = s.write_all(format!("HTTP/1.1 {code}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes()).await;
+                let code = if req.starts_with("GET /ok ") {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {code}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
             }
         });
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let probe = |spec: Value| Probe::of(&json!({"p": spec}), "p", IP).unwrap().unwrap();
-        assert_eq!(probe(json!({"httpGet": {"path": "/ok", "port": port}})).check(&http).await, Ok(()));
-        let e = probe(json!({"httpGet": {"path": "/bad", "port": port}})).check(&http).await.unwrap_err();
+        assert_eq!(
+            probe(json!({"httpGet": {"path": "/ok", "port": port}}))
+                .check(&http)
+                .await,
+            Ok(())
+        );
+        let e = probe(json!({"httpGet": {"path": "/bad", "port": port}}))
+            .check(&http)
+            .await
+            .unwrap_err();
         assert_eq!(e, "HTTP probe failed with statuscode: 503");
-        assert_eq!(probe(json!({"tcpSocket": {"port": port}})).check(&http).await, Ok(()));
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let e = probe(json!({"tcpSocket": {"port": closed}})).check(&http).await.unwrap_err();
+        assert_eq!(
+            probe(json!({"tcpSocket": {"port": port}}))
+                .check(&http)
+                .await,
+            Ok(())
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = probe(json!({"tcpSocket": {"port": closed}}))
+            .check(&http)
+            .await
+            .unwrap_err();
         assert!(e.contains("connect"), "{e}");
     }
 
     #[tokio::test]
     async fn liveness_failures_past_the_threshold_ask_for_a_kill() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let c = json!({"livenessProbe": {"tcpSocket": {"port": closed}, "periodSeconds": 1, "failureThreshold": 2}});
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let http = reqwest::Client::new();
@@ -339,7 +490,9 @@ mod tests {
             let _ = tx.send(e);
         })
         .await;
-        assert!(matches!(rx.recv().await, Some(ProbeEvent::Unhealthy(m)) if m.starts_with("Liveness probe failed: dial tcp")));
+        assert!(
+            matches!(rx.recv().await, Some(ProbeEvent::Unhealthy(m)) if m.starts_with("Liveness probe failed: dial tcp"))
+        );
         assert!(matches!(rx.recv().await, Some(ProbeEvent::Kill(_))));
         // Two failures one period apart.
         assert!(start.elapsed() >= Duration::from_secs(1));

@@ -15,12 +15,20 @@ use wk_api::runtime::{ContainerConfig, Limits, LogConfig, PodIdentity, PortBindi
 use wk_runtime_wasm::{WasmRuntime, WasmRuntimeConfig};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
     let home = std::env::var("HOME").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::var("PATH").unwrap_or_default().split(':').map(PathBuf::from).collect();
+    let mut dirs: Vec<PathBuf> = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(PathBuf::from)
+        .collect();
     dirs.push(PathBuf::from(home).join(".cargo/bin"));
     dirs.into_iter().map(|d| d.join(bin)).find(|p| p.exists())
 }
@@ -56,11 +64,24 @@ fn parse_ms(s: &str) -> f64 {
 fn wrk(url: &str, conns: u32, secs: u64) -> WrkResult {
     let threads = conns.min(2).to_string();
     let out = Command::new("wrk")
-        .args(["-t", &threads, "-c", &conns.to_string(), "-d", &format!("{secs}s"), "--latency", url])
+        .args([
+            "-t",
+            &threads,
+            "-c",
+            &conns.to_string(),
+            "-d",
+            &format!("{secs}s"),
+            "--latency",
+            url,
+        ])
         .output()
         .expect("wrk on PATH (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut r = WrkResult { rps: 0.0, p50_ms: 0.0, p99_ms: 0.0 };
+    let mut r = WrkResult {
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+    };
     for line in text.lines() {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Requests/sec:") {
@@ -80,18 +101,36 @@ fn wrk(url: &str, conns: u32, secs: u64) -> WrkResult {
 fn config(id: &str, image: &str, port: u16, dir: &std::path::Path) -> ContainerConfig {
     ContainerConfig {
         id: id.into(),
-        pod: PodIdentity { name: id.into(), namespace: "default".into(), ..Default::default() },
+        pod: PodIdentity {
+            name: id.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        },
         name: "hello".into(),
         image: image.into(),
         command: vec![],
         args: vec![],
-        env: vec![("POD_NAME".into(), id.into()), ("GREETING".into(), "bench".into())],
+        env: vec![
+            ("POD_NAME".into(), id.into()),
+            ("GREETING".into(), "bench".into()),
+        ],
         working_dir: None,
         mounts: vec![],
-        ports: vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }],
-        limits: Limits { memory_bytes: Some(64 << 20), ..Default::default() },
+        ports: vec![PortBinding {
+            container_port: 8080,
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            host_port: port,
+            protocol: "TCP".into(),
+        }],
+        limits: Limits {
+            memory_bytes: Some(64 << 20),
+            ..Default::default()
+        },
         allow_outbound: false,
-        log: LogConfig { path: dir.join(format!("{id}.log")), max_bytes: 1 << 20 },
+        log: LogConfig {
+            path: dir.join(format!("{id}.log")),
+            max_bytes: 1 << 20,
+        },
     }
 }
 
@@ -107,12 +146,18 @@ async fn wait_http(url: &str) {
 }
 
 fn main() {
-    let secs: u64 = std::env::var("WK_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let secs: u64 = std::env::var("WK_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let image = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist/hello-http.wasm");
     assert!(image.exists(), "run scripts/build-samples.sh first");
     let image = image.canonicalize().unwrap().display().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         // Compile time (cold cache) and start from cache (new runtime, same cache).
         let t = Instant::now();

@@ -6,8 +6,8 @@
 //! When the period's quota is spent, the store yields until the next period (throttled),
 //! leaving the CPU to everything else. Without a limit usage is only counted.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The CFS default period.
@@ -49,7 +49,8 @@ impl CpuQuota {
     /// Charges `ran` of execution; returns how long to wait if the quota is spent.
     pub fn charge(&self, ran: Duration) -> Option<Duration> {
         let ran = ran.min(self.tick);
-        self.used_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        self.used_ns
+            .fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
         let quota = self.quota?;
         let now = Instant::now();
         let mut p = self.period.lock().expect("cpu period lock");
@@ -67,7 +68,10 @@ impl CpuQuota {
     }
 
     pub fn stats(&self) -> CpuStats {
-        CpuStats { usage: Duration::from_nanos(self.used_ns.load(Ordering::Relaxed)), nr_throttled: self.throttled.load(Ordering::Relaxed) }
+        CpuStats {
+            usage: Duration::from_nanos(self.used_ns.load(Ordering::Relaxed)),
+            nr_throttled: self.throttled.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -81,7 +85,13 @@ mod tests {
         assert_eq!(q.charge(Duration::from_millis(10)), None);
         let wait = q.charge(Duration::from_millis(10)).expect("quota spent");
         assert!(wait <= PERIOD);
-        assert_eq!(q.stats(), CpuStats { usage: Duration::from_millis(20), nr_throttled: 1 });
+        assert_eq!(
+            q.stats(),
+            CpuStats {
+                usage: Duration::from_millis(20),
+                nr_throttled: 1
+            }
+        );
         let unlimited = CpuQuota::new(None, Duration::from_millis(10));
         for _ in 0..100 {
             assert_eq!(unlimited.charge(Duration::from_millis(10)), None);

@@ -2,8 +2,8 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::Component;
@@ -33,7 +33,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { pooling: Pooling::Auto, pool_instances: 1000, pool_max_memory: 256 << 20, epoch_tick: Duration::from_millis(10) }
+        EngineOptions {
+            pooling: Pooling::Auto,
+            pool_instances: 1000,
+            pool_max_memory: 256 << 20,
+            epoch_tick: Duration::from_millis(10),
+        }
     }
 }
 
@@ -114,11 +119,20 @@ impl CompileCache {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let fingerprint = format!("{:016x}", h.finish());
-        CompileCache { dir, engine, fingerprint, compilations: AtomicU64::new(0) }
+        CompileCache {
+            dir,
+            engine,
+            fingerprint,
+            compilations: AtomicU64::new(0),
+        }
     }
 
     fn path(&self, digest: &str) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", digest.trim_start_matches("sha256:"), self.fingerprint))
+        self.dir.join(format!(
+            "{}-{}.cwasm",
+            digest.trim_start_matches("sha256:"),
+            self.fingerprint
+        ))
     }
 
     /// Loads a compiled component, compiling (and caching) it on a miss. Returns whether
@@ -132,7 +146,9 @@ impl CompileCache {
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(c) => return Ok((c, false)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compile cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unusable compile cache entry")
+                }
             }
         }
         let compiled = self.engine.precompile_component(bytes)?;

@@ -1,11 +1,11 @@
 //! The per-store host state: WASI (CLI, filesystem, sockets), wasi:http, and limits.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::uri::Scheme;
-use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 use wk_api::runtime::ContainerConfig;
@@ -20,7 +20,12 @@ pub struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes || maximum.is_some_and(|m| desired > m) {
             self.oom.store(true, Ordering::Relaxed);
             return Ok(false);
@@ -28,7 +33,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
     }
 }
@@ -57,13 +67,20 @@ pub struct Host {
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -81,8 +98,16 @@ pub struct HostTemplate {
 }
 
 impl HostTemplate {
-    pub fn new(config: ContainerConfig, log: ContainerLog, cpu: Arc<crate::cpu::CpuQuota>) -> HostTemplate {
-        let program = config.command.first().cloned().unwrap_or_else(|| config.name.clone());
+    pub fn new(
+        config: ContainerConfig,
+        log: ContainerLog,
+        cpu: Arc<crate::cpu::CpuQuota>,
+    ) -> HostTemplate {
+        let program = config
+            .command
+            .first()
+            .cloned()
+            .unwrap_or_else(|| config.name.clone());
         let mut argv = vec![program];
         argv.extend(config.command.iter().skip(1).cloned());
         argv.extend(config.args.iter().cloned());
@@ -91,7 +116,14 @@ impl HostTemplate {
             env.push(("PWD".into(), wd.clone()));
         }
         let memory_bytes = config.limits.memory_bytes.unwrap_or(DEFAULT_MEMORY) as usize;
-        HostTemplate { argv, env, config, log, memory_bytes, cpu }
+        HostTemplate {
+            argv,
+            env,
+            config,
+            log,
+            memory_bytes,
+            cpu,
+        }
     }
 
     /// A fresh host for one store.
@@ -99,9 +131,19 @@ impl HostTemplate {
         let mut b = WasiCtxBuilder::new();
         b.args(&self.argv).envs(&self.env);
         for m in &self.config.mounts {
-            let perms = if m.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            let perms = if m.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
             b.preopened_dir(&m.host_path, &m.container_path, perms)
-                .map_err(|e| format!("mounting {} at {}: {e}", m.host_path.display(), m.container_path))?;
+                .map_err(|e| {
+                    format!(
+                        "mounting {} at {}: {e}",
+                        m.host_path.display(),
+                        m.container_path
+                    )
+                })?;
         }
         b.stdout(self.log.stream("stdout"));
         b.stderr(self.log.stream("stderr"));
@@ -115,8 +157,13 @@ impl HostTemplate {
             table: ResourceTable::new(),
             wasi: b.build(),
             http: WasiHttpCtx::new(),
-            hooks: Hooks { allow_outbound: self.config.allow_outbound },
-            limiter: Limiter { memory_bytes: self.memory_bytes, oom },
+            hooks: Hooks {
+                allow_outbound: self.config.allow_outbound,
+            },
+            limiter: Limiter {
+                memory_bytes: self.memory_bytes,
+                oom,
+            },
             cpu: self.cpu.clone(),
         })
     }

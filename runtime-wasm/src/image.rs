@@ -29,22 +29,33 @@ pub struct ImageRef {
 
 impl ImageRef {
     pub fn parse(image: &str) -> Result<ImageRef, RuntimeError> {
-        let invalid = |message: &str| RuntimeError::InvalidImage { image: image.to_string(), message: message.to_string() };
+        let invalid = |message: &str| RuntimeError::InvalidImage {
+            image: image.to_string(),
+            message: message.to_string(),
+        };
         let is_location = image.starts_with("file://")
             || image.starts_with("http://")
             || image.starts_with("https://")
             || image.starts_with('/')
             || image.starts_with("./")
             || image.starts_with("../")
-            || image.split('@').next().is_some_and(|l| l.ends_with(".wasm"));
+            || image
+                .split('@')
+                .next()
+                .is_some_and(|l| l.ends_with(".wasm"));
         if !is_location && !image.is_empty() {
             // An OCI reference; a digest in it names the manifest, checked by the client.
-            return Ok(ImageRef { source: ImageSource::Oci(image.to_string()), digest: None });
+            return Ok(ImageRef {
+                source: ImageSource::Oci(image.to_string()),
+                digest: None,
+            });
         }
         let (location, digest) = match image.rsplit_once("@sha256:") {
             Some((loc, hex)) => {
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(invalid("the digest must be sha256: followed by 64 hex digits"));
+                    return Err(invalid(
+                        "the digest must be sha256: followed by 64 hex digits",
+                    ));
                 }
                 (loc, Some(format!("sha256:{}", hex.to_ascii_lowercase())))
             }
@@ -57,7 +68,11 @@ impl ImageRef {
             ImageSource::File(p.into())
         } else if location.starts_with("http://") || location.starts_with("https://") {
             ImageSource::Http(location.to_string())
-        } else if location.starts_with('/') || location.starts_with("./") || location.starts_with("../") || location.ends_with(".wasm") {
+        } else if location.starts_with('/')
+            || location.starts_with("./")
+            || location.starts_with("../")
+            || location.ends_with(".wasm")
+        {
             ImageSource::File(location.into())
         } else {
             ImageSource::Oci(location.to_string())
@@ -87,25 +102,45 @@ impl Fetcher {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure_registries),
             ..Default::default()
         });
-        Fetcher { http: reqwest::Client::new(), oci }
+        Fetcher {
+            http: reqwest::Client::new(),
+            oci,
+        }
     }
 }
 
-async fn pull_oci(fetcher: &Fetcher, image: &str, reference: &str) -> Result<Vec<u8>, RuntimeError> {
-    let pull = |message: String| RuntimeError::Pull { image: image.to_string(), message };
-    let r: oci_client::Reference = reference
-        .parse()
-        .map_err(|e| RuntimeError::InvalidImage { image: image.to_string(), message: format!("not an OCI reference: {e}") })?;
+async fn pull_oci(
+    fetcher: &Fetcher,
+    image: &str,
+    reference: &str,
+) -> Result<Vec<u8>, RuntimeError> {
+    let pull = |message: String| RuntimeError::Pull {
+        image: image.to_string(),
+        message,
+    };
+    let r: oci_client::Reference = reference.parse().map_err(|e| RuntimeError::InvalidImage {
+        image: image.to_string(),
+        message: format!("not an OCI reference: {e}"),
+    })?;
     let data = fetcher
         .oci
-        .pull(&r, &oci_client::secrets::RegistryAuth::Anonymous, vec![oci_client::manifest::WASM_LAYER_MEDIA_TYPE])
+        .pull(
+            &r,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            vec![oci_client::manifest::WASM_LAYER_MEDIA_TYPE],
+        )
         .await
         .map_err(|e| pull(format!("{e}")))?;
     let layer = data
         .layers
         .into_iter()
         .find(|l| l.media_type == oci_client::manifest::WASM_LAYER_MEDIA_TYPE)
-        .ok_or_else(|| pull(format!("the image has no {} layer", oci_client::manifest::WASM_LAYER_MEDIA_TYPE)))?;
+        .ok_or_else(|| {
+            pull(format!(
+                "the image has no {} layer",
+                oci_client::manifest::WASM_LAYER_MEDIA_TYPE
+            ))
+        })?;
     Ok(layer.data.to_vec())
 }
 
@@ -113,15 +148,27 @@ async fn pull_oci(fetcher: &Fetcher, image: &str, reference: &str) -> Result<Vec
 pub async fn fetch(image: &str, fetcher: &Fetcher) -> Result<(Vec<u8>, String), RuntimeError> {
     let http = &fetcher.http;
     let r = ImageRef::parse(image)?;
-    let pull = |message: String| RuntimeError::Pull { image: image.to_string(), message };
+    let pull = |message: String| RuntimeError::Pull {
+        image: image.to_string(),
+        message,
+    };
     let bytes = match &r.source {
-        ImageSource::File(path) => tokio::fs::read(path).await.map_err(|e| pull(format!("{}: {e}", path.display())))?,
+        ImageSource::File(path) => tokio::fs::read(path)
+            .await
+            .map_err(|e| pull(format!("{}: {e}", path.display())))?,
         ImageSource::Http(url) => {
-            let resp = http.get(url).send().await.map_err(|e| pull(e.to_string()))?;
+            let resp = http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| pull(e.to_string()))?;
             if !resp.status().is_success() {
                 return Err(pull(format!("server answered {}", resp.status())));
             }
-            resp.bytes().await.map_err(|e| pull(e.to_string()))?.to_vec()
+            resp.bytes()
+                .await
+                .map_err(|e| pull(e.to_string()))?
+                .to_vec()
         }
         ImageSource::Oci(reference) => pull_oci(fetcher, image, reference).await?,
     };
@@ -143,13 +190,31 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(ImageRef::parse("/srv/a.wasm").unwrap().source, ImageSource::File("/srv/a.wasm".into()));
-        assert_eq!(ImageRef::parse("file:///srv/a.wasm").unwrap().source, ImageSource::File("/srv/a.wasm".into()));
-        assert_eq!(ImageRef::parse("app.wasm").unwrap().source, ImageSource::File("app.wasm".into()));
-        assert_eq!(ImageRef::parse("http://h/a.wasm").unwrap().source, ImageSource::Http("http://h/a.wasm".into()));
-        assert_eq!(ImageRef::parse("ghcr.io/x/app:1").unwrap().source, ImageSource::Oci("ghcr.io/x/app:1".into()));
+        assert_eq!(
+            ImageRef::parse("/srv/a.wasm").unwrap().source,
+            ImageSource::File("/srv/a.wasm".into())
+        );
+        assert_eq!(
+            ImageRef::parse("file:///srv/a.wasm").unwrap().source,
+            ImageSource::File("/srv/a.wasm".into())
+        );
+        assert_eq!(
+            ImageRef::parse("app.wasm").unwrap().source,
+            ImageSource::File("app.wasm".into())
+        );
+        assert_eq!(
+            ImageRef::parse("http://h/a.wasm").unwrap().source,
+            ImageSource::Http("http://h/a.wasm".into())
+        );
+        assert_eq!(
+            ImageRef::parse("ghcr.io/x/app:1").unwrap().source,
+            ImageSource::Oci("ghcr.io/x/app:1".into())
+        );
         let pinned = format!("ghcr.io/x/app@sha256:{}", "b".repeat(64));
-        assert_eq!(ImageRef::parse(&pinned).unwrap().source, ImageSource::Oci(pinned.clone()));
+        assert_eq!(
+            ImageRef::parse(&pinned).unwrap().source,
+            ImageSource::Oci(pinned.clone())
+        );
         let d = "a".repeat(64);
         let r = ImageRef::parse(&format!("/a.wasm@sha256:{d}")).unwrap();
         assert_eq!(r.digest, Some(format!("sha256:{d}")));
@@ -164,9 +229,18 @@ mod tests {
         std::fs::write(&p, b"abc").unwrap();
         let http = Fetcher::new(vec![]);
         let (_, d) = fetch(p.to_str().unwrap(), &http).await.unwrap();
-        assert_eq!(d, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            d,
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let bad = format!("{}@sha256:{}", p.display(), "0".repeat(64));
-        assert!(matches!(fetch(&bad, &http).await, Err(RuntimeError::InvalidImage { .. })));
-        assert!(matches!(fetch("/nonexistent.wasm", &http).await, Err(RuntimeError::Pull { .. })));
+        assert!(matches!(
+            fetch(&bad, &http).await,
+            Err(RuntimeError::InvalidImage { .. })
+        ));
+        assert!(matches!(
+            fetch("/nonexistent.wasm", &http).await,
+            Err(RuntimeError::Pull { .. })
+        ));
     }
 }

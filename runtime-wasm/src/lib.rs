@@ -87,7 +87,9 @@ struct CommandPool(Option<tokio::runtime::Runtime>);
 
 impl CommandPool {
     fn new() -> std::io::Result<CommandPool> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("wk-wasm-cmd")
@@ -129,7 +131,10 @@ pub struct WasmRuntime {
 }
 
 fn invalid(image: &str, message: impl Into<String>) -> RuntimeError {
-    RuntimeError::InvalidImage { image: image.to_string(), message: message.into() }
+    RuntimeError::InvalidImage {
+        image: image.to_string(),
+        message: message.into(),
+    }
 }
 
 /// Component text format (used for test fixtures).
@@ -144,7 +149,10 @@ fn classify_binary(image: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
         if is_text_component(bytes) {
             return Ok(());
         }
-        return Err(invalid(image, "not a WebAssembly binary (bad magic number)"));
+        return Err(invalid(
+            image,
+            "not a WebAssembly binary (bad magic number)",
+        ));
     }
     match bytes[4..8] {
         [1, 0, 0, 0] => Err(invalid(
@@ -200,9 +208,18 @@ impl WasmRuntime {
     /// files are re-read every time (cheap), so a rebuilt `.wasm` at the same path is
     /// picked up; remote images are fetched once per runtime.
     async fn load(&self, image: &str) -> Result<(Arc<Prepared>, bool), RuntimeError> {
-        let gate = self.loading.lock().expect("loading lock").entry(image.to_string()).or_default().clone();
+        let gate = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(image.to_string())
+            .or_default()
+            .clone();
         let _one_at_a_time = gate.lock().await;
-        let local = matches!(image::ImageRef::parse(image)?.source, image::ImageSource::File(_));
+        let local = matches!(
+            image::ImageRef::parse(image)?.source,
+            image::ImageSource::File(_)
+        );
         if !local {
             if let Some(p) = self.images.lock().expect("images lock").get(image) {
                 return Ok((p.clone(), false));
@@ -225,8 +242,14 @@ impl WasmRuntime {
         .map_err(|e| invalid(image, format!("cannot compile: {e:#}")))?;
         let world = world_of(image, &self.engine, &component)?;
         // Every import must be one the runtime provides.
-        self.linker.instantiate_pre(&component).map_err(|e| invalid(image, format!("{e:#}")))?;
-        let p = Arc::new(Prepared { component, world, digest: digest.clone() });
+        self.linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(image, format!("{e:#}")))?;
+        let p = Arc::new(Prepared {
+            component,
+            world,
+            digest: digest.clone(),
+        });
         let mut images = self.images.lock().expect("images lock");
         images.insert(digest, p.clone());
         if !local {
@@ -236,17 +259,32 @@ impl WasmRuntime {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
-        self.containers.lock().expect("containers lock").get(id).cloned().ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
     }
 
     /// Instantiates a service image `n` times the way a request does (fresh store +
     /// instance from the pre-instantiated component) and returns each duration. For the
     /// benchmark.
     #[doc(hidden)]
-    pub async fn bench_instantiate(&self, image: &str, n: usize) -> Result<Vec<Duration>, RuntimeError> {
+    pub async fn bench_instantiate(
+        &self,
+        image: &str,
+        n: usize,
+    ) -> Result<Vec<Duration>, RuntimeError> {
         let (prepared, _) = self.load(image).await?;
-        let err = |e: wasmtime::Error| RuntimeError::Start { id: image.to_string(), message: format!("{e:#}") };
-        let pre = self.linker.instantiate_pre(&prepared.component).map_err(err)?;
+        let err = |e: wasmtime::Error| RuntimeError::Start {
+            id: image.to_string(),
+            message: format!("{e:#}"),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&prepared.component)
+            .map_err(err)?;
         let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(err)?;
         let dir = std::env::temp_dir().join(format!("wk-bench-{}", std::process::id()));
         let mut config = ContainerConfig {
@@ -262,14 +300,26 @@ impl WasmRuntime {
             ports: vec![],
             limits: Default::default(),
             allow_outbound: false,
-            log: wk_api::runtime::LogConfig { path: dir.join("bench.log"), max_bytes: 1 << 20 },
+            log: wk_api::runtime::LogConfig {
+                path: dir.join("bench.log"),
+                max_bytes: 1 << 20,
+            },
         };
         config.env.push(("POD_NAME".into(), "bench".into()));
-        let template = HostTemplate::new(config, ContainerLog::new(dir.join("bench.log"), 1 << 20), Arc::new(cpu::CpuQuota::new(None, self.epoch_tick)));
+        let template = HostTemplate::new(
+            config,
+            ContainerLog::new(dir.join("bench.log"), 1 << 20),
+            Arc::new(cpu::CpuQuota::new(None, self.epoch_tick)),
+        );
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let t = std::time::Instant::now();
-            let host = template.host(Arc::new(AtomicBool::new(false))).map_err(|m| RuntimeError::Start { id: image.into(), message: m })?;
+            let host = template
+                .host(Arc::new(AtomicBool::new(false)))
+                .map_err(|m| RuntimeError::Start {
+                    id: image.into(),
+                    message: m,
+                })?;
             let mut store = new_store(&self.engine, host, Some(self.request_timeout));
             let _proxy = pre.instantiate_async(&mut store).await.map_err(err)?;
             drop(store);
@@ -318,7 +368,10 @@ fn new_store(engine: &Engine, host: Host, deadline: Option<Duration>) -> Store<H
         let ran = now.duration_since(last);
         last = now;
         match cpu.charge(ran) {
-            Some(wait) => Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(wait)))),
+            Some(wait) => Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::time::sleep(wait)),
+            )),
             None => Ok(UpdateDeadline::Yield(1)),
         }
     });
@@ -330,7 +383,11 @@ fn now() -> jiff::Timestamp {
 }
 
 /// Turns the end of a command into a terminated state.
-fn command_outcome(result: wasmtime::Result<Result<(), ()>>, oom: bool, started_at: jiff::Timestamp) -> ContainerState {
+fn command_outcome(
+    result: wasmtime::Result<Result<(), ()>>,
+    oom: bool,
+    started_at: jiff::Timestamp,
+) -> ContainerState {
     let finished_at = now();
     let (exit_code, reason, message) = match result {
         Ok(Ok(())) => (0, "Completed", String::new()),
@@ -338,17 +395,31 @@ fn command_outcome(result: wasmtime::Result<Result<(), ()>>, oom: bool, started_
         Ok(Err(())) => (1, "Error", String::new()),
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                (exit.0, if exit.0 == 0 { "Completed" } else { "Error" }, String::new())
+                (
+                    exit.0,
+                    if exit.0 == 0 { "Completed" } else { "Error" },
+                    String::new(),
+                )
             } else if oom {
                 (137, "OOMKilled", format!("memory limit exceeded: {e}"))
             } else if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-                (137, "DeadlineExceeded", "interrupted: time limit exceeded".into())
+                (
+                    137,
+                    "DeadlineExceeded",
+                    "interrupted: time limit exceeded".into(),
+                )
             } else {
                 (134, "Error", format!("trap: {e:#}"))
             }
         }
     };
-    ContainerState::Terminated { exit_code, reason: reason.into(), message, started_at, finished_at }
+    ContainerState::Terminated {
+        exit_code,
+        reason: reason.into(),
+        message,
+        started_at,
+        finished_at,
+    }
 }
 
 impl Runtime for WasmRuntime {
@@ -358,30 +429,57 @@ impl Runtime for WasmRuntime {
 
     async fn prepare(&self, image: &str) -> Result<PreparedImage, RuntimeError> {
         let (p, compiled) = self.load(image).await?;
-        Ok(PreparedImage { digest: p.digest.clone(), compiled })
+        Ok(PreparedImage {
+            digest: p.digest.clone(),
+            compiled,
+        })
     }
 
     async fn start(&self, config: ContainerConfig) -> Result<(), RuntimeError> {
         let id = config.id.clone();
-        if self.containers.lock().expect("containers lock").contains_key(&id) {
-            return Err(RuntimeError::Start { id, message: "a container with this id exists".into() });
+        if self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .contains_key(&id)
+        {
+            return Err(RuntimeError::Start {
+                id,
+                message: "a container with this id exists".into(),
+            });
         }
         let (prepared, _) = self.load(&config.image).await?;
         let log = ContainerLog::new(config.log.path.clone(), config.log.max_bytes);
-        let cpu = Arc::new(cpu::CpuQuota::new(config.limits.cpu_millis, self.epoch_tick));
+        let cpu = Arc::new(cpu::CpuQuota::new(
+            config.limits.cpu_millis,
+            self.epoch_tick,
+        ));
         let template = Arc::new(HostTemplate::new(config, log, cpu.clone()));
         let started_at = now();
         let (state_tx, _) = watch::channel(ContainerState::Running { started_at });
-        let container = Arc::new(Container { cpu, state: state_tx, stop: Arc::new(tokio::sync::Notify::new()), task: Mutex::new(None) });
+        let container = Arc::new(Container {
+            cpu,
+            state: state_tx,
+            stop: Arc::new(tokio::sync::Notify::new()),
+            task: Mutex::new(None),
+        });
         let task = match prepared.world {
             World::Command => {
                 let pre = self
                     .linker
                     .instantiate_pre(&prepared.component)
                     .and_then(wasmtime_wasi::p2::bindings::CommandPre::new)
-                    .map_err(|e| RuntimeError::Start { id: id.clone(), message: format!("{e:#}") })?;
+                    .map_err(|e| RuntimeError::Start {
+                        id: id.clone(),
+                        message: format!("{e:#}"),
+                    })?;
                 let oom = Arc::new(AtomicBool::new(false));
-                let host = template.host(oom.clone()).map_err(|message| RuntimeError::Start { id: id.clone(), message })?;
+                let host = template
+                    .host(oom.clone())
+                    .map_err(|message| RuntimeError::Start {
+                        id: id.clone(),
+                        message,
+                    })?;
                 let engine = self.engine.clone();
                 let c = container.clone();
                 let log = template.log.clone();
@@ -393,7 +491,10 @@ impl Runtime for WasmRuntime {
                     }
                     .await;
                     let state = command_outcome(result, oom.load(Ordering::Relaxed), started_at);
-                    if let ContainerState::Terminated { reason, message, .. } = &state {
+                    if let ContainerState::Terminated {
+                        reason, message, ..
+                    } = &state
+                    {
                         if !message.is_empty() {
                             log.note(&format!("{reason}: {message}"));
                         }
@@ -401,12 +502,24 @@ impl Runtime for WasmRuntime {
                     c.state.send_replace(state);
                 })
             }
-            World::Proxy => service::start(self, &prepared.component, template, container.clone(), self.request_timeout)
-                .await
-                .map_err(|message| RuntimeError::Start { id: id.clone(), message })?,
+            World::Proxy => service::start(
+                self,
+                &prepared.component,
+                template,
+                container.clone(),
+                self.request_timeout,
+            )
+            .await
+            .map_err(|message| RuntimeError::Start {
+                id: id.clone(),
+                message,
+            })?,
         };
         *container.task.lock().expect("task lock") = Some(task);
-        self.containers.lock().expect("containers lock").insert(id, container);
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(id, container);
         Ok(())
     }
 
@@ -417,7 +530,10 @@ impl Runtime for WasmRuntime {
     async fn wait(&self, id: &str) -> Result<ContainerState, RuntimeError> {
         let c = self.container(id)?;
         let mut rx = c.state.subscribe();
-        let state = rx.wait_for(ContainerState::is_terminated).await.map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        let state = rx
+            .wait_for(ContainerState::is_terminated)
+            .await
+            .map_err(|_| RuntimeError::NotFound(id.to_string()))?;
         Ok(state.clone())
     }
 
@@ -430,7 +546,9 @@ impl Runtime for WasmRuntime {
         c.stop.notify_waiters();
         c.stop.notify_one();
         let mut rx = c.state.subscribe();
-        let drained = tokio::time::timeout(grace, rx.wait_for(ContainerState::is_terminated)).await.is_ok();
+        let drained = tokio::time::timeout(grace, rx.wait_for(ContainerState::is_terminated))
+            .await
+            .is_ok();
         if !drained {
             if let Some(task) = c.task.lock().expect("task lock").take() {
                 task.abort();
@@ -460,7 +578,10 @@ impl Runtime for WasmRuntime {
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let c = self.container(id)?;
         if !c.state.borrow().is_terminated() {
-            return Err(RuntimeError::Start { id: id.to_string(), message: "container is still running; stop it first".into() });
+            return Err(RuntimeError::Start {
+                id: id.to_string(),
+                message: "container is still running; stop it first".into(),
+            });
         }
         self.containers.lock().expect("containers lock").remove(id);
         Ok(())

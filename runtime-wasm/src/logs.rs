@@ -27,7 +27,10 @@ impl LogFile {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.written = f.metadata()?.len();
             self.file = Some(f);
         }
@@ -59,17 +62,32 @@ pub struct ContainerLog {
 
 impl ContainerLog {
     pub fn new(path: PathBuf, max_bytes: u64) -> ContainerLog {
-        ContainerLog { inner: Arc::new(Mutex::new(LogFile { path, file: None, written: 0, max_bytes: max_bytes.max(1024) })) }
+        ContainerLog {
+            inner: Arc::new(Mutex::new(LogFile {
+                path,
+                file: None,
+                written: 0,
+                max_bytes: max_bytes.max(1024),
+            })),
+        }
     }
 
     /// A stream writing lines tagged `stdout` or `stderr`.
     pub fn stream(&self, name: &'static str) -> LogStream {
-        LogStream { log: self.clone(), name, partial: Arc::new(Mutex::new(Vec::new())) }
+        LogStream {
+            log: self.clone(),
+            name,
+            partial: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// Writes a line from the runtime itself (tagged `stderr`), e.g. why it stopped.
     pub fn note(&self, text: &str) {
-        let _ = self.inner.lock().expect("log lock").write_line("stderr", text.as_bytes());
+        let _ = self
+            .inner
+            .lock()
+            .expect("log lock")
+            .write_line("stderr", text.as_bytes());
     }
 }
 
@@ -107,7 +125,12 @@ impl Drop for LogStream {
         if Arc::strong_count(&self.partial) == 1 {
             let partial = std::mem::take(&mut *self.partial.lock().expect("partial lock"));
             if !partial.is_empty() {
-                let _ = self.log.inner.lock().expect("log lock").write_line(self.name, &partial);
+                let _ = self
+                    .log
+                    .inner
+                    .lock()
+                    .expect("log lock")
+                    .write_line(self.name, &partial);
             }
         }
     }
@@ -135,7 +158,8 @@ impl Pollable for LogStream {
 
 impl OutputStream for LogStream {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.write_bytes(&bytes).map_err(|e| StreamError::LastOperationFailed(wasmtime::format_err!(e)))
+        self.write_bytes(&bytes)
+            .map_err(|e| StreamError::LastOperationFailed(wasmtime::format_err!(e)))
     }
     fn flush(&mut self) -> StreamResult<()> {
         Ok(())
@@ -146,7 +170,11 @@ impl OutputStream for LogStream {
 }
 
 impl AsyncWrite for LogStream {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Poll::Ready(self.write_bytes(buf).map(|_| buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -176,7 +204,8 @@ mod tests {
         assert!(ts.parse::<jiff::Timestamp>().is_ok(), "{ts}");
         assert_eq!(rest, "stdout world");
         for _ in 0..100 {
-            out.write_bytes(b"0123456789012345678901234567890123456789\n").unwrap();
+            out.write_bytes(b"0123456789012345678901234567890123456789\n")
+                .unwrap();
         }
         assert!(path.with_extension("log.1").exists(), "rotated");
         assert!(std::fs::metadata(&path).unwrap().len() < 2048);

@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,14 @@ use hyper::server::conn::http1;
 use wasmtime::component::{Component, GuestTaskId};
 use wasmtime::{Store, StoreContextMut};
 use wasmtime_wasi_http::handler::{
-    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState,
+    WorkerStatus,
 };
 use wasmtime_wasi_http::io::TokioIo;
 use wk_api::runtime::ContainerState;
 
 use crate::host::{Host, HostTemplate};
-use crate::{new_store, Container, WasmRuntime};
+use crate::{Container, WasmRuntime, new_store};
 
 struct Expiration {
     request_timeout: Duration,
@@ -29,7 +30,12 @@ struct Expiration {
 }
 
 impl WorkerExpiration for Expiration {
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
         let me = self.get_mut();
         let timeout = match status {
             // One request per instance: an idle worker is done at once.
@@ -61,7 +67,11 @@ impl WorkerState for Worker {
 
     fn should_accept_request(&self, _concurrent: usize, total: usize) -> ShouldAccept {
         // A fresh instance per request.
-        if total >= 1 { ShouldAccept::Never } else { ShouldAccept::Yes }
+        if total >= 1 {
+            ShouldAccept::Never
+        } else {
+            ShouldAccept::Yes
+        }
     }
 
     fn on_request_start(
@@ -75,7 +85,11 @@ impl WorkerState for Worker {
 
     fn drop(&self, store: Store<Host>, result: Result<(), wasmtime::Error>) {
         if let Err(e) = result {
-            let why = if self.oom.load(Ordering::Relaxed) { "OOMKilled: memory limit exceeded" } else { "request failed" };
+            let why = if self.oom.load(Ordering::Relaxed) {
+                "OOMKilled: memory limit exceeded"
+            } else {
+                "request failed"
+            };
             self.log.note(&format!("{why}: {e:#}"));
         }
         drop(store);
@@ -96,7 +110,10 @@ impl HandlerState for State {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<Host, Expiration, Worker>> {
         let oom = Arc::new(AtomicBool::new(false));
-        let host = self.template.host(oom.clone()).map_err(|e| wasmtime::format_err!(e))?;
+        let host = self
+            .template
+            .host(oom.clone())
+            .map_err(|e| wasmtime::format_err!(e))?;
         let mut store = new_store(&self.engine, host, Some(self.request_timeout));
         let proxy = self.pre.instantiate_async(&mut store).await?;
         Ok(Instance {
@@ -107,16 +124,28 @@ impl HandlerState for State {
                 request_timeout: self.request_timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86400 * 365))),
             },
-            state: Worker { request_timeout: self.request_timeout, oom, log: self.template.log.clone() },
+            state: Worker {
+                request_timeout: self.request_timeout,
+                oom,
+                log: self.template.log.clone(),
+            },
         })
     }
 }
 
-fn error_response(code: hyper::StatusCode, text: &str) -> hyper::Response<wasmtime_wasi_http::WasiBody> {
-    let body = Full::new(Bytes::from(format!("{text}\n"))).map_err(|_| unreachable!()).boxed_unsync();
+fn error_response(
+    code: hyper::StatusCode,
+    text: &str,
+) -> hyper::Response<wasmtime_wasi_http::WasiBody> {
+    let body = Full::new(Bytes::from(format!("{text}\n")))
+        .map_err(|_| unreachable!())
+        .boxed_unsync();
     let mut r = hyper::Response::new(body);
     *r.status_mut() = code;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
     r
 }
 
@@ -128,19 +157,33 @@ pub async fn start(
     container: Arc<Container>,
     default_timeout: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
-    let pre = rt.linker.instantiate_pre(component).map_err(|e| format!("{e:#}"))?;
+    let pre = rt
+        .linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("{e:#}"))?;
     let pre = wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|e| format!("{e:#}"))?;
-    let request_timeout = template.config.limits.request_timeout.unwrap_or(default_timeout);
+    let request_timeout = template
+        .config
+        .limits
+        .request_timeout
+        .unwrap_or(default_timeout);
     let mut listeners = Vec::new();
     for p in &template.config.ports {
         let addr = std::net::SocketAddr::new(p.host_ip, p.host_port);
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         listeners.push(l);
     }
     if listeners.is_empty() {
         return Err("a wasi:http service needs at least one containerPort".into());
     }
-    let handler = ProxyHandler::new(State { engine: rt.engine.clone(), pre: ProxyPre::P2(pre), template, request_timeout });
+    let handler = ProxyHandler::new(State {
+        engine: rt.engine.clone(),
+        pre: ProxyPre::P2(pre),
+        template,
+        request_timeout,
+    });
     let in_flight = Arc::new(AtomicUsize::new(0));
     let open_conns = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(0));

@@ -5,17 +5,30 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wk_api::runtime::{ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime, RuntimeError};
+use wk_api::runtime::{
+    ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime,
+    RuntimeError,
+};
 use wk_runtime_wasm::{WasmRuntime, WasmRuntimeConfig};
 
 fn sample(name: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/build-samples.sh", p.display());
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-samples.sh",
+        p.display()
+    );
     p.canonicalize().unwrap().display().to_string()
 }
 
 fn fixture(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn runtime(dir: &std::path::Path) -> WasmRuntime {
@@ -23,13 +36,21 @@ fn runtime(dir: &std::path::Path) -> WasmRuntime {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn config(dir: &std::path::Path, id: &str, image: String) -> ContainerConfig {
     ContainerConfig {
         id: id.into(),
-        pod: PodIdentity { name: format!("{id}-pod"), namespace: "default".into(), ..Default::default() },
+        pod: PodIdentity {
+            name: format!("{id}-pod"),
+            namespace: "default".into(),
+            ..Default::default()
+        },
         name: id.into(),
         image,
         command: vec![],
@@ -40,7 +61,10 @@ fn config(dir: &std::path::Path, id: &str, image: String) -> ContainerConfig {
         ports: vec![],
         limits: Limits::default(),
         allow_outbound: false,
-        log: LogConfig { path: dir.join(format!("{id}.log")), max_bytes: 1 << 20 },
+        log: LogConfig {
+            path: dir.join(format!("{id}.log")),
+            max_bytes: 1 << 20,
+        },
     }
 }
 
@@ -48,13 +72,22 @@ fn log_lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| l.split_once(' ').map(|(_, rest)| rest.to_string()).unwrap_or_default())
+        .map(|l| {
+            l.split_once(' ')
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or_default()
+        })
         .collect()
 }
 
 fn terminated(s: &ContainerState) -> (i32, String, String) {
     match s {
-        ContainerState::Terminated { exit_code, reason, message, .. } => (*exit_code, reason.clone(), message.clone()),
+        ContainerState::Terminated {
+            exit_code,
+            reason,
+            message,
+            ..
+        } => (*exit_code, reason.clone(), message.clone()),
         other => panic!("not terminated: {other:?}"),
     }
 }
@@ -68,7 +101,10 @@ async fn job_sample_computes_pi_and_reports_exit_codes() {
     rt.start(ok.clone()).await.unwrap();
     let (code, reason, _) = terminated(&rt.wait("pi-ok").await.unwrap());
     assert_eq!((code, reason.as_str()), (0, "Completed"));
-    assert_eq!(log_lines(&ok.log.path), ["stdout 3.14159265358979323846264338327"]);
+    assert_eq!(
+        log_lines(&ok.log.path),
+        ["stdout 3.14159265358979323846264338327"]
+    );
 
     let mut bad = config(dir.path(), "pi-bad", sample("pi.wasm"));
     bad.args = vec!["lots".into()];
@@ -76,7 +112,10 @@ async fn job_sample_computes_pi_and_reports_exit_codes() {
     let (code, reason, _) = terminated(&rt.wait("pi-bad").await.unwrap());
     // WASI 0.2's exit carries success or failure only: every failure is exit code 1.
     assert_eq!((code, reason.as_str()), (1, "Error"));
-    assert_eq!(log_lines(&bad.log.path), ["stderr pi: expected a number of digits between 1 and 10000, got \"lots\""]);
+    assert_eq!(
+        log_lines(&bad.log.path),
+        ["stderr pi: expected a number of digits between 1 and 10000, got \"lots\""]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,22 +127,57 @@ async fn hello_http_serves_env_volume_and_healthz() {
     std::fs::write(content.join("greeting.txt"), "from the volume\n").unwrap();
     let port = free_port();
     let mut c = config(dir.path(), "hello", sample("hello-http.wasm"));
-    c.env = vec![("POD_NAME".into(), "hello-7d9".into()), ("GREETING".into(), "hi there".into())];
-    c.mounts = vec![Mount { host_path: content, container_path: "/content".into(), read_only: true }];
-    c.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    c.env = vec![
+        ("POD_NAME".into(), "hello-7d9".into()),
+        ("GREETING".into(), "hi there".into()),
+    ];
+    c.mounts = vec![Mount {
+        host_path: content,
+        container_path: "/content".into(),
+        read_only: true,
+    }];
+    c.ports = vec![PortBinding {
+        container_port: 8080,
+        host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host_port: port,
+        protocol: "TCP".into(),
+    }];
     rt.start(c).await.unwrap();
-    assert!(matches!(rt.state("hello").unwrap(), ContainerState::Running { .. }));
+    assert!(matches!(
+        rt.state("hello").unwrap(),
+        ContainerState::Running { .. }
+    ));
     let http = reqwest::Client::new();
-    let body = http.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(body, "hello from hello-7d9\ngreeting: hi there\ncontent: from the volume\n");
-    let r = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
+    let body = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        "hello from hello-7d9\ngreeting: hi there\ncontent: from the volume\n"
+    );
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok\n");
     // Many requests, each on a fresh instance, concurrently.
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let http = http.clone();
-        tasks.push(tokio::spawn(async move { http.get(format!("http://127.0.0.1:{port}/x")).send().await.unwrap().status() }));
+        tasks.push(tokio::spawn(async move {
+            http.get(format!("http://127.0.0.1:{port}/x"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
@@ -111,7 +185,12 @@ async fn hello_http_serves_env_volume_and_healthz() {
     // Stop drains and reports Completed; the port is released.
     let (code, reason, _) = terminated(&rt.stop("hello", Duration::from_secs(5)).await.unwrap());
     assert_eq!((code, reason.as_str()), (0, "Completed"));
-    assert!(http.get(format!("http://127.0.0.1:{port}/")).send().await.is_err());
+    assert!(
+        http.get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .is_err()
+    );
     rt.remove("hello").unwrap();
     assert!(matches!(rt.state("hello"), Err(RuntimeError::NotFound(_))));
 }
@@ -123,7 +202,12 @@ async fn limits_stop_misbehaving_components_and_neighbours_keep_answering() {
     // A well-behaved neighbour.
     let port = free_port();
     let mut hello = config(dir.path(), "hello", sample("hello-http.wasm"));
-    hello.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    hello.ports = vec![PortBinding {
+        container_port: 8080,
+        host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host_port: port,
+        protocol: "TCP".into(),
+    }];
     rt.start(hello).await.unwrap();
 
     // Memory grower with a 16 MiB limit: stopped as OOMKilled.
@@ -132,44 +216,77 @@ async fn limits_stop_misbehaving_components_and_neighbours_keep_answering() {
     rt.start(grower.clone()).await.unwrap();
     let (code, reason, _) = terminated(&rt.wait("grower").await.unwrap());
     assert_eq!((code, reason.as_str()), (137, "OOMKilled"));
-    assert!(log_lines(&grower.log.path).iter().any(|l| l.contains("OOMKilled")));
+    assert!(
+        log_lines(&grower.log.path)
+            .iter()
+            .any(|l| l.contains("OOMKilled"))
+    );
 
     // A trap is an Error with the trap in the message.
-    rt.start(config(dir.path(), "trap", fixture("trap.wat"))).await.unwrap();
+    rt.start(config(dir.path(), "trap", fixture("trap.wat")))
+        .await
+        .unwrap();
     let (code, reason, message) = terminated(&rt.wait("trap").await.unwrap());
     assert_eq!((code, reason.as_str()), (134, "Error"));
     assert!(message.contains("unreachable"), "{message}");
 
     // Two busy loops (more than the worker threads) run; the neighbour still answers.
-    rt.start(config(dir.path(), "busy1", fixture("busy-loop.wat"))).await.unwrap();
-    rt.start(config(dir.path(), "busy2", fixture("busy-loop.wat"))).await.unwrap();
+    rt.start(config(dir.path(), "busy1", fixture("busy-loop.wat")))
+        .await
+        .unwrap();
+    rt.start(config(dir.path(), "busy2", fixture("busy-loop.wat")))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let http = reqwest::Client::new();
     for _ in 0..20 {
-        let r = tokio::time::timeout(Duration::from_secs(5), http.get(format!("http://127.0.0.1:{port}/healthz")).send())
-            .await
-            .expect("the neighbour answers while busy loops run")
-            .unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            http.get(format!("http://127.0.0.1:{port}/healthz")).send(),
+        )
+        .await
+        .expect("the neighbour answers while busy loops run")
+        .unwrap();
         assert_eq!(r.status(), 200);
     }
-    assert!(matches!(rt.state("busy1").unwrap(), ContainerState::Running { .. }));
+    assert!(matches!(
+        rt.state("busy1").unwrap(),
+        ContainerState::Running { .. }
+    ));
     rt.stop("hello", Duration::from_secs(1)).await.unwrap();
 
     // A request past its deadline is cut off with 504 while others are served.
     let port = free_port();
     let mut timed = config(dir.path(), "timed", sample("hello-http.wasm"));
     timed.limits.request_timeout = Some(Duration::from_millis(300));
-    timed.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    timed.ports = vec![PortBinding {
+        container_port: 8080,
+        host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host_port: port,
+        protocol: "TCP".into(),
+    }];
     rt.start(timed).await.unwrap();
     let started = std::time::Instant::now();
-    let r = http.get(format!("http://127.0.0.1:{port}/busy?ms=10000")).send().await.unwrap();
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/busy?ms=10000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(5), "cut off near its deadline, not after 10 s");
-    let r = http.get(format!("http://127.0.0.1:{port}/busy?ms=10")).send().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off near its deadline, not after 10 s"
+    );
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/busy?ms=10"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     rt.stop("timed", Duration::from_secs(1)).await.unwrap();
     // A busy loop cannot be asked to stop: it is killed after the grace period.
-    let (code, _, message) = terminated(&rt.stop("busy1", Duration::from_millis(100)).await.unwrap());
+    let (code, _, message) =
+        terminated(&rt.stop("busy1", Duration::from_millis(100)).await.unwrap());
     assert_eq!(code, 137);
     assert_eq!(message, "killed after the grace period");
     rt.stop("busy2", Duration::ZERO).await.unwrap();
@@ -184,7 +301,9 @@ async fn cpu_limits_throttle_busy_loops() {
     let mut limited = config(dir.path(), "limited", fixture("busy-loop.wat"));
     limited.limits.cpu_millis = Some(100);
     rt.start(limited).await.unwrap();
-    rt.start(config(dir.path(), "free", fixture("busy-loop.wat"))).await.unwrap();
+    rt.start(config(dir.path(), "free", fixture("busy-loop.wat")))
+        .await
+        .unwrap();
     let t0 = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let l = rt.cpu_stats("limited").unwrap();
@@ -192,11 +311,17 @@ async fn cpu_limits_throttle_busy_loops() {
     let periods = (t0.elapsed().as_millis() / 100 + 1) as u32;
     assert!(l.nr_throttled >= 5, "the limited loop hit its quota: {l:?}");
     // At most its quota plus one tick of overrun per period.
-    assert!(l.usage <= Duration::from_millis(20) * periods, "{l:?} over {periods} periods");
+    assert!(
+        l.usage <= Duration::from_millis(20) * periods,
+        "{l:?} over {periods} periods"
+    );
     assert!(l.usage > Duration::ZERO, "{l:?}");
     assert_eq!(f.nr_throttled, 0, "{f:?}");
     assert!(f.usage > Duration::ZERO, "{f:?}");
-    assert!(matches!(rt.state("limited").unwrap(), ContainerState::Running { .. }), "throttled, not killed");
+    assert!(
+        matches!(rt.state("limited").unwrap(), ContainerState::Running { .. }),
+        "throttled, not killed"
+    );
     rt.stop("limited", Duration::ZERO).await.unwrap();
     rt.stop("free", Duration::ZERO).await.unwrap();
 }
@@ -206,7 +331,13 @@ async fn bad_components_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
     let random = dir.path().join("random.wasm");
-    std::fs::write(&random, (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &random,
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, [0u8, 0x61, 0x73, 0x6d, 1, 0, 0, 0]).unwrap();
     let truncated = dir.path().join("truncated.wasm");
@@ -214,7 +345,10 @@ async fn bad_components_get_clear_errors() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let cases = [
         (random.display().to_string(), "not a WebAssembly binary"),
-        (core.display().to_string(), "core WebAssembly module, not a component"),
+        (
+            core.display().to_string(),
+            "core WebAssembly module, not a component",
+        ),
         (truncated.display().to_string(), "cannot compile"),
         (fixture("wrong-world.wat"), "exports neither wasi:cli/run"),
         (fixture("unknown-import.wat"), "wk:nowhere/thing@1.0.0"),
@@ -226,7 +360,10 @@ async fn bad_components_get_clear_errors() {
         let err = rt.prepare(&image).await.unwrap_err();
         assert!(err.to_string().contains(expected), "{image}: {err}");
         // And start fails the same way, without a panic.
-        let err = rt.start(config(dir.path(), "bad", image.clone())).await.unwrap_err();
+        let err = rt
+            .start(config(dir.path(), "bad", image.clone()))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(expected), "{image}: {err}");
     }
 }
@@ -251,7 +388,10 @@ async fn compiled_components_are_cached_on_disk() {
     assert_eq!(p2.digest, p.digest);
     // A pinned digest that does not match is refused.
     let wrong = format!("{image}@sha256:{}", "0".repeat(64));
-    assert!(matches!(second.prepare(&wrong).await, Err(RuntimeError::InvalidImage { .. })));
+    assert!(matches!(
+        second.prepare(&wrong).await,
+        Err(RuntimeError::InvalidImage { .. })
+    ));
     let right = format!("{image}@{}", p.digest);
     assert!(second.prepare(&right).await.is_ok());
 }
@@ -290,12 +430,31 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
         ..Default::default()
     });
     let wasm = std::fs::read(sample("hello-http.wasm")).unwrap();
-    let reference: oci_client::Reference = format!("{registry_addr}/samples/hello-http:1.0").parse().unwrap();
-    let layer = oci_client::client::ImageLayer::new(wasm.clone(), oci_client::manifest::WASM_LAYER_MEDIA_TYPE.to_string(), None);
-    let config = oci_client::client::Config::new(b"{}".to_vec(), oci_client::manifest::WASM_CONFIG_MEDIA_TYPE.to_string(), None);
+    let reference: oci_client::Reference = format!("{registry_addr}/samples/hello-http:1.0")
+        .parse()
+        .unwrap();
+    let layer = oci_client::client::ImageLayer::new(
+        wasm.clone(),
+        oci_client::manifest::WASM_LAYER_MEDIA_TYPE.to_string(),
+        None,
+    );
+    let config = oci_client::client::Config::new(
+        b"{}".to_vec(),
+        oci_client::manifest::WASM_CONFIG_MEDIA_TYPE.to_string(),
+        None,
+    );
     let mut pushed = None;
     for _ in 0..100 {
-        match pusher.push(&reference, std::slice::from_ref(&layer), config.clone(), &oci_client::secrets::RegistryAuth::Anonymous, None).await {
+        match pusher
+            .push(
+                &reference,
+                std::slice::from_ref(&layer),
+                config.clone(),
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                None,
+            )
+            .await
+        {
             Ok(r) => {
                 pushed = Some(r);
                 break;
@@ -310,17 +469,34 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
     let rt = WasmRuntime::new(cfg).unwrap();
     let image = reference.to_string();
     let p = rt.prepare(&image).await.unwrap();
-    assert_eq!(p.digest, wk_runtime_wasm::image::digest(&wasm), "the layer's bytes");
+    assert_eq!(
+        p.digest,
+        wk_runtime_wasm::image::digest(&wasm),
+        "the layer's bytes"
+    );
     let port = free_port();
     let mut c = config_for(dir.path(), "oci-hello", image);
     c.env = vec![("POD_NAME".into(), "from-oci".into())];
-    c.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+    c.ports = vec![PortBinding {
+        container_port: 8080,
+        host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        host_port: port,
+        protocol: "TCP".into(),
+    }];
     rt.start(c).await.unwrap();
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.starts_with("hello from from-oci\n"), "{body}");
     // A tag that does not exist is a pull error.
     let missing = format!("{registry_addr}/samples/hello-http:nope");
-    assert!(matches!(rt.prepare(&missing).await, Err(RuntimeError::Pull { .. })));
+    assert!(matches!(
+        rt.prepare(&missing).await,
+        Err(RuntimeError::Pull { .. })
+    ));
     rt.stop("oci-hello", Duration::from_secs(1)).await.unwrap();
     let _ = registry.kill();
     let _ = registry.wait();
@@ -336,13 +512,18 @@ async fn serve_bytes(body: Vec<u8>) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
             let body = body.clone();
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = s.write_all(head.as_bytes()).await;
                 let _ = s.write_all(&body).await;
             });
@@ -361,9 +542,20 @@ async fn outbound_requests_only_where_allowed() {
         let port = free_port();
         let mut c = config(dir.path(), id, sample("hello-http.wasm"));
         c.allow_outbound = allow;
-        c.ports = vec![PortBinding { container_port: 8080, host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), host_port: port, protocol: "TCP".into() }];
+        c.ports = vec![PortBinding {
+            container_port: 8080,
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            host_port: port,
+            protocol: "TCP".into(),
+        }];
         rt.start(c).await.unwrap();
-        let r = http.get(format!("http://127.0.0.1:{port}/fetch?url=http://127.0.0.1:{upstream}/x")).send().await.unwrap();
+        let r = http
+            .get(format!(
+                "http://127.0.0.1:{port}/fetch?url=http://127.0.0.1:{upstream}/x"
+            ))
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
         if allow {

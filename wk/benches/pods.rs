@@ -40,12 +40,20 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("WK_BENCH_PODS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let image = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist/hello-http.wasm");
+    let n: usize = std::env::var("WK_BENCH_PODS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let image = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/dist/hello-http.wasm");
     assert!(image.exists(), "run scripts/build-samples.sh first");
     let image = image.canonicalize().unwrap().display().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let kubeconfig = dir.path().join("config");
     let mut server = Proc(
         Command::new(WK)
@@ -68,7 +76,13 @@ fn main() {
         Command::new(WK)
             .args(["agent", "--kubeconfig"])
             .arg(&kubeconfig)
-            .args(["--name", "bench", "--max-pods", &(n + 10).to_string(), "--data-dir"])
+            .args([
+                "--name",
+                "bench",
+                "--max-pods",
+                &(n + 10).to_string(),
+                "--data-dir",
+            ])
             .arg(dir.path().join("agent"))
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
@@ -76,7 +90,10 @@ fn main() {
             .unwrap(),
     );
     let agent_pid = agent.0.id();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let c = wk_client::Client::from_path(&kubeconfig).unwrap();
         let nodes = wk_api::resource::lookup("nodes").unwrap();

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 const WK: &str = env!("CARGO_BIN_EXE_wk");
@@ -34,7 +34,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -54,7 +58,11 @@ struct Stats {
 
 fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
     lat.sort();
-    Stats { per_sec: lat.len() as f64 / wall.as_secs_f64(), p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) }
+    Stats {
+        per_sec: lat.len() as f64 / wall.as_secs_f64(),
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+    }
 }
 
 fn object(i: usize) -> Value {
@@ -75,7 +83,10 @@ struct Wk {
 impl Target for Wk {
     async fn put(&self, i: usize) {
         let rt = wk_api::resource::lookup("cm").unwrap();
-        self.client.create(rt, Some("default"), &object(i), &[]).await.expect("wk create");
+        self.client
+            .create(rt, Some("default"), &object(i), &[])
+            .await
+            .expect("wk create");
     }
 }
 
@@ -92,13 +103,24 @@ impl Target for Etcd {
     async fn put(&self, i: usize) {
         let key = format!("/registry/configmaps/default/cm-{i}");
         let body = json!({"key": b64(&key), "value": b64(&object(i).to_string())});
-        let r = self.http.post(format!("{}/v3/kv/put", self.url)).json(&body).send().await.expect("etcd put");
+        let r = self
+            .http
+            .post(format!("{}/v3/kv/put", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("etcd put");
         assert!(r.status().is_success(), "etcd put: {}", r.status());
         let _ = r.bytes().await;
     }
 }
 
-async fn run_writers<T: Target>(target: Arc<T>, writers: usize, total: usize, offset: usize) -> Stats {
+async fn run_writers<T: Target>(
+    target: Arc<T>,
+    writers: usize,
+    total: usize,
+    offset: usize,
+) -> Stats {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let start = Instant::now();
@@ -130,17 +152,43 @@ async fn run_writers<T: Target>(target: Arc<T>, writers: usize, total: usize, of
 /// Watch latency on wk: create → ADDED event received.
 async fn wk_watch_latency(client: &wk_client::Client, n: usize, offset: usize) -> Stats {
     let rt = wk_api::resource::lookup("cm").unwrap();
-    let list = client.list(rt, Some("default"), false, &wk_client::ListParams { limit: Some(1), ..Default::default() }).await.unwrap();
-    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    let p = wk_client::ListParams { resource_version: Some(rv), ..Default::default() };
-    let mut events = Box::pin(client.watch(rt, Some("default"), false, &p, false).await.unwrap());
+    let list = client
+        .list(
+            rt,
+            Some("default"),
+            false,
+            &wk_client::ListParams {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = wk_client::ListParams {
+        resource_version: Some(rv),
+        ..Default::default()
+    };
+    let mut events = Box::pin(
+        client
+            .watch(rt, Some("default"), false, &p, false)
+            .await
+            .unwrap(),
+    );
     let mut lat = Vec::new();
     let start = Instant::now();
     for i in 0..n {
         let name = format!("cm-{}", offset + i);
         let t = Instant::now();
         let c = client.clone();
-        let create = tokio::spawn(async move { c.create(rt, Some("default"), &object(offset + i), &[]).await.unwrap() });
+        let create = tokio::spawn(async move {
+            c.create(rt, Some("default"), &object(offset + i), &[])
+                .await
+                .unwrap()
+        });
         loop {
             let ev = events.next().await.unwrap().unwrap();
             if ev.object["metadata"]["name"] == name.as_str() {
@@ -158,7 +206,13 @@ async fn etcd_watch_latency(etcd: &Etcd, n: usize, offset: usize) -> Stats {
     let prefix = "/registry/configmaps/default/";
     let end = "/registry/configmaps/default0";
     let req = json!({"create_request": {"key": b64(prefix), "range_end": b64(end)}});
-    let resp = etcd.http.post(format!("{}/v3/watch", etcd.url)).json(&req).send().await.unwrap();
+    let resp = etcd
+        .http
+        .post(format!("{}/v3/watch", etcd.url))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     // The first message confirms the watch was created.
@@ -191,7 +245,12 @@ async fn etcd_watch_latency(etcd: &Etcd, n: usize, offset: usize) -> Stats {
         etcd.put(offset + i).await;
         'wait: loop {
             let msg = next_msg(&mut stream, &mut buf, &mut pending_lines).await;
-            for ev in msg.pointer("/result/events").and_then(Value::as_array).cloned().unwrap_or_default() {
+            for ev in msg
+                .pointer("/result/events")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
                 if ev.pointer("/kv/key").and_then(Value::as_str) == Some(key.as_str()) {
                     lat.push(t.elapsed());
                     break 'wait;
@@ -210,7 +269,10 @@ fn start_wk(dir: &Path) -> (Proc, wk_client::Client, PathBuf) {
         .arg(dir.join("wk"))
         .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
         .arg(&kubeconfig)
-        .env("RUST_LOG", std::env::var("WK_BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("WK_BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .expect("start wk server");
@@ -233,10 +295,21 @@ fn start_etcd(dir: &Path, pki: &Path) -> Option<(Proc, Etcd)> {
     let child = Command::new(etcd)
         .args(["--name", "bench", "--data-dir"])
         .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
         .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pport}")])
-        .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{pport}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{pport}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("bench=http://127.0.0.1:{pport}"),
+        ])
         .arg("--cert-file")
         .arg(pki.join("server.crt"))
         .arg("--key-file")
@@ -247,12 +320,20 @@ fn start_etcd(dir: &Path, pki: &Path) -> Option<(Proc, Etcd)> {
         .spawn()
         .ok()?;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).ok()?).ok()?;
-    let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().ok()?;
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .ok()?;
     Some((Proc(child), Etcd { http, url }))
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(bin)).find(|p| p.exists())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
 }
 
 fn fmt_ms(d: Duration) -> String {
@@ -261,9 +342,15 @@ fn fmt_ms(d: Duration) -> String {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let n1: usize = std::env::var("WK_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let n1: usize = std::env::var("WK_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
     let n64 = n1 * 20 / 3;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let (_wk_proc, client, pki) = start_wk(dir.path());

@@ -47,8 +47,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.command, Command::Server(_) | Command::Agent(_) | Command::Up(_));
-    let default_level = if is_server { "info,openraft=warn" } else { "warn" };
+    let is_server = matches!(
+        cli.command,
+        Command::Server(_) | Command::Agent(_) | Command::Up(_)
+    );
+    let default_level = if is_server {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -56,14 +63,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let kubeconfig = cli.kubeconfig.clone().unwrap_or_else(wk_client::default_config_path);
+    let kubeconfig = cli
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(wk_client::default_config_path);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(a) => commands::server::run(a, cli.kubeconfig).await,

@@ -30,7 +30,11 @@ pub fn api_error_line(s: &wk_api::Status) -> String {
 /// Prints a `meta.k8s.io/v1` Table like kubectl: upper-case headers, columns padded.
 /// `wide` includes priority > 0 columns; `namespace` prefixes a NAMESPACE column.
 pub fn print_table(table: &Value, wide: bool, with_namespace: bool, headers: bool) -> usize {
-    let defs = table.get("columnDefinitions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let defs = table
+        .get("columnDefinitions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let keep: Vec<usize> = defs
         .iter()
         .enumerate()
@@ -43,15 +47,34 @@ pub fn print_table(table: &Value, wide: bool, with_namespace: bool, headers: boo
         if with_namespace {
             h.push("NAMESPACE".into());
         }
-        h.extend(keep.iter().map(|i| defs[*i].get("name").and_then(Value::as_str).unwrap_or("").to_uppercase()));
+        h.extend(keep.iter().map(|i| {
+            defs[*i]
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_uppercase()
+        }));
         rows.push(h);
     }
-    let data = table.get("rows").and_then(Value::as_array).cloned().unwrap_or_default();
+    let data = table
+        .get("rows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for r in &data {
-        let cells = r.get("cells").and_then(Value::as_array).cloned().unwrap_or_default();
+        let cells = r
+            .get("cells")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let mut line = Vec::new();
         if with_namespace {
-            line.push(r.pointer("/object/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
+            line.push(
+                r.pointer("/object/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            );
         }
         for i in &keep {
             line.push(match cells.get(*i) {
@@ -69,8 +92,15 @@ pub fn print_table(table: &Value, wide: bool, with_namespace: bool, headers: boo
 /// Prints rows with columns padded to their widest cell (3 spaces apart, like kubectl).
 pub fn print_rows(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {

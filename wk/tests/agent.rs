@@ -7,10 +7,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 
-use common::{wait_for, TestServer, WK};
+use common::{TestServer, WK, wait_for};
 
 struct AgentProc(Child);
 impl Drop for AgentProc {
@@ -21,13 +21,21 @@ impl Drop for AgentProc {
 }
 
 fn node_token(server: &TestServer) -> String {
-    let v: Value = serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
+            .unwrap();
     v["node"].as_str().unwrap().to_string()
 }
 
 fn sample(name: &str) -> String {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/build-samples.sh", p.display());
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-samples.sh",
+        p.display()
+    );
     p.canonicalize().unwrap().display().to_string()
 }
 
@@ -37,7 +45,14 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProc(
         Command::new(WK)
-            .args(["agent", "--server", &server.url, "--token", &node_token(&server), "--ca-file"])
+            .args([
+                "agent",
+                "--server",
+                &server.url,
+                "--token",
+                &node_token(&server),
+                "--ca-file",
+            ])
             .arg(server.ca_path())
             .args(["--name", "node-a", "--label", "zone=test", "--data-dir"])
             .arg(dir.path())
@@ -58,12 +73,21 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     assert_eq!(node["status"]["conditions"][0]["type"], "Ready");
     assert!(node["status"]["capacity"]["cpu"].as_str().is_some());
     let leases = lookup("leases").unwrap();
-    let first = c.get(leases, Some("kube-node-lease"), "node-a").await.unwrap();
+    let first = c
+        .get(leases, Some("kube-node-lease"), "node-a")
+        .await
+        .unwrap();
     let renew0 = first["spec"]["renewTime"].as_str().unwrap().to_string();
     wait_for("the lease to be renewed", Duration::from_secs(10), || {
         let c = c.clone();
         let renew0 = renew0.clone();
-        async move { c.get(leases, Some("kube-node-lease"), "node-a").await.unwrap()["spec"]["renewTime"].as_str() != Some(&renew0) }
+        async move {
+            c.get(leases, Some("kube-node-lease"), "node-a")
+                .await
+                .unwrap()["spec"]["renewTime"]
+                .as_str()
+                != Some(&renew0)
+        }
     })
     .await;
 
@@ -87,17 +111,40 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     .await;
     let running = c.get(pods, None, "hello").await.unwrap();
     let ip = running["status"]["podIP"].as_str().unwrap().to_string();
-    assert!(ip.starts_with(&format!("127.{}.", wk_nodeagent::pod_octet("node-a"))), "{ip}");
-    let ready = running["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    assert!(
+        ip.starts_with(&format!("127.{}.", wk_nodeagent::pod_octet("node-a"))),
+        "{ip}"
+    );
+    let ready = running["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
     assert_eq!(ready["status"], "True");
     assert!(running["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
-    let body = reqwest::get(format!("http://{ip}:8080/")).await.unwrap().text().await.unwrap();
-    assert_eq!(body, "hello from hello\ngreeting: hey\ncontent: from a configmap\n");
+    let body = reqwest::get(format!("http://{ip}:8080/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        "hello from hello\ngreeting: hey\ncontent: from a configmap\n"
+    );
 
     // Env from Secret and ConfigMap keys (envFrom too) and a Secret volume.
     let secrets = lookup("secrets").unwrap();
-    c.create(secrets, None, &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
-        "data": {"greeting": "ZnJvbSBhIHNlY3JldA==", "greeting.txt": "c2VjcmV0IGZpbGU="}}), &[]).await.unwrap();
+    c.create(
+        secrets,
+        None,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds"},
+        "data": {"greeting": "ZnJvbSBhIHNlY3JldA==", "greeting.txt": "c2VjcmV0IGZpbGU="}}),
+        &[],
+    )
+    .await
+    .unwrap();
     c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "names"}, "data": {"NAME": "from-envfrom"}}), &[])
         .await
         .unwrap();
@@ -114,9 +161,20 @@ async fn agent_runs_wasm_pods_bound_to_it() {
         async move { c.get(pods, None, "hello2").await.unwrap()["status"]["phase"] == "Running" }
     })
     .await;
-    let ip2 = c.get(pods, None, "hello2").await.unwrap()["status"]["podIP"].as_str().unwrap().to_string();
-    let body = reqwest::get(format!("http://{ip2}:8080/")).await.unwrap().text().await.unwrap();
-    assert_eq!(body, "hello from from-envfrom\ngreeting: from a secret\ncontent: secret file\n");
+    let ip2 = c.get(pods, None, "hello2").await.unwrap()["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = reqwest::get(format!("http://{ip2}:8080/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        "hello from from-envfrom\ngreeting: from a secret\ncontent: secret file\n"
+    );
     // A missing key is a config error the pod reports.
     let broken = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "broken-env"},
         "spec": {"nodeName": "node-a", "runtimeClassName": "wasm",
@@ -139,18 +197,27 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     c.create(pods, None, &job, &[]).await.unwrap();
     wait_for("the pi pod to succeed", Duration::from_secs(30), || {
         let c = c.clone();
-        async move {
-            c.get(pods, None, "pi").await.unwrap()["status"]["phase"] == "Succeeded"
-        }
+        async move { c.get(pods, None, "pi").await.unwrap()["status"]["phase"] == "Succeeded" }
     })
     .await;
     let done = c.get(pods, None, "pi").await.unwrap();
-    assert_eq!(done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
-    assert_eq!(done["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(
+        done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    assert_eq!(
+        done["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
 
     // Logs through the API server, from wk and from kubectl.
     let out = server.wk(&["logs", "pi"]);
-    assert_eq!(common::stdout(&out), "3.141592653\n", "{}", common::stderr(&out));
+    assert_eq!(
+        common::stdout(&out),
+        "3.141592653\n",
+        "{}",
+        common::stderr(&out)
+    );
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&server.kubeconfig)
@@ -161,7 +228,11 @@ async fn agent_runs_wasm_pods_bound_to_it() {
         .unwrap();
     let text = common::stdout(&out);
     let (ts, line) = text.trim_end().split_once(' ').unwrap_or_default();
-    assert!(ts.parse::<jiff::Timestamp>().is_ok(), "{text} {}", common::stderr(&out));
+    assert!(
+        ts.parse::<jiff::Timestamp>().is_ok(),
+        "{text} {}",
+        common::stderr(&out)
+    );
     assert_eq!(line, "3.141592653");
     // Follow: each request to hello-http logs a line.
     let mut follow = Command::new(WK)
@@ -179,7 +250,9 @@ async fn agent_runs_wasm_pods_bound_to_it() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    reqwest::get(format!("http://{ip}:8080/followed")).await.unwrap();
+    reqwest::get(format!("http://{ip}:8080/followed"))
+        .await
+        .unwrap();
     let mut seen = false;
     for _ in 0..50 {
         match rx.recv_timeout(Duration::from_millis(200)) {
@@ -205,7 +278,10 @@ async fn agent_runs_wasm_pods_bound_to_it() {
     })
     .await;
     let bad = c.get(pods, None, "bad").await.unwrap();
-    assert_eq!(bad["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 1);
+    assert_eq!(
+        bad["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        1
+    );
 
     // Deleting the service pod stops it gracefully and the agent finishes the deletion.
     c.delete(pods, None, "hello", &json!({})).await.unwrap();
@@ -214,7 +290,10 @@ async fn agent_runs_wasm_pods_bound_to_it() {
         async move { c.get_opt(pods, None, "hello").await.unwrap().is_none() }
     })
     .await;
-    assert!(reqwest::get(format!("http://{ip}:8080/")).await.is_err(), "nothing serves on the pod IP any more");
+    assert!(
+        reqwest::get(format!("http://{ip}:8080/")).await.is_err(),
+        "nothing serves on the pod IP any more"
+    );
     drop(agent);
 }
 
@@ -224,17 +303,46 @@ async fn agent_runs_wasm_pods_bound_to_it() {
 async fn node_credentials_are_limited() {
     let server = TestServer::start();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(server.ca_path()).unwrap()).unwrap();
-    let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().unwrap();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
     let join = node_token(&server);
     let url = |p: &str| format!("{}{p}", server.url);
-    let denied = http.get(url("/api/v1/namespaces/default/pods")).bearer_auth(&join).send().await.unwrap();
-    assert_eq!(denied.status(), 403, "the join token is not a node credential");
-    let bad = http.post(url("/wk/v1/nodecredentials/n1")).bearer_auth("wrong").send().await.unwrap();
+    let denied = http
+        .get(url("/api/v1/namespaces/default/pods"))
+        .bearer_auth(&join)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        denied.status(),
+        403,
+        "the join token is not a node credential"
+    );
+    let bad = http
+        .post(url("/wk/v1/nodecredentials/n1"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401);
-    let cred: Value = http.post(url("/wk/v1/nodecredentials/n1")).bearer_auth(&join).send().await.unwrap().json().await.unwrap();
+    let cred: Value = http
+        .post(url("/wk/v1/nodecredentials/n1"))
+        .bearer_auth(&join)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let n1 = cred["token"].as_str().unwrap().to_string();
     let send = |m: reqwest::Method, p: &str, body: Option<Value>, ct: &str| {
-        let mut r = http.request(m, url(p)).bearer_auth(&n1).header("content-type", ct);
+        let mut r = http
+            .request(m, url(p))
+            .bearer_auth(&n1)
+            .header("content-type", ct);
         if let Some(b) = body {
             r = r.body(serde_json::to_vec(&b).unwrap());
         }
@@ -243,16 +351,62 @@ async fn node_credentials_are_limited() {
     let json_ct = "application/json";
     let merge = "application/merge-patch+json";
     use reqwest::Method;
-    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/pods", None, json_ct).await, 200);
-    assert_eq!(send(Method::GET, "/apis/apps/v1/deployments", None, json_ct).await, 403);
+    assert_eq!(
+        send(
+            Method::GET,
+            "/api/v1/namespaces/default/pods",
+            None,
+            json_ct
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(Method::GET, "/apis/apps/v1/deployments", None, json_ct).await,
+        403
+    );
     let node = |n: &str| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}});
-    assert_eq!(send(Method::POST, "/api/v1/nodes", Some(node("n2")), json_ct).await, 403, "not its name");
-    assert_eq!(send(Method::POST, "/api/v1/nodes", Some(node("n1")), json_ct).await, 201);
+    assert_eq!(
+        send(Method::POST, "/api/v1/nodes", Some(node("n2")), json_ct).await,
+        403,
+        "not its name"
+    );
+    assert_eq!(
+        send(Method::POST, "/api/v1/nodes", Some(node("n1")), json_ct).await,
+        201
+    );
     let lease = |n: &str| json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": n, "namespace": "kube-node-lease"}});
-    assert_eq!(send(Method::POST, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", Some(lease("n2")), json_ct).await, 403);
-    assert_eq!(send(Method::POST, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", Some(lease("n1")), json_ct).await, 201);
+    assert_eq!(
+        send(
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            Some(lease("n2")),
+            json_ct
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        send(
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            Some(lease("n1")),
+            json_ct
+        )
+        .await,
+        201
+    );
     let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"}});
-    assert_eq!(send(Method::POST, "/api/v1/namespaces/default/secrets", Some(secret), json_ct).await, 403);
+    assert_eq!(
+        send(
+            Method::POST,
+            "/api/v1/namespaces/default/secrets",
+            Some(secret),
+            json_ct
+        )
+        .await,
+        403
+    );
 
     // Secrets: only those a pod bound to the node references, by name.
     let c = server.client();
@@ -265,28 +419,117 @@ async fn node_credentials_are_limited() {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
             "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x.wasm"}], "volumes": [{"name": "s", "secret": {"secretName": secret}}]}})
     };
-    c.create(pods, None, &pod("p1", "n1", "mine"), &[]).await.unwrap();
-    c.create(pods, None, &pod("p2", "n2", "theirs"), &[]).await.unwrap();
-    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/secrets/mine", None, json_ct).await, 200);
-    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/secrets/theirs", None, json_ct).await, 403);
-    assert_eq!(send(Method::GET, "/api/v1/namespaces/default/secrets", None, json_ct).await, 403, "no listing");
+    c.create(pods, None, &pod("p1", "n1", "mine"), &[])
+        .await
+        .unwrap();
+    c.create(pods, None, &pod("p2", "n2", "theirs"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        send(
+            Method::GET,
+            "/api/v1/namespaces/default/secrets/mine",
+            None,
+            json_ct
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(
+            Method::GET,
+            "/api/v1/namespaces/default/secrets/theirs",
+            None,
+            json_ct
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        send(
+            Method::GET,
+            "/api/v1/namespaces/default/secrets",
+            None,
+            json_ct
+        )
+        .await,
+        403,
+        "no listing"
+    );
     // Pods: status and deletion of its own pods only.
     let status = json!({"status": {"phase": "Running"}});
-    assert_eq!(send(Method::PATCH, "/api/v1/namespaces/default/pods/p1/status", Some(status.clone()), merge).await, 200);
-    assert_eq!(send(Method::PATCH, "/api/v1/namespaces/default/pods/p2/status", Some(status), merge).await, 403);
-    assert_eq!(send(Method::PATCH, "/api/v1/namespaces/default/pods/p1", Some(json!({"metadata": {"labels": {"a": "b"}}})), merge).await, 403);
-    assert_eq!(send(Method::DELETE, "/api/v1/namespaces/default/pods/p2", None, json_ct).await, 403);
-    assert_eq!(send(Method::DELETE, "/api/v1/namespaces/default/pods/p1", None, json_ct).await, 200);
+    assert_eq!(
+        send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/pods/p1/status",
+            Some(status.clone()),
+            merge
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/pods/p2/status",
+            Some(status),
+            merge
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        send(
+            Method::PATCH,
+            "/api/v1/namespaces/default/pods/p1",
+            Some(json!({"metadata": {"labels": {"a": "b"}}})),
+            merge
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        send(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/p2",
+            None,
+            json_ct
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        send(
+            Method::DELETE,
+            "/api/v1/namespaces/default/pods/p1",
+            None,
+            json_ct
+        )
+        .await,
+        200
+    );
 }
 
 fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
     start_agent_with(server, name, dir, &[])
 }
 
-fn start_agent_with(server: &TestServer, name: &str, dir: &std::path::Path, extra: &[&str]) -> AgentProc {
+fn start_agent_with(
+    server: &TestServer,
+    name: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> AgentProc {
     AgentProc(
         Command::new(WK)
-            .args(["agent", "--server", &server.url, "--token", &node_token(server), "--ca-file"])
+            .args([
+                "agent",
+                "--server",
+                &server.url,
+                "--token",
+                &node_token(server),
+                "--ca-file",
+            ])
             .arg(server.ca_path())
             .args(["--name", name, "--data-dir"])
             .arg(dir)
@@ -310,7 +553,15 @@ async fn deployments_are_scheduled_across_agents_and_serve() {
     let nodes = lookup("nodes").unwrap();
     wait_for("two nodes", Duration::from_secs(30), || {
         let c = c.clone();
-        async move { c.list(nodes, None, false, &Default::default()).await.unwrap()["items"].as_array().unwrap().len() == 2 }
+        async move {
+            c.list(nodes, None, false, &Default::default())
+                .await
+                .unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 2
+        }
     })
     .await;
     let deploy = lookup("deploy").unwrap();
@@ -326,22 +577,68 @@ async fn deployments_are_scheduled_across_agents_and_serve() {
     })
     .await;
     let pods = lookup("pods").unwrap();
-    let list = c.list(pods, None, false, &wk_client::ListParams { label_selector: Some("app=hello".into()), ..Default::default() }).await.unwrap();
+    let list = c
+        .list(
+            pods,
+            None,
+            false,
+            &wk_client::ListParams {
+                label_selector: Some("app=hello".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 4);
     let on = |n: &str| items.iter().filter(|p| p["spec"]["nodeName"] == n).count();
-    assert_eq!((on("node-1"), on("node-2")), (2, 2), "spread across both nodes");
+    assert_eq!(
+        (on("node-1"), on("node-2")),
+        (2, 2),
+        "spread across both nodes"
+    );
     for p in items {
         let ip = p["status"]["podIP"].as_str().unwrap();
-        let body = reqwest::get(format!("http://{ip}:8080/")).await.unwrap().text().await.unwrap();
-        assert!(body.starts_with(&format!("hello from {}", p["metadata"]["name"].as_str().unwrap())), "{body}");
+        let body = reqwest::get(format!("http://{ip}:8080/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            body.starts_with(&format!(
+                "hello from {}",
+                p["metadata"]["name"].as_str().unwrap()
+            )),
+            "{body}"
+        );
     }
     // Scale down to 1.
-    c.patch(deploy, None, "hello", "application/merge-patch+json", &json!({"spec": {"replicas": 1}}), &[]).await.unwrap();
+    c.patch(
+        deploy,
+        None,
+        "hello",
+        "application/merge-patch+json",
+        &json!({"spec": {"replicas": 1}}),
+        &[],
+    )
+    .await
+    .unwrap();
     wait_for("one pod left", Duration::from_secs(60), || {
         let c = c.clone();
         async move {
-            let l = c.list(pods, None, false, &wk_client::ListParams { label_selector: Some("app=hello".into()), ..Default::default() }).await.unwrap();
+            let l = c
+                .list(
+                    pods,
+                    None,
+                    false,
+                    &wk_client::ListParams {
+                        label_selector: Some("app=hello".into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
             l["items"].as_array().unwrap().len() == 1
         }
     })
@@ -364,7 +661,18 @@ async fn deployments_are_scheduled_across_agents_and_serve() {
     wait_for("pods to be gone", Duration::from_secs(60), || {
         let c = c.clone();
         async move {
-            let l = c.list(pods, None, false, &wk_client::ListParams { label_selector: Some("app=hello".into()), ..Default::default() }).await.unwrap();
+            let l = c
+                .list(
+                    pods,
+                    None,
+                    false,
+                    &wk_client::ListParams {
+                        label_selector: Some("app=hello".into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
             l["items"].as_array().unwrap().is_empty()
         }
     })
@@ -376,7 +684,11 @@ async fn pod_status(c: &wk_client::Client, name: &str) -> Value {
 }
 
 fn condition(status: &Value, kind: &str) -> String {
-    status["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).map(|c| c["status"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .map(|c| c["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
 }
 
 async fn wait_node(c: &wk_client::Client, name: &str) {
@@ -410,10 +722,14 @@ async fn probes_drive_readiness_and_restarts() {
                 "volumeMounts": [{"name": "flags", "mountPath": "/content", "readOnly": true}]}],
             "volumes": [{"name": "flags", "hostPath": {"path": flags.path().display().to_string()}}]}});
     c.create(pods, None, &pod, &[]).await.unwrap();
-    wait_for("the pod to run and pass its startup probe", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { pod_status(&c, "probed").await["containerStatuses"][0]["started"] == true }
-    })
+    wait_for(
+        "the pod to run and pass its startup probe",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move { pod_status(&c, "probed").await["containerStatuses"][0]["started"] == true }
+        },
+    )
     .await;
     // Running, but its readiness probe fails: not Ready.
     let st = pod_status(&c, "probed").await;
@@ -421,10 +737,14 @@ async fn probes_drive_readiness_and_restarts() {
     assert_eq!(condition(&st, "Ready"), "False", "{st}");
     assert_eq!(st["containerStatuses"][0]["ready"], false);
     std::fs::remove_file(flags.path().join("not-ready")).unwrap();
-    wait_for("Ready once the readiness probe passes", Duration::from_secs(20), || {
-        let c = c.clone();
-        async move { condition(&pod_status(&c, "probed").await, "Ready") == "True" }
-    })
+    wait_for(
+        "Ready once the readiness probe passes",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move { condition(&pod_status(&c, "probed").await, "Ready") == "True" }
+        },
+    )
     .await;
     std::fs::write(flags.path().join("not-ready"), "").unwrap();
     wait_for("NotReady again", Duration::from_secs(20), || {
@@ -433,47 +753,101 @@ async fn probes_drive_readiness_and_restarts() {
     })
     .await;
     let st = pod_status(&c, "probed").await;
-    assert_eq!(st["containerStatuses"][0]["restartCount"], 0, "readiness never restarts");
+    assert_eq!(
+        st["containerStatuses"][0]["restartCount"], 0,
+        "readiness never restarts"
+    );
     let ip = st["podIP"].as_str().unwrap().to_string();
-    assert_eq!(reqwest::get(format!("http://{ip}:8080/")).await.unwrap().status(), 200, "a NotReady pod still runs");
+    assert_eq!(
+        reqwest::get(format!("http://{ip}:8080/"))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a NotReady pod still runs"
+    );
     std::fs::remove_file(flags.path().join("not-ready")).unwrap();
 
     // Liveness fails twice in a row: the container is killed and restarted.
     std::fs::write(flags.path().join("unhealthy"), "").unwrap();
-    wait_for("a restart after the liveness probe fails", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { pod_status(&c, "probed").await["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 1 }
-    })
+    wait_for(
+        "a restart after the liveness probe fails",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                pod_status(&c, "probed").await["containerStatuses"][0]["restartCount"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 1
+            }
+        },
+    )
     .await;
     std::fs::remove_file(flags.path().join("unhealthy")).unwrap();
     let st = pod_status(&c, "probed").await;
     let last = &st["containerStatuses"][0]["lastState"]["terminated"];
     assert_eq!(last["exitCode"], 137, "{st}");
-    assert!(last["message"].as_str().unwrap().contains("failed liveness probe"), "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed liveness probe"),
+        "{last}"
+    );
     let restarts = st["containerStatuses"][0]["restartCount"].as_u64().unwrap();
-    wait_for("Ready again after the restart", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { condition(&pod_status(&c, "probed").await, "Ready") == "True" }
-    })
+    wait_for(
+        "Ready again after the restart",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move { condition(&pod_status(&c, "probed").await, "Ready") == "True" }
+        },
+    )
     .await;
-    assert_eq!(pod_status(&c, "probed").await["containerStatuses"][0]["restartCount"].as_u64().unwrap(), restarts, "healthy again: no more restarts");
+    assert_eq!(
+        pod_status(&c, "probed").await["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap(),
+        restarts,
+        "healthy again: no more restarts"
+    );
     // Events explain it.
-    let events = c.list(lookup("events").unwrap(), Some("default"), false, &Default::default()).await.unwrap();
+    let events = c
+        .list(
+            lookup("events").unwrap(),
+            Some("default"),
+            false,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     let reasons: Vec<(String, String)> = events["items"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["involvedObject"]["name"] == "probed")
-        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert!(
-        reasons.iter().any(|(r, m)| r == "Unhealthy" && m == "Liveness probe failed: HTTP probe failed with statuscode: 503"),
+        reasons.iter().any(|(r, m)| r == "Unhealthy"
+            && m == "Liveness probe failed: HTTP probe failed with statuscode: 503"),
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|(r, _)| r == "Killing"), "{reasons:?}");
     // The killed instance's log is the previous log.
     let out = server.wk(&["logs", "probed", "--previous"]);
-    assert!(common::stdout(&out).contains("GET /healthz"), "{} {}", common::stdout(&out), common::stderr(&out));
+    assert!(
+        common::stdout(&out).contains("GET /healthz"),
+        "{} {}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
 
     // Exec probes need processes: a Wasm container with one is not started, and says why.
     let exec = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exec-probe"},
@@ -481,26 +855,47 @@ async fn probes_drive_readiness_and_restarts() {
             "containers": [{"name": "hello", "image": sample("hello-http.wasm"),
                 "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}}}]}});
     c.create(pods, None, &exec, &[]).await.unwrap();
-    wait_for("the exec probe to be refused", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            let w = &pod_status(&c, "exec-probe").await["containerStatuses"][0]["state"]["waiting"];
-            w["reason"] == "CreateContainerConfigError" && w["message"].as_str().is_some_and(|m| m.contains("livenessProbe.exec"))
-        }
-    })
+    wait_for(
+        "the exec probe to be refused",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                let w =
+                    &pod_status(&c, "exec-probe").await["containerStatuses"][0]["state"]["waiting"];
+                w["reason"] == "CreateContainerConfigError"
+                    && w["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("livenessProbe.exec"))
+            }
+        },
+    )
     .await;
 
     // A liveness probe on a port nothing listens on restarts the container.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dead = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dead-port"},
         "spec": {"nodeName": "node-p", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
                 "livenessProbe": {"tcpSocket": {"host": "127.0.0.1", "port": closed}, "periodSeconds": 1, "failureThreshold": 1}}]}});
     c.create(pods, None, &dead, &[]).await.unwrap();
-    wait_for("the dead-port pod to restart", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { pod_status(&c, "dead-port").await["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) >= 1 }
-    })
+    wait_for(
+        "the dead-port pod to restart",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                pod_status(&c, "dead-port").await["containerStatuses"][0]["restartCount"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 1
+            }
+        },
+    )
     .await;
 }
 
@@ -513,7 +908,10 @@ async fn pods_that_do_not_fit_are_rejected() {
     let _agent = start_agent_with(&server, "small", dir.path(), &["--max-pods", "2"]);
     let c = server.client();
     wait_node(&c, "small").await;
-    let node = c.get(lookup("nodes").unwrap(), None, "small").await.unwrap();
+    let node = c
+        .get(lookup("nodes").unwrap(), None, "small")
+        .await
+        .unwrap();
     assert_eq!(node["status"]["allocatable"]["pods"], "2");
     let pods = lookup("pods").unwrap();
     let pod = |name: &str, cpu: &str| {
@@ -522,28 +920,49 @@ async fn pods_that_do_not_fit_are_rejected() {
                 "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
                     "resources": {"requests": {"cpu": cpu}}}]}})
     };
-    c.create(pods, None, &pod("fits", "100m"), &[]).await.unwrap();
+    c.create(pods, None, &pod("fits", "100m"), &[])
+        .await
+        .unwrap();
     wait_for("the first pod to run", Duration::from_secs(30), || {
         let c = c.clone();
         async move { pod_status(&c, "fits").await["phase"] == "Running" }
     })
     .await;
-    c.create(pods, None, &pod("too-big", "1000"), &[]).await.unwrap();
-    wait_for("the big pod to be rejected", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { pod_status(&c, "too-big").await["phase"] == "Failed" }
-    })
+    c.create(pods, None, &pod("too-big", "1000"), &[])
+        .await
+        .unwrap();
+    wait_for(
+        "the big pod to be rejected",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move { pod_status(&c, "too-big").await["phase"] == "Failed" }
+        },
+    )
     .await;
     let st = pod_status(&c, "too-big").await;
     assert_eq!(st["reason"], "OutOfcpu");
     let cpus = std::thread::available_parallelism().unwrap().get() * 1000;
-    assert_eq!(st["message"], format!("Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 100, capacity: {cpus}"));
-    c.create(pods, None, &pod("second", "100m"), &[]).await.unwrap();
-    c.create(pods, None, &pod("third", "100m"), &[]).await.unwrap();
-    wait_for("the third pod to be rejected for the pod count", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { pod_status(&c, "third").await["reason"] == "OutOfpods" }
-    })
+    assert_eq!(
+        st["message"],
+        format!(
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 100, capacity: {cpus}"
+        )
+    );
+    c.create(pods, None, &pod("second", "100m"), &[])
+        .await
+        .unwrap();
+    c.create(pods, None, &pod("third", "100m"), &[])
+        .await
+        .unwrap();
+    wait_for(
+        "the third pod to be rejected for the pod count",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move { pod_status(&c, "third").await["reason"] == "OutOfpods" }
+        },
+    )
     .await;
     assert_eq!(pod_status(&c, "second").await["phase"], "Running");
 }
@@ -584,7 +1003,12 @@ async fn pods_survive_control_plane_outage_and_agent_restart() {
     let until = std::time::Instant::now() + Duration::from_secs(10);
     let mut answered = 0;
     while std::time::Instant::now() < until {
-        let body = reqwest::get(format!("http://{ip}:8080/")).await.expect("the pod answers while the control plane is down").text().await.unwrap();
+        let body = reqwest::get(format!("http://{ip}:8080/"))
+            .await
+            .expect("the pod answers while the control plane is down")
+            .text()
+            .await
+            .unwrap();
         assert!(body.starts_with("hello from steady"), "{body}");
         answered += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -594,35 +1018,70 @@ async fn pods_survive_control_plane_outage_and_agent_restart() {
     let c = server.client();
     // The agent resyncs: a pod created now runs, and the old one was not restarted.
     c.create(pods, None, &pod("after"), &[]).await.unwrap();
-    wait_for("a new pod to run after the outage", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { pod_status(&c, "after").await["phase"] == "Running" }
-    })
+    wait_for(
+        "a new pod to run after the outage",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move { pod_status(&c, "after").await["phase"] == "Running" }
+        },
+    )
     .await;
     let st = pod_status(&c, "steady").await;
     assert_eq!(st["containerStatuses"][0]["restartCount"], 0);
-    assert_eq!(st["containerStatuses"][0]["state"]["running"]["startedAt"], started_at);
+    assert_eq!(
+        st["containerStatuses"][0]["state"]["running"]["startedAt"],
+        started_at
+    );
     assert_eq!(st["podIP"], ip.as_str());
 
     // The agent is killed; meanwhile one of its pods is force-deleted.
-    let doomed_uid = c.get(pods, None, "doomed").await.unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    let doomed_uid = c.get(pods, None, "doomed").await.unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(dir.path().join("pods").join(&doomed_uid).exists());
     drop(agent);
-    assert!(reqwest::get(format!("http://{ip}:8080/")).await.is_err(), "wasm pods end with their agent");
-    c.delete(pods, None, "doomed", &json!({"gracePeriodSeconds": 0})).await.unwrap();
+    assert!(
+        reqwest::get(format!("http://{ip}:8080/")).await.is_err(),
+        "wasm pods end with their agent"
+    );
+    c.delete(pods, None, "doomed", &json!({"gracePeriodSeconds": 0}))
+        .await
+        .unwrap();
     let _agent = start_agent(&server, "node-r", dir.path());
-    wait_for("the pod to be restarted by the new agent", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            let st = pod_status(&c, "steady").await;
-            st["containerStatuses"][0]["restartCount"] == 1 && st["containerStatuses"][0]["state"]["running"].is_object()
-        }
-    })
+    wait_for(
+        "the pod to be restarted by the new agent",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                let st = pod_status(&c, "steady").await;
+                st["containerStatuses"][0]["restartCount"] == 1
+                    && st["containerStatuses"][0]["state"]["running"].is_object()
+            }
+        },
+    )
     .await;
     let st = pod_status(&c, "steady").await;
-    assert_eq!(st["podIP"], ip.as_str(), "same address after the agent restart");
-    assert_eq!(st["containerStatuses"][0]["lastState"]["terminated"]["reason"], "Unknown");
-    let body = reqwest::get(format!("http://{ip}:8080/")).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        st["podIP"],
+        ip.as_str(),
+        "same address after the agent restart"
+    );
+    assert_eq!(
+        st["containerStatuses"][0]["lastState"]["terminated"]["reason"],
+        "Unknown"
+    );
+    let body = reqwest::get(format!("http://{ip}:8080/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.starts_with("hello from steady"), "{body}");
-    assert!(!dir.path().join("pods").join(&doomed_uid).exists(), "the deleted pod's directory is cleaned up");
+    assert!(
+        !dir.path().join("pods").join(&doomed_uid).exists(),
+        "the deleted pod's directory is cleaned up"
+    );
 }

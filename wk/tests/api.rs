@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
-use wk_api::resource::{by_plural, lookup, ResourceType};
+use serde_json::{Value, json};
+use wk_api::resource::{ResourceType, by_plural, lookup};
 use wk_client::{ClientError, ListParams};
 
 use common::TestServer;
@@ -66,12 +66,22 @@ async fn crud_for_every_kind() {
     for obj in fixtures() {
         let r = wk_api::decode::resource_of(&obj).unwrap();
         let name = obj["metadata"]["name"].as_str().unwrap().to_string();
-        let created = c.create(r, None, &obj, &[("fieldValidation", "Strict".into())]).await
+        let created = c
+            .create(r, None, &obj, &[("fieldValidation", "Strict".into())])
+            .await
             .unwrap_or_else(|e| panic!("create {}: {e}", r.kind));
         assert_eq!(created["kind"], r.kind);
-        assert!(created["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+        assert!(
+            created["metadata"]["uid"]
+                .as_str()
+                .is_some_and(|u| u.len() == 36)
+        );
         assert!(created["metadata"]["creationTimestamp"].is_string());
-        let rv1: u64 = created["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let rv1: u64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(rv1 > 0);
         if r.namespaced {
             assert_eq!(created["metadata"]["namespace"], "default");
@@ -80,27 +90,52 @@ async fn crud_for_every_kind() {
         let got = c.get(r, None, &name).await.unwrap();
         assert_eq!(got, created, "{}: get returns what create returned", r.kind);
 
-        let list = c.list(r, None, false, &ListParams::default()).await.unwrap();
+        let list = c
+            .list(r, None, false, &ListParams::default())
+            .await
+            .unwrap();
         assert_eq!(list["kind"], format!("{}List", r.kind));
-        assert!(list["items"].as_array().unwrap().iter().any(|i| i["metadata"]["name"] == name.as_str()));
+        assert!(
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["metadata"]["name"] == name.as_str())
+        );
 
         // PUT with the current resourceVersion: a label change.
         let mut upd = got.clone();
         upd["metadata"]["labels"]["touched"] = json!("yes");
-        let updated = c.replace(r, None, &name, &upd).await.unwrap_or_else(|e| panic!("update {}: {e}", r.kind));
-        let rv2: u64 = updated["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        let updated = c
+            .replace(r, None, &name, &upd)
+            .await
+            .unwrap_or_else(|e| panic!("update {}: {e}", r.kind));
+        let rv2: u64 = updated["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(rv2 > rv1);
         assert_eq!(updated["metadata"]["labels"]["touched"], "yes");
 
         // Merge patch.
         let patched = c
-            .patch(r, None, &name, "application/merge-patch+json", &json!({"metadata": {"annotations": {"x": "1"}}}), &[])
+            .patch(
+                r,
+                None,
+                &name,
+                "application/merge-patch+json",
+                &json!({"metadata": {"annotations": {"x": "1"}}}),
+                &[],
+            )
             .await
             .unwrap();
         assert_eq!(patched["metadata"]["annotations"]["x"], "1");
         assert_eq!(patched["metadata"]["labels"]["touched"], "yes");
 
-        c.delete(r, None, &name, &json!({})).await.unwrap_or_else(|e| panic!("delete {}: {e}", r.kind));
+        c.delete(r, None, &name, &json!({}))
+            .await
+            .unwrap_or_else(|e| panic!("delete {}: {e}", r.kind));
         let err = api_err(c.get(r, None, &name).await.unwrap_err());
         assert_eq!(err.code, 404, "{}", r.kind);
         assert_eq!(err.reason, "NotFound");
@@ -126,20 +161,36 @@ async fn conflicts_and_already_exists() {
     b["data"]["k"] = json!("3");
     let err = api_err(c.replace(cm, None, "c", &b).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert!(err.message.contains("the object has been modified"), "{}", err.message);
-    assert_eq!(c.get(cm, None, "c").await.unwrap()["data"]["k"], "2", "the stale write lost nothing");
+    assert!(
+        err.message.contains("the object has been modified"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        c.get(cm, None, "c").await.unwrap()["data"]["k"],
+        "2",
+        "the stale write lost nothing"
+    );
 
     // Without a resourceVersion an update is unconditional.
     let mut d = first.clone();
-    d["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    d["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
     d["data"]["k"] = json!("4");
     c.replace(cm, None, "c", &d).await.unwrap();
 
     // A stale precondition on delete.
     let err = api_err(
-        c.delete(cm, None, "c", &json!({"preconditions": {"resourceVersion": first["metadata"]["resourceVersion"]}}))
-            .await
-            .unwrap_err(),
+        c.delete(
+            cm,
+            None,
+            "c",
+            &json!({"preconditions": {"resourceVersion": first["metadata"]["resourceVersion"]}}),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(err.code, 409);
 }
@@ -154,7 +205,12 @@ async fn validation_errors_name_the_field() {
                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}}});
     let err = api_err(c.create(deploy, None, &bad, &[]).await.unwrap_err());
     assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
-    assert!(err.message.contains("spec.replicas: Invalid value: -1: must be greater than or equal to 0"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        "{}",
+        err.message
+    );
     let causes = err.details.unwrap().causes;
     assert_eq!(causes[0].field, "spec.replicas");
 
@@ -162,28 +218,66 @@ async fn validation_errors_name_the_field() {
     mismatch["spec"]["replicas"] = json!(1);
     mismatch["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
     let err = api_err(c.create(deploy, None, &mismatch, &[]).await.unwrap_err());
-    assert!(err.message.contains("spec.template.metadata.labels"), "{}", err.message);
+    assert!(
+        err.message.contains("spec.template.metadata.labels"),
+        "{}",
+        err.message
+    );
 
-    let bad_name = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not_A_Name"}});
+    let bad_name =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not_A_Name"}});
     let err = api_err(c.create(rt("cm"), None, &bad_name, &[]).await.unwrap_err());
     assert_eq!(err.code, 422);
-    assert!(err.message.contains("metadata.name: Invalid value: \"Not_A_Name\""), "{}", err.message);
+    assert!(
+        err.message
+            .contains("metadata.name: Invalid value: \"Not_A_Name\""),
+        "{}",
+        err.message
+    );
 
     let bad_port = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
         "spec": {"ports": [{"port": 70000}]}});
     let err = api_err(c.create(rt("svc"), None, &bad_port, &[]).await.unwrap_err());
-    assert!(err.message.contains("spec.ports[0].port: Invalid value: 70000"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.ports[0].port: Invalid value: 70000"),
+        "{}",
+        err.message
+    );
 
     let bad_quantity = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"memory": "lots"}}}]}});
-    let err = api_err(c.create(rt("po"), None, &bad_quantity, &[]).await.unwrap_err());
-    assert!(err.message.contains("spec.containers[0].resources.limits[memory]") || err.message.contains("resources.limits"), "{}", err.message);
+    let err = api_err(
+        c.create(rt("po"), None, &bad_quantity, &[])
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        err.message
+            .contains("spec.containers[0].resources.limits[memory]")
+            || err.message.contains("resources.limits"),
+        "{}",
+        err.message
+    );
 
     // Unknown fields: an error in strict mode, accepted (and dropped) otherwise.
     let unknown = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "u"}, "data": {}, "dataa": {}});
-    let err = api_err(c.create(rt("cm"), None, &unknown, &[("fieldValidation", "Strict".into())]).await.unwrap_err());
+    let err = api_err(
+        c.create(
+            rt("cm"),
+            None,
+            &unknown,
+            &[("fieldValidation", "Strict".into())],
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(err.code, 400);
-    assert!(err.message.contains("unknown field \"dataa\""), "{}", err.message);
+    assert!(
+        err.message.contains("unknown field \"dataa\""),
+        "{}",
+        err.message
+    );
     let ok = c.create(rt("cm"), None, &unknown, &[]).await.unwrap();
     assert!(ok.get("dataa").is_none());
 
@@ -194,7 +288,10 @@ async fn validation_errors_name_the_field() {
     assert!(err.message.contains("spec.replicas"), "{}", err.message);
 
     // Nothing invalid was stored.
-    let list = c.list(deploy, None, false, &ListParams::default()).await.unwrap();
+    let list = c
+        .list(deploy, None, false, &ListParams::default())
+        .await
+        .unwrap();
     assert!(list["items"].as_array().unwrap().is_empty());
 }
 
@@ -202,27 +299,60 @@ async fn validation_errors_name_the_field() {
 async fn authentication_is_required() {
     let server = TestServer::start();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(server.ca_path()).unwrap()).unwrap();
-    let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().unwrap();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
     let url = format!("{}/api/v1/namespaces", server.url);
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["kind"], "Status");
     assert_eq!(body["reason"], "Unauthorized");
-    let r = http.get(&url).bearer_auth("wrong-token").send().await.unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.get(&url).bearer_auth(server.token()).send().await.unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth(server.token())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let list: Value = r.json().await.unwrap();
-    let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|n| n["metadata"]["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"default") && names.contains(&"kube-system"), "{names:?}");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"default") && names.contains(&"kube-system"),
+        "{names:?}"
+    );
     // Health and version are public, as in Kubernetes.
     for path in ["/healthz", "/readyz", "/livez"] {
-        let r = http.get(format!("{}{path}", server.url)).send().await.unwrap();
+        let r = http
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.text().await.unwrap(), "ok", "{path}");
     }
-    let v: Value = http.get(format!("{}/version", server.url)).send().await.unwrap().json().await.unwrap();
+    let v: Value = http
+        .get(format!("{}/version", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["major"], "1");
 }
 
@@ -232,27 +362,67 @@ async fn selectors_paging_and_namespaces() {
     let c = server.client();
     let cm = rt("cm");
     let ns = rt("ns");
-    c.create(ns, None, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}), &[]).await.unwrap();
+    c.create(
+        ns,
+        None,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}),
+        &[],
+    )
+    .await
+    .unwrap();
     for i in 0..7 {
         let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": format!("c{i}"), "labels": {"tier": if i % 2 == 0 { "even" } else { "odd" }}}});
         c.create(cm, None, &obj, &[]).await.unwrap();
     }
-    c.create(cm, Some("other"), &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}), &[]).await.unwrap();
+    c.create(
+        cm,
+        Some("other"),
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+        &[],
+    )
+    .await
+    .unwrap();
     let names = |v: &Value| -> Vec<String> {
-        v["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
     };
-    let p = ListParams { label_selector: Some("tier in (even)".into()), ..Default::default() };
-    assert_eq!(names(&c.list(cm, None, false, &p).await.unwrap()), ["c0", "c2", "c4", "c6"]);
-    let p = ListParams { label_selector: Some("tier!=even".into()), ..Default::default() };
-    assert_eq!(names(&c.list(cm, None, false, &p).await.unwrap()), ["c1", "c3", "c5"]);
-    let p = ListParams { field_selector: Some("metadata.name=c3".into()), ..Default::default() };
+    let p = ListParams {
+        label_selector: Some("tier in (even)".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(&c.list(cm, None, false, &p).await.unwrap()),
+        ["c0", "c2", "c4", "c6"]
+    );
+    let p = ListParams {
+        label_selector: Some("tier!=even".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(&c.list(cm, None, false, &p).await.unwrap()),
+        ["c1", "c3", "c5"]
+    );
+    let p = ListParams {
+        field_selector: Some("metadata.name=c3".into()),
+        ..Default::default()
+    };
     assert_eq!(names(&c.list(cm, None, false, &p).await.unwrap()), ["c3"]);
-    let all = c.list(cm, None, true, &ListParams::default()).await.unwrap();
+    let all = c
+        .list(cm, None, true, &ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(names(&all).len(), 8);
     // Paging with limit/continue visits everything once.
     let mut seen = Vec::new();
-    let mut p = ListParams { limit: Some(3), ..Default::default() };
+    let mut p = ListParams {
+        limit: Some(3),
+        ..Default::default()
+    };
     loop {
         let page = c.list(cm, None, false, &p).await.unwrap();
         let n = names(&page);
@@ -265,10 +435,25 @@ async fn selectors_paging_and_namespaces() {
     }
     assert_eq!(seen, ["c0", "c1", "c2", "c3", "c4", "c5", "c6"]);
     // A bad selector is a 400.
-    let p = ListParams { label_selector: Some("a in (".into()), ..Default::default() };
-    assert_eq!(api_err(c.list(cm, None, false, &p).await.unwrap_err()).code, 400);
+    let p = ListParams {
+        label_selector: Some("a in (".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_err(c.list(cm, None, false, &p).await.unwrap_err()).code,
+        400
+    );
     // Creating in a missing namespace is refused.
-    let err = api_err(c.create(cm, Some("nope"), &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "y"}}), &[]).await.unwrap_err());
+    let err = api_err(
+        c.create(
+            cm,
+            Some("nope"),
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "y"}}),
+            &[],
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(err.code, 404);
     assert_eq!(err.message, "namespaces \"nope\" not found");
     // Deleting a namespace removes what is in it.
@@ -282,27 +467,75 @@ async fn watch_streams_resumes_and_expires() {
     let server = TestServer::start_with(&["--watch-history", "20"]);
     let c = server.client();
     let cm = rt("cm");
-    let created = c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w0"}}), &[]).await.unwrap();
-    let rv0 = created["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let created = c
+        .create(
+            cm,
+            None,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w0"}}),
+            &[],
+        )
+        .await
+        .unwrap();
+    let rv0 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Watch from rv0, then make changes.
-    let p = ListParams { resource_version: Some(rv0.clone()), ..Default::default() };
+    let p = ListParams {
+        resource_version: Some(rv0.clone()),
+        ..Default::default()
+    };
     let mut events = Box::pin(c.watch(cm, None, false, &p, false).await.unwrap());
-    c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w1"}}), &[]).await.unwrap();
-    c.patch(cm, None, "w1", "application/merge-patch+json", &json!({"data": {"a": "b"}}), &[]).await.unwrap();
+    c.create(
+        cm,
+        None,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w1"}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.patch(
+        cm,
+        None,
+        "w1",
+        "application/merge-patch+json",
+        &json!({"data": {"a": "b"}}),
+        &[],
+    )
+    .await
+    .unwrap();
     c.delete(cm, None, "w0", &json!({})).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 3 {
-        let ev = tokio::time::timeout(Duration::from_secs(10), events.next()).await.expect("event in time").unwrap().unwrap();
-        got.push((ev.kind.clone(), ev.object["metadata"]["name"].as_str().unwrap().to_string()));
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        got.push((
+            ev.kind.clone(),
+            ev.object["metadata"]["name"].as_str().unwrap().to_string(),
+        ));
     }
-    assert_eq!(got, [("ADDED".into(), "w1".into()), ("MODIFIED".into(), "w1".into()), ("DELETED".into(), "w0".into())]);
+    assert_eq!(
+        got,
+        [
+            ("ADDED".into(), "w1".into()),
+            ("MODIFIED".into(), "w1".into()),
+            ("DELETED".into(), "w0".into())
+        ]
+    );
 
     // Resuming from rv0 replays the same three events from history.
     let mut again = Box::pin(c.watch(cm, None, false, &p, false).await.unwrap());
     let mut replay = Vec::new();
     while replay.len() < 3 {
-        let ev = tokio::time::timeout(Duration::from_secs(10), again.next()).await.unwrap().unwrap().unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), again.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         replay.push(ev.kind);
     }
     assert_eq!(replay, ["ADDED", "MODIFIED", "DELETED"]);
@@ -312,20 +545,57 @@ async fn watch_streams_resumes_and_expires() {
         c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("f{i}")}}), &[]).await.unwrap();
     }
     let mut expired = Box::pin(c.watch(cm, None, false, &p, false).await.unwrap());
-    let ev = tokio::time::timeout(Duration::from_secs(10), expired.next()).await.unwrap().unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), expired.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.kind, "ERROR");
     assert_eq!(ev.object["code"], 410);
     assert_eq!(ev.object["reason"], "Expired");
 
     // A watch without a version starts with the current state as ADDED events; a label
     // selector narrows it.
-    let p = ListParams { label_selector: Some("pick=me".into()), ..Default::default() };
+    let p = ListParams {
+        label_selector: Some("pick=me".into()),
+        ..Default::default()
+    };
     let mut sel = Box::pin(c.watch(cm, None, false, &p, false).await.unwrap());
-    c.patch(cm, None, "f3", "application/merge-patch+json", &json!({"metadata": {"labels": {"pick": "me"}}}), &[]).await.unwrap();
-    c.patch(cm, None, "f3", "application/merge-patch+json", &json!({"metadata": {"labels": {"pick": "no"}}}), &[]).await.unwrap();
-    let a = tokio::time::timeout(Duration::from_secs(10), sel.next()).await.unwrap().unwrap().unwrap();
-    let b = tokio::time::timeout(Duration::from_secs(10), sel.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!((a.kind.as_str(), b.kind.as_str()), ("ADDED", "DELETED"), "entering and leaving the selector");
+    c.patch(
+        cm,
+        None,
+        "f3",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"pick": "me"}}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.patch(
+        cm,
+        None,
+        "f3",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"pick": "no"}}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(10), sel.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), sel.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.kind.as_str(), b.kind.as_str()),
+        ("ADDED", "DELETED"),
+        "entering and leaving the selector"
+    );
 }
 
 #[tokio::test]
@@ -343,18 +613,41 @@ async fn watch_initial_events_end_with_a_bookmark() {
         ("resourceVersionMatch", "NotOlderThan".to_string()),
         ("allowWatchBookmarks", "true".to_string()),
     ];
-    let resp = c.request(reqwest::Method::GET, &cm.collection_path(Some("default")), &q, None, None).await.unwrap();
+    let resp = c
+        .request(
+            reqwest::Method::GET,
+            &cm.collection_path(Some("default")),
+            &q,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
     let mut body = resp.bytes_stream();
     let mut text = String::new();
     while text.matches('\n').count() < 4 {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
-    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["ADDED", "ADDED", "ADDED", "BOOKMARK"]);
-    assert_eq!(events[3]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
-    let rv: u64 = events[3]["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        events[3]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    let rv: u64 = events[3]["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rv >= 3);
 }
 
@@ -384,20 +677,45 @@ async fn acknowledged_writes_survive_kill_9() {
         acked.extend(t.await.unwrap());
     }
     assert_eq!(acked.len(), 640);
-    let before = c.list(cm, None, false, &ListParams::default()).await.unwrap();
-    let rv_before: u64 = before["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let before = c
+        .list(cm, None, false, &ListParams::default())
+        .await
+        .unwrap();
+    let rv_before: u64 = before["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     server.restart(); // SIGKILL, then start on the same data dir
     let c = server.client();
-    let after = c.list(cm, None, false, &ListParams::default()).await.unwrap();
-    let names: std::collections::HashSet<String> =
-        after["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
+    let after = c
+        .list(cm, None, false, &ListParams::default())
+        .await
+        .unwrap();
+    let names: std::collections::HashSet<String> = after["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
     for n in &acked {
         assert!(names.contains(n), "acknowledged {n} lost");
     }
-    let rv_after: u64 = after["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+    let rv_after: u64 = after["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rv_after >= rv_before);
     // And the server keeps working after the restart.
-    c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}}), &[]).await.unwrap();
+    c.create(
+        cm,
+        None,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}}),
+        &[],
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -415,23 +733,49 @@ async fn snapshots_compact_the_log_and_restore() {
     })
     .await;
     // The log was purged up to a snapshot: it does not grow forever.
-    let tokens: Value = serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap()).unwrap();
+    let tokens: Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
+            .unwrap();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(server.ca_path()).unwrap()).unwrap();
-    let http = reqwest::Client::builder().use_rustls_tls().add_root_certificate(ca).build().unwrap();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
     let metrics = || async {
-        http.get(format!("{}/raft/metrics", server.url)).bearer_auth(tokens["peer"].as_str().unwrap()).send().await.unwrap().json::<Value>().await.unwrap()
+        http.get(format!("{}/raft/metrics", server.url))
+            .bearer_auth(tokens["peer"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
     };
-    common::wait_for("the log to be purged", Duration::from_secs(20), || async { metrics().await["purged"]["index"].as_u64().unwrap_or(0) >= 100 }).await;
+    common::wait_for("the log to be purged", Duration::from_secs(20), || async {
+        metrics().await["purged"]["index"].as_u64().unwrap_or(0) >= 100
+    })
+    .await;
     let m = metrics().await;
     let last_log = m["last_log_index"].as_u64().unwrap();
     let purged = m["purged"]["index"].as_u64().unwrap();
-    assert!(last_log - purged <= 200, "at most a snapshot interval and the kept tail remain: {m}");
+    assert!(
+        last_log - purged <= 200,
+        "at most a snapshot interval and the kept tail remain: {m}"
+    );
     assert!(m["snapshot"]["index"].as_u64().unwrap() >= purged, "{m}");
-    let unauth = http.get(format!("{}/raft/metrics", server.url)).send().await.unwrap();
+    let unauth = http
+        .get(format!("{}/raft/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauth.status(), 401);
     server.restart();
     let c = server.client();
-    let list = c.list(cm, None, false, &ListParams::default()).await.unwrap();
+    let list = c
+        .list(cm, None, false, &ListParams::default())
+        .await
+        .unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 350);
 }
 
@@ -445,9 +789,24 @@ async fn finalizers_graceful_pods_binding_and_scale() {
         .unwrap();
     c.delete(cm, None, "f", &json!({})).await.unwrap();
     let held = c.get(cm, None, "f").await.unwrap();
-    assert!(held["metadata"]["deletionTimestamp"].is_string(), "a finalizer holds the object");
-    c.patch(cm, None, "f", "application/merge-patch+json", &json!({"metadata": {"finalizers": null}}), &[]).await.unwrap();
-    assert!(c.get_opt(cm, None, "f").await.unwrap().is_none(), "gone once the last finalizer is removed");
+    assert!(
+        held["metadata"]["deletionTimestamp"].is_string(),
+        "a finalizer holds the object"
+    );
+    c.patch(
+        cm,
+        None,
+        "f",
+        "application/merge-patch+json",
+        &json!({"metadata": {"finalizers": null}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        c.get_opt(cm, None, "f").await.unwrap().is_none(),
+        "gone once the last finalizer is removed"
+    );
 
     // Binding assigns a node once; a bound pod is deleted gracefully.
     let po = rt("po");
@@ -457,21 +816,49 @@ async fn finalizers_graceful_pods_binding_and_scale() {
     let bind = |node: &str| json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": node}});
     let path = format!("{}/binding", po.object_path(Some("default"), "p"));
     let body = serde_json::to_vec(&bind("n1")).unwrap();
-    c.request(reqwest::Method::POST, &path, &[], Some(("application/json", body)), None).await.unwrap();
+    c.request(
+        reqwest::Method::POST,
+        &path,
+        &[],
+        Some(("application/json", body)),
+        None,
+    )
+    .await
+    .unwrap();
     let bound = c.get(po, None, "p").await.unwrap();
     assert_eq!(bound["spec"]["nodeName"], "n1");
     let body = serde_json::to_vec(&bind("n2")).unwrap();
-    let err = api_err(c.request(reqwest::Method::POST, &path, &[], Some(("application/json", body)), None).await.unwrap_err());
+    let err = api_err(
+        c.request(
+            reqwest::Method::POST,
+            &path,
+            &[],
+            Some(("application/json", body)),
+            None,
+        )
+        .await
+        .unwrap_err(),
+    );
     assert_eq!(err.code, 409);
     // Changing nodeName by update is forbidden.
     let mut moved = bound.clone();
     moved["spec"]["nodeName"] = json!("n2");
-    assert_eq!(api_err(c.replace(po, None, "p", &moved).await.unwrap_err()).code, 422);
-    c.delete(po, None, "p", &json!({"gracePeriodSeconds": 30})).await.unwrap();
+    assert_eq!(
+        api_err(c.replace(po, None, "p", &moved).await.unwrap_err()).code,
+        422
+    );
+    c.delete(po, None, "p", &json!({"gracePeriodSeconds": 30}))
+        .await
+        .unwrap();
     let terminating = c.get(po, None, "p").await.unwrap();
     assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
-    c.delete(po, None, "p", &json!({"gracePeriodSeconds": 0})).await.unwrap();
-    assert!(c.get_opt(po, None, "p").await.unwrap().is_none(), "grace 0 deletes at once");
+    c.delete(po, None, "p", &json!({"gracePeriodSeconds": 0}))
+        .await
+        .unwrap();
+    assert!(
+        c.get_opt(po, None, "p").await.unwrap().is_none(),
+        "grace 0 deletes at once"
+    );
 
     // Scale subresource and generation.
     let d = rt("deploy");
@@ -483,7 +870,13 @@ async fn finalizers_graceful_pods_binding_and_scale() {
     let scale_path = format!("{}/scale", d.object_path(Some("default"), "web"));
     let body = serde_json::to_vec(&json!({"spec": {"replicas": 5}})).unwrap();
     let scale: Value = c
-        .request(reqwest::Method::PATCH, &scale_path, &[], Some(("application/merge-patch+json", body)), None)
+        .request(
+            reqwest::Method::PATCH,
+            &scale_path,
+            &[],
+            Some(("application/merge-patch+json", body)),
+            None,
+        )
         .await
         .unwrap()
         .json()
@@ -494,24 +887,56 @@ async fn finalizers_graceful_pods_binding_and_scale() {
     assert_eq!(scale["status"]["selector"], "app=web");
     let after = c.get(d, None, "web").await.unwrap();
     assert_eq!(after["spec"]["replicas"], 5);
-    assert_eq!(after["metadata"]["generation"], 2, "a spec change bumps generation");
+    assert_eq!(
+        after["metadata"]["generation"], 2,
+        "a spec change bumps generation"
+    );
     // Status updates go through /status only.
     let mut with_status = after.clone();
     with_status["status"] = json!({"replicas": 5, "observedGeneration": 2});
     let ignored = c.replace(d, None, "web", &with_status).await.unwrap();
     assert!(ignored.get("status").is_none() || ignored["status"].get("replicas").is_none());
     let status_path = format!("{}/status", d.object_path(Some("default"), "web"));
-    let body = serde_json::to_vec(&json!({"status": {"replicas": 5, "observedGeneration": 2}})).unwrap();
-    c.request(reqwest::Method::PATCH, &status_path, &[], Some(("application/merge-patch+json", body)), None).await.unwrap();
+    let body =
+        serde_json::to_vec(&json!({"status": {"replicas": 5, "observedGeneration": 2}})).unwrap();
+    c.request(
+        reqwest::Method::PATCH,
+        &status_path,
+        &[],
+        Some(("application/merge-patch+json", body)),
+        None,
+    )
+    .await
+    .unwrap();
     let s = c.get(d, None, "web").await.unwrap();
     assert_eq!(s["status"]["replicas"], 5);
-    assert_eq!(s["metadata"]["generation"], 2, "status changes do not bump generation");
+    assert_eq!(
+        s["metadata"]["generation"], 2,
+        "status changes do not bump generation"
+    );
 
     // Strategic merge patch merges containers by name.
-    let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "y"}]}}}});
-    let out = c.patch(d, None, "web", "application/strategic-merge-patch+json", &smp, &[]).await.unwrap();
-    assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["image"], "y");
-    assert_eq!(out["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"], "/dev/termination-log");
+    let smp =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "y"}]}}}});
+    let out = c
+        .patch(
+            d,
+            None,
+            "web",
+            "application/strategic-merge-patch+json",
+            &smp,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out["spec"]["template"]["spec"]["containers"][0]["image"],
+        "y"
+    );
+    assert_eq!(
+        out["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"],
+        "/dev/termination-log"
+    );
 }
 
 #[tokio::test]
@@ -519,25 +944,85 @@ async fn discovery_and_tables() {
     let server = TestServer::start();
     let c = server.client();
     let body = |r: reqwest::Response| async move { r.json::<Value>().await.unwrap() };
-    let api = body(c.request(reqwest::Method::GET, "/api", &[], None, None).await.unwrap()).await;
+    let api = body(
+        c.request(reqwest::Method::GET, "/api", &[], None, None)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(api["versions"], json!(["v1"]));
-    let groups = body(c.request(reqwest::Method::GET, "/apis", &[], None, None).await.unwrap()).await;
-    let names: Vec<&str> = groups["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    let groups = body(
+        c.request(reqwest::Method::GET, "/apis", &[], None, None)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let names: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["apps", "batch", "coordination.k8s.io"]);
-    let core = body(c.request(reqwest::Method::GET, "/api/v1", &[], None, None).await.unwrap()).await;
-    let pods = core["resources"].as_array().unwrap().iter().find(|r| r["name"] == "pods").unwrap();
+    let core = body(
+        c.request(reqwest::Method::GET, "/api/v1", &[], None, None)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let pods = core["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pods")
+        .unwrap();
     assert_eq!(pods["shortNames"], json!(["po"]));
     assert!(pods["verbs"].as_array().unwrap().contains(&json!("watch")));
-    let apps = body(c.request(reqwest::Method::GET, "/apis/apps/v1", &[], None, None).await.unwrap()).await;
-    let scale = apps["resources"].as_array().unwrap().iter().find(|r| r["name"] == "deployments/scale").unwrap();
+    let apps = body(
+        c.request(reqwest::Method::GET, "/apis/apps/v1", &[], None, None)
+            .await
+            .unwrap(),
+    )
+    .await;
+    let scale = apps["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "deployments/scale")
+        .unwrap();
     assert_eq!(scale["group"], "autoscaling");
-    assert_eq!(c.request(reqwest::Method::GET, "/apis/nope/v1", &[], None, None).await.unwrap_err().code(), Some(404));
+    assert_eq!(
+        c.request(reqwest::Method::GET, "/apis/nope/v1", &[], None, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some(404)
+    );
 
-    let t = c.table(by_plural("", "namespaces").unwrap(), None, false, None, &ListParams::default()).await.unwrap();
+    let t = c
+        .table(
+            by_plural("", "namespaces").unwrap(),
+            None,
+            false,
+            None,
+            &ListParams::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(t["kind"], "Table");
-    let cols: Vec<&str> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(cols, ["Name", "Status", "Age"]);
-    let row = t["rows"].as_array().unwrap().iter().find(|r| r["cells"][0] == "default").unwrap();
+    let row = t["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cells"][0] == "default")
+        .unwrap();
     assert_eq!(row["cells"][1], "Active");
     assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
 }

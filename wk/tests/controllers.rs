@@ -7,11 +7,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::{Client, ListParams};
 
-use common::{wait_for, TestServer, WK};
+use common::{TestServer, WK, wait_for};
 
 struct AgentProc(Child);
 impl Drop for AgentProc {
@@ -22,16 +22,31 @@ impl Drop for AgentProc {
 }
 
 fn sample(name: &str) -> String {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../samples/dist").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/build-samples.sh", p.display());
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-samples.sh",
+        p.display()
+    );
     p.canonicalize().unwrap().display().to_string()
 }
 
 fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
-    let tokens: Value = serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap()).unwrap();
+    let tokens: Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
+            .unwrap();
     AgentProc(
         Command::new(WK)
-            .args(["agent", "--server", &server.url, "--token", tokens["node"].as_str().unwrap(), "--ca-file"])
+            .args([
+                "agent",
+                "--server",
+                &server.url,
+                "--token",
+                tokens["node"].as_str().unwrap(),
+                "--ca-file",
+            ])
             .arg(server.ca_path())
             .args(["--name", name, "--data-dir"])
             .arg(dir)
@@ -45,12 +60,23 @@ fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentP
 }
 
 async fn list(c: &Client, kind: &str, selector: &str) -> Vec<Value> {
-    let p = ListParams { label_selector: Some(selector.to_string()).filter(|s| !s.is_empty()), ..Default::default() };
-    c.list(lookup(kind).unwrap(), None, false, &p).await.unwrap()["items"].as_array().cloned().unwrap_or_default()
+    let p = ListParams {
+        label_selector: Some(selector.to_string()).filter(|s| !s.is_empty()),
+        ..Default::default()
+    };
+    c.list(lookup(kind).unwrap(), None, false, &p)
+        .await
+        .unwrap()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn is_ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 async fn cluster(n: usize) -> (TestServer, Vec<(String, AgentProc)>, Vec<tempfile::TempDir>) {
@@ -84,63 +110,151 @@ async fn replicas_spread_and_come_back_when_a_node_dies() {
                 "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
-    c.create(lookup("deploy").unwrap(), None, &d, &[]).await.unwrap();
+    c.create(lookup("deploy").unwrap(), None, &d, &[])
+        .await
+        .unwrap();
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
         "spec": {"selector": {"app": "hello"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}});
-    c.create(lookup("svc").unwrap(), None, &svc, &[]).await.unwrap();
+    c.create(lookup("svc").unwrap(), None, &svc, &[])
+        .await
+        .unwrap();
     wait_for("3 ready replicas", Duration::from_secs(60), || {
         let c = c.clone();
-        async move { list(&c, "pods", "app=hello").await.iter().filter(|p| is_ready(p)).count() == 3 }
+        async move {
+            list(&c, "pods", "app=hello")
+                .await
+                .iter()
+                .filter(|p| is_ready(p))
+                .count()
+                == 3
+        }
     })
     .await;
     let pods = list(&c, "pods", "app=hello").await;
-    let mut nodes: Vec<&str> = pods.iter().map(|p| p["spec"]["nodeName"].as_str().unwrap()).collect();
+    let mut nodes: Vec<&str> = pods
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap())
+        .collect();
     nodes.sort();
-    assert_eq!(nodes, ["node-1", "node-2", "node-3"], "one replica per node");
+    assert_eq!(
+        nodes,
+        ["node-1", "node-2", "node-3"],
+        "one replica per node"
+    );
     // Endpoints list the three ready pods on the target port.
-    wait_for("endpoints with 3 addresses", Duration::from_secs(20), || {
-        let c = c.clone();
-        async move {
-            let ep = c.get_opt(lookup("endpoints").unwrap(), None, "hello").await.unwrap();
-            ep.is_some_and(|e| e["subsets"][0]["addresses"].as_array().is_some_and(|a| a.len() == 3) && e["subsets"][0]["ports"][0]["port"] == 8080)
-        }
-    })
+    wait_for(
+        "endpoints with 3 addresses",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            async move {
+                let ep = c
+                    .get_opt(lookup("endpoints").unwrap(), None, "hello")
+                    .await
+                    .unwrap();
+                ep.is_some_and(|e| {
+                    e["subsets"][0]["addresses"]
+                        .as_array()
+                        .is_some_and(|a| a.len() == 3)
+                        && e["subsets"][0]["ports"][0]["port"] == 8080
+                })
+            }
+        },
+    )
     .await;
     // Scheduled events were recorded.
     let events = list(&c, "events", "").await;
-    assert!(events.iter().any(|e| e["reason"] == "Scheduled" && e["message"].as_str().unwrap().contains("to node-")), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "Scheduled"
+                && e["message"].as_str().unwrap().contains("to node-")),
+        "{events:?}"
+    );
 
     // node-2's agent dies.
-    let victim = pods.iter().find(|p| p["spec"]["nodeName"] == "node-2").unwrap();
+    let victim = pods
+        .iter()
+        .find(|p| p["spec"]["nodeName"] == "node-2")
+        .unwrap();
     let victim_ip = victim["status"]["podIP"].as_str().unwrap().to_string();
     let killed = Instant::now();
     agents.retain(|(n, _)| n != "node-2");
-    wait_for("a replacement serving on another node", Duration::from_secs(60), || {
-        let c = c.clone();
-        async move {
-            let ps = list(&c, "pods", "app=hello").await;
-            ps.iter().filter(|p| is_ready(p) && p["metadata"]["deletionTimestamp"].is_null() && p["spec"]["nodeName"] != "node-2").count() == 3
-        }
-    })
+    wait_for(
+        "a replacement serving on another node",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            async move {
+                let ps = list(&c, "pods", "app=hello").await;
+                ps.iter()
+                    .filter(|p| {
+                        is_ready(p)
+                            && p["metadata"]["deletionTimestamp"].is_null()
+                            && p["spec"]["nodeName"] != "node-2"
+                    })
+                    .count()
+                    == 3
+            }
+        },
+    )
     .await;
-    println!("pods serving again {:.1} s after the agent was killed", killed.elapsed().as_secs_f64());
-    let node = c.get(lookup("nodes").unwrap(), None, "node-2").await.unwrap();
-    let ready = node["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+    println!(
+        "pods serving again {:.1} s after the agent was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let node = c
+        .get(lookup("nodes").unwrap(), None, "node-2")
+        .await
+        .unwrap();
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
     assert_eq!(ready["status"], "Unknown", "{node}");
-    assert!(node["spec"]["taints"].as_array().unwrap().iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute"));
-    wait_for("the dead pod to leave the endpoints", Duration::from_secs(20), || {
-        let c = c.clone();
-        let victim_ip = victim_ip.clone();
-        async move {
-            let e = c.get(lookup("endpoints").unwrap(), None, "hello").await.unwrap();
-            let ips: Vec<&str> = e["subsets"][0]["addresses"].as_array().map(|a| a.iter().filter_map(|x| x["ip"].as_str()).collect()).unwrap_or_default();
-            ips.len() == 3 && !ips.contains(&victim_ip.as_str())
-        }
-    })
+    assert!(
+        node["spec"]["taints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+    );
+    wait_for(
+        "the dead pod to leave the endpoints",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            let victim_ip = victim_ip.clone();
+            async move {
+                let e = c
+                    .get(lookup("endpoints").unwrap(), None, "hello")
+                    .await
+                    .unwrap();
+                let ips: Vec<&str> = e["subsets"][0]["addresses"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x["ip"].as_str()).collect())
+                    .unwrap_or_default();
+                ips.len() == 3 && !ips.contains(&victim_ip.as_str())
+            }
+        },
+    )
     .await;
-    for p in list(&c, "pods", "app=hello").await.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()) {
+    for p in list(&c, "pods", "app=hello")
+        .await
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+    {
         let ip = p["status"]["podIP"].as_str().unwrap();
-        assert_eq!(reqwest::get(format!("http://{ip}:8080/healthz")).await.unwrap().status(), 200);
+        assert_eq!(
+            reqwest::get(format!("http://{ip}:8080/healthz"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
 }
 
@@ -160,17 +274,58 @@ async fn jobs_complete_fail_and_expire() {
         }
         j
     };
-    c.create(jobs, None, &job("digits", "50", json!({"completions": 3, "parallelism": 2})), &[]).await.unwrap();
-    c.create(jobs, None, &job("bad", "nope", json!({"backoffLimit": 1})), &[]).await.unwrap();
-    c.create(jobs, None, &job("short-lived", "5", json!({"ttlSecondsAfterFinished": 0})), &[]).await.unwrap();
-    let condition = |j: &Value| j["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["status"] == "True")).cloned();
+    c.create(
+        jobs,
+        None,
+        &job("digits", "50", json!({"completions": 3, "parallelism": 2})),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.create(
+        jobs,
+        None,
+        &job("bad", "nope", json!({"backoffLimit": 1})),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.create(
+        jobs,
+        None,
+        &job("short-lived", "5", json!({"ttlSecondsAfterFinished": 0})),
+        &[],
+    )
+    .await
+    .unwrap();
+    let condition = |j: &Value| {
+        j["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["status"] == "True"))
+            .cloned()
+    };
     // The sample Job, applied from its manifest.
-    let out = server.wk(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/../samples/manifests/pi-job.yaml")]);
-    assert_eq!(common::stdout(&out), "job.batch/pi created\n", "{}", common::stderr(&out));
+    let out = server.wk(&[
+        "apply",
+        "-f",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../samples/manifests/pi-job.yaml"
+        ),
+    ]);
+    assert_eq!(
+        common::stdout(&out),
+        "job.batch/pi created\n",
+        "{}",
+        common::stderr(&out)
+    );
     for name in ["digits", "pi"] {
         wait_for("the jobs to complete", Duration::from_secs(60), || {
             let c = c.clone();
-            async move { condition(&c.get(jobs, None, name).await.unwrap()).is_some_and(|c| c["type"] == "Complete") }
+            async move {
+                condition(&c.get(jobs, None, name).await.unwrap())
+                    .is_some_and(|c| c["type"] == "Complete")
+            }
         })
         .await;
     }
@@ -178,28 +333,51 @@ async fn jobs_complete_fail_and_expire() {
     let out = server.wk(&["logs", sample_pod[0]["metadata"]["name"].as_str().unwrap()]);
     const PI: &str = "3.14159265358979323846264338327950288419716939937510582097494459230781640628620899862803482534211706798214808651";
     let digits = common::stdout(&out).trim().to_string();
-    assert!(digits.len() == 101 && PI.starts_with(&digits), "the sample's 100 places of pi: {digits}");
+    assert!(
+        digits.len() == 101 && PI.starts_with(&digits),
+        "the sample's 100 places of pi: {digits}"
+    );
     let pi = c.get(jobs, None, "digits").await.unwrap();
     assert_eq!(pi["status"]["succeeded"], 3);
     assert!(pi["status"]["completionTime"].is_string());
     let pi_pods = list(&c, "pods", "job-name=digits").await;
     assert_eq!(pi_pods.len(), 3);
     let out = server.wk(&["logs", pi_pods[0]["metadata"]["name"].as_str().unwrap()]);
-    assert!(common::stdout(&out).starts_with("3.14159265358979"), "{}", common::stdout(&out));
+    assert!(
+        common::stdout(&out).starts_with("3.14159265358979"),
+        "{}",
+        common::stdout(&out)
+    );
 
     wait_for("bad to fail", Duration::from_secs(60), || {
         let c = c.clone();
-        async move { condition(&c.get(jobs, None, "bad").await.unwrap()).is_some_and(|c| c["type"] == "Failed") }
+        async move {
+            condition(&c.get(jobs, None, "bad").await.unwrap())
+                .is_some_and(|c| c["type"] == "Failed")
+        }
     })
     .await;
     let bad = c.get(jobs, None, "bad").await.unwrap();
     assert_eq!(condition(&bad).unwrap()["reason"], "BackoffLimitExceeded");
-    assert_eq!(bad["status"]["failed"], 2, "backoffLimit 1 allows one retry");
+    assert_eq!(
+        bad["status"]["failed"], 2,
+        "backoffLimit 1 allows one retry"
+    );
 
-    wait_for("the ttl job and its pods to be deleted", Duration::from_secs(60), || {
-        let c = c.clone();
-        async move { c.get_opt(jobs, None, "short-lived").await.unwrap().is_none() && list(&c, "pods", "job-name=short-lived").await.is_empty() }
-    })
+    wait_for(
+        "the ttl job and its pods to be deleted",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            async move {
+                c.get_opt(jobs, None, "short-lived")
+                    .await
+                    .unwrap()
+                    .is_none()
+                    && list(&c, "pods", "job-name=short-lived").await.is_empty()
+            }
+        },
+    )
     .await;
 
     // A pod that fits no node is explained in Kubernetes' words.
@@ -207,16 +385,27 @@ async fn jobs_complete_fail_and_expire() {
     let big = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"},
         "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c", "image": sample("hello-http.wasm"), "resources": {"requests": {"memory": "64Ti"}}}]}});
     c.create(pods, None, &big, &[]).await.unwrap();
-    wait_for("an Unschedulable condition", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            let p = c.get(pods, None, "big").await.unwrap();
-            p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter().any(|c| c["reason"] == "Unschedulable" && c["message"] == "0/2 nodes are available: 2 Insufficient memory.")
-            })
-        }
-    })
+    wait_for(
+        "an Unschedulable condition",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                let p = c.get(pods, None, "big").await.unwrap();
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["reason"] == "Unschedulable"
+                            && c["message"] == "0/2 nodes are available: 2 Insufficient memory."
+                    })
+                })
+            }
+        },
+    )
     .await;
     let events = list(&c, "events", "").await;
-    assert!(events.iter().any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "big"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "big")
+    );
 }

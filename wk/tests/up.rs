@@ -24,7 +24,10 @@ impl Drop for Up {
 }
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn up(dir: &std::path::Path, port: u16, apply: bool) -> Up {
@@ -54,7 +57,10 @@ fn up(dir: &std::path::Path, port: u16, apply: bool) -> Up {
 
 fn wait_line(up: &Up, pred: impl Fn(&str) -> bool) -> String {
     loop {
-        let l = up.lines.recv_timeout(Duration::from_secs(60)).expect("wk up output");
+        let l = up
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("wk up output");
         if pred(&l) {
             return l;
         }
@@ -70,22 +76,45 @@ async fn up_serves_the_sample_and_resumes() {
     let sample = repo().join("samples/dist/hello-http.wasm");
     assert!(sample.exists(), "run scripts/build-samples.sh");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let first = up(dir.path(), port, true);
     let line = wait_line(&first, |l| l.contains(" serves http://"));
     let url = endpoint(&line);
     let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(body.starts_with("hello from hello-"), "{body}");
     assert!(body.contains("greeting: hi\n"), "{body}");
-    assert!(body.contains("content: hello from a mounted volume\n"), "{body}");
+    assert!(
+        body.contains("content: hello from a mounted volume\n"),
+        "{body}"
+    );
     wait_line(&first, |l| l.starts_with("What now"));
 
     // wk get works with the written config.
-    let out = Command::new(WK).args(["get", "deploy", "hello", "--kubeconfig"]).arg(dir.path().join("config")).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hello   2/2"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(WK)
+        .args(["get", "deploy", "hello", "--kubeconfig"])
+        .arg(dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hello   2/2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
-    let out = Command::new(WK).args(["down", "--data-dir"]).arg(dir.path().join("data")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(WK)
+        .args(["down", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(first);
     assert!(reqwest::get(&url).await.is_err(), "stopped");
 
@@ -102,10 +131,18 @@ async fn up_serves_the_sample_and_resumes() {
             if d["status"]["availableReplicas"] != 2 {
                 return false;
             }
-            let list = c.list(pods, None, false, &Default::default()).await.unwrap();
+            let list = c
+                .list(pods, None, false, &Default::default())
+                .await
+                .unwrap();
             for p in list["items"].as_array().unwrap() {
-                let Some(ip) = p["status"]["podIP"].as_str() else { return false };
-                if reqwest::get(format!("http://{ip}:8080/healthz")).await.is_err() {
+                let Some(ip) = p["status"]["podIP"].as_str() else {
+                    return false;
+                };
+                if reqwest::get(format!("http://{ip}:8080/healthz"))
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
             }

@@ -1,10 +1,10 @@
 //! Defaulting and update rules that Kubernetes applies in its registry strategies:
 //! the status a new object starts with, defaulted spec fields, and immutable fields.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
+use wk_api::Status;
 use wk_api::resource::ResourceType;
 use wk_api::validation::{FieldError, FieldErrorKind};
-use wk_api::Status;
 
 use super::ApiError;
 
@@ -60,10 +60,15 @@ fn default_workload(obj: &mut Value, replicas: bool) {
 
 /// Resets status on create as the Kubernetes strategies do, then applies defaults.
 pub fn on_create(rt: &ResourceType, obj: &mut Value) {
-    let Some(map) = obj.as_object_mut() else { return };
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
     match rt.kind {
         "Pod" => {
-            map.insert("status".into(), json!({"phase": "Pending", "qosClass": "BestEffort"}));
+            map.insert(
+                "status".into(),
+                json!({"phase": "Pending", "qosClass": "BestEffort"}),
+            );
         }
         "Namespace" => {
             map.insert("status".into(), json!({"phase": "Active"}));
@@ -90,10 +95,19 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
         "Deployment" => {
             default_workload(obj, true);
             set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            if obj.pointer("/spec/strategy/type").and_then(Value::as_str).unwrap_or("RollingUpdate") == "RollingUpdate" {
+            if obj
+                .pointer("/spec/strategy/type")
+                .and_then(Value::as_str)
+                .unwrap_or("RollingUpdate")
+                == "RollingUpdate"
+            {
                 set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
                 set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                set_default(
+                    obj,
+                    "/spec/strategy/rollingUpdate/maxUnavailable",
+                    json!("25%"),
+                );
             }
         }
         "ReplicaSet" => {
@@ -137,7 +151,9 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
         "Secret" => {
             set_default(obj, "/type", json!("Opaque"));
             // stringData is write-only: it is folded into data (base64), as Kubernetes does.
-            if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+            if let Some(Value::Object(sd)) =
+                obj.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
                 use base64::Engine;
                 for (k, v) in sd {
                     let text = v.as_str().unwrap_or_default().to_string();
@@ -208,7 +224,9 @@ pub fn on_update(rt: &ResourceType, current: &Value, next: &mut Value) -> Result
             }
         }
         "ConfigMap" | "Secret" => {
-            if current.get("immutable") == Some(&json!(true)) && (changed("/data", next) || changed("/binaryData", next)) {
+            if current.get("immutable") == Some(&json!(true))
+                && (changed("/data", next) || changed("/binaryData", next))
+            {
                 errors.push(FieldError {
                     field: "data".into(),
                     kind: FieldErrorKind::Forbidden,
@@ -222,7 +240,10 @@ pub fn on_update(rt: &ResourceType, current: &Value, next: &mut Value) -> Result
     if errors.is_empty() {
         Ok(())
     } else {
-        let name = current.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = current
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         Err(ApiError(Status::invalid(rt, name, &errors)))
     }
 }
@@ -239,7 +260,10 @@ mod tests {
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
-        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"],
+            "TCP"
+        );
         assert!(d.get("status").is_none());
     }
 
@@ -254,9 +278,16 @@ mod tests {
 
     #[test]
     fn selector_is_immutable() {
-        let cur = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}}}});
-        let mut next = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "c"}}}});
-        let err = on_update(by_plural("apps", "deployments").unwrap(), &cur, &mut next).unwrap_err();
-        assert!(err.0.message.contains("spec.selector: Invalid value"), "{}", err.0.message);
+        let cur =
+            json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}}}});
+        let mut next =
+            json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "c"}}}});
+        let err =
+            on_update(by_plural("apps", "deployments").unwrap(), &cur, &mut next).unwrap_err();
+        assert!(
+            err.0.message.contains("spec.selector: Invalid value"),
+            "{}",
+            err.0.message
+        );
     }
 }

@@ -9,11 +9,11 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
-use wk_api::resource::{self, ResourceType, RESOURCES};
+use serde_json::{Value, json};
 use wk_api::Status;
+use wk_api::resource::{self, RESOURCES, ResourceType};
 
-use super::{json_response, ApiError, ApiState};
+use super::{ApiError, ApiState, json_response};
 
 /// The Kubernetes version wk's API corresponds to. kubectl's version dispatcher picks its
 /// client version from this, so it must name a real Kubernetes minor version.
@@ -60,7 +60,10 @@ fn group_entry(group: &str) -> Value {
 
 pub async fn api_groups() -> Response {
     let groups: Vec<Value> = resource::groups().into_iter().map(group_entry).collect();
-    json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    )
 }
 
 pub async fn group(Path(group): Path<String>) -> Result<Response, ApiError> {
@@ -73,11 +76,23 @@ pub async fn group(Path(group): Path<String>) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &g))
 }
 
-const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn resource_list(group: &str, version: &str) -> Vec<Value> {
     let mut out = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut entry = json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
             "kind": r.kind, "verbs": VERBS, "storageVersionHash": "",
@@ -99,14 +114,26 @@ fn resource_list(group: &str, version: &str) -> Vec<Value> {
 fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
     let name = format!("{}/{sub}", r.plural);
     match sub {
-        "scale" => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "autoscaling",
-                          "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
-        "log" => json!({"name": name, "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}),
-        "binding" => json!({"name": name, "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}),
-        "eviction" => json!({"name": name, "singularName": "", "namespaced": true, "group": "policy", "version": "v1",
-                             "kind": "Eviction", "verbs": ["create"]}),
-        "finalize" => json!({"name": name, "singularName": "", "namespaced": false, "kind": r.kind, "verbs": ["update"]}),
-        _ => json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}),
+        "scale" => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "group": "autoscaling",
+                          "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
+        }
+        "log" => {
+            json!({"name": name, "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]})
+        }
+        "binding" => {
+            json!({"name": name, "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]})
+        }
+        "eviction" => {
+            json!({"name": name, "singularName": "", "namespaced": true, "group": "policy", "version": "v1",
+                             "kind": "Eviction", "verbs": ["create"]})
+        }
+        "finalize" => {
+            json!({"name": name, "singularName": "", "namespaced": false, "kind": r.kind, "verbs": ["update"]})
+        }
+        _ => {
+            json!({"name": name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]})
+        }
     }
 }
 
@@ -117,7 +144,9 @@ pub async fn core_resources() -> Response {
     )
 }
 
-pub async fn group_resources(Path((group, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+pub async fn group_resources(
+    Path((group, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let resources = resource_list(&group, &version);
     if resources.is_empty() {
         return Err(Status::not_found_path(&format!("/apis/{group}/{version}")).into());
@@ -134,7 +163,11 @@ pub async fn openapi_v2() -> Response {
 }
 
 fn gv_path(group: &str) -> String {
-    if group.is_empty() { "api/v1".into() } else { format!("apis/{group}/v1") }
+    if group.is_empty() {
+        "api/v1".into()
+    } else {
+        format!("apis/{group}/v1")
+    }
 }
 
 pub async fn openapi_v3() -> Response {
@@ -143,7 +176,10 @@ pub async fn openapi_v3() -> Response {
     groups.extend(resource::groups());
     for g in groups {
         let p = gv_path(g);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}")}),
+        );
     }
     json_response(StatusCode::OK, &json!({"paths": paths}))
 }
@@ -157,8 +193,14 @@ pub async fn openapi_v3_group(uri: axum::http::Uri) -> Result<Response, ApiError
         _ => return Err(Status::not_found_path(uri.path()).into()),
     };
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
-        let path = format!("{}/{{name}}", r.collection_path(r.namespaced.then_some("{namespace}")));
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let path = format!(
+            "{}/{{name}}",
+            r.collection_path(r.namespaced.then_some("{namespace}"))
+        );
         paths.insert(
             path,
             json!({"patch": {

@@ -6,18 +6,18 @@ use std::collections::HashMap;
 
 use axum::body::to_bytes;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
+use wk_api::Status;
 use wk_api::decode;
-use wk_api::meta::{field_str, ObjectMetaExt};
+use wk_api::meta::{ObjectMetaExt, field_str};
 use wk_api::resource::{self, ResourceType};
 use wk_api::selector::{FieldSelector, LabelSelector};
-use wk_api::Status;
 
-use super::{defaults, json_response, patch, table, watch, ApiError, ApiState, Target};
+use super::{ApiError, ApiState, Target, defaults, json_response, patch, table, watch};
 use crate::store::{Applied, Op, OpError, Precondition};
 
 /// Bodies larger than this are refused (Kubernetes' limit is 3 MiB).
@@ -34,11 +34,7 @@ pub struct Params(HashMap<String, String>);
 impl Params {
     pub fn from_uri(uri: &axum::http::Uri) -> Self {
         let q = uri.query().unwrap_or("");
-        Params(
-            url_decode_pairs(q)
-                .into_iter()
-                .collect(),
-        )
+        Params(url_decode_pairs(q).into_iter().collect())
     }
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
@@ -70,7 +66,10 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                match (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) {
                     (Some(h), Some(l)) => {
                         out.push((h * 16 + l) as u8);
                         i += 2;
@@ -97,15 +96,21 @@ pub async fn read_body(req: Request) -> Result<(Value, String)> {
         .unwrap_or("")
         .trim()
         .to_string();
-    let bytes = to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| Status::new(413, "RequestEntityTooLarge", format!("request body too large or unreadable: {e}")))?;
+    let bytes = to_bytes(req.into_body(), MAX_BODY).await.map_err(|e| {
+        Status::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("request body too large or unreadable: {e}"),
+        )
+    })?;
     let value: Value = if content_type.contains("yaml") {
         let y: serde_yaml::Value = serde_yaml::from_slice(&bytes)
             .map_err(|e| Status::bad_request(format!("error decoding YAML body: {e}")))?;
-        serde_json::to_value(y).map_err(|e| Status::bad_request(format!("error decoding YAML body: {e}")))?
+        serde_json::to_value(y)
+            .map_err(|e| Status::bad_request(format!("error decoding YAML body: {e}")))?
     } else if content_type.is_empty() || content_type.contains("json") {
-        serde_json::from_slice(&bytes).map_err(|e| Status::bad_request(format!("error decoding JSON body: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Status::bad_request(format!("error decoding JSON body: {e}")))?
     } else {
         return Err(Status::unsupported_media_type(&content_type).into());
     };
@@ -113,11 +118,17 @@ pub async fn read_body(req: Request) -> Result<(Value, String)> {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn ns_of(target: &Target) -> Option<&str> {
-    if target.rt.namespaced { target.namespace.as_deref() } else { None }
+    if target.rt.namespaced {
+        target.namespace.as_deref()
+    } else {
+        None
+    }
 }
 
 fn key_of(target: &Target, name: &str) -> String {
@@ -137,7 +148,8 @@ fn object_response(code: StatusCode, object: &Value, warnings: &[String]) -> Res
 }
 
 fn parse_json(text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| ApiError(Status::internal(format!("stored object is corrupt: {e}"))))
+    serde_json::from_str(text)
+        .map_err(|e| ApiError(Status::internal(format!("stored object is corrupt: {e}"))))
 }
 
 /// Reads one object, linearizably unless `stale`.
@@ -164,14 +176,24 @@ fn check(rt: &ResourceType, obj: &Value, params: &Params) -> Result<(Value, Vec<
         ))
     })?;
     let mode = params.get("fieldValidation").unwrap_or("Warn");
-    let unknown: Vec<String> = checked.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let unknown: Vec<String> = checked
+        .unknown_fields
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
     if !unknown.is_empty() && mode == "Strict" {
-        return Err(Status::bad_request(format!("strict decoding error: {}", unknown.join(", "))).into());
+        return Err(
+            Status::bad_request(format!("strict decoding error: {}", unknown.join(", "))).into(),
+        );
     }
     if !errors.is_empty() {
         return Err(Status::invalid(rt, &name, &errors).into());
     }
-    let warnings = if mode == "Ignore" { Vec::new() } else { unknown };
+    let warnings = if mode == "Ignore" {
+        Vec::new()
+    } else {
+        unknown
+    };
     Ok((checked.object, warnings))
 }
 
@@ -187,7 +209,9 @@ fn store_op_error(target: &Target, name: &str, e: OpError) -> ApiError {
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Fills server-owned metadata of a new object and checks the names against the path.
@@ -215,7 +239,7 @@ fn prepare_create(target: &Target, obj: &mut Value) -> Result<()> {
                 "the kind in the data ({k}) does not match the expected kind ({})",
                 rt.kind
             ))
-            .into())
+            .into());
         }
         _ => {
             map.insert("kind".into(), json!(rt.kind));
@@ -236,16 +260,32 @@ fn prepare_create(target: &Target, obj: &mut Value) -> Result<()> {
         obj.remove_meta("namespace");
     }
     if obj.name().is_none() {
-        if let Some(prefix) = obj.meta_str("generateName").map(String::from).filter(|s| !s.is_empty()) {
+        if let Some(prefix) = obj
+            .meta_str("generateName")
+            .map(String::from)
+            .filter(|s| !s.is_empty())
+        {
             let mut prefix = prefix;
             prefix.truncate(58);
             obj.set_meta("name", format!("{prefix}{}", random_suffix()));
         }
     }
-    if obj.meta_str("resourceVersion").is_some_and(|s| !s.is_empty()) {
-        return Err(Status::bad_request("resourceVersion should not be set on objects to be created").into());
+    if obj
+        .meta_str("resourceVersion")
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(Status::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        )
+        .into());
     }
-    for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+    for f in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    ] {
         obj.remove_meta(f);
     }
     obj.set_meta("uid", uuid::Uuid::new_v4().to_string());
@@ -285,9 +325,17 @@ pub async fn create(state: ApiState, target: Target, req: Request) -> Result<Res
     if params.dry_run() {
         return Ok(object_response(StatusCode::CREATED, &obj, &warnings));
     }
-    let op = Op::Put { key: key_of(&target, &name), object: obj.to_string(), precondition: Precondition::Absent };
+    let op = Op::Put {
+        key: key_of(&target, &name),
+        object: obj.to_string(),
+        precondition: Precondition::Absent,
+    };
     match state.store.write_one(op).await? {
-        Ok(applied) => Ok(object_response(StatusCode::CREATED, &parse_json(&applied.object)?, &warnings)),
+        Ok(applied) => Ok(object_response(
+            StatusCode::CREATED,
+            &parse_json(&applied.object)?,
+            &warnings,
+        )),
         Err(e) => Err(store_op_error(&target, &name, e)),
     }
 }
@@ -296,10 +344,15 @@ pub async fn get(state: ApiState, target: Target, req: Request) -> Result<Respon
     let params = Params::from_uri(req.uri());
     let name = target.name.clone().unwrap_or_default();
     let stale = params.get("resourceVersion") == Some("0");
-    let obj = load(&state, &key_of(&target, &name), stale).await?.ok_or_else(|| not_found(&target, &name))?;
+    let obj = load(&state, &key_of(&target, &name), stale)
+        .await?
+        .ok_or_else(|| not_found(&target, &name))?;
     if table::wants_table(req.headers()) {
         let rv = obj.resource_version();
-        return Ok(json_response(StatusCode::OK, &table::render(target.rt, &[obj], rv, &params, None)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::render(target.rt, &[obj], rv, &params, None),
+        ));
     }
     Ok(json_response(StatusCode::OK, &obj))
 }
@@ -327,12 +380,18 @@ impl Filter {
             }
         }
         let prefix = target.rt.key_prefix(ns_of(target));
-        Ok(Filter { prefix, labels, fields })
+        Ok(Filter {
+            prefix,
+            labels,
+            fields,
+        })
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
         (self.labels.is_empty() || self.labels.matches(&obj.labels()))
-            && self.fields.matches(|f| Some(field_str(obj, f).unwrap_or_default()))
+            && self
+                .fields
+                .matches(|f| Some(field_str(obj, f).unwrap_or_default()))
     }
 }
 
@@ -352,7 +411,10 @@ fn field_supported(rt: &ResourceType, field: &str) -> bool {
                 | "status.podIP"
                 | "status.nominatedNodeName"
         ),
-        "Event" => field.starts_with("involvedObject.") || matches!(field, "reason" | "type" | "source" | "reportingComponent"),
+        "Event" => {
+            field.starts_with("involvedObject.")
+                || matches!(field, "reason" | "type" | "source" | "reportingComponent")
+        }
         "Secret" => field == "type",
         "Node" => field == "spec.unschedulable",
         "Job" => field == "status.successful",
@@ -379,16 +441,21 @@ pub async fn list_or_watch(state: ApiState, target: Target, req: Request) -> Res
     if !stale {
         state.store.linearize().await?;
     }
-    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let limit: usize = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     let mut start_after = match params.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(token)
                 .map_err(|_| Status::bad_request("continue key is not valid"))?;
-            let tok: ContinueToken =
-                serde_json::from_slice(&bytes).map_err(|_| Status::bad_request("continue key is not valid"))?;
+            let tok: ContinueToken = serde_json::from_slice(&bytes)
+                .map_err(|_| Status::bad_request("continue key is not valid"))?;
             if !tok.key.starts_with(&filter.prefix) {
-                return Err(Status::bad_request("continue key does not belong to this list").into());
+                return Err(
+                    Status::bad_request("continue key does not belong to this list").into(),
+                );
             }
             Some(tok.key)
         }
@@ -402,7 +469,10 @@ pub async fn list_or_watch(state: ApiState, target: Target, req: Request) -> Res
         let prefix = filter.prefix.clone();
         let after = start_after.clone();
         let page = if limit > 0 { limit.max(64) } else { 0 };
-        let (rev, batch, more) = state.store.read(move |sm| sm.list(&prefix, after.as_deref(), page)).await?;
+        let (rev, batch, more) = state
+            .store
+            .read(move |sm| sm.list(&prefix, after.as_deref(), page))
+            .await?;
         revision = rev;
         let mut last_key = None;
         for (key, text) in batch {
@@ -430,7 +500,10 @@ pub async fn list_or_watch(state: ApiState, target: Target, req: Request) -> Res
             .encode(serde_json::to_vec(&ContinueToken { key, revision }).unwrap_or_default())
     });
     if table::wants_table(req.headers()) {
-        return Ok(json_response(StatusCode::OK, &table::render(target.rt, &items, revision, &params, cont)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::render(target.rt, &items, revision, &params, cont),
+        ));
     }
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(c) = cont {
@@ -474,7 +547,10 @@ fn prepare_update(target: &Target, current: &Value, incoming: Value) -> Result<V
             return Err(Status::conflict(
                 rt,
                 name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", current.uid().unwrap_or("")),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    current.uid().unwrap_or("")
+                ),
             )
             .into());
         }
@@ -490,7 +566,10 @@ fn prepare_update(target: &Target, current: &Value, incoming: Value) -> Result<V
         }
         Some("finalize") => {
             let mut next = current.clone();
-            next["spec"]["finalizers"] = incoming.pointer("/spec/finalizers").cloned().unwrap_or(json!([]));
+            next["spec"]["finalizers"] = incoming
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
             next
         }
         _ => {
@@ -512,14 +591,25 @@ fn prepare_update(target: &Target, current: &Value, incoming: Value) -> Result<V
         }
     };
     // Server-owned metadata is kept from the stored object.
-    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "name",
+    ] {
         match current.meta().and_then(|m| m.get(f)) {
             Some(v) => next.set_meta(f, v.clone()),
             None => next.remove_meta(f),
         }
     }
     next.remove_meta("managedFields");
-    let generation = current.meta().and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+    let generation = current
+        .meta()
+        .and_then(|m| m.get("generation"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let bump = spec_part(current) != spec_part(&next);
     next.set_meta("generation", if bump { generation + 1 } else { generation });
     defaults::apply(rt, &mut next);
@@ -544,12 +634,32 @@ async fn commit_update(
         return Ok(Ok(object_response(StatusCode::OK, &next, warnings)));
     }
     if next.deletion_timestamp().is_some() && next.finalizers().is_empty() {
-        let r = state.store.write_one(Op::Delete { key, precondition }).await?;
-        return Ok(r.map(|a| object_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default(), warnings)));
+        let r = state
+            .store
+            .write_one(Op::Delete { key, precondition })
+            .await?;
+        return Ok(r.map(|a| {
+            object_response(
+                StatusCode::OK,
+                &parse_json(&a.object).unwrap_or_default(),
+                warnings,
+            )
+        }));
     }
-    let r = state.store.write_one(Op::Put { key, object: next.to_string(), precondition }).await?;
+    let r = state
+        .store
+        .write_one(Op::Put {
+            key,
+            object: next.to_string(),
+            precondition,
+        })
+        .await?;
     Ok(match r {
-        Ok(a) => Ok(object_response(StatusCode::OK, &parse_json(&a.object)?, warnings)),
+        Ok(a) => Ok(object_response(
+            StatusCode::OK,
+            &parse_json(&a.object)?,
+            warnings,
+        )),
         Err(e) => Err(e),
     })
 }
@@ -557,15 +667,31 @@ async fn commit_update(
 pub async fn update(state: ApiState, target: Target, req: Request) -> Result<Response> {
     let params = Params::from_uri(req.uri());
     let (incoming, _) = read_body(req).await?;
-    let wanted_rv = incoming.meta_str("resourceVersion").filter(|s| !s.is_empty()).map(String::from);
-    read_modify_write(&state, &target, &params, wanted_rv, |_| Ok(incoming.clone())).await
+    let wanted_rv = incoming
+        .meta_str("resourceVersion")
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    read_modify_write(
+        &state,
+        &target,
+        &params,
+        wanted_rv,
+        |_| Ok(incoming.clone()),
+    )
+    .await
 }
 
 pub async fn patch(state: ApiState, target: Target, req: Request) -> Result<Response> {
     let params = Params::from_uri(req.uri());
     let (patch_doc, content_type) = read_body(req).await?;
-    let wanted_rv = patch_doc.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
-    read_modify_write(&state, &target, &params, wanted_rv, |current| apply_patch(current, &patch_doc, &content_type)).await
+    let wanted_rv = patch_doc
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(String::from);
+    read_modify_write(&state, &target, &params, wanted_rv, |current| {
+        apply_patch(current, &patch_doc, &content_type)
+    })
+    .await
 }
 
 /// Reads the current object, computes the next one, and writes it guarded by the revision
@@ -580,7 +706,9 @@ async fn read_modify_write(
 ) -> Result<Response> {
     let name = target.name.clone().unwrap_or_default();
     for _ in 0..MAX_RETRIES {
-        let current = load(state, &key_of(target, &name), false).await?.ok_or_else(|| not_found(target, &name))?;
+        let current = load(state, &key_of(target, &name), false)
+            .await?
+            .ok_or_else(|| not_found(target, &name))?;
         if let Some(rv) = &wanted_rv {
             if *rv != current.resource_version().to_string() {
                 return Err(Status::stale(target.rt, &name).into());
@@ -624,22 +752,32 @@ struct DeleteOptions {
 
 async fn delete_options(params: &Params, req: Request) -> Result<DeleteOptions> {
     let mut o = DeleteOptions {
-        grace_period: params.get("gracePeriodSeconds").and_then(|g| g.parse().ok()),
+        grace_period: params
+            .get("gracePeriodSeconds")
+            .and_then(|g| g.parse().ok()),
         propagation: params.get("propagationPolicy").map(String::from),
         ..Default::default()
     };
-    let bytes = to_bytes(req.into_body(), MAX_BODY).await.unwrap_or_default();
+    let bytes = to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .unwrap_or_default();
     if !bytes.is_empty() {
-        let body: Value =
-            serde_json::from_slice(&bytes).map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?;
         if let Some(g) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
             o.grace_period = Some(g);
         }
         if let Some(p) = body.get("propagationPolicy").and_then(Value::as_str) {
             o.propagation = Some(p.to_string());
         }
-        o.uid = body.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
-        o.resource_version = body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from);
+        o.uid = body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.resource_version = body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
     }
     if let Some(p) = &o.propagation {
         if !matches!(p.as_str(), "Orphan" | "Background" | "Foreground") {
@@ -657,11 +795,26 @@ pub async fn delete(state: ApiState, target: Target, req: Request) -> Result<Res
     let name = target.name.clone().unwrap_or_default();
     let opts = delete_options(&params, req).await?;
     for _ in 0..MAX_RETRIES {
-        let current = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
-        if opts.uid.as_deref().is_some_and(|u| Some(u) != current.uid()) {
-            return Err(Status::conflict(target.rt, &name, "Precondition failed: UID in precondition does not match the UID of the object").into());
+        let current = load(&state, &key_of(&target, &name), false)
+            .await?
+            .ok_or_else(|| not_found(&target, &name))?;
+        if opts
+            .uid
+            .as_deref()
+            .is_some_and(|u| Some(u) != current.uid())
+        {
+            return Err(Status::conflict(
+                target.rt,
+                &name,
+                "Precondition failed: UID in precondition does not match the UID of the object",
+            )
+            .into());
         }
-        if opts.resource_version.as_deref().is_some_and(|rv| rv != current.resource_version().to_string()) {
+        if opts
+            .resource_version
+            .as_deref()
+            .is_some_and(|rv| rv != current.resource_version().to_string())
+        {
             return Err(Status::stale(target.rt, &name).into());
         }
         match delete_one(&state, &target, current, &opts, params.dry_run()).await? {
@@ -685,7 +838,9 @@ async fn delete_one(
     let name = current.name().unwrap_or("").to_string();
     let key = key_of(target, &name);
     let precondition = Precondition::Revision(current.resource_version());
-    if current.deletion_timestamp().is_some() && !(target.rt.kind == "Pod" && opts.grace_period == Some(0)) {
+    if current.deletion_timestamp().is_some()
+        && !(target.rt.kind == "Pod" && opts.grace_period == Some(0))
+    {
         // Already being deleted: nothing more to do until finalizers or the node finish.
         return Ok(Ok(json_response(StatusCode::ACCEPTED, &current)));
     }
@@ -704,14 +859,28 @@ async fn delete_one(
         if dry_run {
             return Ok(Ok(json_response(StatusCode::OK, &next)));
         }
-        let r = state.store.write_one(Op::Put { key, object: next.to_string(), precondition }).await?;
-        return Ok(r.map(|a| json_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default())));
+        let r = state
+            .store
+            .write_one(Op::Put {
+                key,
+                object: next.to_string(),
+                precondition,
+            })
+            .await?;
+        return Ok(
+            r.map(|a| json_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default()))
+        );
     }
     if dry_run {
         return Ok(Ok(json_response(StatusCode::OK, &current)));
     }
-    let r = state.store.write_one(Op::Delete { key, precondition }).await?;
-    Ok(r.map(|a: Applied| json_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default())))
+    let r = state
+        .store
+        .write_one(Op::Delete { key, precondition })
+        .await?;
+    Ok(r.map(|a: Applied| {
+        json_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default())
+    }))
 }
 
 /// Pods bound to a node stop gracefully: the node's agent finishes the deletion. Unbound
@@ -720,7 +889,10 @@ fn graceful_period(target: &Target, current: &Value, opts: &DeleteOptions) -> i6
     if target.rt.kind != "Pod" {
         return 0;
     }
-    let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let bound = current
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     let finished = matches!(
         current.pointer("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
@@ -729,7 +901,11 @@ fn graceful_period(target: &Target, current: &Value, opts: &DeleteOptions) -> i6
         return 0;
     }
     opts.grace_period
-        .or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30)
         .max(0)
 }
@@ -751,7 +927,10 @@ async fn delete_namespace_contents(state: &ApiState, ns: &str) -> Result<()> {
             }
             let ops = batch
                 .into_iter()
-                .map(|(key, _)| Op::Delete { key, precondition: Precondition::Present })
+                .map(|(key, _)| Op::Delete {
+                    key,
+                    precondition: Precondition::Present,
+                })
                 .collect();
             state.store.write(ops).await?;
         }
@@ -765,7 +944,10 @@ pub async fn delete_collection(state: ApiState, target: Target, req: Request) ->
     let opts = delete_options(&params, req).await?;
     state.store.linearize().await?;
     let prefix = filter.prefix.clone();
-    let (revision, batch, _) = state.store.read(move |sm| sm.list(&prefix, None, 0)).await?;
+    let (revision, batch, _) = state
+        .store
+        .read(move |sm| sm.list(&prefix, None, 0))
+        .await?;
     let mut deleted = Vec::new();
     for (_, text) in batch {
         let obj = parse_json(&text)?;
@@ -787,7 +969,11 @@ pub async fn delete_collection(state: ApiState, target: Target, req: Request) ->
 pub async fn bind(state: ApiState, target: Target, req: Request) -> Result<Response> {
     let name = target.name.clone().unwrap_or_default();
     let (binding, _) = read_body(req).await?;
-    let node = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let node = binding
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if node.is_empty() {
         return Err(Status::invalid(
             target.rt,
@@ -802,12 +988,28 @@ pub async fn bind(state: ApiState, target: Target, req: Request) -> Result<Respo
         .into());
     }
     for _ in 0..MAX_RETRIES {
-        let current = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
-        if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            return Err(Status::conflict(target.rt, &name, &format!("pod {name} is already assigned to node \"{existing}\"")).into());
+        let current = load(&state, &key_of(&target, &name), false)
+            .await?
+            .ok_or_else(|| not_found(&target, &name))?;
+        if let Some(existing) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(Status::conflict(
+                target.rt,
+                &name,
+                &format!("pod {name} is already assigned to node \"{existing}\""),
+            )
+            .into());
         }
         if current.deletion_timestamp().is_some() {
-            return Err(Status::conflict(target.rt, &name, "pod is being deleted, cannot be assigned to a host").into());
+            return Err(Status::conflict(
+                target.rt,
+                &name,
+                "pod is being deleted, cannot be assigned to a host",
+            )
+            .into());
         }
         let mut next = current.clone();
         next["spec"]["nodeName"] = json!(node);
@@ -822,7 +1024,7 @@ pub async fn bind(state: ApiState, target: Target, req: Request) -> Result<Respo
                 return Ok(json_response(
                     StatusCode::CREATED,
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-                ))
+                ));
             }
             Err(OpError::Conflict { .. }) => continue,
             Err(e) => return Err(store_op_error(&target, &name, e)),
@@ -838,11 +1040,15 @@ pub fn set_condition(obj: &mut Value, kind: &str, status: &str, reason: Option<&
         *conds = json!([]);
     }
     let list = conds.as_array_mut().expect("array");
-    let mut entry = json!({"type": kind, "status": status, "lastTransitionTime": now(), "lastProbeTime": null});
+    let mut entry =
+        json!({"type": kind, "status": status, "lastTransitionTime": now(), "lastProbeTime": null});
     if let Some(r) = reason {
         entry["reason"] = json!(r);
     }
-    match list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some(kind)) {
+    match list
+        .iter_mut()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+    {
         Some(c) => *c = entry,
         None => list.push(entry),
     }
@@ -852,7 +1058,11 @@ fn scale_of(target: &Target, obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector")
         .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .and_then(|s: wk_api::k8s::apimachinery::pkg::apis::meta::v1::LabelSelector| LabelSelector::from_k8s(&s).ok())
+        .and_then(
+            |s: wk_api::k8s::apimachinery::pkg::apis::meta::v1::LabelSelector| {
+                LabelSelector::from_k8s(&s).ok()
+            },
+        )
         .map(|s| s.to_string())
         .unwrap_or_default();
     json!({
@@ -870,7 +1080,9 @@ fn scale_of(target: &Target, obj: &Value) -> Value {
 
 pub async fn get_scale(state: ApiState, target: Target, _req: Request) -> Result<Response> {
     let name = target.name.clone().unwrap_or_default();
-    let obj = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
+    let obj = load(&state, &key_of(&target, &name), false)
+        .await?
+        .ok_or_else(|| not_found(&target, &name))?;
     Ok(json_response(StatusCode::OK, &scale_of(&target, &obj)))
 }
 
@@ -880,22 +1092,42 @@ pub async fn update_scale(state: ApiState, target: Target, req: Request) -> Resu
     let name = target.name.clone().unwrap_or_default();
     let (body, content_type) = read_body(req).await?;
     for _ in 0..MAX_RETRIES {
-        let current = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
+        let current = load(&state, &key_of(&target, &name), false)
+            .await?
+            .ok_or_else(|| not_found(&target, &name))?;
         let scale = scale_of(&target, &current);
-        let wanted = if is_patch { apply_patch(&scale, &body, &content_type)? } else { body.clone() };
-        let wanted_rv = wanted.meta_str("resourceVersion").filter(|s| !s.is_empty()).map(String::from);
-        if wanted_rv.as_deref().is_some_and(|rv| rv != current.resource_version().to_string()) {
+        let wanted = if is_patch {
+            apply_patch(&scale, &body, &content_type)?
+        } else {
+            body.clone()
+        };
+        let wanted_rv = wanted
+            .meta_str("resourceVersion")
+            .filter(|s| !s.is_empty())
+            .map(String::from);
+        if wanted_rv
+            .as_deref()
+            .is_some_and(|rv| rv != current.resource_version().to_string())
+        {
             return Err(Status::stale(target.rt, &name).into());
         }
-        let replicas = wanted.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = wanted
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         let mut next = current.clone();
         next["spec"]["replicas"] = json!(replicas);
-        let scale_target = Target { subresource: None, ..target.clone() };
+        let scale_target = Target {
+            subresource: None,
+            ..target.clone()
+        };
         let next = prepare_update(&scale_target, &current, next)?;
         let (next, _) = check(target.rt, &next, &params)?;
         match commit_update(&state, &scale_target, &current, next, &params, &[]).await? {
             Ok(_) => {
-                let obj = load(&state, &key_of(&target, &name), false).await?.ok_or_else(|| not_found(&target, &name))?;
+                let obj = load(&state, &key_of(&target, &name), false)
+                    .await?
+                    .ok_or_else(|| not_found(&target, &name))?;
                 return Ok(json_response(StatusCode::OK, &scale_of(&target, &obj)));
             }
             Err(OpError::Conflict { .. }) if wanted_rv.is_none() => continue,
@@ -911,15 +1143,27 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
     let name = target.name.clone().unwrap_or_default();
     let query = req.uri().query().unwrap_or("").to_string();
     let params = Params::from_uri(req.uri());
-    let pod = load(&state, &key_of(&target, &name), true).await?.ok_or_else(|| not_found(&target, &name))?;
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string();
+    let pod = load(&state, &key_of(&target, &name), true)
+        .await?
+        .ok_or_else(|| not_found(&target, &name))?;
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if node_name.is_empty() {
-        return Err(Status::bad_request(format!("pod {name} does not have a host assigned")).into());
+        return Err(
+            Status::bad_request(format!("pod {name} does not have a host assigned")).into(),
+        );
     }
     let containers: Vec<String> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let container = match params.get("container") {
         Some(c) if containers.iter().any(|x| x == c) => c.to_string(),
@@ -928,7 +1172,7 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
                 "container {c} is not valid for pod {name}; choose one of: [{}]",
                 containers.join(" ")
             ))
-            .into())
+            .into());
         }
         None if containers.len() == 1 => containers[0].clone(),
         None => {
@@ -936,19 +1180,27 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
                 "a container name must be specified for pod {name}, choose one of: [{}]",
                 containers.join(" ")
             ))
-            .into())
+            .into());
         }
     };
     let nodes = resource::by_plural("", "nodes").expect("nodes registered");
-    let node = load(&state, &nodes.key(None, &node_name), true).await?.ok_or_else(|| Status::not_found(nodes, &node_name))?;
+    let node = load(&state, &nodes.key(None, &node_name), true)
+        .await?
+        .ok_or_else(|| Status::not_found(nodes, &node_name))?;
     let ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
-        .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP")))
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
         .and_then(|x| x.get("address").and_then(Value::as_str))
         .unwrap_or("")
         .to_string();
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(0);
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     if ip.is_empty() || port == 0 {
         return Err(Status::unavailable(format!("node {node_name} does not serve logs")).into());
     }
@@ -959,15 +1211,27 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
         .bearer_auth(&state.tokens.node)
         .send()
         .await
-        .map_err(|e| Status::unavailable(format!("cannot reach the agent of node {node_name}: {e}")))?;
+        .map_err(|e| {
+            Status::unavailable(format!("cannot reach the agent of node {node_name}: {e}"))
+        })?;
     let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if !code.is_success() {
         let text = resp.text().await.unwrap_or_default();
-        return Err(Status::new(code.as_u16(), if code == StatusCode::NOT_FOUND { "NotFound" } else { "BadRequest" }, text.trim().to_string()).into());
+        return Err(Status::new(
+            code.as_u16(),
+            if code == StatusCode::NOT_FOUND {
+                "NotFound"
+            } else {
+                "BadRequest"
+            },
+            text.trim().to_string(),
+        )
+        .into());
     }
     let body = axum::body::Body::from_stream(resp.bytes_stream());
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
 }
 
@@ -984,4 +1248,3 @@ mod tests {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
-

@@ -15,14 +15,14 @@ mod watch;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
-use wk_api::resource::{self, ResourceType};
 use wk_api::Status;
+use wk_api::resource::{self, ResourceType};
 
 use crate::auth::{Identity, Tokens};
 use crate::store::{Store, StoreError};
@@ -63,7 +63,10 @@ impl IntoResponse for ApiError {
 
 pub(crate) fn json_response(code: StatusCode, value: &serde_json::Value) -> Response {
     let mut resp = (code, value.to_string()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -99,12 +102,18 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
             return None;
         }
     }
-    Some(Target { rt, namespace: ns, name, subresource: sub })
+    Some(Target {
+        rt,
+        namespace: ns,
+        name,
+        subresource: sub,
+    })
 }
 
 async fn authenticate(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") || path.starts_with("/raft/");
+    let public = matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/raft/");
     if !public {
         let token = req
             .headers()
@@ -128,10 +137,16 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         return ApiError(Status::unauthorized()).into_response();
     };
     let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let target = match segments.as_slice() {
         ["api", "v1", rest @ ..] if !rest.is_empty() => parse_target("", "v1", rest),
-        ["apis", group, version, rest @ ..] if !rest.is_empty() => parse_target(group, version, rest),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => {
+            parse_target(group, version, rest)
+        }
         _ => None,
     };
     let Some(target) = target else {
@@ -151,7 +166,11 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         },
     };
     let method = req.method().clone();
-    let result = match (&method, target.name.is_some(), target.subresource.as_deref()) {
+    let result = match (
+        &method,
+        target.name.is_some(),
+        target.subresource.as_deref(),
+    ) {
         (&Method::GET, false, _) => handlers::list_or_watch(state, target, req).await,
         (&Method::POST, false, _) => handlers::create(state, target, req).await,
         (&Method::DELETE, false, _) => handlers::delete_collection(state, target, req).await,
@@ -160,7 +179,9 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         (&Method::PUT, true, Some("scale")) | (&Method::PATCH, true, Some("scale")) => {
             handlers::update_scale(state, target, req).await
         }
-        (&Method::PUT, true, None | Some("status") | Some("finalize")) => handlers::update(state, target, req).await,
+        (&Method::PUT, true, None | Some("status") | Some("finalize")) => {
+            handlers::update(state, target, req).await
+        }
         (&Method::PATCH, true, None | Some("status")) => handlers::patch(state, target, req).await,
         (&Method::DELETE, true, None) => handlers::delete(state, target, req).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(state, target, req).await,
@@ -174,14 +195,27 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
 
 /// `POST /wk/v1/nodecredentials/{name}`: exchanges the node join token (or the admin
 /// token) for the credential of node `name`.
-async fn node_credentials(State(state): State<ApiState>, Path(name): Path<String>, req: Request) -> Response {
+async fn node_credentials(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
     match req.extensions().get::<Identity>() {
         Some(Identity::Join | Identity::Admin) => {}
-        _ => return ApiError(Status::forbidden("node credentials are issued for the node join token")).into_response(),
+        _ => {
+            return ApiError(Status::forbidden(
+                "node credentials are issued for the node join token",
+            ))
+            .into_response();
+        }
     }
     let errors = wk_api::validation::dns1123_subdomain_errors(&name);
     if !errors.is_empty() {
-        return ApiError(Status::bad_request(format!("invalid node name {name:?}: {}", errors.join("; ")))).into_response();
+        return ApiError(Status::bad_request(format!(
+            "invalid node name {name:?}: {}",
+            errors.join("; ")
+        )))
+        .into_response();
     }
     let body = serde_json::json!({"kind": "NodeCredential", "apiVersion": "wk.dev/v1", "nodeName": name, "token": state.tokens.node_credential(&name)});
     (StatusCode::OK, axum::Json(body)).into_response()
@@ -206,7 +240,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .route("/openapi/v3/{*rest}", get(discovery::openapi_v3_group))
-        .route("/wk/v1/nodecredentials/{name}", axum::routing::post(node_credentials))
+        .route(
+            "/wk/v1/nodecredentials/{name}",
+            axum::routing::post(node_credentials),
+        )
         .fallback(dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
@@ -218,19 +255,45 @@ mod tests {
 
     #[test]
     fn targets() {
-        let t = parse_target("", "v1", &["namespaces", "default", "pods", "web", "status"]).unwrap();
-        assert_eq!((t.rt.kind, t.namespace.as_deref(), t.name.as_deref()), ("Pod", Some("default"), Some("web")));
+        let t = parse_target(
+            "",
+            "v1",
+            &["namespaces", "default", "pods", "web", "status"],
+        )
+        .unwrap();
+        assert_eq!(
+            (t.rt.kind, t.namespace.as_deref(), t.name.as_deref()),
+            ("Pod", Some("default"), Some("web"))
+        );
         assert_eq!(t.subresource.as_deref(), Some("status"));
         let t = parse_target("", "v1", &["namespaces", "default"]).unwrap();
-        assert_eq!((t.rt.kind, t.name.as_deref(), t.namespace), ("Namespace", Some("default"), None));
+        assert_eq!(
+            (t.rt.kind, t.name.as_deref(), t.namespace),
+            ("Namespace", Some("default"), None)
+        );
         let t = parse_target("", "v1", &["namespaces", "x", "status"]).unwrap();
-        assert_eq!((t.rt.kind, t.subresource.as_deref()), ("Namespace", Some("status")));
+        assert_eq!(
+            (t.rt.kind, t.subresource.as_deref()),
+            ("Namespace", Some("status"))
+        );
         let t = parse_target("", "v1", &["pods"]).unwrap();
         assert!(t.namespace.is_none() && t.name.is_none());
         assert!(parse_target("", "v1", &["pods", "x"]).is_none());
-        assert!(parse_target("apps", "v1", &["namespaces", "a", "deployments", "b", "nope"]).is_none());
+        assert!(
+            parse_target(
+                "apps",
+                "v1",
+                &["namespaces", "a", "deployments", "b", "nope"]
+            )
+            .is_none()
+        );
         assert!(parse_target("apps", "v2", &["deployments"]).is_none());
-        let t = parse_target("apps", "v1", &["namespaces", "a", "deployments", "b", "scale"]).unwrap();
+        let t = parse_target(
+            "apps",
+            "v1",
+            &["namespaces", "a", "deployments", "b", "scale"],
+        )
+        .unwrap();
         assert_eq!(t.subresource.as_deref(), Some("scale"));
     }
 }

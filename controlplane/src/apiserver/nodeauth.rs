@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::http::Method;
 use serde_json::Value;
 
-use super::{handlers, ApiError, ApiState, Target};
+use super::{ApiError, ApiState, Target, handlers};
 use wk_api::Status;
 
 fn deny(node: &str, what: String) -> ApiError {
@@ -21,7 +21,11 @@ fn deny(node: &str, what: String) -> ApiError {
 }
 
 fn names<'a>(v: &'a Value, p: &str) -> impl Iterator<Item = &'a str> {
-    v.pointer(p).and_then(Value::as_array).into_iter().flatten().filter_map(|x| x.as_str())
+    v.pointer(p)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
 }
 
 /// Whether `pod` references the ConfigMap or Secret `name` (`kind`: "configmaps" | "secrets").
@@ -29,24 +33,66 @@ fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
     let secret = kind == "secrets";
     let s = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
     let mut refs: Vec<String> = Vec::new();
-    for vol in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
-        refs.extend(if secret { s(vol, "/secret/secretName") } else { s(vol, "/configMap/name") });
-        for src in vol.pointer("/projected/sources").and_then(Value::as_array).into_iter().flatten() {
-            refs.extend(if secret { s(src, "/secret/name") } else { s(src, "/configMap/name") });
+    for vol in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        refs.extend(if secret {
+            s(vol, "/secret/secretName")
+        } else {
+            s(vol, "/configMap/name")
+        });
+        for src in vol
+            .pointer("/projected/sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            refs.extend(if secret {
+                s(src, "/secret/name")
+            } else {
+                s(src, "/configMap/name")
+            });
         }
     }
     for list in ["/spec/containers", "/spec/initContainers"] {
-        for c in pod.pointer(list).and_then(Value::as_array).into_iter().flatten() {
+        for c in pod
+            .pointer(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
-                refs.extend(if secret { s(e, "/valueFrom/secretKeyRef/name") } else { s(e, "/valueFrom/configMapKeyRef/name") });
+                refs.extend(if secret {
+                    s(e, "/valueFrom/secretKeyRef/name")
+                } else {
+                    s(e, "/valueFrom/configMapKeyRef/name")
+                });
             }
-            for e in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
-                refs.extend(if secret { s(e, "/secretRef/name") } else { s(e, "/configMapRef/name") });
+            for e in c
+                .get("envFrom")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                refs.extend(if secret {
+                    s(e, "/secretRef/name")
+                } else {
+                    s(e, "/configMapRef/name")
+                });
             }
         }
     }
     if secret {
-        refs.extend(pod.pointer("/spec/imagePullSecrets").and_then(Value::as_array).into_iter().flatten().filter_map(|x| s(x, "/name")));
+        refs.extend(
+            pod.pointer("/spec/imagePullSecrets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|x| s(x, "/name")),
+        );
     }
     let _ = names;
     refs.iter().any(|r| r == name)
@@ -55,16 +101,27 @@ fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
 /// The name in a create's body (the body is read and put back).
 async fn body_name(req: Request) -> Result<(String, Request), ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 16 << 20).await.map_err(|e| ApiError(Status::bad_request(e.to_string())))?;
+    let bytes = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .map_err(|e| ApiError(Status::bad_request(e.to_string())))?;
     let name = serde_json::from_slice::<Value>(&bytes)
         .ok()
-        .and_then(|v| v.pointer("/metadata/name").and_then(Value::as_str).map(String::from))
+        .and_then(|v| {
+            v.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .unwrap_or_default();
     Ok((name, Request::from_parts(parts, Body::from(bytes))))
 }
 
 /// Checks a request of node `node`; hands back the request (its body may have been read).
-pub(crate) async fn authorize(state: &ApiState, target: &Target, node: &str, req: Request) -> Result<Request, ApiError> {
+pub(crate) async fn authorize(
+    state: &ApiState,
+    target: &Target,
+    node: &str,
+    req: Request,
+) -> Result<Request, ApiError> {
     let method = req.method().clone();
     let read = method == Method::GET;
     let verb = method.as_str().to_lowercase();
@@ -80,29 +137,49 @@ pub(crate) async fn authorize(state: &ApiState, target: &Target, node: &str, req
             }
             if method == Method::POST && name.is_none() {
                 let (body, req) = body_name(req).await?;
-                return if body == node { Ok(req) } else { Err(deny(node, format!("create {plural} {body:?}"))) };
+                return if body == node {
+                    Ok(req)
+                } else {
+                    Err(deny(node, format!("create {plural} {body:?}")))
+                };
             }
             if name == Some(node) {
                 return Ok(req);
             }
-            Err(deny(node, format!("{verb} {plural} {:?}", name.unwrap_or(""))))
+            Err(deny(
+                node,
+                format!("{verb} {plural} {:?}", name.unwrap_or("")),
+            ))
         }
         "pods" => {
             if read {
                 return Ok(req);
             }
-            let Some(pod_name) = name else { return Err(deny(node, format!("{verb} pods"))) };
-            let writable = matches!((&method, target.subresource.as_deref()), (&Method::PATCH | &Method::PUT, Some("status")) | (&Method::DELETE, None));
+            let Some(pod_name) = name else {
+                return Err(deny(node, format!("{verb} pods")));
+            };
+            let writable = matches!(
+                (&method, target.subresource.as_deref()),
+                (&Method::PATCH | &Method::PUT, Some("status")) | (&Method::DELETE, None)
+            );
             if !writable {
-                return Err(deny(node, format!("{verb} pods {pod_name:?} (only their status and deletion)")));
+                return Err(deny(
+                    node,
+                    format!("{verb} pods {pod_name:?} (only their status and deletion)"),
+                ));
             }
             let key = target.rt.key(target.namespace.as_deref(), pod_name);
             let pod = handlers::load(state, &key, true).await?;
             match pod {
-                Some(p) if p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) => Ok(req),
+                Some(p) if p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node) => {
+                    Ok(req)
+                }
                 // Let the handler answer 404 for a pod that does not exist.
                 None => Ok(req),
-                Some(_) => Err(deny(node, format!("{verb} pod {pod_name:?}: it is not bound to this node"))),
+                Some(_) => Err(deny(
+                    node,
+                    format!("{verb} pod {pod_name:?}: it is not bound to this node"),
+                )),
             }
         }
         "configmaps" | "secrets" => {
@@ -120,12 +197,21 @@ pub(crate) async fn authorize(state: &ApiState, target: &Target, node: &str, req
                     let (_, items, _) = sm.list(&prefix, None, 0)?;
                     Ok(items.iter().any(|(_, text)| {
                         serde_json::from_str::<Value>(text).is_ok_and(|p| {
-                            p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node_owned.as_str()) && pod_references(&p, &kind, &obj_owned)
+                            p.pointer("/spec/nodeName").and_then(Value::as_str)
+                                == Some(node_owned.as_str())
+                                && pod_references(&p, &kind, &obj_owned)
                         })
                     }))
                 })
                 .await?;
-            if referenced { Ok(req) } else { Err(deny(node, format!("get {plural} {obj:?}: no pod bound to this node references it"))) }
+            if referenced {
+                Ok(req)
+            } else {
+                Err(deny(
+                    node,
+                    format!("get {plural} {obj:?}: no pod bound to this node references it"),
+                ))
+            }
         }
         "services" | "endpoints" | "namespaces" if read => Ok(req),
         "events" if read || method == Method::POST => Ok(req),

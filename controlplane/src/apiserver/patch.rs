@@ -29,8 +29,14 @@ pub fn json_merge_patch(target: &Value, patch: &Value) -> Value {
 /// `patchMergeKey` tags of the Kubernetes API types.
 fn merge_key(path: &str, field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
-        | "readinessGates" | "resourceClaims" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "readinessGates"
+        | "resourceClaims" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "hostAliases" => "ip",
@@ -38,7 +44,9 @@ fn merge_key(path: &str, field: &str) -> Option<&'static str> {
         "ownerReferences" => "uid",
         "topologySpreadConstraints" => "topologyKey",
         // Service ports merge by port; container ports by containerPort.
-        "ports" if path.ends_with("containers[]") || path.ends_with("initContainers[]") => "containerPort",
+        "ports" if path.ends_with("containers[]") || path.ends_with("initContainers[]") => {
+            "containerPort"
+        }
         "ports" => "port",
         _ => return None,
     })
@@ -91,9 +99,15 @@ fn smp(target: &Value, patch: &Value, path: &str) -> Value {
             out.remove(k);
             continue;
         }
-        let child_path = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let child_path = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         let merged = match (out.get(k), v) {
-            (Some(Value::Array(cur)), Value::Array(new)) => merge_list(cur, new, path, k, &child_path),
+            (Some(Value::Array(cur)), Value::Array(new)) => {
+                merge_list(cur, new, path, k, &child_path)
+            }
             (Some(cur), Value::Object(_)) => smp(cur, v, &child_path),
             (None, Value::Object(_)) => smp(&Value::Null, v, &child_path),
             (None, Value::Array(new)) => merge_list(&[], new, path, k, &child_path),
@@ -116,10 +130,23 @@ fn merge_list(cur: &[Value], new: &[Value], parent: &str, field: &str, path: &st
     }
     let Some(key) = merge_key(parent, field) else {
         // No merge key: the list is replaced, minus directive-only elements.
-        return Value::Array(new.iter().filter(|v| v.get("$patch").is_none()).cloned().collect());
+        return Value::Array(
+            new.iter()
+                .filter(|v| v.get("$patch").is_none())
+                .cloned()
+                .collect(),
+        );
     };
-    if new.iter().any(|v| v.get("$patch").and_then(Value::as_str) == Some("replace") && v.as_object().is_some_and(|m| m.len() == 1)) {
-        return Value::Array(new.iter().filter(|v| v.get("$patch").is_none()).cloned().collect());
+    if new.iter().any(|v| {
+        v.get("$patch").and_then(Value::as_str) == Some("replace")
+            && v.as_object().is_some_and(|m| m.len() == 1)
+    }) {
+        return Value::Array(
+            new.iter()
+                .filter(|v| v.get("$patch").is_none())
+                .cloned()
+                .collect(),
+        );
     }
     let elem_path = format!("{path}[]");
     let mut out: Vec<Value> = cur.to_vec();
@@ -141,12 +168,24 @@ fn merge_list(cur: &[Value], new: &[Value], parent: &str, field: &str, path: &st
 
 /// RFC 6902 JSON patch (add, remove, replace, move, copy, test).
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, String> {
-    let ops = patch.as_array().ok_or("a JSON patch must be an array of operations")?;
+    let ops = patch
+        .as_array()
+        .ok_or("a JSON patch must be an array of operations")?;
     let mut doc = target.clone();
     for (i, op) in ops.iter().enumerate() {
-        let kind = op.get("op").and_then(Value::as_str).ok_or(format!("operation {i}: missing \"op\""))?;
-        let path = op.get("path").and_then(Value::as_str).ok_or(format!("operation {i}: missing \"path\""))?;
-        let value = || op.get("value").cloned().ok_or(format!("operation {i}: missing \"value\""));
+        let kind = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or(format!("operation {i}: missing \"op\""))?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or(format!("operation {i}: missing \"path\""))?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or(format!("operation {i}: missing \"value\""))
+        };
         match kind {
             "add" => add(&mut doc, path, value()?)?,
             "remove" => {
@@ -157,11 +196,16 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, String> {
                 add(&mut doc, path, value()?)?;
             }
             "move" | "copy" => {
-                let from = op.get("from").and_then(Value::as_str).ok_or(format!("operation {i}: missing \"from\""))?;
+                let from = op
+                    .get("from")
+                    .and_then(Value::as_str)
+                    .ok_or(format!("operation {i}: missing \"from\""))?;
                 let v = if kind == "move" {
                     remove(&mut doc, from)?
                 } else {
-                    doc.pointer(from).cloned().ok_or(format!("operation {i}: path {from} not found"))?
+                    doc.pointer(from)
+                        .cloned()
+                        .ok_or(format!("operation {i}: path {from} not found"))?
                 };
                 add(&mut doc, path, v)?;
             }
@@ -188,7 +232,10 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
         return Ok(());
     }
     let (parent, last) = split(path)?;
-    match doc.pointer_mut(&parent).ok_or(format!("path {parent:?} not found"))? {
+    match doc
+        .pointer_mut(&parent)
+        .ok_or(format!("path {parent:?} not found"))?
+    {
         Value::Object(m) => {
             m.insert(last, value);
         }
@@ -196,7 +243,9 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
             if last == "-" {
                 a.push(value);
             } else {
-                let i: usize = last.parse().map_err(|_| format!("invalid index {last:?}"))?;
+                let i: usize = last
+                    .parse()
+                    .map_err(|_| format!("invalid index {last:?}"))?;
                 if i > a.len() {
                     return Err(format!("index {i} out of range"));
                 }
@@ -210,10 +259,15 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
 
 fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     let (parent, last) = split(path)?;
-    match doc.pointer_mut(&parent).ok_or(format!("path {parent:?} not found"))? {
+    match doc
+        .pointer_mut(&parent)
+        .ok_or(format!("path {parent:?} not found"))?
+    {
         Value::Object(m) => m.remove(&last).ok_or(format!("path {path:?} not found")),
         Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| format!("invalid index {last:?}"))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| format!("invalid index {last:?}"))?;
             if i >= a.len() {
                 return Err(format!("index {i} out of range"));
             }
@@ -232,7 +286,10 @@ mod tests {
     fn merge_patch() {
         let t = json!({"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]});
         let p = json!({"a": null, "b": {"c": 5}, "l": [3]});
-        assert_eq!(json_merge_patch(&t, &p), json!({"b": {"c": 5, "d": 3}, "l": [3]}));
+        assert_eq!(
+            json_merge_patch(&t, &p),
+            json!({"b": {"c": 5, "d": 3}, "l": [3]})
+        );
     }
 
     #[test]
@@ -242,16 +299,24 @@ mod tests {
             {"name": "b", "image": "b:1"}
         ]}}}});
         let p = json!({"spec": {"template": {"spec": {
-            "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}],
-            "containers": [
-                {"name": "a", "image": "a:2", "ports": [{"containerPort": 81}]},
-                {"name": "b", "$patch": "delete"}
-            ]}}}});
+        "$setElementOrder/containers": [{"name": "a"}, {"name": "b"}],
+        "containers": [
+            {"name": "a", "image": "a:2", "ports": [{"containerPort": 81}]},
+            {"name": "b", "$patch": "delete"}
+        ]}}}});
         let out = strategic_merge_patch(&t, &p);
-        let cs = out.pointer("/spec/template/spec/containers").unwrap().as_array().unwrap();
+        let cs = out
+            .pointer("/spec/template/spec/containers")
+            .unwrap()
+            .as_array()
+            .unwrap();
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0]["image"], "a:2");
-        assert_eq!(cs[0]["ports"].as_array().unwrap().len(), 2, "ports merge by containerPort");
+        assert_eq!(
+            cs[0]["ports"].as_array().unwrap().len(),
+            2,
+            "ports merge by containerPort"
+        );
     }
 
     #[test]
@@ -261,7 +326,10 @@ mod tests {
                        "spec": {"ports": [{"port": 80, "targetPort": 9090}], "selector": {"$patch": "replace", "z": "w"}}});
         let out = strategic_merge_patch(&t, &p);
         assert_eq!(out["metadata"]["finalizers"], json!(["b"]));
-        assert_eq!(out["spec"]["ports"], json!([{"port": 80, "targetPort": 9090}]));
+        assert_eq!(
+            out["spec"]["ports"],
+            json!([{"port": 80, "targetPort": 9090}])
+        );
         assert_eq!(out["spec"]["selector"], json!({"z": "w"}));
     }
 
@@ -274,7 +342,10 @@ mod tests {
             {"op": "remove", "path": "/spec/l/0"},
             {"op": "test", "path": "/spec/replicas", "value": 3}
         ]);
-        assert_eq!(json_patch(&t, &p).unwrap(), json!({"spec": {"replicas": 3, "l": [2, 3]}}));
+        assert_eq!(
+            json_patch(&t, &p).unwrap(),
+            json!({"spec": {"replicas": 3, "l": [2, 3]}})
+        );
         assert!(json_patch(&t, &json!([{"op": "remove", "path": "/nope"}])).is_err());
         assert!(json_patch(&t, &json!({"op": "add"})).is_err());
     }

@@ -2,8 +2,8 @@
 //! with the columns `kubectl get` shows for each kind. `wk get` prints the same tables.
 
 use axum::http::HeaderMap;
-use serde_json::{json, Value};
-use wk_api::meta::{string_map, ObjectMetaExt};
+use serde_json::{Value, json};
+use wk_api::meta::{ObjectMetaExt, string_map};
 use wk_api::resource::ResourceType;
 
 use super::handlers::Params;
@@ -140,9 +140,19 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, &'static str, u8)> {
 }
 
 fn pod_cells(o: &Value) -> Vec<Value> {
-    let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-    let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-    let ready = statuses.iter().filter(|c| c.get("ready") == Some(&json!(true))).count();
+    let statuses = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let ready = statuses
+        .iter()
+        .filter(|c| c.get("ready") == Some(&json!(true)))
+        .count();
     let restarts: i64 = statuses.iter().map(|c| n(c.get("restartCount"))).sum();
     let mut status = s(o.pointer("/status/reason"));
     if status.is_empty() {
@@ -151,7 +161,10 @@ fn pod_cells(o: &Value) -> Vec<Value> {
     for c in &statuses {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             status = r.to_string();
-        } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
+        } else if let Some(r) = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
             status = r.to_string();
         }
     }
@@ -172,13 +185,22 @@ fn pod_cells(o: &Value) -> Vec<Value> {
 fn join_list(o: &Value, pointer: &str, field: &str) -> String {
     o.pointer(pointer)
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|c| s(c.get(field))).collect::<Vec<_>>().join(","))
+        .map(|a| {
+            a.iter()
+                .map(|c| s(c.get(field)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn selector_string(o: &Value, pointer: &str) -> String {
     let labels = string_map(o.pointer(pointer));
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
@@ -187,7 +209,11 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     c.extend(match rt.kind {
         "Pod" => pod_cells(o),
         "Deployment" => vec![
-            json!(format!("{}/{}", n(o.pointer("/status/readyReplicas")), n(o.pointer("/spec/replicas")))),
+            json!(format!(
+                "{}/{}",
+                n(o.pointer("/status/readyReplicas")),
+                n(o.pointer("/spec/replicas"))
+            )),
             json!(n(o.pointer("/status/updatedReplicas"))),
             json!(n(o.pointer("/status/availableReplicas"))),
             age_cell,
@@ -217,9 +243,16 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 .map(|ps| {
                     ps.iter()
                         .map(|p| {
-                            let node = p.get("nodePort").map(|np| format!(":{}", s(Some(np)))).unwrap_or_default();
+                            let node = p
+                                .get("nodePort")
+                                .map(|np| format!(":{}", s(Some(np))))
+                                .unwrap_or_default();
                             let proto = s(p.get("protocol"));
-                            let proto = if proto.is_empty() { "TCP".to_string() } else { proto };
+                            let proto = if proto.is_empty() {
+                                "TCP".to_string()
+                            } else {
+                                proto
+                            };
                             format!("{}{node}/{proto}", s(p.get("port")))
                         })
                         .collect::<Vec<_>>()
@@ -240,7 +273,13 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
                 .and_then(|cs| cs.iter().find(|c| c.get("type") == Some(&json!("Ready"))))
-                .map(|c| if c.get("status") == Some(&json!("True")) { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if c.get("status") == Some(&json!("True")) {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown");
             let mut status = ready.to_string();
             if o.pointer("/spec/unschedulable") == Some(&json!(true)) {
@@ -254,7 +293,10 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             let ip = o
                 .pointer("/status/addresses")
                 .and_then(Value::as_array)
-                .and_then(|a| a.iter().find(|x| x.get("type") == Some(&json!("InternalIP"))))
+                .and_then(|a| {
+                    a.iter()
+                        .find(|x| x.get("type") == Some(&json!("InternalIP")))
+                })
                 .map(|x| s(x.get("address")))
                 .unwrap_or_default();
             vec![
@@ -263,15 +305,25 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 age_cell,
                 json!(s(o.pointer("/status/nodeInfo/kubeletVersion"))),
                 json!(or_none(ip)),
-                json!(or_none(s(o.pointer("/metadata/annotations/wk.dev~1runtimes")))),
+                json!(or_none(s(
+                    o.pointer("/metadata/annotations/wk.dev~1runtimes")
+                ))),
             ]
         }
         "Namespace" => vec![json!(s(o.pointer("/status/phase"))), age_cell],
         "Job" => {
             let succeeded = n(o.pointer("/status/succeeded"));
             let completions = n(o.pointer("/spec/completions"));
-            let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-            let has = |t: &str| conds.iter().any(|c| c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True")));
+            let conds = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let has = |t: &str| {
+                conds.iter().any(|c| {
+                    c.get("type") == Some(&json!(t)) && c.get("status") == Some(&json!("True"))
+                })
+            };
             let status = if has("Complete") {
                 "Complete"
             } else if has("Failed") {
@@ -279,18 +331,36 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             } else {
                 "Running"
             };
-            vec![json!(status), json!(format!("{succeeded}/{completions}")), json!(""), age_cell]
+            vec![
+                json!(status),
+                json!(format!("{succeeded}/{completions}")),
+                json!(""),
+                age_cell,
+            ]
         }
         "CronJob" => vec![
             json!(s(o.pointer("/spec/schedule"))),
             json!(o.pointer("/spec/suspend") == Some(&json!(true))),
-            json!(o.pointer("/status/active").and_then(Value::as_array).map_or(0, Vec::len)),
-            json!(o.pointer("/status/lastScheduleTime").map(|t| age(t.as_str())).unwrap_or_else(|| "<none>".into())),
+            json!(
+                o.pointer("/status/active")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            ),
+            json!(
+                o.pointer("/status/lastScheduleTime")
+                    .map(|t| age(t.as_str()))
+                    .unwrap_or_else(|| "<none>".into())
+            ),
             age_cell,
         ],
         "ConfigMap" | "Secret" => {
-            let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
-                + o.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+            let count = o
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len())
+                + o.get("binaryData")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
             let mut v = vec![];
             if rt.kind == "Secret" {
                 v.push(json!(s(o.get("type"))));
@@ -301,10 +371,23 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
         }
         "Endpoints" => {
             let mut eps = Vec::new();
-            for subset in o.get("subsets").and_then(Value::as_array).cloned().unwrap_or_default() {
-                let ports: Vec<String> =
-                    subset.get("ports").and_then(Value::as_array).map(|p| p.iter().map(|p| s(p.get("port"))).collect()).unwrap_or_default();
-                for a in subset.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default() {
+            for subset in o
+                .get("subsets")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                let ports: Vec<String> = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .map(|p| p.iter().map(|p| s(p.get("port"))).collect())
+                    .unwrap_or_default();
+                for a in subset
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+                {
                     for p in &ports {
                         eps.push(format!("{}:{p}", s(a.get("ip"))));
                     }
@@ -313,23 +396,39 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             vec![json!(or_none(eps.join(","))), age_cell]
         }
         "Event" => {
-            let last = o.get("lastTimestamp").and_then(Value::as_str).or(o.get("eventTime").and_then(Value::as_str));
+            let last = o
+                .get("lastTimestamp")
+                .and_then(Value::as_str)
+                .or(o.get("eventTime").and_then(Value::as_str));
             vec![
                 json!(age(last.or(o.meta_str("creationTimestamp")))),
                 json!(s(o.get("type"))),
                 json!(s(o.get("reason"))),
-                json!(format!("{}/{}", s(o.pointer("/involvedObject/kind")).to_lowercase(), s(o.pointer("/involvedObject/name")))),
+                json!(format!(
+                    "{}/{}",
+                    s(o.pointer("/involvedObject/kind")).to_lowercase(),
+                    s(o.pointer("/involvedObject/name"))
+                )),
                 json!(s(o.get("message"))),
             ]
         }
-        "Lease" => vec![json!(or_none(s(o.pointer("/spec/holderIdentity")))), age_cell],
+        "Lease" => vec![
+            json!(or_none(s(o.pointer("/spec/holderIdentity")))),
+            age_cell,
+        ],
         _ => vec![age_cell],
     });
     c
 }
 
 /// Renders objects as a `meta.k8s.io/v1` Table.
-pub fn render(rt: &ResourceType, items: &[Value], revision: u64, params: &Params, cont: Option<String>) -> Value {
+pub fn render(
+    rt: &ResourceType,
+    items: &[Value],
+    revision: u64,
+    params: &Params,
+    cont: Option<String>,
+) -> Value {
     let include = params.get("includeObject").unwrap_or("Metadata");
     let defs: Vec<Value> = columns(rt)
         .into_iter()
@@ -350,14 +449,22 @@ pub fn row(rt: &ResourceType, o: &Value, include: &str) -> Value {
     let object = match include {
         "Object" => o.clone(),
         "None" => Value::Null,
-        _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or_default()}),
+        _ => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or_default()})
+        }
     };
     json!({"cells": cells(rt, o), "object": object})
 }
 
 /// A one-row table for a watch event.
 pub fn watch_table(rt: &ResourceType, o: &Value, params: &Params, first: bool) -> Value {
-    let mut t = render(rt, std::slice::from_ref(o), o.resource_version(), params, None);
+    let mut t = render(
+        rt,
+        std::slice::from_ref(o),
+        o.resource_version(),
+        params,
+        None,
+    );
     if !first {
         t["columnDefinitions"] = json!([]);
     }
@@ -371,7 +478,8 @@ mod tests {
     #[test]
     fn ages() {
         assert_eq!(age(None), "<unknown>");
-        let t = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3 * 86400 + 5)).to_string();
+        let t =
+            (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3 * 86400 + 5)).to_string();
         assert_eq!(age(Some(&t)), "3d");
         let t = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(30)).to_string();
         assert!(age(Some(&t)).ends_with('s'));

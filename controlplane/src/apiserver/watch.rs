@@ -10,15 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use wk_api::Status;
 
 use super::handlers::{Filter, Params, Result};
-use super::{table, ApiState, Target};
+use super::{ApiState, Target, table};
 use crate::store::{Event, EventType};
 
 /// How often a watch with `allowWatchBookmarks` gets a BOOKMARK.
@@ -94,21 +94,37 @@ impl Watcher {
 }
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    let body = Body::from_stream(futures::StreamExt::map(ReceiverStream::new(rx), Ok::<_, std::convert::Infallible>));
+    let body = Body::from_stream(futures::StreamExt::map(
+        ReceiverStream::new(rx),
+        Ok::<_, std::convert::Infallible>,
+    ));
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }
 
-pub async fn serve(state: ApiState, target: Target, filter: Filter, params: Params, headers: HeaderMap) -> Result<Response> {
+pub async fn serve(
+    state: ApiState,
+    target: Target,
+    filter: Filter,
+    params: Params,
+    headers: HeaderMap,
+) -> Result<Response> {
     let table = table::wants_table(&headers);
     let rv = params.get("resourceVersion").unwrap_or("").to_string();
     let send_initial = match params.get("sendInitialEvents") {
         Some(v) => v == "true",
         None => rv.is_empty() || rv == "0",
     };
-    let bookmarks = params.flag("allowWatchBookmarks") && params.get("allowWatchBookmarks").is_some();
+    let bookmarks =
+        params.flag("allowWatchBookmarks") && params.get("allowWatchBookmarks").is_some();
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -132,7 +148,10 @@ pub async fn serve(state: ApiState, target: Target, filter: Filter, params: Para
             state.store.linearize().await?;
         }
         let prefix = w.filter.prefix.clone();
-        let (revision, items, _) = state.store.read(move |sm| sm.list(&prefix, None, 0)).await?;
+        let (revision, items, _) = state
+            .store
+            .read(move |sm| sm.list(&prefix, None, 0))
+            .await?;
         (Some(items), revision)
     } else {
         let start: u64 = rv

@@ -4,11 +4,11 @@
 
 use std::hash::{Hash, Hasher};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{controller_uid, owner_ref, patch_status, s, World};
+use super::{World, controller_uid, owner_ref, patch_status, s};
 
 fn template_hash(template: &Value) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -16,7 +16,9 @@ fn template_hash(template: &Value) -> String {
     let n = h.finish();
     // Kubernetes uses a short alphanumeric hash.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..10).map(|i| ALPHABET[((n >> (i * 6)) % ALPHABET.len() as u64) as usize] as char).collect()
+    (0..10)
+        .map(|i| ALPHABET[((n >> (i * 6)) % ALPHABET.len() as u64) as usize] as char)
+        .collect()
 }
 
 pub(crate) async fn run(client: &Client, w: &World) {
@@ -28,14 +30,32 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let uid = s(d, "/metadata/uid");
         let ns = s(d, "/metadata/namespace");
         let name = s(d, "/metadata/name");
-        let want = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0);
+        let want = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0);
         let template = d.pointer("/spec/template").cloned().unwrap_or_default();
         let hash = template_hash(&template);
-        let owned: Vec<&Value> = w.replicasets.iter().filter(|r| controller_uid(r) == Some(uid)).collect();
-        let new_rs = owned.iter().find(|r| s(r, "/metadata/labels/pod-template-hash") == hash).copied();
+        let owned: Vec<&Value> = w
+            .replicasets
+            .iter()
+            .filter(|r| controller_uid(r) == Some(uid))
+            .collect();
+        let new_rs = owned
+            .iter()
+            .find(|r| s(r, "/metadata/labels/pod-template-hash") == hash)
+            .copied();
         let revision = owned
             .iter()
-            .filter_map(|r| s(r, "/metadata/annotations/deployment.kubernetes.io~1revision").parse::<i64>().ok())
+            .filter_map(|r| {
+                s(
+                    r,
+                    "/metadata/annotations/deployment.kubernetes.io~1revision",
+                )
+                .parse::<i64>()
+                .ok()
+            })
             .max()
             .unwrap_or(0);
         match new_rs {
@@ -59,34 +79,93 @@ pub(crate) async fn run(client: &Client, w: &World) {
             Some(new) => {
                 if new.pointer("/spec/replicas").and_then(Value::as_i64) != Some(want) {
                     let _ = client
-                        .patch(rs_rt, Some(ns), s(new, "/metadata/name"), "application/merge-patch+json", &json!({"spec": {"replicas": want}}), &[])
+                        .patch(
+                            rs_rt,
+                            Some(ns),
+                            s(new, "/metadata/name"),
+                            "application/merge-patch+json",
+                            &json!({"spec": {"replicas": want}}),
+                            &[],
+                        )
                         .await;
                 }
-                let new_ready = new.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
-                let mut old: Vec<&&Value> = owned.iter().filter(|r| s(r, "/metadata/uid") != s(new, "/metadata/uid")).collect();
+                let new_ready = new
+                    .pointer("/status/readyReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                let mut old: Vec<&&Value> = owned
+                    .iter()
+                    .filter(|r| s(r, "/metadata/uid") != s(new, "/metadata/uid"))
+                    .collect();
                 if new_ready >= want {
                     for r in &old {
-                        if r.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                        if r.pointer("/spec/replicas")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0)
+                            != 0
+                        {
                             let _ = client
-                                .patch(rs_rt, Some(ns), s(r, "/metadata/name"), "application/merge-patch+json", &json!({"spec": {"replicas": 0}}), &[])
+                                .patch(
+                                    rs_rt,
+                                    Some(ns),
+                                    s(r, "/metadata/name"),
+                                    "application/merge-patch+json",
+                                    &json!({"spec": {"replicas": 0}}),
+                                    &[],
+                                )
                                 .await;
                         }
                     }
                 }
                 // History: keep the newest `revisionHistoryLimit` scaled-down ReplicaSets.
-                let limit = d.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64).unwrap_or(10).max(0) as usize;
-                old.retain(|r| r.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0) == 0
-                    && r.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) == 0);
-                old.sort_by_key(|r| std::cmp::Reverse(s(r, "/metadata/annotations/deployment.kubernetes.io~1revision").parse::<i64>().unwrap_or(0)));
+                let limit = d
+                    .pointer("/spec/revisionHistoryLimit")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(10)
+                    .max(0) as usize;
+                old.retain(|r| {
+                    r.pointer("/status/replicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                        == 0
+                        && r.pointer("/spec/replicas")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(0)
+                            == 0
+                });
+                old.sort_by_key(|r| {
+                    std::cmp::Reverse(
+                        s(
+                            r,
+                            "/metadata/annotations/deployment.kubernetes.io~1revision",
+                        )
+                        .parse::<i64>()
+                        .unwrap_or(0),
+                    )
+                });
                 for r in old.iter().skip(limit) {
-                    let _ = client.delete(rs_rt, Some(ns), s(r, "/metadata/name"), &json!({})).await;
+                    let _ = client
+                        .delete(rs_rt, Some(ns), s(r, "/metadata/name"), &json!({}))
+                        .await;
                 }
-                let sum = |p: &str| owned.iter().map(|r| r.pointer(p).and_then(Value::as_i64).unwrap_or(0)).sum::<i64>();
-                let updated = new.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0);
+                let sum = |p: &str| {
+                    owned
+                        .iter()
+                        .map(|r| r.pointer(p).and_then(Value::as_i64).unwrap_or(0))
+                        .sum::<i64>()
+                };
+                let updated = new
+                    .pointer("/status/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
                 let available = sum("/status/availableReplicas");
-                let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-                let cond = |t: &str, ok: bool, reason: &str| json!({"type": t, "status": if ok { "True" } else { "False" }, "reason": reason,
-                    "lastUpdateTime": now, "lastTransitionTime": now, "message": ""});
+                let now = jiff::Timestamp::now()
+                    .strftime("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string();
+                let cond = |t: &str, ok: bool, reason: &str| {
+                    json!({"type": t, "status": if ok { "True" } else { "False" }, "reason": reason,
+                    "lastUpdateTime": now, "lastTransitionTime": now, "message": ""})
+                };
                 let status = json!({
                     "observedGeneration": d.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
                     "replicas": sum("/status/replicas"), "updatedReplicas": updated, "readyReplicas": sum("/status/readyReplicas"),
@@ -95,9 +174,15 @@ pub(crate) async fn run(client: &Client, w: &World) {
                                    cond("Progressing", true, if updated >= want && new_ready >= want { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" })],
                 });
                 let current = d.get("status").cloned().unwrap_or(json!({}));
-                let changed = ["observedGeneration", "replicas", "updatedReplicas", "readyReplicas", "availableReplicas"]
-                    .iter()
-                    .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k]);
+                let changed = [
+                    "observedGeneration",
+                    "replicas",
+                    "updatedReplicas",
+                    "readyReplicas",
+                    "availableReplicas",
+                ]
+                .iter()
+                .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k]);
                 if changed {
                     patch_status(client, "deployments", d, status).await;
                 }

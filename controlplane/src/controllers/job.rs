@@ -4,11 +4,11 @@
 //! does running past `activeDeadlineSeconds` (`DeadlineExceeded`); a finished Job with
 //! `ttlSecondsAfterFinished` is deleted that long after it finished (its pods go with it).
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{controller_uid, event, is_active, owner_ref, patch_status, s, World};
+use super::{World, controller_uid, event, is_active, owner_ref, patch_status, s};
 
 fn ts(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -23,14 +23,25 @@ fn finished(job: &Value) -> Option<(&str, jiff::Timestamp)> {
         .and_then(Value::as_array)?
         .iter()
         .find(|c| matches!(s(c, "/type"), "Complete" | "Failed") && s(c, "/status") == "True")
-        .map(|c| (s(c, "/type"), s(c, "/lastTransitionTime").parse().unwrap_or_else(|_| jiff::Timestamp::now())))
+        .map(|c| {
+            (
+                s(c, "/type"),
+                s(c, "/lastTransitionTime")
+                    .parse()
+                    .unwrap_or_else(|_| jiff::Timestamp::now()),
+            )
+        })
 }
 
 /// Restarts of a pod's containers (they count as failures under OnFailure).
 fn restarts(pod: &Value) -> i64 {
     pod.pointer("/status/containerStatuses")
         .and_then(Value::as_array)
-        .map(|cs| cs.iter().filter_map(|c| c.get("restartCount").and_then(Value::as_i64)).sum())
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -45,17 +56,34 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let ns = s(job, "/metadata/namespace");
         let name = s(job, "/metadata/name");
         let uid = s(job, "/metadata/uid");
-        let owned: Vec<&Value> = w.pods.iter().filter(|p| controller_uid(p) == Some(uid)).collect();
+        let owned: Vec<&Value> = w
+            .pods
+            .iter()
+            .filter(|p| controller_uid(p) == Some(uid))
+            .collect();
         let active: Vec<&Value> = owned.iter().copied().filter(|p| is_active(p)).collect();
-        let succeeded = owned.iter().filter(|p| s(p, "/status/phase") == "Succeeded").count() as i64;
-        let failed_pods = owned.iter().filter(|p| s(p, "/status/phase") == "Failed").count() as i64;
+        let succeeded = owned
+            .iter()
+            .filter(|p| s(p, "/status/phase") == "Succeeded")
+            .count() as i64;
+        let failed_pods = owned
+            .iter()
+            .filter(|p| s(p, "/status/phase") == "Failed")
+            .count() as i64;
         let failures = failed_pods + owned.iter().map(|p| restarts(p)).sum::<i64>();
 
         if let Some((_, at)) = finished(job) {
             if let Some(ttl) = int(job, "/spec/ttlSecondsAfterFinished") {
                 if now.duration_since(at).as_secs() >= ttl {
                     tracing::info!(job = name, "deleting a finished job after its ttl");
-                    let _ = client.delete(jobs_rt, Some(ns), name, &json!({"propagationPolicy": "Background"})).await;
+                    let _ = client
+                        .delete(
+                            jobs_rt,
+                            Some(ns),
+                            name,
+                            &json!({"propagationPolicy": "Background"}),
+                        )
+                        .await;
                 }
             }
             continue;
@@ -63,15 +91,28 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let completions = int(job, "/spec/completions").unwrap_or(1).max(0);
         let parallelism = int(job, "/spec/parallelism").unwrap_or(1).max(0);
         let backoff_limit = int(job, "/spec/backoffLimit").unwrap_or(6).max(0);
-        let start = job.pointer("/status/startTime").and_then(Value::as_str).and_then(|t| t.parse::<jiff::Timestamp>().ok()).unwrap_or(now);
-        let over_deadline = int(job, "/spec/activeDeadlineSeconds").is_some_and(|d| now.duration_since(start).as_secs() >= d);
+        let start = job
+            .pointer("/status/startTime")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap_or(now);
+        let over_deadline = int(job, "/spec/activeDeadlineSeconds")
+            .is_some_and(|d| now.duration_since(start).as_secs() >= d);
 
         let outcome = if succeeded >= completions {
             Some(("Complete", "", String::new()))
         } else if failures > backoff_limit {
-            Some(("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit".to_string()))
+            Some((
+                "Failed",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit".to_string(),
+            ))
         } else if over_deadline {
-            Some(("Failed", "DeadlineExceeded", "Job was active longer than specified deadline".to_string()))
+            Some((
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline".to_string(),
+            ))
         } else {
             None
         };
@@ -80,7 +121,9 @@ pub(crate) async fn run(client: &Client, w: &World) {
         if let Some((kind, reason, message)) = outcome {
             // Whatever still runs is stopped.
             for p in &active {
-                let _ = client.delete(pods_rt, Some(ns), s(p, "/metadata/name"), &json!({})).await;
+                let _ = client
+                    .delete(pods_rt, Some(ns), s(p, "/metadata/name"), &json!({}))
+                    .await;
             }
             status["active"] = json!(0);
             let mut cond = json!({"type": kind, "status": "True", "lastProbeTime": ts(now), "lastTransitionTime": ts(now)});
@@ -111,7 +154,13 @@ pub(crate) async fn run(client: &Client, w: &World) {
             meta["labels"]["batch.kubernetes.io/controller-uid"] = json!(uid);
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec").cloned().unwrap_or_default()});
             match client.create(pods_rt, Some(ns), &pod, &[]).await {
-                Ok(p) => event(client, job, "Normal", "SuccessfulCreate", &format!("Created pod: {}", s(&p, "/metadata/name"))),
+                Ok(p) => event(
+                    client,
+                    job,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {}", s(&p, "/metadata/name")),
+                ),
                 Err(e) => {
                     tracing::warn!(job = name, error = %e, "creating a pod failed");
                     break;
@@ -119,7 +168,10 @@ pub(crate) async fn run(client: &Client, w: &World) {
             }
         }
         let current = job.get("status").cloned().unwrap_or(json!({}));
-        if ["startTime", "active", "succeeded", "failed", "ready"].iter().any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k]) {
+        if ["startTime", "active", "succeeded", "failed", "ready"]
+            .iter()
+            .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k])
+        {
             patch_status(client, "jobs", job, status).await;
         }
     }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::{Client, ListParams};
 
@@ -65,11 +65,15 @@ pub(crate) fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {
 pub(crate) fn is_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 pub(crate) fn is_active(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_none() && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
+    pod.pointer("/metadata/deletionTimestamp").is_none()
+        && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
 }
 
 async fn list_all(client: &Client, kind: &str) -> Result<Vec<Value>, wk_client::ClientError> {
@@ -100,7 +104,16 @@ pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, statu
     let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
     let path = format!("{}/status", rt.object_path(ns, s(obj, "/metadata/name")));
     let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
-    if let Err(e) = client.request(wk_client::Method::PATCH, &path, &[], Some(("application/merge-patch+json", body)), None).await {
+    if let Err(e) = client
+        .request(
+            wk_client::Method::PATCH,
+            &path,
+            &[],
+            Some(("application/merge-patch+json", body)),
+            None,
+        )
+        .await
+    {
         tracing::debug!(error = %e, kind, "status patch failed");
     }
 }
@@ -128,7 +141,10 @@ pub(crate) fn event(client: &Client, obj: &Value, kind: &str, reason: &str, mess
     });
     let client = client.clone();
     tokio::spawn(async move {
-        if let Err(e) = client.create(lookup("events").expect("events"), Some(&ns), &ev, &[]).await {
+        if let Err(e) = client
+            .create(lookup("events").expect("events"), Some(&ns), &ev, &[])
+            .await
+        {
             tracing::debug!(error = %e, "event not recorded");
         }
     });
@@ -137,12 +153,22 @@ pub(crate) fn event(client: &Client, obj: &Value, kind: &str, reason: &str, mess
 /// Runs the controllers while this server leads, until the process ends.
 pub async fn run(store: Store, client: Client) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    for kind in ["pods", "replicasets", "deployments", "nodes", "jobs", "services"] {
+    for kind in [
+        "pods",
+        "replicasets",
+        "deployments",
+        "nodes",
+        "jobs",
+        "services",
+    ] {
         let (client, tx) = (client.clone(), tx.clone());
         tokio::spawn(async move {
             let rt = lookup(kind).expect("kind registered");
             loop {
-                let p = ListParams { resource_version: Some("0".into()), ..Default::default() };
+                let p = ListParams {
+                    resource_version: Some("0".into()),
+                    ..Default::default()
+                };
                 // Any change to a watched kind triggers a pass.
                 if let Ok(stream) = client.watch(rt, None, true, &p, false).await {
                     let mut stream = Box::pin(stream);

@@ -9,11 +9,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{event, is_active, patch_status, s, World};
+use super::{World, event, is_active, patch_status, s};
 
 /// How long a Lease may go unrenewed before the node is considered unreachable.
 pub(crate) const NODE_GRACE: Duration = Duration::from_secs(4);
@@ -27,7 +27,9 @@ fn ts(t: jiff::Timestamp) -> String {
 }
 
 fn parse_time(v: &Value, p: &str) -> Option<jiff::Timestamp> {
-    v.pointer(p).and_then(Value::as_str).and_then(|t| t.parse().ok())
+    v.pointer(p)
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse().ok())
 }
 
 fn ready_status(node: &Value) -> &str {
@@ -40,12 +42,19 @@ fn ready_status(node: &Value) -> &str {
 }
 
 fn taints(node: &Value) -> Vec<Value> {
-    node.pointer("/spec/taints").and_then(Value::as_array).cloned().unwrap_or_default()
+    node.pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// How long `pod` tolerates a NoExecute taint `key`: `None` = forever.
 pub(crate) fn toleration_for(pod: &Value, key: &str) -> Option<Duration> {
-    let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tolerations = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let matching: Vec<&Value> = tolerations
         .iter()
         .filter(|t| {
@@ -77,45 +86,111 @@ pub(crate) async fn run(client: &Client, w: &World) {
     let now = jiff::Timestamp::now();
     for node in &w.nodes {
         let name = s(node, "/metadata/name");
-        let lease = w.leases.iter().find(|l| s(l, "/metadata/namespace") == "kube-node-lease" && s(l, "/metadata/name") == name);
-        let Some(renewed) = lease.and_then(|l| parse_time(l, "/spec/renewTime")) else { continue };
+        let lease = w.leases.iter().find(|l| {
+            s(l, "/metadata/namespace") == "kube-node-lease" && s(l, "/metadata/name") == name
+        });
+        let Some(renewed) = lease.and_then(|l| parse_time(l, "/spec/renewTime")) else {
+            continue;
+        };
         let silent = now.duration_since(renewed).unsigned_abs();
         let mut node_taints = taints(node);
-        let tainted = node_taints.iter().find(|t| t["key"] == UNREACHABLE).cloned();
+        let tainted = node_taints
+            .iter()
+            .find(|t| t["key"] == UNREACHABLE)
+            .cloned();
         if silent > NODE_GRACE {
             if ready_status(node) == "True" || tainted.is_none() {
-                tracing::info!(node = name, silent_ms = silent.as_millis() as u64, "node stopped renewing its lease: unreachable");
+                tracing::info!(
+                    node = name,
+                    silent_ms = silent.as_millis() as u64,
+                    "node stopped renewing its lease: unreachable"
+                );
                 let cond = json!({"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
                     "lastHeartbeatTime": ts(renewed), "lastTransitionTime": ts(now)});
                 patch_status(client, "nodes", node, json!({"conditions": [cond]})).await;
                 if tainted.is_none() {
-                    node_taints.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": ts(now)}));
+                    node_taints.push(
+                        json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": ts(now)}),
+                    );
                     let _ = client
-                        .patch(nodes_rt, None, name, "application/merge-patch+json", &json!({"spec": {"taints": node_taints}}), &[])
+                        .patch(
+                            nodes_rt,
+                            None,
+                            name,
+                            "application/merge-patch+json",
+                            &json!({"spec": {"taints": node_taints}}),
+                            &[],
+                        )
                         .await;
                 }
-                event(client, node, "Normal", "NodeNotReady", &format!("Node {name} status is now: NodeNotReady"));
+                event(
+                    client,
+                    node,
+                    "Normal",
+                    "NodeNotReady",
+                    &format!("Node {name} status is now: NodeNotReady"),
+                );
             }
             // Evict pods whose toleration has run out.
-            let Some(since) = tainted.as_ref().and_then(|t| parse_time(t, "/timeAdded")) else { continue };
+            let Some(since) = tainted.as_ref().and_then(|t| parse_time(t, "/timeAdded")) else {
+                continue;
+            };
             let tainted_for = now.duration_since(since).unsigned_abs();
-            for pod in w.pods.iter().filter(|p| s(p, "/spec/nodeName") == name && is_active(p)) {
+            for pod in w
+                .pods
+                .iter()
+                .filter(|p| s(p, "/spec/nodeName") == name && is_active(p))
+            {
                 if toleration_for(pod, UNREACHABLE).is_some_and(|d| tainted_for >= d) {
-                    tracing::info!(node = name, pod = s(pod, "/metadata/name"), "evicting a pod from an unreachable node");
-                    event(client, pod, "Normal", "TaintManagerEviction", &format!("Marking for deletion Pod {}/{}", s(pod, "/metadata/namespace"), s(pod, "/metadata/name")));
-                    let _ = client.delete(pods_rt, Some(s(pod, "/metadata/namespace")), s(pod, "/metadata/name"), &json!({})).await;
+                    tracing::info!(
+                        node = name,
+                        pod = s(pod, "/metadata/name"),
+                        "evicting a pod from an unreachable node"
+                    );
+                    event(
+                        client,
+                        pod,
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!(
+                            "Marking for deletion Pod {}/{}",
+                            s(pod, "/metadata/namespace"),
+                            s(pod, "/metadata/name")
+                        ),
+                    );
+                    let _ = client
+                        .delete(
+                            pods_rt,
+                            Some(s(pod, "/metadata/namespace")),
+                            s(pod, "/metadata/name"),
+                            &json!({}),
+                        )
+                        .await;
                 }
             }
         } else if tainted.is_some() || ready_status(node) != "True" {
             tracing::info!(node = name, "node renews its lease again: ready");
             node_taints.retain(|t| t["key"] != UNREACHABLE);
             let _ = client
-                .patch(nodes_rt, None, name, "application/merge-patch+json", &json!({"spec": {"taints": node_taints}}), &[])
+                .patch(
+                    nodes_rt,
+                    None,
+                    name,
+                    "application/merge-patch+json",
+                    &json!({"spec": {"taints": node_taints}}),
+                    &[],
+                )
                 .await;
             let cond = json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "wk agent is posting ready status",
                 "lastHeartbeatTime": ts(renewed), "lastTransitionTime": ts(now)});
             patch_status(client, "nodes", node, json!({"conditions": [cond]})).await;
-            event(client, node, "Normal", "NodeReady", &format!("Node {name} status is now: NodeReady"));
+            event(
+                client,
+                node,
+                "Normal",
+                "NodeReady",
+                &format!("Node {name} status is now: NodeReady"),
+            );
         }
     }
 }
@@ -129,10 +204,16 @@ mod tests {
         let none = json!({"spec": {}});
         assert_eq!(toleration_for(&none, UNREACHABLE), Some(DEFAULT_TOLERATION));
         let seconds = json!({"spec": {"tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}});
-        assert_eq!(toleration_for(&seconds, UNREACHABLE), Some(Duration::from_secs(60)));
+        assert_eq!(
+            toleration_for(&seconds, UNREACHABLE),
+            Some(Duration::from_secs(60))
+        );
         let forever = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
         assert_eq!(toleration_for(&forever, UNREACHABLE), None);
         let other = json!({"spec": {"tolerations": [{"key": "x", "operator": "Exists"}]}});
-        assert_eq!(toleration_for(&other, UNREACHABLE), Some(DEFAULT_TOLERATION));
+        assert_eq!(
+            toleration_for(&other, UNREACHABLE),
+            Some(DEFAULT_TOLERATION)
+        );
     }
 }

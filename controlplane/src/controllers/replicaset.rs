@@ -1,11 +1,11 @@
 //! ReplicaSet controller: keeps `replicas` active pods matching the selector, owned by the
 //! ReplicaSet; reports counts in status.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{controller_uid, is_active, is_ready, owner_ref, patch_status, s, World};
+use super::{World, controller_uid, is_active, is_ready, owner_ref, patch_status, s};
 
 pub(crate) async fn run(client: &Client, w: &World) {
     let pods_rt = lookup("pods").expect("pods");
@@ -15,8 +15,16 @@ pub(crate) async fn run(client: &Client, w: &World) {
         }
         let uid = s(rs, "/metadata/uid");
         let ns = s(rs, "/metadata/namespace");
-        let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
-        let mut owned: Vec<&Value> = w.pods.iter().filter(|p| controller_uid(p) == Some(uid) && is_active(p)).collect();
+        let want = rs
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0) as usize;
+        let mut owned: Vec<&Value> = w
+            .pods
+            .iter()
+            .filter(|p| controller_uid(p) == Some(uid) && is_active(p))
+            .collect();
         if owned.len() < want {
             let template = rs.pointer("/spec/template").cloned().unwrap_or_default();
             for _ in owned.len()..want {
@@ -34,7 +42,9 @@ pub(crate) async fn run(client: &Client, w: &World) {
             // Prefer removing pods that are not ready, then unscheduled ones.
             owned.sort_by_key(|p| (is_ready(p), !s(p, "/spec/nodeName").is_empty()));
             for p in &owned[..owned.len() - want] {
-                let _ = client.delete(pods_rt, Some(ns), s(p, "/metadata/name"), &json!({})).await;
+                let _ = client
+                    .delete(pods_rt, Some(ns), s(p, "/metadata/name"), &json!({}))
+                    .await;
             }
             owned.drain(..owned.len() - want);
         }
@@ -42,7 +52,15 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let status = json!({"replicas": owned.len(), "fullyLabeledReplicas": owned.len(), "readyReplicas": ready,
                             "availableReplicas": ready, "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(1))});
         let current = rs.get("status").cloned().unwrap_or(json!({}));
-        if ["replicas", "readyReplicas", "availableReplicas", "observedGeneration"].iter().any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k]) {
+        if [
+            "replicas",
+            "readyReplicas",
+            "availableReplicas",
+            "observedGeneration",
+        ]
+        .iter()
+        .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k])
+        {
             patch_status(client, "replicasets", rs, status).await;
         }
     }

@@ -13,12 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::quantity::Quantity;
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{controller_uid, event, is_active, labels, patch_status, s, World};
+use super::{World, controller_uid, event, is_active, labels, patch_status, s};
 
 /// CPU (millicores), memory (bytes) and pod count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,15 +30,29 @@ pub(crate) struct Resources {
 
 fn quantity(v: Option<&Value>) -> Option<Quantity> {
     let v = v?;
-    let text = v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string()))?;
+    let text = v
+        .as_str()
+        .map(String::from)
+        .or_else(|| v.as_i64().map(|n| n.to_string()))?;
     Quantity::parse(&text).ok()
 }
 
 /// A pod's requests (containers' requests, or limits where no request is given).
 pub(crate) fn requests(pod: &Value) -> Resources {
-    let mut r = Resources { pods: 1, ..Default::default() };
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-        let get = |res: &str| quantity(c.pointer(&format!("/resources/requests/{res}"))).or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))));
+    let mut r = Resources {
+        pods: 1,
+        ..Default::default()
+    };
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let get = |res: &str| {
+            quantity(c.pointer(&format!("/resources/requests/{res}")))
+                .or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))))
+        };
         r.cpu += get("cpu").map(|q| q.milli_value() as i64).unwrap_or(0);
         r.memory += get("memory").map(|q| q.value() as i64).unwrap_or(0);
     }
@@ -47,31 +61,48 @@ pub(crate) fn requests(pod: &Value) -> Resources {
 
 fn allocatable(node: &Value) -> Resources {
     Resources {
-        cpu: quantity(node.pointer("/status/allocatable/cpu")).map(|q| q.milli_value() as i64).unwrap_or(0),
-        memory: quantity(node.pointer("/status/allocatable/memory")).map(|q| q.value() as i64).unwrap_or(0),
-        pods: quantity(node.pointer("/status/allocatable/pods")).map(|q| q.value() as i64).unwrap_or(110),
+        cpu: quantity(node.pointer("/status/allocatable/cpu"))
+            .map(|q| q.milli_value() as i64)
+            .unwrap_or(0),
+        memory: quantity(node.pointer("/status/allocatable/memory"))
+            .map(|q| q.value() as i64)
+            .unwrap_or(0),
+        pods: quantity(node.pointer("/status/allocatable/pods"))
+            .map(|q| q.value() as i64)
+            .unwrap_or(110),
     }
 }
 
 fn node_ready(n: &Value) -> bool {
     n.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 /// Whether `toleration` tolerates `taint` (Kubernetes' rules).
 pub(crate) fn tolerates(toleration: &Value, taint: &Value) -> bool {
-    let effect_ok = s(toleration, "/effect").is_empty() || s(toleration, "/effect") == s(taint, "/effect");
+    let effect_ok =
+        s(toleration, "/effect").is_empty() || s(toleration, "/effect") == s(taint, "/effect");
     let key_ok = match s(toleration, "/operator") {
         "Exists" => s(toleration, "/key").is_empty() || s(toleration, "/key") == s(taint, "/key"),
-        _ => s(toleration, "/key") == s(taint, "/key") && s(toleration, "/value") == s(taint, "/value"),
+        _ => {
+            s(toleration, "/key") == s(taint, "/key")
+                && s(toleration, "/value") == s(taint, "/value")
+        }
     };
     effect_ok && key_ok
 }
 
 /// The first NoSchedule/NoExecute taint of `node` that `pod` does not tolerate.
 fn untolerated_taint<'a>(pod: &Value, node: &'a Value) -> Option<&'a Value> {
-    let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tolerations = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     node.pointer("/spec/taints")
         .and_then(Value::as_array)?
         .iter()
@@ -82,7 +113,11 @@ fn untolerated_taint<'a>(pod: &Value, node: &'a Value) -> Option<&'a Value> {
 /// One node selector requirement (`matchExpressions` item) against a node's labels.
 fn requirement_matches(req: &Value, node_labels: &BTreeMap<String, String>) -> bool {
     let key = s(req, "/key");
-    let values: Vec<&str> = req.get("values").and_then(Value::as_array).map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let values: Vec<&str> = req
+        .get("values")
+        .and_then(Value::as_array)
+        .map(|v| v.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     let have = node_labels.get(key);
     let num = |v: Option<&str>| v.and_then(|x| x.parse::<i64>().ok());
     match s(req, "/operator") {
@@ -90,8 +125,12 @@ fn requirement_matches(req: &Value, node_labels: &BTreeMap<String, String>) -> b
         "NotIn" => !have.is_some_and(|h| values.contains(&h.as_str())),
         "Exists" => have.is_some(),
         "DoesNotExist" => have.is_none(),
-        "Gt" => matches!((num(have.map(String::as_str)), num(values.first().copied())), (Some(h), Some(v)) if h > v),
-        "Lt" => matches!((num(have.map(String::as_str)), num(values.first().copied())), (Some(h), Some(v)) if h < v),
+        "Gt" => {
+            matches!((num(have.map(String::as_str)), num(values.first().copied())), (Some(h), Some(v)) if h > v)
+        }
+        "Lt" => {
+            matches!((num(have.map(String::as_str)), num(values.first().copied())), (Some(h), Some(v)) if h < v)
+        }
         _ => false,
     }
 }
@@ -99,10 +138,21 @@ fn requirement_matches(req: &Value, node_labels: &BTreeMap<String, String>) -> b
 /// A `nodeSelectorTerm`: all its expressions and fields hold.
 fn term_matches(term: &Value, node: &Value) -> bool {
     let node_labels = labels(node, "/metadata/labels");
-    let exprs = term.get("matchExpressions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let fields = term.get("matchFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    let exprs = term
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let fields = term
+        .get("matchFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut name_labels = BTreeMap::new();
-    name_labels.insert("metadata.name".to_string(), s(node, "/metadata/name").to_string());
+    name_labels.insert(
+        "metadata.name".to_string(),
+        s(node, "/metadata/name").to_string(),
+    );
     (!exprs.is_empty() || !fields.is_empty())
         && exprs.iter().all(|r| requirement_matches(r, &node_labels))
         && fields.iter().all(|r| requirement_matches(r, &name_labels))
@@ -111,7 +161,10 @@ fn term_matches(term: &Value, node: &Value) -> bool {
 /// nodeSelector and required node affinity (any of the terms).
 fn affinity_matches(pod: &Value, node: &Value) -> bool {
     let node_labels = labels(node, "/metadata/labels");
-    if !labels(pod, "/spec/nodeSelector").iter().all(|(k, v)| node_labels.get(k) == Some(v)) {
+    if !labels(pod, "/spec/nodeSelector")
+        .iter()
+        .all(|(k, v)| node_labels.get(k) == Some(v))
+    {
         return false;
     }
     match pod
@@ -139,8 +192,18 @@ fn preferred_affinity_score(pod: &Value, node: &Value) -> i64 {
 
 fn host_ports(pod: &Value) -> Vec<(String, i64)> {
     let mut out = Vec::new();
-    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
-        for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(hp) = p.get("hostPort").and_then(Value::as_i64).filter(|p| *p > 0) {
                 out.push((s(p, "/protocol").to_string(), hp));
             }
@@ -186,14 +249,21 @@ fn filter(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> Optio
     if node.pointer("/spec/unschedulable") == Some(&json!(true)) {
         return Some("node(s) were unschedulable".into());
     }
-    if !s(node, "/metadata/annotations/wk.dev~1runtimes").split(',').any(|r| r.trim() == runtime_of(pod)) {
+    if !s(node, "/metadata/annotations/wk.dev~1runtimes")
+        .split(',')
+        .any(|r| r.trim() == runtime_of(pod))
+    {
         return Some("node(s) did not offer the pod's runtime".into());
     }
     if !affinity_matches(pod, node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
     if let Some(t) = untolerated_taint(pod, node) {
-        return Some(format!("node(s) had untolerated taint {{{}: {}}}", s(t, "/key"), s(t, "/value")));
+        return Some(format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            s(t, "/key"),
+            s(t, "/value")
+        ));
     }
     let alloc = allocatable(node);
     if usage.used.pods + 1 > alloc.pods {
@@ -215,21 +285,43 @@ fn filter(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> Optio
 /// pod of the same owner already there, plus preferred affinity weights.
 fn score(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> i64 {
     let alloc = allocatable(node);
-    let free = |used: i64, want: i64, cap: i64| if cap <= 0 { 0 } else { ((cap - used - want).max(0) * 100) / cap };
-    let least_allocated = (free(usage.used.cpu, want.cpu, alloc.cpu) + free(usage.used.memory, want.memory, alloc.memory)) / 2;
+    let free = |used: i64, want: i64, cap: i64| {
+        if cap <= 0 {
+            0
+        } else {
+            ((cap - used - want).max(0) * 100) / cap
+        }
+    };
+    let least_allocated = (free(usage.used.cpu, want.cpu, alloc.cpu)
+        + free(usage.used.memory, want.memory, alloc.memory))
+        / 2;
     let fewest_pods = free(usage.used.pods, 1, alloc.pods);
-    let same_owner = controller_uid(pod).and_then(|u| usage.owners.get(u)).copied().unwrap_or(0);
+    let same_owner = controller_uid(pod)
+        .and_then(|u| usage.owners.get(u))
+        .copied()
+        .unwrap_or(0);
     least_allocated + fewest_pods - same_owner * 1000 + preferred_affinity_score(pod, node) * 10
 }
 
 pub(crate) async fn run(client: &Client, w: &World) {
     let pods_rt = lookup("pods").expect("pods");
     let mut usage: HashMap<String, NodeUse> = HashMap::new();
-    for p in w.pods.iter().filter(|p| is_active(p) && !s(p, "/spec/nodeName").is_empty()) {
-        usage.entry(s(p, "/spec/nodeName").to_string()).or_default().add(p);
+    for p in w
+        .pods
+        .iter()
+        .filter(|p| is_active(p) && !s(p, "/spec/nodeName").is_empty())
+    {
+        usage
+            .entry(s(p, "/spec/nodeName").to_string())
+            .or_default()
+            .add(p);
     }
     let mut bindings = Vec::new();
-    for pod in w.pods.iter().filter(|p| s(p, "/spec/nodeName").is_empty() && is_active(p)) {
+    for pod in w
+        .pods
+        .iter()
+        .filter(|p| s(p, "/spec/nodeName").is_empty() && is_active(p))
+    {
         let want = requests(pod);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut best: Option<(i64, &str)> = None;
@@ -253,7 +345,11 @@ pub(crate) async fn run(client: &Client, w: &World) {
             }
             None => {
                 let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-                let message = format!("0/{} nodes are available: {}.", w.nodes.len(), parts.join(", "));
+                let message = format!(
+                    "0/{} nodes are available: {}.",
+                    w.nodes.len(),
+                    parts.join(", ")
+                );
                 let current = pod
                     .pointer("/status/conditions")
                     .and_then(Value::as_array)
@@ -261,7 +357,9 @@ pub(crate) async fn run(client: &Client, w: &World) {
                     .and_then(|c| c.get("message"))
                     .and_then(Value::as_str);
                 if current != Some(message.as_str()) {
-                    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+                    let now = jiff::Timestamp::now()
+                        .strftime("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string();
                     let status = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                         "message": message, "lastTransitionTime": now, "lastProbeTime": null}]});
                     patch_status(client, "pods", pod, status).await;
@@ -312,15 +410,35 @@ mod tests {
         let pod = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}});
         let want = requests(&pod);
         let u = NodeUse::default();
-        assert_eq!(filter(&pod, &want, &node("n", "500m", "8Gi", json!({})), &u).as_deref(), Some("Insufficient cpu"));
-        assert_eq!(filter(&pod, &want, &node("n", "2", "512Mi", json!({})), &u).as_deref(), Some("Insufficient memory"));
-        assert_eq!(filter(&pod, &want, &node("n", "2", "2Gi", json!({})), &u), None);
-        let tainted = node("n", "2", "2Gi", json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}));
-        assert_eq!(filter(&pod, &want, &tainted, &u).as_deref(), Some("node(s) had untolerated taint {dedicated: gpu}"));
+        assert_eq!(
+            filter(&pod, &want, &node("n", "500m", "8Gi", json!({})), &u).as_deref(),
+            Some("Insufficient cpu")
+        );
+        assert_eq!(
+            filter(&pod, &want, &node("n", "2", "512Mi", json!({})), &u).as_deref(),
+            Some("Insufficient memory")
+        );
+        assert_eq!(
+            filter(&pod, &want, &node("n", "2", "2Gi", json!({})), &u),
+            None
+        );
+        let tainted = node(
+            "n",
+            "2",
+            "2Gi",
+            json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}),
+        );
+        assert_eq!(
+            filter(&pod, &want, &tainted, &u).as_deref(),
+            Some("node(s) had untolerated taint {dedicated: gpu}")
+        );
         let tolerant = json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}});
         assert_eq!(filter(&tolerant, &requests(&tolerant), &tainted, &u), None);
         let oci = json!({"spec": {"runtimeClassName": "oci"}});
-        assert_eq!(filter(&oci, &requests(&oci), &node("n", "2", "2Gi", json!({})), &u).as_deref(), Some("node(s) did not offer the pod's runtime"));
+        assert_eq!(
+            filter(&oci, &requests(&oci), &node("n", "2", "2Gi", json!({})), &u).as_deref(),
+            Some("node(s) did not offer the pod's runtime")
+        );
     }
 
     #[test]
@@ -351,6 +469,9 @@ mod tests {
         let empty = NodeUse::default();
         let want = requests(&owned);
         assert!(score(&owned, &want, &n, &empty) > score(&owned, &want, &n, &busy));
-        assert_eq!(filter(&owned, &want, &n, &busy).as_deref(), Some("node(s) didn't have free ports for the requested pod ports"));
+        assert_eq!(
+            filter(&owned, &want, &n, &busy).as_deref(),
+            Some("node(s) didn't have free ports for the requested pod ports")
+        );
     }
 }

@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogState, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::types::{LogId, NodeId, StorageError, TypeConfig};
 
@@ -45,7 +45,10 @@ enum Job {
     /// A metadata write nobody waits for (the committed log id): it rides along with the
     /// next group commit.
     Meta(&'static str, Vec<u8>),
-    Sync(SyncOp, tokio::sync::oneshot::Sender<Result<(), StorageError>>),
+    Sync(
+        SyncOp,
+        tokio::sync::oneshot::Sender<Result<(), StorageError>>,
+    ),
 }
 
 /// The redb-backed Raft log. Cheap to clone: clones share the database and the writer.
@@ -67,7 +70,11 @@ impl Writer {
         self.tx
             .as_ref()
             .and_then(|tx| tx.send(job).ok())
-            .ok_or_else(|| StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer stopped"))))
+            .ok_or_else(|| {
+                StorageError::from(StorageIOError::write_logs(&std::io::Error::other(
+                    "log writer stopped",
+                )))
+            })
     }
 }
 
@@ -83,7 +90,11 @@ impl Drop for Writer {
 /// Upper bound of appends grouped into one transaction.
 const MAX_GROUP: usize = 4096;
 
-fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>, rx: mpsc::Receiver<Job>) {
+fn writer_loop(
+    db: Arc<Database>,
+    pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
+    rx: mpsc::Receiver<Job>,
+) {
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -133,7 +144,11 @@ fn writer_loop(db: Arc<Database>, pending: Arc<Mutex<BTreeMap<u64, Entry<TypeCon
                     }
                     tx.commit().map_err(io_err)
                 })();
-                tracing::trace!(appends = batch.len(), elapsed_us = start.elapsed().as_micros() as u64, "log group commit");
+                tracing::trace!(
+                    appends = batch.len(),
+                    elapsed_us = start.elapsed().as_micros() as u64,
+                    "log group commit"
+                );
                 if result.is_ok() {
                     let mut p = pending.lock().expect("pending lock");
                     for (entries, _) in &batch {
@@ -166,7 +181,11 @@ impl LogStore {
             tx.commit()?;
             Ok(())
         };
-        init().map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(e.to_string()))))?;
+        init().map_err(|e| {
+            redb::DatabaseError::Storage(redb::StorageError::Io(std::io::Error::other(
+                e.to_string(),
+            )))
+        })?;
         let db = Arc::new(db);
         let pending = Arc::new(Mutex::new(BTreeMap::new()));
         let (tx, rx) = mpsc::channel();
@@ -175,15 +194,29 @@ impl LogStore {
             .name("wk-raft-log".into())
             .spawn(move || writer_loop(d, p, rx))
             .map_err(|e| redb::DatabaseError::Storage(redb::StorageError::Io(e)))?;
-        let writer = Arc::new(Writer { tx: Some(tx), thread: Some(thread) });
-        Ok(LogStore { db, pending, writer })
+        let writer = Arc::new(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        });
+        Ok(LogStore {
+            db,
+            pending,
+            writer,
+        })
     }
 
     /// Runs a write on the writer thread, after every write queued before it.
-    async fn write_sync(&self, op: impl FnOnce(&Database) -> Result<(), StorageError> + Send + 'static) -> Result<(), StorageError> {
+    async fn write_sync(
+        &self,
+        op: impl FnOnce(&Database) -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<(), StorageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer.send(Job::Sync(Box::new(op), tx))?;
-        rx.await.map_err(|_| StorageError::from(StorageIOError::write_logs(&std::io::Error::other("log writer stopped"))))?
+        rx.await.map_err(|_| {
+            StorageError::from(StorageIOError::write_logs(&std::io::Error::other(
+                "log writer stopped",
+            )))
+        })?
     }
 
     /// Runs a blocking closure against the database on the blocking pool.
@@ -218,7 +251,11 @@ impl LogStore {
     }
 }
 
-fn read_range(db: &Database, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+fn read_range(
+    db: &Database,
+    start: Bound<u64>,
+    end: Bound<u64>,
+) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
     let tx = db.begin_read().map_err(read_err)?;
     let table = tx.open_table(LOG).map_err(read_err)?;
     let mut out = Vec::new();
@@ -243,7 +280,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if pending.is_empty() {
             return Ok(stored);
         }
-        let mut all: BTreeMap<u64, Entry<TypeConfig>> = stored.into_iter().map(|e| (e.log_id.index, e)).collect();
+        let mut all: BTreeMap<u64, Entry<TypeConfig>> =
+            stored.into_iter().map(|e| (e.log_id.index, e)).collect();
         for (i, e) in pending.range((start, end)) {
             all.insert(*i, e.clone());
         }
@@ -256,7 +294,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         self.blocking(|db| {
-            let last_purged_log_id: Option<LogId> = LogStore::get_meta::<Option<LogId>>(db, LAST_PURGED)?.flatten();
+            let last_purged_log_id: Option<LogId> =
+                LogStore::get_meta::<Option<LogId>>(db, LAST_PURGED)?.flatten();
             let tx = db.begin_read().map_err(read_err)?;
             let table = tx.open_table(LOG).map_err(read_err)?;
             let last = match table.last().map_err(read_err)? {
@@ -266,7 +305,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
                 None => last_purged_log_id,
             };
-            Ok(LogState { last_purged_log_id, last_log_id: last })
+            Ok(LogState {
+                last_purged_log_id,
+                last_log_id: last,
+            })
         })
         .await
     }
@@ -278,7 +320,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let vote = *vote;
         self.write_sync(move |db| {
-            LogStore::put_meta(db, VOTE, &vote).map_err(|_| StorageIOError::write_vote(&std::io::Error::other("vote")).into())
+            LogStore::put_meta(db, VOTE, &vote)
+                .map_err(|_| StorageIOError::write_vote(&std::io::Error::other("vote")).into())
         })
         .await
     }
@@ -295,10 +338,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        self.blocking(|db| Ok(LogStore::get_meta::<Option<LogId>>(db, COMMITTED)?.flatten())).await
+        self.blocking(|db| Ok(LogStore::get_meta::<Option<LogId>>(db, COMMITTED)?.flatten()))
+            .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -316,12 +364,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.pending.lock().expect("pending lock").retain(|i, _| *i < log_id.index);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|i, _| *i < log_id.index);
         self.write_sync(move |db| {
             let tx = db.begin_write().map_err(io_err)?;
             {
                 let mut table = tx.open_table(LOG).map_err(io_err)?;
-                table.retain_in(log_id.index.., |_, _| false).map_err(io_err)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(io_err)?;
             }
             tx.commit().map_err(io_err)
         })
@@ -336,7 +389,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let mut meta = tx.open_table(META).map_err(io_err)?;
                 meta.insert(LAST_PURGED, bytes.as_slice()).map_err(io_err)?;
                 let mut table = tx.open_table(LOG).map_err(io_err)?;
-                table.retain_in(..=log_id.index, |_, _| false).map_err(io_err)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(io_err)?;
             }
             tx.commit().map_err(io_err)
         })

@@ -90,7 +90,10 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
                 Err(_) => break,
             }
         }
-        let ops: Vec<Op> = batch.iter_mut().flat_map(|p| std::mem::take(&mut p.ops)).collect();
+        let ops: Vec<Op> = batch
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.ops))
+            .collect();
         let result = raft.client_write(Command { ops }).await;
         match result {
             Ok(resp) => {
@@ -105,7 +108,9 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
                 for p in batch {
                     let err = match &e {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                            StoreError::NotLeader { leader: f.leader_node.as_ref().map(|n| n.addr.clone()) }
+                            StoreError::NotLeader {
+                                leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
+                            }
                         }
                         other => StoreError::Raft(other.to_string()),
                     };
@@ -128,8 +133,12 @@ impl Store {
         let log_path = cfg.data_dir.join("raft-log.redb");
         let log = LogStore::open(&log_path).map_err(|e| open_err(&log_path, &e))?;
         let sm_path = cfg.data_dir.join("state.redb");
-        let sm = StateMachine::open(&sm_path, cfg.data_dir.join("snapshot.bin"), cfg.watch_history)
-            .map_err(|e| open_err(&sm_path, &e))?;
+        let sm = StateMachine::open(
+            &sm_path,
+            cfg.data_dir.join("snapshot.bin"),
+            cfg.watch_history,
+        )
+        .map_err(|e| open_err(&sm_path, &e))?;
         let shared = sm.shared.clone();
 
         let config = Config {
@@ -142,19 +151,40 @@ impl Store {
             max_in_snapshot_log_to_keep: cfg.snapshot_every.min(1000),
             ..Default::default()
         };
-        let config = Arc::new(config.validate().map_err(|e| StoreError::Raft(e.to_string()))?);
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| StoreError::Raft(e.to_string()))?,
+        );
         let network = HttpNetwork::new(cfg.peer_token.clone());
         let raft = Raft::new(cfg.node_id, config, network, log, sm)
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
-        if cfg.initialize && !raft.is_initialized().await.map_err(|e| StoreError::Raft(e.to_string()))? {
+        if cfg.initialize
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| StoreError::Raft(e.to_string()))?
+        {
             let mut members = BTreeMap::new();
-            members.insert(cfg.node_id, BasicNode { addr: cfg.advertise_url.clone() });
-            raft.initialize(members).await.map_err(|e| StoreError::Raft(e.to_string()))?;
+            members.insert(
+                cfg.node_id,
+                BasicNode {
+                    addr: cfg.advertise_url.clone(),
+                },
+            );
+            raft.initialize(members)
+                .await
+                .map_err(|e| StoreError::Raft(e.to_string()))?;
         }
         let (proposals, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(batcher(raft.clone(), rx));
-        Ok(Store { raft, sm: shared, node_id: cfg.node_id, proposals })
+        Ok(Store {
+            raft,
+            sm: shared,
+            node_id: cfg.node_id,
+            proposals,
+        })
     }
 
     /// Waits until this server knows a leader, up to `timeout`.
@@ -178,10 +208,15 @@ impl Store {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let expected = ops.len();
         self.proposals
-            .send(Proposal { ops, expected, reply })
+            .send(Proposal {
+                ops,
+                expected,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Raft("the store is shut down".into()))?;
-        rx.await.map_err(|_| StoreError::Raft("the store is shut down".into()))?
+        rx.await
+            .map_err(|_| StoreError::Raft("the store is shut down".into()))?
     }
 
     /// Proposes one operation.
@@ -196,7 +231,9 @@ impl Store {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+                Err(StoreError::NotLeader {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
             }
             Err(e) => Err(StoreError::Raft(e.to_string())),
         }

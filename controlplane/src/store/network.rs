@@ -4,21 +4,23 @@
 //! the peer's API address, answered with the postcard-encoded `Result` of the peer's Raft
 //! call. The same code serves one server or many; with one server it is simply unused.
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use axum::Router;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::types::{NodeId, Raft, TypeConfig};
 
@@ -32,7 +34,10 @@ pub struct HttpNetwork {
 impl HttpNetwork {
     /// `token` authenticates this server to its peers.
     pub fn new(token: String) -> Self {
-        HttpNetwork { client: reqwest::Client::new(), token }
+        HttpNetwork {
+            client: reqwest::Client::new(),
+            token,
+        }
     }
 }
 
@@ -69,7 +74,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let resp = self
             .client
             .post(format!("{}/raft/{path}", self.addr))
@@ -89,7 +95,10 @@ impl PeerClient {
             let err = std::io::Error::other(format!("peer answered {}", resp.status()));
             return Err(RPCError::Network(NetworkError::new(&err)));
         }
-        let bytes = resp.bytes().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -109,8 +118,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call("snapshot", &rpc, &option).await
     }
 
@@ -146,7 +157,12 @@ fn reply<T: Serialize>(value: &T) -> axum::response::Response {
 }
 
 /// Decodes a request, runs the Raft call, encodes its result.
-async fn rpc<Req, Resp, Fut>(s: &RaftRpcState, headers: &HeaderMap, body: &[u8], call: impl FnOnce(Raft, Req) -> Fut) -> axum::response::Response
+async fn rpc<Req, Resp, Fut>(
+    s: &RaftRpcState,
+    headers: &HeaderMap,
+    body: &[u8],
+    call: impl FnOnce(Raft, Req) -> Fut,
+) -> axum::response::Response
 where
     Req: DeserializeOwned,
     Resp: Serialize,
@@ -161,15 +177,39 @@ where
     }
 }
 
-async fn append(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    rpc(&s, &headers, &body, |raft, req: AppendEntriesRequest<TypeConfig>| async move { raft.append_entries(req).await }).await
+async fn append(
+    State(s): State<RaftRpcState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    rpc(
+        &s,
+        &headers,
+        &body,
+        |raft, req: AppendEntriesRequest<TypeConfig>| async move { raft.append_entries(req).await },
+    )
+    .await
 }
 
-async fn vote(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    rpc(&s, &headers, &body, |raft, req: VoteRequest<NodeId>| async move { raft.vote(req).await }).await
+async fn vote(
+    State(s): State<RaftRpcState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    rpc(
+        &s,
+        &headers,
+        &body,
+        |raft, req: VoteRequest<NodeId>| async move { raft.vote(req).await },
+    )
+    .await
 }
 
-async fn snapshot(State(s): State<RaftRpcState>, headers: HeaderMap, body: Bytes) -> axum::response::Response {
+async fn snapshot(
+    State(s): State<RaftRpcState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
     rpc(&s, &headers, &body, |raft, req: InstallSnapshotRequest<TypeConfig>| async move { raft.install_snapshot(req).await }).await
 }
 

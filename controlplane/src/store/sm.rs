@@ -96,21 +96,31 @@ impl WatchHub {
     fn new(capacity: usize, revision: u64) -> Self {
         let (tx, _) = broadcast::channel(8192);
         WatchHub {
-            state: Mutex::new(HubState { history: VecDeque::new(), capacity, compacted: revision, tx }),
+            state: Mutex::new(HubState {
+                history: VecDeque::new(),
+                capacity,
+                compacted: revision,
+                tx,
+            }),
         }
     }
 
     /// Events after `revision` still in history, and a receiver for all later ones, taken
     /// atomically so that nothing is missed or repeated.
-    pub fn subscribe_from(
-        &self,
-        revision: u64,
-    ) -> Result<Subscription, Expired> {
+    pub fn subscribe_from(&self, revision: u64) -> Result<Subscription, Expired> {
         let st = self.state.lock().expect("watch hub lock");
         if revision < st.compacted {
-            return Err(Expired { requested: revision, oldest: st.compacted + 1 });
+            return Err(Expired {
+                requested: revision,
+                oldest: st.compacted + 1,
+            });
         }
-        let past = st.history.iter().filter(|e| e.revision > revision).cloned().collect();
+        let past = st
+            .history
+            .iter()
+            .filter(|e| e.revision > revision)
+            .cloned()
+            .collect();
         Ok((past, st.tx.subscribe()))
     }
 
@@ -179,7 +189,10 @@ impl SmShared {
     pub fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
         let tx = self.db.begin_read().map_err(sm_read)?;
         let table = tx.open_table(OBJECTS).map_err(sm_read)?;
-        Ok(table.get(key).map_err(sm_read)?.map(|v| v.value().to_string()))
+        Ok(table
+            .get(key)
+            .map_err(sm_read)?
+            .map(|v| v.value().to_string()))
     }
 
     /// Reads the objects under `prefix` in key order, starting after `start_after`, at
@@ -196,7 +209,9 @@ impl SmShared {
         let mut out = Vec::new();
         let mut more = false;
         let range = match start_after {
-            Some(k) => table.range::<&str>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            Some(k) => {
+                table.range::<&str>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
+            }
             None => table.range::<&str>(prefix..),
         }
         .map_err(sm_read)?;
@@ -237,7 +252,9 @@ impl SmShared {
     }
 }
 
-fn read_revision(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StorageError> {
+fn read_revision(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StorageError> {
     Ok(match meta.get(REVISION).map_err(sm_read)? {
         Some(v) => postcard::from_bytes(v.value()).map_err(sm_read)?,
         None => 0,
@@ -289,7 +306,9 @@ impl StateMachine {
         f: impl FnOnce(&SmShared) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || f(&shared)).await.map_err(sm_write)?
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(sm_write)?
     }
 }
 
@@ -299,7 +318,10 @@ fn apply_op(
     revision: &mut u64,
     op: &Op,
 ) -> Result<(Result<Applied, OpError>, Option<Event>), StorageError> {
-    let current = objects.get(op.key()).map_err(sm_write)?.map(|v| v.value().to_string());
+    let current = objects
+        .get(op.key())
+        .map_err(sm_write)?
+        .map(|v| v.value().to_string());
     let current_rev = current.as_deref().map(object_revision);
     let precondition = match op {
         Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
@@ -307,7 +329,9 @@ fn apply_op(
     let failed = match (precondition, current_rev) {
         (Precondition::Absent, Some(_)) => Some(OpError::AlreadyExists),
         (Precondition::Present | Precondition::Revision(_), None) => Some(OpError::NotFound),
-        (Precondition::Revision(want), Some(have)) if want != have => Some(OpError::Conflict { current: have }),
+        (Precondition::Revision(want), Some(have)) if want != have => {
+            Some(OpError::Conflict { current: have })
+        }
         (Precondition::None, None) if matches!(op, Op::Delete { .. }) => Some(OpError::NotFound),
         _ => None,
     };
@@ -323,19 +347,48 @@ fn apply_op(
             *revision += 1;
             stamp(&mut value, *revision);
             let text = value.to_string();
-            objects.insert(key.as_str(), text.as_str()).map_err(sm_write)?;
-            let kind = if current.is_some() { EventType::Modified } else { EventType::Added };
-            let event = Event { revision: *revision, kind, key: key.clone(), object: Arc::new(value) };
-            Ok((Ok(Applied { revision: *revision, object: text }), Some(event)))
+            objects
+                .insert(key.as_str(), text.as_str())
+                .map_err(sm_write)?;
+            let kind = if current.is_some() {
+                EventType::Modified
+            } else {
+                EventType::Added
+            };
+            let event = Event {
+                revision: *revision,
+                kind,
+                key: key.clone(),
+                object: Arc::new(value),
+            };
+            Ok((
+                Ok(Applied {
+                    revision: *revision,
+                    object: text,
+                }),
+                Some(event),
+            ))
         }
         Op::Delete { key, .. } => {
             objects.remove(key.as_str()).map_err(sm_write)?;
             *revision += 1;
-            let mut value: Value = serde_json::from_str(current.as_deref().unwrap_or("{}")).unwrap_or(Value::Null);
+            let mut value: Value =
+                serde_json::from_str(current.as_deref().unwrap_or("{}")).unwrap_or(Value::Null);
             stamp(&mut value, *revision);
             let text = value.to_string();
-            let event = Event { revision: *revision, kind: EventType::Deleted, key: key.clone(), object: Arc::new(value) };
-            Ok((Ok(Applied { revision: *revision, object: text }), Some(event)))
+            let event = Event {
+                revision: *revision,
+                kind: EventType::Deleted,
+                key: key.clone(),
+                object: Arc::new(value),
+            };
+            Ok((
+                Ok(Applied {
+                    revision: *revision,
+                    object: text,
+                }),
+                Some(event),
+            ))
         }
     }
 }
@@ -360,9 +413,14 @@ fn object_revision(json: &str) -> u64 {
 
 fn stamp(value: &mut Value, revision: u64) {
     if let Some(obj) = value.as_object_mut() {
-        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
         if let Some(m) = meta.as_object_mut() {
-            m.insert("resourceVersion".into(), Value::String(revision.to_string()));
+            m.insert(
+                "resourceVersion".into(),
+                Value::String(revision.to_string()),
+            );
         }
     }
 }
@@ -391,7 +449,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // makes the state machine durable (see `make_durable`). After a crash the
             // state machine resumes from its last durable commit and openraft re-applies
             // the rest from the log. This saves one fsync per write.
-            tx.set_durability(redb::Durability::None).map_err(sm_write)?;
+            tx.set_durability(redb::Durability::None)
+                .map_err(sm_write)?;
             let mut results = Vec::with_capacity(entries.len());
             let mut events = Vec::new();
             {
@@ -412,16 +471,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }
                         }
                         EntryPayload::Membership(m) => {
-                            let sm_membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                            let sm_membership =
+                                StoredMembership::new(Some(entry.log_id), m.clone());
                             let bytes = postcard::to_allocvec(&sm_membership).map_err(sm_write)?;
-                            meta.insert(MEMBERSHIP, bytes.as_slice()).map_err(sm_write)?;
+                            meta.insert(MEMBERSHIP, bytes.as_slice())
+                                .map_err(sm_write)?;
                         }
                     }
                     results.push(result);
                 }
                 if let Some(last) = last {
                     let bytes = postcard::to_allocvec(&Some(last)).map_err(sm_write)?;
-                    meta.insert(LAST_APPLIED, bytes.as_slice()).map_err(sm_write)?;
+                    meta.insert(LAST_APPLIED, bytes.as_slice())
+                        .map_err(sm_write)?;
                 }
                 let bytes = postcard::to_allocvec(&revision).map_err(sm_write)?;
                 meta.insert(REVISION, bytes.as_slice()).map_err(sm_write)?;
@@ -476,9 +538,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.blocking(|sm| {
-            Ok(sm
-                .read_snapshot_file()?
-                .map(|f| Snapshot { meta: f.meta, snapshot: Box::new(Cursor::new(f.data)) }))
+            Ok(sm.read_snapshot_file()?.map(|f| Snapshot {
+                meta: f.meta,
+                snapshot: Box::new(Cursor::new(f.data)),
+            }))
         })
         .await
     }
@@ -514,7 +577,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let (k, v) = item.map_err(sm_read)?;
                 objects.push((k.value().to_string(), v.value().to_string()));
             }
-            let body = SnapshotBody { last_applied, membership: membership.clone(), revision, objects };
+            let body = SnapshotBody {
+                last_applied,
+                membership: membership.clone(),
+                revision,
+                objects,
+            };
             let data = postcard::to_allocvec(&body).map_err(snap_err)?;
             let counter = {
                 let mut c = sm.snapshot_counter.lock().expect("snapshot counter");
@@ -525,9 +593,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 Some(l) => format!("{}-{}-{counter}", l.leader_id, l.index),
                 None => format!("--{counter}"),
             };
-            let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-            sm.write_snapshot_file(&SnapshotFile { meta: meta.clone(), data: data.clone() })?;
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            sm.write_snapshot_file(&SnapshotFile {
+                meta: meta.clone(),
+                data: data.clone(),
+            })?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
         })
         .await
     }

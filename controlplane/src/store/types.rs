@@ -42,8 +42,15 @@ pub enum Precondition {
 /// `metadata.resourceVersion` with the revision it assigns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { key: String, object: String, precondition: Precondition },
-    Delete { key: String, precondition: Precondition },
+    Put {
+        key: String,
+        object: String,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 impl Op {

@@ -33,14 +33,18 @@ pub struct Args {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected key=value, got {s:?}"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<ExitCode> {
     let client = match &args.server {
         Some(server) => {
             let ca_pem = match &args.ca_file {
-                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
                 None => None,
             };
             Client::new(ClientConfig {
@@ -55,9 +59,13 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
     };
     let name = match args.name {
         Some(n) => n,
-        None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into()),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "node".into()),
     };
-    let client = wk_nodeagent::node_client(&client, &name).await.context("cannot obtain the node's credential (is the join token right?)")?;
+    let client = wk_nodeagent::node_client(&client, &name)
+        .await
+        .context("cannot obtain the node's credential (is the join token right?)")?;
     let mut cfg = AgentConfig::new(name.clone(), args.data_dir);
     cfg.labels = args.labels.into_iter().collect();
     cfg.max_pods = args.max_pods;
@@ -70,8 +78,10 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use wk_api::meta::ObjectMetaExt;
 use wk_controlplane::apiserver::json_merge_patch;
 
@@ -62,8 +62,19 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
         "warn" => "Warn",
         _ => "Ignore",
     };
-    let ok = apply_docs(&client, docs, args.namespace.as_deref(), validation, args.dry_run).await?;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let ok = apply_docs(
+        &client,
+        docs,
+        args.namespace.as_deref(),
+        validation,
+        args.dry_run,
+    )
+    .await?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Applies objects, printing one line each; returns whether all succeeded.
@@ -74,7 +85,10 @@ pub async fn apply_docs(
     validation: &str,
     dry_run: bool,
 ) -> anyhow::Result<bool> {
-    let mut query = vec![("fieldManager", "wk-apply".to_string()), ("fieldValidation", validation.to_string())];
+    let mut query = vec![
+        ("fieldManager", "wk-apply".to_string()),
+        ("fieldValidation", validation.to_string()),
+    ];
     if dry_run {
         query.push(("dryRun", "All".into()));
     }
@@ -83,11 +97,17 @@ pub async fn apply_docs(
     for (source, mut doc) in docs {
         let rt = super::resource_of(&source, &doc)?;
         let Some(name) = doc.name().map(String::from) else {
-            eprintln!("error: {source}: {} has no metadata.name (apply needs a name)", rt.kind);
+            eprintln!(
+                "error: {source}: {} has no metadata.name (apply needs a name)",
+                rt.kind
+            );
             failed = true;
             continue;
         };
-        let ns = doc.namespace().map(String::from).or(namespace.map(String::from));
+        let ns = doc
+            .namespace()
+            .map(String::from)
+            .or(namespace.map(String::from));
         if rt.namespaced {
             if let Some(n) = &ns {
                 doc.set_meta("namespace", n.clone());
@@ -95,7 +115,11 @@ pub async fn apply_docs(
         }
         // The annotation holds the manifest itself (without the annotation).
         let mut manifest = doc.clone();
-        if let Some(a) = manifest.meta_mut().get_mut("annotations").and_then(Value::as_object_mut) {
+        if let Some(a) = manifest
+            .meta_mut()
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+        {
             a.remove(LAST_APPLIED);
         }
         let last = format!("{}\n", manifest);
@@ -105,10 +129,16 @@ pub async fn apply_docs(
             .as_object_mut()
             .map(|a| a.insert(LAST_APPLIED.into(), json!(last)));
         let result = match client.get_opt(rt, ns.as_deref(), &name).await? {
-            None => client.create(rt, ns.as_deref(), &doc, &query).await.map(|_| "created"),
+            None => client
+                .create(rt, ns.as_deref(), &doc, &query)
+                .await
+                .map(|_| "created"),
             Some(current) => {
                 let old: Value = current
-                    .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
+                    .pointer(&format!(
+                        "/metadata/annotations/{}",
+                        LAST_APPLIED.replace('/', "~1")
+                    ))
                     .and_then(Value::as_str)
                     .and_then(|s| serde_json::from_str(s).ok())
                     .unwrap_or(json!({}));
@@ -120,7 +150,14 @@ pub async fn apply_docs(
                     Ok("unchanged")
                 } else {
                     client
-                        .patch(rt, ns.as_deref(), &name, "application/merge-patch+json", &patch, &query)
+                        .patch(
+                            rt,
+                            ns.as_deref(),
+                            &name,
+                            "application/merge-patch+json",
+                            &patch,
+                            &query,
+                        )
                         .await
                         .map(|_| "configured")
                 }
@@ -147,11 +184,18 @@ mod tests {
 
     #[test]
     fn three_way_removes_dropped_fields() {
-        let old = json!({"spec": {"replicas": 2, "paused": true}, "metadata": {"labels": {"a": "b"}}});
+        let old =
+            json!({"spec": {"replicas": 2, "paused": true}, "metadata": {"labels": {"a": "b"}}});
         let new = json!({"spec": {"replicas": 3}, "metadata": {}});
         let p = three_way(&old, &new);
-        assert_eq!(p, json!({"spec": {"replicas": 3, "paused": null}, "metadata": {"labels": null}}));
+        assert_eq!(
+            p,
+            json!({"spec": {"replicas": 3, "paused": null}, "metadata": {"labels": null}})
+        );
         let live = json!({"spec": {"replicas": 2, "paused": true, "x": 1}, "metadata": {"labels": {"a": "b"}, "uid": "u"}});
-        assert_eq!(json_merge_patch(&live, &p), json!({"spec": {"replicas": 3, "x": 1}, "metadata": {"uid": "u"}}));
+        assert_eq!(
+            json_merge_patch(&live, &p),
+            json!({"spec": {"replicas": 3, "x": 1}, "metadata": {"uid": "u"}})
+        );
     }
 }

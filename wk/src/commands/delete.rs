@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_api::meta::ObjectMetaExt;
 use wk_client::{ClientError, ListParams};
 
@@ -40,15 +40,33 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
         for (source, doc) in super::read_manifests(&args.files)? {
             let rt = super::resource_of(&source, &doc)?;
             let name = doc.name().unwrap_or_default().to_string();
-            targets.push((rt, doc.namespace().map(String::from).or(args.namespace.clone()), name));
+            targets.push((
+                rt,
+                doc.namespace().map(String::from).or(args.namespace.clone()),
+                name,
+            ));
         }
     } else if let Some(kind) = &args.kind {
         let rt = super::resource(kind)?;
         if let Some(sel) = &args.selector {
-            let p = ListParams { label_selector: Some(sel.clone()), ..Default::default() };
-            let list = client.list(rt, args.namespace.as_deref(), false, &p).await?;
-            for i in list.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
-                targets.push((rt, args.namespace.clone(), i.name().unwrap_or_default().to_string()));
+            let p = ListParams {
+                label_selector: Some(sel.clone()),
+                ..Default::default()
+            };
+            let list = client
+                .list(rt, args.namespace.as_deref(), false, &p)
+                .await?;
+            for i in list
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                targets.push((
+                    rt,
+                    args.namespace.clone(),
+                    i.name().unwrap_or_default().to_string(),
+                ));
             }
             if targets.is_empty() {
                 eprintln!("No resources found");
@@ -72,7 +90,14 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                 if args.wait {
                     wait_gone(&client, rt, ns.as_deref(), &name).await?;
                 }
-                println!("{} \"{name}\" deleted", if rt.group.is_empty() { rt.singular.to_string() } else { format!("{}.{}", rt.singular, rt.group) });
+                println!(
+                    "{} \"{name}\" deleted",
+                    if rt.group.is_empty() {
+                        rt.singular.to_string()
+                    } else {
+                        format!("{}.{}", rt.singular, rt.group)
+                    }
+                );
             }
             Err(e) if wk_client::is_not_found(&e) && args.ignore_not_found => {}
             Err(ClientError::Api(s)) => {
@@ -82,15 +107,27 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Polls until the object is gone (objects with finalizers or stopping pods linger).
-async fn wait_gone(client: &wk_client::Client, rt: &wk_api::ResourceType, ns: Option<&str>, name: &str) -> anyhow::Result<()> {
+async fn wait_gone(
+    client: &wk_client::Client,
+    rt: &wk_api::ResourceType,
+    ns: Option<&str>,
+    name: &str,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while client.get_opt(rt, ns, name).await?.is_some() {
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("timed out waiting for {} \"{name}\" to be deleted", rt.singular);
+            anyhow::bail!(
+                "timed out waiting for {} \"{name}\" to be deleted",
+                rt.singular
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use wk_client::ListParams;
 
 use crate::output::{object_ref, print_table};
@@ -53,7 +53,9 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     match args.output.as_deref() {
         None | Some("wide") => {
             let wide = args.output.is_some();
-            let table = client.table(rt, ns, all, args.name.as_deref(), &params).await?;
+            let table = client
+                .table(rt, ns, all, args.name.as_deref(), &params)
+                .await?;
             let n = print_table(&table, wide, with_ns, !args.no_headers);
             if n == 0 && !args.watch {
                 let where_ = if rt.namespaced && !all {
@@ -64,7 +66,10 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                 eprintln!("No resources found{where_}.");
             }
             if args.watch {
-                params.resource_version = table.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+                params.resource_version = table
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .map(String::from);
                 if let Some(name) = &args.name {
                     params.field_selector = Some(format!("metadata.name={name}"));
                 }
@@ -72,7 +77,13 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                 while let Some(ev) = events.next().await {
                     let ev = ev?;
                     if ev.kind == "ERROR" {
-                        anyhow::bail!("watch ended: {}", ev.object.get("message").and_then(Value::as_str).unwrap_or(""));
+                        anyhow::bail!(
+                            "watch ended: {}",
+                            ev.object
+                                .get("message")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                        );
                     }
                     if ev.kind == "BOOKMARK" {
                         continue;
@@ -98,7 +109,15 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                         None => vec![value.clone()],
                     };
                     for i in items {
-                        println!("{}", object_ref(rt, i.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")));
+                        println!(
+                            "{}",
+                            object_ref(
+                                rt,
+                                i.pointer("/metadata/name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                            )
+                        );
                     }
                 }
             }
@@ -112,7 +131,16 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                     match fmt {
                         "json" => println!("{}", serde_json::to_string_pretty(&ev.object)?),
                         "yaml" => print!("---\n{}", serde_yaml::to_string(&ev.object)?),
-                        _ => println!("{}", object_ref(rt, ev.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""))),
+                        _ => println!(
+                            "{}",
+                            object_ref(
+                                rt,
+                                ev.object
+                                    .pointer("/metadata/name")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("")
+                            )
+                        ),
                     }
                 }
             }

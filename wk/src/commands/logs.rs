@@ -35,7 +35,10 @@ pub struct Args {
 pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     let client = super::client(kubeconfig)?;
     let rt = super::resource("pods")?;
-    let ns = args.namespace.clone().unwrap_or_else(|| client.config.namespace.clone());
+    let ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.config.namespace.clone());
     let path = format!("{}/log", rt.object_path(Some(&ns), &args.pod));
     let mut q: Vec<(&str, String)> = Vec::new();
     if let Some(c) = args.container {
@@ -56,7 +59,9 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     if args.previous {
         q.push(("previous", "true".into()));
     }
-    let resp = client.request(wk_client::Method::GET, &path, &q, None, None).await?;
+    let resp = client
+        .request(wk_client::Method::GET, &path, &q, None, None)
+        .await?;
     let mut body = resp.bytes_stream();
     let mut out = std::io::stdout();
     while let Some(chunk) = body.next().await {

@@ -22,19 +22,24 @@ pub fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
 
 /// Resolves a kind typed by the user.
 pub fn resource(kind: &str) -> anyhow::Result<&'static wk_api::ResourceType> {
-    wk_api::resource::lookup(kind).ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type \"{kind}\""))
+    wk_api::resource::lookup(kind)
+        .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type \"{kind}\""))
 }
 
 /// Reads manifests from files, directories (`*.yaml`, `*.yml`, `*.json`, sorted) or `-`
 /// (stdin), returning each object with where it came from.
-pub fn read_manifests(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+pub fn read_manifests(
+    paths: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     use std::io::Read;
     let mut out = Vec::new();
     let mut files = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
             for doc in wk_api::decode::parse_documents(&text).context("stdin")? {
                 out.push(("stdin".to_string(), doc));
             }
@@ -44,7 +49,10 @@ pub fn read_manifests(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<(Strin
             let mut entries: Vec<_> = std::fs::read_dir(p)
                 .with_context(|| format!("reading directory {}", p.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+                .filter(|f| {
+                    f.extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                })
                 .collect();
             entries.sort();
             files.extend(entries);
@@ -53,8 +61,10 @@ pub fn read_manifests(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<(Strin
         }
     }
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("the path \"{}\" cannot be read", f.display()))?;
-        let docs = wk_api::decode::parse_documents(&text).with_context(|| format!("error parsing {}", f.display()))?;
+        let text = std::fs::read_to_string(&f)
+            .with_context(|| format!("the path \"{}\" cannot be read", f.display()))?;
+        let docs = wk_api::decode::parse_documents(&text)
+            .with_context(|| format!("error parsing {}", f.display()))?;
         for doc in docs {
             out.push((f.display().to_string(), doc));
         }
@@ -63,6 +73,9 @@ pub fn read_manifests(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<(Strin
 }
 
 /// The resource type of a manifest object, with a message naming its source.
-pub fn resource_of(source: &str, obj: &serde_json::Value) -> anyhow::Result<&'static wk_api::ResourceType> {
+pub fn resource_of(
+    source: &str,
+    obj: &serde_json::Value,
+) -> anyhow::Result<&'static wk_api::ResourceType> {
     wk_api::decode::resource_of(obj).map_err(|e| anyhow::anyhow!("{source}: {e}"))
 }

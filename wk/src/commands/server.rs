@@ -64,7 +64,7 @@ pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<Exit
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,

@@ -21,7 +21,11 @@ pub struct TestServer {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestServer {
@@ -64,7 +68,11 @@ impl TestServer {
         let mut child = Command::new(WK)
             .args(["server", "--data-dir"])
             .arg(self.data_dir())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--kubeconfig"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--kubeconfig",
+            ])
             .arg(&self.kubeconfig)
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
@@ -81,7 +89,9 @@ impl TestServer {
                 }
             }
         });
-        let url = rx.recv_timeout(Duration::from_secs(60)).expect("server did not report it was listening");
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not report it was listening");
         self.url = url;
         self.child = Some(child);
     }
@@ -110,11 +120,20 @@ impl TestServer {
 
     pub fn wk_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(WK);
-        cmd.args(args).env("WK_CONFIG", &self.kubeconfig).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .env("WK_CONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         if let Some(text) = stdin {
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
         } else {
             drop(child.stdin.take());
         }
@@ -123,7 +142,8 @@ impl TestServer {
 
     pub fn token(&self) -> String {
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.data_dir().join("tokens.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(self.data_dir().join("tokens.json")).unwrap())
+                .unwrap();
         v["admin"].as_str().unwrap().to_string()
     }
 
