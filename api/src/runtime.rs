@@ -51,7 +51,7 @@ pub struct Limits {
 }
 
 /// Where a container's stdout/stderr go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogConfig {
     pub path: PathBuf,
     /// The file is rotated (to `<path>.1`) when it grows past this size.
@@ -59,7 +59,7 @@ pub struct LogConfig {
 }
 
 /// Everything needed to start one container.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ContainerConfig {
     /// Unique per container instance on the node (`<pod uid>/<name>/<restart>`).
     pub id: String,

@@ -81,12 +81,12 @@ impl AgentConfig {
 /// the agent kilobytes (BENCHMARKS.md), so wk allows more.
 pub const DEFAULT_MAX_PODS: u64 = 1000;
 
-/// What the node offers pods.
+/// What the node offers pods (read from the host once, at start).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Allocatable {
-    pub cpu_milli: u64,
-    pub memory: u64,
-    pub pods: u64,
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub pods: i64,
 }
 
 /// A running node agent.
@@ -99,6 +99,7 @@ pub struct Agent {
     pub(crate) pod_dirs: Mutex<HashMap<String, PathBuf>>,
     /// The client probes use (no proxy; HTTPS probes skip verification, as the kubelet's).
     pub(crate) probe_http: reqwest::Client,
+    pub(crate) allocatable: Allocatable,
     /// Where the agent's endpoint listens (set by `run`).
     endpoint_port: std::sync::atomic::AtomicU16,
     next_ip: std::sync::atomic::AtomicU32,
@@ -111,12 +112,6 @@ pub fn pod_octet(name: &str) -> u8 {
         h = (h ^ u32::from(b)).wrapping_mul(0x01000193);
     }
     64 + (h % 128) as u8
-}
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 fn memory_kib() -> u64 {
@@ -135,8 +130,17 @@ impl Agent {
     pub fn new(client: Client, cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         let runtime = WasmRuntime::new(WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache")))
             .map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as i64;
+        let allocatable = Allocatable {
+            cpu_milli: cpus * 1000,
+            memory: memory_kib() as i64 * 1024,
+            pods: cfg.max_pods as i64,
+        };
         Ok(Arc::new(Agent {
             client,
+            allocatable,
             cfg,
             runtime: Arc::new(runtime),
             pods: Mutex::new(HashMap::new()),
@@ -169,19 +173,8 @@ impl Agent {
         }
     }
 
-    pub(crate) fn allocatable(&self) -> Allocatable {
-        let cpus = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as u64;
-        Allocatable {
-            cpu_milli: cpus * 1000,
-            memory: memory_kib() * 1024,
-            pods: self.cfg.max_pods,
-        }
-    }
-
     fn node_object(&self) -> Value {
-        let alloc = self.allocatable();
+        let alloc = self.allocatable;
         let mut labels = json!({
             "kubernetes.io/hostname": self.cfg.name,
             "kubernetes.io/os": "linux",
@@ -190,7 +183,7 @@ impl Agent {
         for (k, v) in &self.cfg.labels {
             labels[k] = json!(v);
         }
-        let now = now_rfc3339();
+        let now = wk_api::objects::now_rfc3339();
         let resources = json!({"cpu": (alloc.cpu_milli / 1000).to_string(), "memory": format!("{}Ki", alloc.memory / 1024), "pods": alloc.pods.to_string()});
         json!({
             "apiVersion": "v1", "kind": "Node",

@@ -11,7 +11,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
-use wk_api::quantity::Quantity;
+use wk_api::objects::{Requests, pod_requests, quantity_field, rfc3339};
 use wk_api::resource::lookup;
 use wk_api::runtime::{
     ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime,
@@ -26,8 +26,8 @@ pub(crate) struct PodHandle {
     done: watch::Receiver<bool>,
     /// `namespace/name`, to drop the pod's log directory when it goes.
     key: String,
-    /// CPU (millicores) and memory (bytes) the pod requests, counted while it is not done.
-    pub(crate) requests: Resources,
+    /// What the pod requests, counted while it is not done.
+    pub(crate) requests: Requests,
 }
 
 impl PodHandle {
@@ -48,7 +48,7 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
 }
 
 fn ts(t: &jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    rfc3339(*t)
 }
 
 fn state_json(st: &ContainerState) -> Value {
@@ -66,44 +66,6 @@ fn state_json(st: &ContainerState) -> Value {
         } => json!({"terminated": {
             "exitCode": exit_code, "reason": reason, "message": message, "startedAt": ts(started_at), "finishedAt": ts(finished_at)}}),
     }
-}
-
-/// Compute resources: CPU in millicores, memory in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Resources {
-    pub cpu_milli: u64,
-    pub memory: u64,
-}
-
-fn quantity(v: Option<&Value>) -> Option<Quantity> {
-    let v = v?;
-    let text = v
-        .as_str()
-        .map(String::from)
-        .or_else(|| v.as_i64().map(|n| n.to_string()))?;
-    Quantity::parse(&text).ok()
-}
-
-/// What a pod requests: the sum over its containers of `resources.requests`, or of
-/// `resources.limits` where a request is not given (Kubernetes defaults requests to limits).
-pub(crate) fn pod_requests(pod: &Value) -> Resources {
-    let mut r = Resources::default();
-    for c in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let get = |res: &str| {
-            quantity(c.pointer(&format!("/resources/requests/{res}")))
-                .or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))))
-        };
-        r.cpu_milli += get("cpu")
-            .map(|q| q.milli_value().max(0) as u64)
-            .unwrap_or(0);
-        r.memory += get("memory").map(|q| q.value().max(0) as u64).unwrap_or(0);
-    }
-    r
 }
 
 struct ContainerSlot {
@@ -129,6 +91,37 @@ struct ContainerSlot {
 }
 
 impl ContainerSlot {
+    /// A container not started yet, waiting with `reason`.
+    fn new(
+        name: String,
+        image: String,
+        config: ContainerConfig,
+        probes: Probes,
+        reason: &str,
+        message: String,
+    ) -> ContainerSlot {
+        ContainerSlot {
+            name,
+            image,
+            config,
+            probes,
+            state: ContainerState::Waiting {
+                reason: reason.into(),
+                message,
+            },
+            last: None,
+            restarts: 0,
+            id: String::new(),
+            started: false,
+            done: false,
+            startup_passed: false,
+            ready: false,
+            prober: None,
+            killing: None,
+            running_since: None,
+        }
+    }
+
     fn is_ready(&self) -> bool {
         matches!(self.state, ContainerState::Running { .. }) && self.startup_passed && self.ready
     }
@@ -177,16 +170,8 @@ impl Agent {
             let handle = self.pods.lock().await.remove(&uid);
             let me = self.clone();
             tokio::spawn(async move {
-                if let Some(mut h) = handle {
-                    h.stop.notify_one();
-                    let _ = h.done.wait_for(|d| *d).await;
-                    let dir = me.cfg.data_dir.join("pods").join(&uid);
-                    let mut dirs = me.pod_dirs.lock().await;
-                    if dirs.get(&h.key) == Some(&dir) {
-                        dirs.remove(&h.key);
-                    }
-                    drop(dirs);
-                    let _ = std::fs::remove_dir_all(dir);
+                if let Some(h) = handle {
+                    me.stop_pod(&uid, h).await;
                 }
                 // Finish the graceful deletion (only of this very pod).
                 let rt = lookup("pods").expect("pods registered");
@@ -212,13 +197,13 @@ impl Agent {
         // Admission, as the kubelet does it: the pod must fit what is left of allocatable.
         let requests = pod_requests(&pod);
         let active: Vec<&PodHandle> = pods.values().filter(|h| !h.is_done()).collect();
-        let used = active.iter().fold(Resources::default(), |a, h| Resources {
+        let used = active.iter().fold(Requests::default(), |a, h| Requests {
             cpu_milli: a.cpu_milli + h.requests.cpu_milli,
             memory: a.memory + h.requests.memory,
         });
-        let alloc = self.allocatable();
-        let refusal = if active.len() as u64 + 1 > alloc.pods {
-            Some(("pods", 1, active.len() as u64, alloc.pods))
+        let alloc = self.allocatable;
+        let refusal = if active.len() as i64 + 1 > alloc.pods {
+            Some(("pods", 1, active.len() as i64, alloc.pods))
         } else if requests.cpu_milli > 0 && used.cpu_milli + requests.cpu_milli > alloc.cpu_milli {
             Some(("cpu", requests.cpu_milli, used.cpu_milli, alloc.cpu_milli))
         } else if requests.memory > 0 && used.memory + requests.memory > alloc.memory {
@@ -276,16 +261,26 @@ impl Agent {
     }
 
     /// A pod that is gone (deleted outright, or no longer bound here): stop what runs.
-    pub(crate) async fn forget(&self, uid: &str) {
-        if let Some(mut h) = self.pods.lock().await.remove(uid) {
-            self.pod_dirs.lock().await.remove(&h.key);
-            h.stop.notify_one();
-            let dir = self.cfg.data_dir.join("pods").join(uid);
-            tokio::spawn(async move {
-                let _ = h.done.wait_for(|d| *d).await;
-                let _ = std::fs::remove_dir_all(dir);
-            });
+    pub(crate) async fn forget(self: &Arc<Self>, uid: &str) {
+        if let Some(h) = self.pods.lock().await.remove(uid) {
+            let (me, uid) = (self.clone(), uid.to_string());
+            tokio::spawn(async move { me.stop_pod(&uid, h).await });
         }
+    }
+
+    /// Stops a pod this agent held and, once it has stopped, drops its directory
+    /// (volumes, logs) and its entry for the logs endpoint.
+    async fn stop_pod(&self, uid: &str, mut h: PodHandle) {
+        h.stop.notify_one();
+        let _ = h.done.wait_for(|d| *d).await;
+        let dir = self.cfg.data_dir.join("pods").join(uid);
+        let mut dirs = self.pod_dirs.lock().await;
+        // A newer pod of the same name may already have taken the entry.
+        if dirs.get(&h.key) == Some(&dir) {
+            dirs.remove(&h.key);
+        }
+        drop(dirs);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// The uids of the pods this agent holds.
@@ -319,17 +314,9 @@ impl Agent {
 
     /// Records an Event about a pod (best effort, in the background).
     pub(crate) fn event(&self, pod: &Value, kind: &str, reason: &str, message: &str) {
-        let ns = s(pod, "/metadata/namespace").to_string();
-        let now = jiff::Timestamp::now();
-        let event = json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": format!("{}.{:x}", s(pod, "/metadata/name"), now.as_nanosecond()), "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": s(pod, "/metadata/name"), "uid": s(pod, "/metadata/uid")},
-            "reason": reason, "message": message, "type": kind, "count": 1,
-            "source": {"component": "kubelet", "host": self.cfg.name},
-            "reportingComponent": "kubelet", "reportingInstance": self.cfg.name,
-            "firstTimestamp": ts(&now), "lastTimestamp": ts(&now),
-        });
+        let event =
+            wk_api::objects::event(pod, kind, reason, message, "kubelet", Some(&self.cfg.name));
+        let ns = s(&event, "/metadata/namespace").to_string();
         let client = self.client.clone();
         tokio::spawn(async move {
             let rt = lookup("events").expect("events registered");
@@ -451,20 +438,14 @@ impl Agent {
                         None => return Err(format!("env {name}: unsupported fieldPath {p}")),
                     },
                 }
-            } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
-                match self
-                    .lookup_key("configmaps", ns, s(r, "/name"), s(r, "/key"))
-                    .await
-                {
-                    Ok(v) => v,
-                    Err(_) if r.get("optional") == Some(&json!(true)) => continue,
-                    Err(e) => return Err(format!("env {name}: {e}")),
-                }
-            } else if let Some(r) = e.pointer("/valueFrom/secretKeyRef") {
-                match self
-                    .lookup_key("secrets", ns, s(r, "/name"), s(r, "/key"))
-                    .await
-                {
+            } else if let Some((kind, r)) = [
+                ("configmaps", "configMapKeyRef"),
+                ("secrets", "secretKeyRef"),
+            ]
+            .into_iter()
+            .find_map(|(kind, field)| Some((kind, e.pointer(&format!("/valueFrom/{field}"))?)))
+            {
+                match self.lookup_key(kind, ns, s(r, "/name"), s(r, "/key")).await {
                     Ok(v) => v,
                     Err(_) if r.get("optional") == Some(&json!(true)) => continue,
                     Err(e) => return Err(format!("env {name}: {e}")),
@@ -602,24 +583,10 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default();
-            let memory_bytes = c
-                .pointer("/resources/limits/memory")
-                .and_then(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .or_else(|| v.as_i64().map(|n| n.to_string()))
-                })
-                .and_then(|q| Quantity::parse(&q).ok())
-                .map(|q| q.value().max(0) as u64);
-            let cpu_millis = c
-                .pointer("/resources/limits/cpu")
-                .and_then(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .or_else(|| v.as_i64().map(|n| n.to_string()))
-                })
-                .and_then(|q| Quantity::parse(&q).ok())
-                .map(|q| q.milli_value().max(0) as u64);
+            let memory_bytes =
+                quantity_field(c.pointer("/resources/limits/memory")).map(|(_, b)| b as u64);
+            let cpu_millis =
+                quantity_field(c.pointer("/resources/limits/cpu")).map(|(m, _)| m as u64);
             let config = ContainerConfig {
                 id: String::new(),
                 pod: PodIdentity {
@@ -657,26 +624,14 @@ impl Agent {
                     "container {name}: {field}.exec: a wasm container has no processes to exec; use httpGet or tcpSocket"
                 ));
             }
-            slots.push(ContainerSlot {
-                image: config.image.clone(),
-                probes,
+            slots.push(ContainerSlot::new(
                 name,
+                config.image.clone(),
                 config,
-                state: ContainerState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: String::new(),
-                },
-                last: None,
-                restarts: 0,
-                id: String::new(),
-                started: false,
-                done: false,
-                startup_passed: false,
-                ready: false,
-                prober: None,
-                killing: None,
-                running_since: None,
-            });
+                probes,
+                "ContainerCreating",
+                String::new(),
+            ));
         }
         Ok(slots)
     }
@@ -740,44 +695,16 @@ impl Agent {
             .await;
     }
 
-    fn config_error_slot(pod: &Value, dir: &std::path::Path, message: String) -> ContainerSlot {
-        ContainerSlot {
-            name: s(pod, "/spec/containers/0/name").into(),
-            image: s(pod, "/spec/containers/0/image").into(),
-            config: ContainerConfig {
-                id: String::new(),
-                pod: PodIdentity::default(),
-                name: String::new(),
-                image: String::new(),
-                command: vec![],
-                args: vec![],
-                env: vec![],
-                working_dir: None,
-                mounts: vec![],
-                ports: vec![],
-                limits: Limits::default(),
-                allow_outbound: false,
-                log: LogConfig {
-                    path: dir.join("x.log"),
-                    max_bytes: 0,
-                },
-            },
-            probes: Probes::default(),
-            state: ContainerState::Waiting {
-                reason: "CreateContainerConfigError".into(),
-                message,
-            },
-            last: None,
-            restarts: 0,
-            id: String::new(),
-            started: false,
-            done: false,
-            startup_passed: false,
-            ready: false,
-            prober: None,
-            killing: None,
-            running_since: None,
-        }
+    /// A stand-in container that reports why the pod's containers cannot be set up.
+    fn config_error_slot(pod: &Value, message: String) -> ContainerSlot {
+        ContainerSlot::new(
+            s(pod, "/spec/containers/0/name").into(),
+            s(pod, "/spec/containers/0/image").into(),
+            ContainerConfig::default(),
+            Probes::default(),
+            "CreateContainerConfigError",
+            message,
+        )
     }
 
     async fn run_pod_inner(
@@ -799,11 +726,8 @@ impl Agent {
         }
         .to_string();
         if s(&pod, "/spec/runtimeClassName") == "oci" {
-            let slot = Self::config_error_slot(
-                &pod,
-                &dir,
-                "runtime oci is not available on this node".into(),
-            );
+            let slot =
+                Self::config_error_slot(&pod, "runtime oci is not available on this node".into());
             self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started)
                 .await;
             return;
@@ -812,7 +736,7 @@ impl Agent {
             match self.container_configs(&pod, ip, &dir).await {
                 Ok(s) => break s,
                 Err(message) => {
-                    let slot = Self::config_error_slot(&pod, &dir, message);
+                    let slot = Self::config_error_slot(&pod, message);
                     self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started)
                         .await;
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => continue, _ = stop.notified() => return }
@@ -1052,25 +976,5 @@ impl Agent {
             }
         });
         futures::future::join_all(stops).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_default_to_limits_and_add_up_over_containers() {
-        let pod = json!({"spec": {"containers": [
-            {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}}},
-            {"resources": {"limits": {"cpu": "500m", "memory": "32Mi"}}},
-            {"name": "no-resources"}]}});
-        assert_eq!(
-            pod_requests(&pod),
-            Resources {
-                cpu_milli: 750,
-                memory: 96 << 20
-            }
-        );
     }
 }

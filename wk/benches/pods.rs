@@ -7,23 +7,16 @@
 //! (default 1000) pods are created by 8 concurrent clients; latencies come from a watch.
 
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
 
-const WK: &str = env!("CARGO_BIN_EXE_wk");
+mod common;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, WK, percentile, start_server};
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -36,7 +29,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
-    v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0
+    percentile(v, p).as_secs_f64() * 1000.0
 }
 
 fn main() {
@@ -49,29 +42,12 @@ fn main() {
     assert!(image.exists(), "run scripts/build-samples.sh first");
     let image = image.canonicalize().unwrap().display().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let kubeconfig = dir.path().join("config");
-    let mut server = Proc(
-        Command::new(WK)
-            .args(["server", "--no-controllers", "--data-dir"])
-            .arg(dir.path().join("server"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
-            .arg(&kubeconfig)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let _server = start_server(
+        &dir.path().join("server"),
+        &kubeconfig,
+        &["--no-controllers"],
     );
-    let out = server.0.stdout.take().unwrap();
-    for l in std::io::BufReader::new(out).lines() {
-        if l.unwrap().starts_with("wk server listening") {
-            break;
-        }
-    }
     let agent = Proc(
         Command::new(WK)
             .args(["agent", "--kubeconfig"])

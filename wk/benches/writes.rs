@@ -14,7 +14,7 @@
 //! for 64 writers).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,31 +23,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-const WK: &str = env!("CARGO_BIN_EXE_wk");
+mod common;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
+use common::{Proc, free_port, percentile, start_server};
 
 #[derive(Clone, Copy)]
 struct Stats {
@@ -262,28 +240,8 @@ async fn etcd_watch_latency(etcd: &Etcd, n: usize, offset: usize) -> Stats {
 }
 
 fn start_wk(dir: &Path) -> (Proc, wk_client::Client, PathBuf) {
-    let port = free_port();
     let kubeconfig = dir.join("config");
-    let child = Command::new(WK)
-        .args(["server", "--data-dir"])
-        .arg(dir.join("wk"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
-        .arg(&kubeconfig)
-        .env(
-            "RUST_LOG",
-            std::env::var("WK_BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start wk server");
-    let mut child = Proc(child);
-    let stdout = child.0.stdout.take().unwrap();
-    use std::io::BufRead;
-    for line in std::io::BufReader::new(stdout).lines() {
-        if line.unwrap().starts_with("wk server listening") {
-            break;
-        }
-    }
+    let child = start_server(&dir.join("wk"), &kubeconfig, &[]);
     let client = wk_client::Client::from_path(&kubeconfig).unwrap();
     (child, client, dir.join("wk").join("pki"))
 }

@@ -1,66 +1,22 @@
 //! The node agent as a real process: registration, lease, running Wasm pods bound to it,
-//! status, serving on the pod IP, completion, deletion. (No scheduler yet: pods are bound
-//! by setting spec.nodeName.)
+//! status, serving on the pod IP, completion, deletion, probes, admission, outages.
+//! Most tests bind pods by setting spec.nodeName, so they exercise the agent alone.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
 
-use common::{TestServer, WK, wait_for};
-
-struct AgentProc(Child);
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn node_token(server: &TestServer) -> String {
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
-            .unwrap();
-    v["node"].as_str().unwrap().to_string()
-}
-
-fn sample(name: &str) -> String {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../samples/dist")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-samples.sh",
-        p.display()
-    );
-    p.canonicalize().unwrap().display().to_string()
-}
+use common::{TestServer, WK, node_token, sample, start_agent, start_agent_with, wait_for};
 
 #[tokio::test]
 async fn agent_runs_wasm_pods_bound_to_it() {
     let server = TestServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let agent = AgentProc(
-        Command::new(WK)
-            .args([
-                "agent",
-                "--server",
-                &server.url,
-                "--token",
-                &node_token(&server),
-                "--ca-file",
-            ])
-            .arg(server.ca_path())
-            .args(["--name", "node-a", "--label", "zone=test", "--data-dir"])
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = start_agent_with(&server, "node-a", dir.path(), &["--label", "zone=test"]);
     let c = server.client();
     let nodes = lookup("nodes").unwrap();
     wait_for("the node to register", Duration::from_secs(30), || {
@@ -508,37 +464,6 @@ async fn node_credentials_are_limited() {
         .await,
         200
     );
-}
-
-fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
-    start_agent_with(server, name, dir, &[])
-}
-
-fn start_agent_with(
-    server: &TestServer,
-    name: &str,
-    dir: &std::path::Path,
-    extra: &[&str],
-) -> AgentProc {
-    AgentProc(
-        Command::new(WK)
-            .args([
-                "agent",
-                "--server",
-                &server.url,
-                "--token",
-                &node_token(server),
-                "--ca-file",
-            ])
-            .arg(server.ca_path())
-            .args(["--name", name, "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// Deployment → ReplicaSet → pods → scheduled onto two agents → served; scale; delete.

@@ -4,60 +4,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::{Client, ListParams};
 
-use common::{TestServer, WK, wait_for};
-
-struct AgentProc(Child);
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sample(name: &str) -> String {
-    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../samples/dist")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-samples.sh",
-        p.display()
-    );
-    p.canonicalize().unwrap().display().to_string()
-}
-
-fn start_agent(server: &TestServer, name: &str, dir: &std::path::Path) -> AgentProc {
-    let tokens: Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
-            .unwrap();
-    AgentProc(
-        Command::new(WK)
-            .args([
-                "agent",
-                "--server",
-                &server.url,
-                "--token",
-                tokens["node"].as_str().unwrap(),
-                "--ca-file",
-            ])
-            .arg(server.ca_path())
-            .args(["--name", name, "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn")
-            // The sample manifests name their images relative to the repository root.
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
+use common::{AgentProc, TestServer, sample, start_agent, wait_for};
 
 async fn list(c: &Client, kind: &str, selector: &str) -> Vec<Value> {
     let p = ListParams {

@@ -20,14 +20,6 @@ fn deny(node: &str, what: String) -> ApiError {
     ApiError(Status::forbidden(format!("node {node:?} may not {what}")))
 }
 
-fn names<'a>(v: &'a Value, p: &str) -> impl Iterator<Item = &'a str> {
-    v.pointer(p)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str())
-}
-
 /// Whether `pod` references the ConfigMap or Secret `name` (`kind`: "configmaps" | "secrets").
 fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
     let secret = kind == "secrets";
@@ -94,7 +86,6 @@ fn pod_references(pod: &Value, kind: &str, name: &str) -> bool {
                 .filter_map(|x| s(x, "/name")),
         );
     }
-    let _ = names;
     refs.iter().any(|r| r == name)
 }
 
@@ -195,13 +186,17 @@ pub(crate) async fn authorize(
                 .store
                 .read(move |sm| {
                     let (_, items, _) = sm.list(&prefix, None, 0)?;
-                    Ok(items.iter().any(|(_, text)| {
-                        serde_json::from_str::<Value>(text).is_ok_and(|p| {
-                            p.pointer("/spec/nodeName").and_then(Value::as_str)
-                                == Some(node_owned.as_str())
-                                && pod_references(&p, &kind, &obj_owned)
-                        })
-                    }))
+                    // Only pods that mention the name can reference it: skip parsing the rest.
+                    Ok(items
+                        .iter()
+                        .filter(|(_, text)| text.contains(obj_owned.as_str()))
+                        .any(|(_, text)| {
+                            serde_json::from_str::<Value>(text).is_ok_and(|p| {
+                                p.pointer("/spec/nodeName").and_then(Value::as_str)
+                                    == Some(node_owned.as_str())
+                                    && pod_references(&p, &kind, &obj_owned)
+                            })
+                        }))
                 })
                 .await?;
             if referenced {

@@ -10,9 +10,7 @@ use wk_client::Client;
 
 use super::{World, controller_uid, event, is_active, owner_ref, patch_status, s};
 
-fn ts(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
+use wk_api::objects::rfc3339 as ts;
 
 fn int(v: &Value, p: &str) -> Option<i64> {
     v.pointer(p).and_then(Value::as_i64)

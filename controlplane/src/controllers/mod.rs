@@ -120,25 +120,8 @@ pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, statu
 
 /// Records an Event about `obj` (best effort).
 pub(crate) fn event(client: &Client, obj: &Value, kind: &str, reason: &str, message: &str) {
-    let ns = match s(obj, "/metadata/namespace") {
-        "" => "default".to_string(),
-        n => n.to_string(),
-    };
-    let now = jiff::Timestamp::now();
-    let t = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let api_version = match s(obj, "/apiVersion") {
-        "" => "v1",
-        v => v,
-    };
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{}.{:x}", s(obj, "/metadata/name"), now.as_nanosecond()), "namespace": ns},
-        "involvedObject": {"apiVersion": api_version, "kind": s(obj, "/kind"), "name": s(obj, "/metadata/name"),
-            "namespace": s(obj, "/metadata/namespace"), "uid": s(obj, "/metadata/uid")},
-        "reason": reason, "message": message, "type": kind, "count": 1,
-        "source": {"component": "wk-controller-manager"}, "reportingComponent": "wk-controller-manager",
-        "firstTimestamp": t, "lastTimestamp": t,
-    });
+    let ev = wk_api::objects::event(obj, kind, reason, message, "wk-controller-manager", None);
+    let ns = s(&ev, "/metadata/namespace").to_string();
     let client = client.clone();
     tokio::spawn(async move {
         if let Err(e) = client

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
+use super::scheduler::tolerates;
 use super::{World, event, is_active, patch_status, s};
 
 /// How long a Lease may go unrenewed before the node is considered unreachable.
@@ -23,7 +24,7 @@ pub(crate) const DEFAULT_TOLERATION: Duration = Duration::from_secs(3);
 pub(crate) const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
 fn ts(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    wk_api::objects::rfc3339(t)
 }
 
 fn parse_time(v: &Value, p: &str) -> Option<jiff::Timestamp> {
@@ -48,24 +49,14 @@ fn taints(node: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// How long `pod` tolerates a NoExecute taint `key`: `None` = forever.
-pub(crate) fn toleration_for(pod: &Value, key: &str) -> Option<Duration> {
+/// How long `pod` tolerates the NoExecute taint `taint`: `None` = forever.
+pub(crate) fn toleration_for(pod: &Value, taint: &Value) -> Option<Duration> {
     let tolerations = pod
         .pointer("/spec/tolerations")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let matching: Vec<&Value> = tolerations
-        .iter()
-        .filter(|t| {
-            let effect_ok = matches!(s(t, "/effect"), "" | "NoExecute");
-            let key_ok = match s(t, "/operator") {
-                "Exists" => s(t, "/key").is_empty() || s(t, "/key") == key,
-                _ => s(t, "/key") == key,
-            };
-            effect_ok && key_ok
-        })
-        .collect();
+    let matching: Vec<&Value> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
     if matching.is_empty() {
         return Some(DEFAULT_TOLERATION);
     }
@@ -132,7 +123,10 @@ pub(crate) async fn run(client: &Client, w: &World) {
                 );
             }
             // Evict pods whose toleration has run out.
-            let Some(since) = tainted.as_ref().and_then(|t| parse_time(t, "/timeAdded")) else {
+            let Some((taint, since)) = tainted
+                .as_ref()
+                .and_then(|t| Some((t, parse_time(t, "/timeAdded")?)))
+            else {
                 continue;
             };
             let tainted_for = now.duration_since(since).unsigned_abs();
@@ -141,7 +135,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
                 .iter()
                 .filter(|p| s(p, "/spec/nodeName") == name && is_active(p))
             {
-                if toleration_for(pod, UNREACHABLE).is_some_and(|d| tainted_for >= d) {
+                if toleration_for(pod, taint).is_some_and(|d| tainted_for >= d) {
                     tracing::info!(
                         node = name,
                         pod = s(pod, "/metadata/name"),
@@ -201,19 +195,23 @@ mod tests {
 
     #[test]
     fn tolerations_of_the_unreachable_taint() {
+        let taint = json!({"key": UNREACHABLE, "effect": "NoExecute"});
         let none = json!({"spec": {}});
-        assert_eq!(toleration_for(&none, UNREACHABLE), Some(DEFAULT_TOLERATION));
+        assert_eq!(toleration_for(&none, &taint), Some(DEFAULT_TOLERATION));
         let seconds = json!({"spec": {"tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}});
         assert_eq!(
-            toleration_for(&seconds, UNREACHABLE),
+            toleration_for(&seconds, &taint),
             Some(Duration::from_secs(60))
         );
         let forever = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
-        assert_eq!(toleration_for(&forever, UNREACHABLE), None);
+        assert_eq!(toleration_for(&forever, &taint), None);
         let other = json!({"spec": {"tolerations": [{"key": "x", "operator": "Exists"}]}});
+        assert_eq!(toleration_for(&other, &taint), Some(DEFAULT_TOLERATION));
+        let no_schedule_only = json!({"spec": {"tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoSchedule"}]}});
         assert_eq!(
-            toleration_for(&other, UNREACHABLE),
-            Some(DEFAULT_TOLERATION)
+            toleration_for(&no_schedule_only, &taint),
+            Some(DEFAULT_TOLERATION),
+            "the effect must match"
         );
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Value, json};
-use wk_api::quantity::Quantity;
+use wk_api::objects::{pod_requests, quantity_field};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
@@ -28,48 +28,22 @@ pub(crate) struct Resources {
     pub pods: i64,
 }
 
-fn quantity(v: Option<&Value>) -> Option<Quantity> {
-    let v = v?;
-    let text = v
-        .as_str()
-        .map(String::from)
-        .or_else(|| v.as_i64().map(|n| n.to_string()))?;
-    Quantity::parse(&text).ok()
-}
-
-/// A pod's requests (containers' requests, or limits where no request is given).
+/// A pod's requests (`wk_api::objects::pod_requests`) and the one pod slot it takes.
 pub(crate) fn requests(pod: &Value) -> Resources {
-    let mut r = Resources {
+    let r = pod_requests(pod);
+    Resources {
+        cpu: r.cpu_milli,
+        memory: r.memory,
         pods: 1,
-        ..Default::default()
-    };
-    for c in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let get = |res: &str| {
-            quantity(c.pointer(&format!("/resources/requests/{res}")))
-                .or_else(|| quantity(c.pointer(&format!("/resources/limits/{res}"))))
-        };
-        r.cpu += get("cpu").map(|q| q.milli_value() as i64).unwrap_or(0);
-        r.memory += get("memory").map(|q| q.value() as i64).unwrap_or(0);
     }
-    r
 }
 
 fn allocatable(node: &Value) -> Resources {
+    let field = |res: &str| quantity_field(node.pointer(&format!("/status/allocatable/{res}")));
     Resources {
-        cpu: quantity(node.pointer("/status/allocatable/cpu"))
-            .map(|q| q.milli_value() as i64)
-            .unwrap_or(0),
-        memory: quantity(node.pointer("/status/allocatable/memory"))
-            .map(|q| q.value() as i64)
-            .unwrap_or(0),
-        pods: quantity(node.pointer("/status/allocatable/pods"))
-            .map(|q| q.value() as i64)
-            .unwrap_or(110),
+        cpu: field("cpu").map(|(milli, _)| milli).unwrap_or(0),
+        memory: field("memory").map(|(_, units)| units).unwrap_or(0),
+        pods: field("pods").map(|(_, units)| units).unwrap_or(110),
     }
 }
 
@@ -212,9 +186,10 @@ fn host_ports(pod: &Value) -> Vec<(String, i64)> {
     out
 }
 
-/// What is already committed on one node.
+/// One node's allocatable (parsed once per pass) and what is already committed on it.
 #[derive(Default)]
 struct NodeUse {
+    alloc: Resources,
     used: Resources,
     ports: HashSet<(String, i64)>,
     /// Active pods per controller owner uid.
@@ -222,6 +197,13 @@ struct NodeUse {
 }
 
 impl NodeUse {
+    fn of(node: &Value) -> NodeUse {
+        NodeUse {
+            alloc: allocatable(node),
+            ..Default::default()
+        }
+    }
+
     fn add(&mut self, pod: &Value) {
         let r = requests(pod);
         self.used.cpu += r.cpu;
@@ -265,7 +247,7 @@ fn filter(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> Optio
             s(t, "/value")
         ));
     }
-    let alloc = allocatable(node);
+    let alloc = usage.alloc;
     if usage.used.pods + 1 > alloc.pods {
         return Some("Too many pods".into());
     }
@@ -284,7 +266,7 @@ fn filter(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> Optio
 /// Higher is better: free share of cpu and memory (0–100 each), minus a large penalty per
 /// pod of the same owner already there, plus preferred affinity weights.
 fn score(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> i64 {
-    let alloc = allocatable(node);
+    let alloc = usage.alloc;
     let free = |used: i64, want: i64, cap: i64| {
         if cap <= 0 {
             0
@@ -305,16 +287,19 @@ fn score(pod: &Value, want: &Resources, node: &Value, usage: &NodeUse) -> i64 {
 
 pub(crate) async fn run(client: &Client, w: &World) {
     let pods_rt = lookup("pods").expect("pods");
-    let mut usage: HashMap<String, NodeUse> = HashMap::new();
+    let mut usage: HashMap<&str, NodeUse> = w
+        .nodes
+        .iter()
+        .map(|n| (s(n, "/metadata/name"), NodeUse::of(n)))
+        .collect();
     for p in w
         .pods
         .iter()
         .filter(|p| is_active(p) && !s(p, "/spec/nodeName").is_empty())
     {
-        usage
-            .entry(s(p, "/spec/nodeName").to_string())
-            .or_default()
-            .add(p);
+        if let Some(u) = usage.get_mut(s(p, "/spec/nodeName")) {
+            u.add(p);
+        }
     }
     let mut bindings = Vec::new();
     for pod in w
@@ -327,7 +312,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let mut best: Option<(i64, &str)> = None;
         for n in &w.nodes {
             let name = s(n, "/metadata/name");
-            let u = usage.entry(name.to_string()).or_default();
+            let u = &usage[name];
             match filter(pod, &want, n, u) {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
@@ -340,7 +325,9 @@ pub(crate) async fn run(client: &Client, w: &World) {
         }
         match best {
             Some((_, node)) => {
-                usage.entry(node.to_string()).or_default().add(pod);
+                if let Some(u) = usage.get_mut(node) {
+                    u.add(pod);
+                }
                 bindings.push((pod, node.to_string()));
             }
             None => {
@@ -357,9 +344,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
                     .and_then(|c| c.get("message"))
                     .and_then(Value::as_str);
                 if current != Some(message.as_str()) {
-                    let now = jiff::Timestamp::now()
-                        .strftime("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string();
+                    let now = wk_api::objects::now_rfc3339();
                     let status = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                         "message": message, "lastTransitionTime": now, "lastProbeTime": null}]});
                     patch_status(client, "pods", pod, status).await;
@@ -409,18 +394,23 @@ mod tests {
     fn filters_explain_in_kubernetes_words() {
         let pod = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]}});
         let want = requests(&pod);
-        let u = NodeUse::default();
+        let check = |pod: &Value, n: &Value| filter(pod, &requests(pod), n, &NodeUse::of(n));
         assert_eq!(
-            filter(&pod, &want, &node("n", "500m", "8Gi", json!({})), &u).as_deref(),
+            check(&pod, &node("n", "500m", "8Gi", json!({}))).as_deref(),
             Some("Insufficient cpu")
         );
         assert_eq!(
-            filter(&pod, &want, &node("n", "2", "512Mi", json!({})), &u).as_deref(),
+            check(&pod, &node("n", "2", "512Mi", json!({}))).as_deref(),
             Some("Insufficient memory")
         );
+        assert_eq!(check(&pod, &node("n", "2", "2Gi", json!({}))), None);
+        let mut full = NodeUse::of(&node("n", "2", "2Gi", json!({})));
+        full.add(&pod);
+        full.add(&pod);
         assert_eq!(
-            filter(&pod, &want, &node("n", "2", "2Gi", json!({})), &u),
-            None
+            filter(&pod, &want, &node("n", "2", "2Gi", json!({})), &full).as_deref(),
+            Some("Insufficient cpu"),
+            "two pods use both cores"
         );
         let tainted = node(
             "n",
@@ -429,14 +419,14 @@ mod tests {
             json!({"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}),
         );
         assert_eq!(
-            filter(&pod, &want, &tainted, &u).as_deref(),
+            check(&pod, &tainted).as_deref(),
             Some("node(s) had untolerated taint {dedicated: gpu}")
         );
         let tolerant = json!({"spec": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}});
-        assert_eq!(filter(&tolerant, &requests(&tolerant), &tainted, &u), None);
+        assert_eq!(check(&tolerant, &tainted), None);
         let oci = json!({"spec": {"runtimeClassName": "oci"}});
         assert_eq!(
-            filter(&oci, &requests(&oci), &node("n", "2", "2Gi", json!({})), &u).as_deref(),
+            check(&oci, &node("n", "2", "2Gi", json!({}))).as_deref(),
             Some("node(s) did not offer the pod's runtime")
         );
     }
@@ -464,9 +454,9 @@ mod tests {
     fn replicas_of_one_owner_spread_and_host_ports_collide() {
         let owned = json!({"metadata": {"ownerReferences": [{"uid": "rs1", "controller": true}]}, "spec": {"containers": [{"ports": [{"containerPort": 80, "hostPort": 8080, "protocol": "TCP"}]}]}});
         let n = node("n", "2", "2Gi", json!({}));
-        let mut busy = NodeUse::default();
+        let mut busy = NodeUse::of(&n);
         busy.add(&owned);
-        let empty = NodeUse::default();
+        let empty = NodeUse::of(&n);
         let want = requests(&owned);
         assert!(score(&owned, &want, &n, &empty) > score(&owned, &want, &n, &busy));
         assert_eq!(

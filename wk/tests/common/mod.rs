@@ -184,3 +184,63 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// A `wk agent` process, killed when dropped.
+pub struct AgentProc(pub Child);
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The server's node join token.
+pub fn node_token(server: &TestServer) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
+            .unwrap();
+    v["node"].as_str().unwrap().to_string()
+}
+
+/// The path of a sample component built by `scripts/build-samples.sh`.
+pub fn sample(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/dist")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-samples.sh",
+        p.display()
+    );
+    p.canonicalize().unwrap().display().to_string()
+}
+
+/// Starts `wk agent` joined to `server` with the join token, extra flags appended. It runs
+/// in the repository root, where the sample manifests' relative image paths point.
+pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&str]) -> AgentProc {
+    AgentProc(
+        Command::new(WK)
+            .args([
+                "agent",
+                "--server",
+                &server.url,
+                "--token",
+                &node_token(server),
+                "--ca-file",
+            ])
+            .arg(server.ca_path())
+            .args(["--name", name, "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+pub fn start_agent(server: &TestServer, name: &str, dir: &Path) -> AgentProc {
+    start_agent_with(server, name, dir, &[])
+}

@@ -1,0 +1,65 @@
+//! What the benchmarks share: the `wk` binary as a process, ports, percentiles.
+
+#![allow(dead_code)]
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const WK: &str = env!("CARGO_BIN_EXE_wk");
+
+/// A child process, killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `p` quantile (0–1) of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// Starts the release `wk server` on a free loopback port, with `extra` flags, and waits
+/// until it listens. Its log level is `WK_BENCH_SERVER_LOG` (default `error`).
+pub fn start_server(data_dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Proc {
+    let port = free_port();
+    let child = Command::new(WK)
+        .arg("server")
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
+        .arg(kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("WK_BENCH_SERVER_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start wk server");
+    let mut child = Proc(child);
+    let stdout = child.0.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().starts_with("wk server listening") {
+            break;
+        }
+    }
+    child
+}
