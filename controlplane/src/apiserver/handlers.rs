@@ -288,11 +288,24 @@ fn prepare_create(target: &Target, obj: &mut Value) -> Result<()> {
     ] {
         obj.remove_meta(f);
     }
+    stamp_new(obj);
+    defaults::on_create(rt, obj);
+    Ok(())
+}
+
+/// The metadata the server gives every new object: uid, creationTimestamp, generation.
+pub(crate) fn stamp_new(obj: &mut Value) {
     obj.set_meta("uid", uuid::Uuid::new_v4().to_string());
     obj.set_meta("creationTimestamp", now());
     obj.set_meta("generation", 1);
-    defaults::on_create(rt, obj);
-    Ok(())
+}
+
+/// `pod` assigned to `node`: `spec.nodeName` set and `PodScheduled=True`.
+pub(crate) fn bound_to(pod: &Value, node: &str) -> Value {
+    let mut next = pod.clone();
+    next["spec"]["nodeName"] = json!(node);
+    set_condition(&mut next, "PodScheduled", "True", None);
+    next
 }
 
 /// Namespaced objects may only be created in namespaces that exist and are not being
@@ -1011,9 +1024,7 @@ pub async fn bind(state: ApiState, target: Target, req: Request) -> Result<Respo
             )
             .into());
         }
-        let mut next = current.clone();
-        next["spec"]["nodeName"] = json!(node);
-        set_condition(&mut next, "PodScheduled", "True", None);
+        let next = bound_to(&current, &node);
         let op = Op::Put {
             key: key_of(&target, &name),
             object: next.to_string(),

@@ -8,6 +8,7 @@
 mod defaults;
 mod discovery;
 mod handlers;
+pub(crate) use handlers::{bound_to, stamp_new};
 mod nodeauth;
 mod patch;
 mod table;

@@ -41,6 +41,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .replicasets
             .iter()
             .filter(|r| controller_uid(r) == Some(uid))
+            .map(|v| v.as_ref())
             .collect();
         let new_rs = owned
             .iter()

@@ -123,6 +123,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
             })
             .filter(|p| !matches!(s(p, "/status/phase"), "Succeeded" | "Failed"))
             .filter(|p| matches(p))
+            .map(|v| v.as_ref())
             .collect();
         let subsets = subsets(svc, &pods);
         let current = w

@@ -58,6 +58,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .pods
             .iter()
             .filter(|p| controller_uid(p) == Some(uid))
+            .map(|v| v.as_ref())
             .collect();
         let active: Vec<&Value> = owned.iter().copied().filter(|p| is_active(p)).collect();
         let succeeded = owned

@@ -8,6 +8,7 @@
 //! ReplicaSet, Deployment, Job and Endpoints controllers, and garbage collection of
 //! objects whose controller owner is gone.
 
+mod cache;
 mod deployment;
 mod endpoints;
 mod gc;
@@ -17,26 +18,27 @@ mod replicaset;
 mod scheduler;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
-use wk_client::{Client, ListParams};
+use wk_client::Client;
 
 use crate::store::Store;
 
 /// Everything the controllers look at in one pass.
 pub(crate) struct World {
-    pub nodes: Vec<Value>,
-    pub pods: Vec<Value>,
-    pub replicasets: Vec<Value>,
-    pub deployments: Vec<Value>,
-    pub jobs: Vec<Value>,
-    pub cronjobs: Vec<Value>,
-    pub services: Vec<Value>,
-    pub endpoints: Vec<Value>,
-    pub leases: Vec<Value>,
+    pub nodes: Vec<Arc<Value>>,
+    pub pods: Vec<Arc<Value>>,
+    pub replicasets: Vec<Arc<Value>>,
+    pub deployments: Vec<Arc<Value>>,
+    pub daemonsets: Vec<Arc<Value>>,
+    pub jobs: Vec<Arc<Value>>,
+    pub cronjobs: Vec<Arc<Value>>,
+    pub services: Vec<Arc<Value>>,
+    pub endpoints: Vec<Arc<Value>>,
+    pub leases: Vec<Arc<Value>>,
 }
 
 pub(crate) fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -76,28 +78,6 @@ pub(crate) fn is_active(pod: &Value) -> bool {
         && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
 }
 
-async fn list_all(client: &Client, kind: &str) -> Result<Vec<Value>, wk_client::ClientError> {
-    let rt = lookup(kind).expect("kind registered");
-    let v = client.list(rt, None, true, &ListParams::default()).await?;
-    Ok(v["items"].as_array().cloned().unwrap_or_default())
-}
-
-impl World {
-    async fn load(client: &Client) -> Result<World, wk_client::ClientError> {
-        Ok(World {
-            nodes: list_all(client, "nodes").await?,
-            pods: list_all(client, "pods").await?,
-            replicasets: list_all(client, "replicasets").await?,
-            deployments: list_all(client, "deployments").await?,
-            jobs: list_all(client, "jobs").await?,
-            cronjobs: list_all(client, "cronjobs").await?,
-            services: list_all(client, "services").await?,
-            endpoints: list_all(client, "endpoints").await?,
-            leases: list_all(client, "leases").await?,
-        })
-    }
-}
-
 /// Patches an object's `/status` with a merge patch.
 pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, status: Value) {
     let rt = lookup(kind).expect("kind registered");
@@ -133,58 +113,36 @@ pub(crate) fn event(client: &Client, obj: &Value, kind: &str, reason: &str, mess
     });
 }
 
-/// Runs the controllers while this server leads, until the process ends.
+/// Runs the controllers while this server leads, until the process ends. A pass runs
+/// when the cache sees a change, and at least every second (node leases age without
+/// events); before each pass the cache catches up with the store, so a pass sees the
+/// writes of the one before.
 pub async fn run(store: Store, client: Client) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    for kind in [
-        "pods",
-        "replicasets",
-        "deployments",
-        "nodes",
-        "jobs",
-        "services",
-    ] {
-        let (client, tx) = (client.clone(), tx.clone());
-        tokio::spawn(async move {
-            let rt = lookup(kind).expect("kind registered");
-            loop {
-                let p = ListParams {
-                    resource_version: Some("0".into()),
-                    ..Default::default()
-                };
-                // Any change to a watched kind triggers a pass.
-                if let Ok(stream) = client.watch(rt, None, true, &p, false).await {
-                    let mut stream = Box::pin(stream);
-                    while let Some(Ok(_)) = stream.next().await {
-                        let _ = tx.try_send(());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-    }
+    let cache = cache::Cache::new();
+    tokio::spawn(cache.clone().run(store.clone()));
+    let mut seen = 0;
     loop {
-        // Coalesce bursts of events; resync at least every second (node leases are read on
-        // resync, not watched).
-        let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        let _ = cache.wait_for(seen + 1, Duration::from_secs(1)).await;
+        // Coalesce bursts of events.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        while rx.try_recv().is_ok() {}
         if !store.is_leader() {
             continue;
         }
-        let world = match World::load(&client).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::debug!(error = %e, "controllers: cannot list");
-                continue;
-            }
+        let Ok(now) = store.read(|sm| sm.revision()).await else {
+            continue;
         };
+        if !cache.wait_for(now, Duration::from_secs(2)).await {
+            tracing::debug!(revision = now, "controllers: cache behind the store");
+            continue;
+        }
+        let world = cache.world();
         gc::run(&client, &world).await;
         nodelifecycle::run(&client, &world).await;
         deployment::run(&client, &world).await;
         replicaset::run(&client, &world).await;
         job::run(&client, &world).await;
-        scheduler::run(&client, &world).await;
+        scheduler::run(&store, &client, &world).await;
         endpoints::run(&client, &world).await;
+        seen = cache.revision();
     }
 }

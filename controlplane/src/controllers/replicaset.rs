@@ -24,6 +24,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .pods
             .iter()
             .filter(|p| controller_uid(p) == Some(uid) && is_active(p))
+            .map(|v| v.as_ref())
             .collect();
         if owned.len() < want {
             let template = rs.pointer("/spec/template").cloned().unwrap_or_default();

@@ -230,6 +230,30 @@ impl SmShared {
         Ok((revision, out, more))
     }
 
+    /// Reads every object under each of `prefixes` in one read transaction, so all of
+    /// them are as of the one revision returned.
+    pub fn list_prefixes(
+        &self,
+        prefixes: &[String],
+    ) -> Result<(u64, Vec<Vec<(String, String)>>), StorageError> {
+        let tx = self.db.begin_read().map_err(sm_read)?;
+        let revision = read_revision(&tx.open_table(META).map_err(sm_read)?)?;
+        let table = tx.open_table(OBJECTS).map_err(sm_read)?;
+        let mut out = Vec::with_capacity(prefixes.len());
+        for prefix in prefixes {
+            let mut items = Vec::new();
+            for item in table.range::<&str>(prefix.as_str()..).map_err(sm_read)? {
+                let (k, v) = item.map_err(sm_read)?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                items.push((k.value().to_string(), v.value().to_string()));
+            }
+            out.push(items);
+        }
+        Ok((revision, out))
+    }
+
     fn read_snapshot_file(&self) -> Result<Option<SnapshotFile>, StorageError> {
         match std::fs::read(&self.snapshot_path) {
             Ok(bytes) => Ok(Some(postcard::from_bytes(&bytes).map_err(snap_err)?)),
