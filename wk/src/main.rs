@@ -37,6 +37,10 @@ enum Command {
     Logs(commands::logs::Args),
     /// Delete objects by name or from manifests
     Delete(commands::delete::Args),
+    /// Manage the rollout of a Deployment (status, history, undo, restart, pause, resume)
+    Rollout(commands::rollout::Args),
+    /// Set the number of replicas of a Deployment or ReplicaSet
+    Scale(commands::rollout::ScaleArgs),
     /// Run a local cluster (control plane + agent) in one process
     Up(commands::up::Args),
     /// Stop the cluster `wk up` started
@@ -85,6 +89,8 @@ fn main() -> ExitCode {
             Command::Get(a) => commands::get::run(a, &kubeconfig).await,
             Command::Describe(a) => commands::describe::run(a, &kubeconfig).await,
             Command::Delete(a) => commands::delete::run(a, &kubeconfig).await,
+            Command::Rollout(a) => commands::rollout::run(a, &kubeconfig).await,
+            Command::Scale(a) => commands::rollout::scale(a, &kubeconfig).await,
             Command::Logs(a) => commands::logs::run(a, &kubeconfig).await,
             Command::Up(a) => commands::up::run(a, &kubeconfig).await,
             Command::Down(a) => commands::up::down(a).await,

@@ -362,3 +362,336 @@ async fn jobs_complete_fail_and_expire() {
             .any(|e| e["reason"] == "FailedScheduling" && e["involvedObject"]["name"] == "big")
     );
 }
+
+/// What a poller saw of a Deployment's pods during a rollout.
+#[derive(Default, Debug)]
+struct Watched {
+    samples: usize,
+    min_ready: usize,
+    max_pods: usize,
+    mixed: usize,
+}
+
+/// Polls the pods of `app` every 50 ms until `stop`: the fewest ready and the most
+/// existing (not terminating) pods seen, and how often two templates were live at once.
+fn poll_rollout(
+    c: Client,
+    app: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Watched> {
+    tokio::spawn(async move {
+        let mut w = Watched {
+            min_ready: usize::MAX,
+            ..Default::default()
+        };
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let pods = list(&c, "pods", &format!("app={app}")).await;
+            let live: Vec<&Value> = pods
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .collect();
+            let hashes: std::collections::BTreeSet<&str> = live
+                .iter()
+                .filter_map(|p| p["metadata"]["labels"]["pod-template-hash"].as_str())
+                .collect();
+            w.samples += 1;
+            w.min_ready = w.min_ready.min(live.iter().filter(|p| is_ready(p)).count());
+            w.max_pods = w.max_pods.max(live.len());
+            w.mixed += usize::from(hashes.len() > 1);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        w
+    })
+}
+
+/// The GREETING each ready pod of `app` answers with.
+async fn greetings(c: &Client, app: &str) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for p in list(c, "pods", &format!("app={app}")).await {
+        if !is_ready(&p) || !p["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let ip = p["status"]["podIP"].as_str().unwrap();
+        let body = http
+            .get(format!("http://{ip}:8080/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        out.push(body);
+    }
+    out
+}
+
+async fn run_cli(server: &TestServer, args: &[&str]) -> String {
+    let (bin, args): (&str, Vec<String>) =
+        (args[0], args[1..].iter().map(|s| s.to_string()).collect());
+    let out = if bin == "kubectl" {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        server.kubectl(&a)
+    } else {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        server.wk(&a)
+    };
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+    common::stdout(&out)
+}
+
+/// A rolling update v1 → v2 with maxSurge 1 / maxUnavailable 0 watched by a poller, then
+/// history, rollback with kubectl, scaling with kubectl and wk, pause/resume, restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_rollback_scale_pause() {
+    let (server, _agents, _dirs) = cluster(3).await;
+    let c = server.client();
+    let deploy = lookup("deploy").unwrap();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "annotations": {"kubernetes.io/change-cause": "greeting v1"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": "GREETING", "value": "v1"}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}}]}}}});
+    c.create(deploy, None, &d, &[]).await.unwrap();
+    let out = run_cli(
+        &server,
+        &[
+            "wk",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    assert!(
+        out.trim_end()
+            .ends_with("deployment \"web\" successfully rolled out"),
+        "{out}"
+    );
+    assert!(greetings(&c, "web").await.iter().all(|g| g.contains("v1")));
+
+    // v2, watched throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_rollout(c.clone(), "web", stop.clone());
+    let patch = json!([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v2"},
+        {"op": "replace", "path": "/metadata/annotations/kubernetes.io~1change-cause", "value": "greeting v2"}]);
+    c.patch(
+        deploy,
+        None,
+        "web",
+        "application/json-patch+json",
+        &patch,
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = run_cli(
+        &server,
+        &[
+            "kubectl",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = poller.await.unwrap();
+    println!("rollout v1 → v2 as polled: {seen:?}");
+    assert!(
+        seen.mixed > 0,
+        "the poller saw the rollout in progress: {seen:?}"
+    );
+    assert!(
+        seen.min_ready >= 3,
+        "maxUnavailable 0 kept 3 ready pods: {seen:?}"
+    );
+    assert!(
+        seen.max_pods <= 4,
+        "maxSurge 1 allowed at most 4 pods: {seen:?}"
+    );
+    let g = greetings(&c, "web").await;
+    assert!(g.len() == 3 && g.iter().all(|g| g.contains("v2")), "{g:?}");
+    let hist = run_cli(&server, &["wk", "rollout", "history", "deployment/web"]).await;
+    assert!(
+        hist.contains("1         greeting v1") && hist.contains("2         greeting v2"),
+        "{hist}"
+    );
+    let d = c.get(deploy, None, "web").await.unwrap();
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "2"
+    );
+
+    // Rollback with kubectl: revision 1's ReplicaSet comes back as revision 3.
+    let out = run_cli(&server, &["kubectl", "rollout", "undo", "deployment/web"]).await;
+    assert!(out.contains("rolled back"), "{out}");
+    run_cli(
+        &server,
+        &[
+            "wk",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    let g = greetings(&c, "web").await;
+    assert!(g.len() == 3 && g.iter().all(|g| g.contains("v1")), "{g:?}");
+    let hist = run_cli(
+        &server,
+        &["kubectl", "rollout", "history", "deployment/web"],
+    )
+    .await;
+    assert!(
+        hist.contains("2         greeting v2") && hist.contains("3         greeting v1"),
+        "{hist}"
+    );
+    let sets = list(&c, "replicasets", "app=web").await;
+    assert_eq!(
+        sets.len(),
+        2,
+        "the old ReplicaSet was reused: {:#?}",
+        sets.iter()
+            .map(|r| &r["spec"]["template"])
+            .collect::<Vec<_>>()
+    );
+
+    // Scale with kubectl, then with wk.
+    run_cli(
+        &server,
+        &["kubectl", "scale", "deployment/web", "--replicas=5"],
+    )
+    .await;
+    run_cli(
+        &server,
+        &[
+            "wk",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    assert_eq!(greetings(&c, "web").await.len(), 5);
+    let out = run_cli(
+        &server,
+        &["wk", "scale", "deployment", "web", "--replicas", "2"],
+    )
+    .await;
+    assert_eq!(out.trim(), "deployment.apps/web scaled");
+    wait_for("2 pods", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            list(&c, "pods", "app=web")
+                .await
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .count()
+                == 2
+        }
+    })
+    .await;
+
+    // Paused: a template change waits for resume.
+    run_cli(&server, &["wk", "rollout", "pause", "deployment/web"]).await;
+    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v3"}]);
+    c.patch(
+        deploy,
+        None,
+        "web",
+        "application/json-patch+json",
+        &patch,
+        &[],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        list(&c, "replicasets", "app=web").await.len(),
+        2,
+        "no rollout while paused"
+    );
+    let out = run_cli(
+        &server,
+        &["wk", "rollout", "status", "deployment/web", "--watch=false"],
+    )
+    .await;
+    assert!(
+        out.contains("0 out of 2 new replicas have been updated"),
+        "{out}"
+    );
+    run_cli(&server, &["kubectl", "rollout", "resume", "deployment/web"]).await;
+    run_cli(
+        &server,
+        &[
+            "wk",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    let g = greetings(&c, "web").await;
+    assert!(g.len() == 2 && g.iter().all(|g| g.contains("v3")), "{g:?}");
+
+    // Restart replaces every pod.
+    let before: Vec<String> = list(&c, "pods", "app=web")
+        .await
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let out = run_cli(&server, &["wk", "rollout", "restart", "deployment/web"]).await;
+    assert_eq!(out.trim(), "deployment.apps/web restarted");
+    run_cli(
+        &server,
+        &[
+            "wk",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout",
+            "90s",
+        ],
+    )
+    .await;
+    wait_for("the old pods to go", Duration::from_secs(30), || {
+        let c = c.clone();
+        let before = before.clone();
+        async move {
+            let now = list(&c, "pods", "app=web").await;
+            now.len() == 2
+                && now
+                    .iter()
+                    .all(|p| !before.contains(&p["metadata"]["name"].as_str().unwrap().to_string()))
+        }
+    })
+    .await;
+    // Events tell the story.
+    let out = run_cli(&server, &["wk", "describe", "deployment", "web"]).await;
+    assert!(
+        out.contains("ScalingReplicaSet") && out.contains("DeploymentRollback"),
+        "{out}"
+    );
+    let out = run_cli(&server, &["wk", "get", "events"]).await;
+    assert!(out.contains("Scaled up replica set web-"), "{out}");
+}

@@ -55,7 +55,9 @@ impl Cache {
     }
 
     fn kind_of(&self, key: &str) -> Option<usize> {
-        self.prefixes.iter().position(|p| key.starts_with(p.as_str()))
+        self.prefixes
+            .iter()
+            .position(|p| key.starts_with(p.as_str()))
     }
 
     /// Keeps the copy current until the process ends.

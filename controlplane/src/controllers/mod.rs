@@ -136,13 +136,23 @@ pub async fn run(store: Store, client: Client) {
             continue;
         }
         let world = cache.world();
+        let started = std::time::Instant::now();
         gc::run(&client, &world).await;
         nodelifecycle::run(&client, &world).await;
         deployment::run(&client, &world).await;
         replicaset::run(&client, &world).await;
         job::run(&client, &world).await;
+        let scheduling = std::time::Instant::now();
         scheduler::run(&store, &client, &world).await;
+        let scheduled = scheduling.elapsed();
         endpoints::run(&client, &world).await;
+        tracing::debug!(
+            revision = now,
+            pods = world.pods.len(),
+            pass_ms = started.elapsed().as_millis() as u64,
+            scheduler_ms = scheduled.as_millis() as u64,
+            "controller pass"
+        );
         seen = cache.revision();
     }
 }

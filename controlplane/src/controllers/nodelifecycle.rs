@@ -7,6 +7,7 @@
 //! Kubernetes waits 40 s and then 300 s; wk's defaults are 4 s and 3 s, so pods serve
 //! again elsewhere within about 10 s of an agent's death (the agent renews every 2 s).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -75,12 +76,18 @@ pub(crate) async fn run(client: &Client, w: &World) {
     let nodes_rt = lookup("nodes").expect("nodes");
     let pods_rt = lookup("pods").expect("pods");
     let now = jiff::Timestamp::now();
+    let leases: HashMap<&str, &Value> = w
+        .leases
+        .iter()
+        .filter(|l| s(l, "/metadata/namespace") == "kube-node-lease")
+        .map(|l| (s(l, "/metadata/name"), l.as_ref()))
+        .collect();
     for node in &w.nodes {
         let name = s(node, "/metadata/name");
-        let lease = w.leases.iter().find(|l| {
-            s(l, "/metadata/namespace") == "kube-node-lease" && s(l, "/metadata/name") == name
-        });
-        let Some(renewed) = lease.and_then(|l| parse_time(l, "/spec/renewTime")) else {
+        let Some(renewed) = leases
+            .get(name)
+            .and_then(|l| parse_time(l, "/spec/renewTime"))
+        else {
             continue;
         };
         let silent = now.duration_since(renewed).unsigned_abs();

@@ -99,7 +99,12 @@ fn requirement_matches(req: &Value, node_labels: &BTreeMap<String, String>) -> b
 
 /// A `nodeSelectorTerm`: all its expressions and fields hold.
 fn term_matches(term: &Value, node: &NodeInfo) -> bool {
-    let list = |f: &str| term.get(f).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let list = |f: &str| {
+        term.get(f)
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    };
     let (exprs, fields) = (list("matchExpressions"), list("matchFields"));
     let name_labels = BTreeMap::from([("metadata.name".to_string(), node.name.to_string())]);
     (!exprs.is_empty() || !fields.is_empty())
@@ -151,8 +156,13 @@ impl<'a> PodInfo<'a> {
                 r => r,
             },
             node_selector: labels(pod, "/spec/nodeSelector"),
-            required_terms: array("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"),
-            preferred_terms: array("/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution").unwrap_or(&[]),
+            required_terms: array(
+                "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms",
+            ),
+            preferred_terms: array(
+                "/spec/affinity/nodeAffinity/preferredDuringSchedulingIgnoredDuringExecution",
+            )
+            .unwrap_or(&[]),
             tolerations: array("/spec/tolerations").unwrap_or(&[]),
             host_ports: host_ports(pod),
             owner: controller_uid(pod),
@@ -292,15 +302,12 @@ fn score(pod: &PodInfo, node: &NodeInfo) -> i64 {
     least_allocated + fewest_pods - same_owner * 1000 + preferred * 10
 }
 
-/// How many feasible nodes to find before scoring (kube-scheduler's adaptive
-/// `percentageOfNodesToScore`: all of a small cluster, 42% of 1,000 nodes, never under
-/// 100 or 5%).
+/// How many feasible nodes to find before scoring: all of a cluster of up to 100 nodes,
+/// else 5% of the nodes but at least 100 (kube-scheduler's `percentageOfNodesToScore`
+/// floor; its adaptive default would score 42% of 1,000 nodes). Each pod's search starts
+/// where the previous one stopped, so the samples cover every node in turn.
 fn nodes_to_find(total: usize) -> usize {
-    if total <= 100 {
-        return total;
-    }
-    let percent = 50usize.saturating_sub(total / 125).max(5);
-    (total * percent / 100).max(100)
+    (total * 5 / 100).max(100).min(total)
 }
 
 /// Most bindings (and their Events) committed in one store write.
@@ -308,11 +315,7 @@ const BIND_BATCH: usize = 512;
 
 pub(crate) async fn run(store: &Store, client: &Client, w: &World) {
     let mut nodes: Vec<NodeInfo> = w.nodes.iter().map(|n| NodeInfo::of(n)).collect();
-    let index: HashMap<&str, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name, i))
-        .collect();
+    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
     for p in w
         .pods
         .iter()
@@ -341,7 +344,9 @@ pub(crate) async fn run(store: &Store, client: &Client, w: &World) {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
                     let sc = score(&info, &nodes[i]);
-                    if best.is_none_or(|(b, bi)| sc > b || (sc == b && nodes[i].name < nodes[bi].name)) {
+                    if best
+                        .is_none_or(|(b, bi)| sc > b || (sc == b && nodes[i].name < nodes[bi].name))
+                    {
                         best = Some((sc, i));
                     }
                     found += 1;
@@ -367,18 +372,31 @@ pub(crate) async fn run(store: &Store, client: &Client, w: &World) {
         // and its Scheduled event, committed in one Raft entry.
         let mut ops = Vec::with_capacity(batch.len() * 2);
         for (pod, i) in batch {
-            let (ns, name, node) = (s(pod, "/metadata/namespace"), s(pod, "/metadata/name"), nodes[*i].name);
+            let (ns, name, node) = (
+                s(pod, "/metadata/namespace"),
+                s(pod, "/metadata/name"),
+                nodes[*i].name,
+            );
             let rv = s(pod, "/metadata/resourceVersion").parse().unwrap_or(0);
             ops.push(Op::Put {
                 key: pods_rt.key(Some(ns), name),
                 object: crate::apiserver::bound_to(pod, node).to_string(),
                 precondition: Precondition::Revision(rv),
             });
-            let mut ev = wk_api::objects::event(pod, "Normal", "Scheduled",
-                &format!("Successfully assigned {ns}/{name} to {node}"), "wk-scheduler", None);
+            let mut ev = wk_api::objects::event(
+                pod,
+                "Normal",
+                "Scheduled",
+                &format!("Successfully assigned {ns}/{name} to {node}"),
+                "wk-scheduler",
+                None,
+            );
             crate::apiserver::stamp_new(&mut ev);
             ops.push(Op::Put {
-                key: events_rt.key(Some(s(&ev, "/metadata/namespace")), s(&ev, "/metadata/name")),
+                key: events_rt.key(
+                    Some(s(&ev, "/metadata/namespace")),
+                    s(&ev, "/metadata/name"),
+                ),
                 object: ev.to_string(),
                 precondition: Precondition::Absent,
             });
@@ -402,7 +420,12 @@ pub(crate) async fn run(store: &Store, client: &Client, w: &World) {
 
 /// Records why `pod` fits nowhere: `PodScheduled=False` with kube-scheduler's message and
 /// a FailedScheduling event, once per distinct message.
-async fn unschedulable(client: &Client, pod: &Value, total: usize, reasons: &BTreeMap<String, usize>) {
+async fn unschedulable(
+    client: &Client,
+    pod: &Value,
+    total: usize,
+    reasons: &BTreeMap<String, usize>,
+) {
     let parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
     let message = format!("0/{total} nodes are available: {}.", parts.join(", "));
     let current = pod
@@ -518,8 +541,8 @@ mod tests {
     fn large_clusters_score_a_sample() {
         assert_eq!(nodes_to_find(3), 3);
         assert_eq!(nodes_to_find(100), 100);
-        assert_eq!(nodes_to_find(1000), 420);
-        assert_eq!(nodes_to_find(5000), 500);
+        assert_eq!(nodes_to_find(1000), 100);
+        assert_eq!(nodes_to_find(5000), 250);
         assert_eq!(nodes_to_find(150), 100);
     }
 }

@@ -6,6 +6,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod logs;
+pub mod rollout;
 pub mod server;
 pub mod up;
 pub mod version;

@@ -140,6 +140,18 @@ impl TestServer {
         child.wait_with_output().unwrap()
     }
 
+    /// Runs kubectl against this server, with the config wk wrote.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.data_dir().join("kube-cache"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     pub fn token(&self) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.data_dir().join("tokens.json")).unwrap())
