@@ -2215,37 +2215,159 @@ const CRON_FIELDS: [CronField; 5] = [
 /// `@annually`, `@monthly`, `@weekly`, `@daily`, `@midnight`, `@hourly` and
 /// `@every <duration>` (`@every 1h30m`). The error is robfig's message.
 pub fn validate_cron_schedule(schedule: &str) -> Result<(), String> {
-    if schedule.is_empty() {
-        return Err("empty spec string".to_owned());
-    }
-    if schedule.starts_with('@') {
-        return match schedule {
-            "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight"
-            | "@hourly" => Ok(()),
-            _ => match schedule.strip_prefix("@every ") {
-                Some(d) => check_go_duration(d)
-                    .map_err(|e| format!("failed to parse duration {schedule}: {e}")),
-                None => Err(format!("unrecognized descriptor: {schedule}")),
-            },
-        };
-    }
-    let fields: Vec<&str> = schedule.split_whitespace().collect();
-    if fields.len() != CRON_FIELDS.len() {
-        return Err(format!(
-            "expected exactly 5 fields, found {}: [{}]",
-            fields.len(),
-            fields.join(" ")
-        ));
-    }
-    for (field, bounds) in fields.iter().zip(&CRON_FIELDS) {
-        for expr in field.split(',') {
-            check_cron_range(expr, bounds)?;
-        }
-    }
-    Ok(())
+    CronSchedule::parse(schedule).map(|_| ())
 }
 
-fn check_cron_range(expr: &str, f: &CronField) -> Result<(), String> {
+/// A parsed CronJob schedule: a bit per allowed minute, hour, day of month, month and
+/// weekday, or a fixed interval (`@every`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CronSchedule {
+    Fields {
+        bits: [u64; 5],
+        /// Day of month or day of week was `*`/`?`: then both must match, else either.
+        any_day: bool,
+    },
+    /// `@every <duration>`, in whole seconds (at least 1).
+    Every(u64),
+}
+
+impl CronSchedule {
+    /// Parses a schedule (see `validate_cron_schedule`); the error is robfig's message.
+    pub fn parse(schedule: &str) -> Result<CronSchedule, String> {
+        if schedule.is_empty() {
+            return Err("empty spec string".to_owned());
+        }
+        if schedule.starts_with('@') {
+            let fields = match schedule {
+                "@yearly" | "@annually" => "0 0 1 1 *",
+                "@monthly" => "0 0 1 * *",
+                "@weekly" => "0 0 * * 0",
+                "@daily" | "@midnight" => "0 0 * * *",
+                "@hourly" => "0 * * * *",
+                _ => {
+                    return match schedule.strip_prefix("@every ") {
+                        Some(d) => {
+                            check_go_duration(d)
+                                .map_err(|e| format!("failed to parse duration {schedule}: {e}"))?;
+                            Ok(CronSchedule::Every(go_duration_secs(d).unwrap_or(1).max(1)))
+                        }
+                        None => Err(format!("unrecognized descriptor: {schedule}")),
+                    };
+                }
+            };
+            return CronSchedule::parse(fields);
+        }
+        let fields: Vec<&str> = schedule.split_whitespace().collect();
+        if fields.len() != CRON_FIELDS.len() {
+            return Err(format!(
+                "expected exactly 5 fields, found {}: [{}]",
+                fields.len(),
+                fields.join(" ")
+            ));
+        }
+        let mut bits = [0u64; 5];
+        for (i, (field, bounds)) in fields.iter().zip(&CRON_FIELDS).enumerate() {
+            for expr in field.split(',') {
+                bits[i] |= cron_range_bits(expr, bounds)?;
+            }
+        }
+        let star = |f: &str| f.starts_with('*') || f.starts_with('?');
+        Ok(CronSchedule::Fields {
+            bits,
+            any_day: star(fields[2]) || star(fields[4]),
+        })
+    }
+
+    /// The first scheduled time strictly after `t` (to the minute, or to the second for
+    /// `@every`), within the next five years.
+    pub fn next_after(&self, t: jiff::Zoned) -> Option<jiff::Zoned> {
+        use jiff::ToSpan;
+        let (bits, any_day) = match self {
+            CronSchedule::Every(secs) => return t.checked_add((*secs as i64).seconds()).ok(),
+            CronSchedule::Fields { bits, any_day } => (bits, *any_day),
+        };
+        let has = |field: usize, v: i64| bits[field] & (1u64 << v) != 0;
+        let mut c = t
+            .with()
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .ok()?
+            .checked_add(1.minute())
+            .ok()?;
+        let limit = t.year() + 5;
+        while c.year() <= limit {
+            if !has(3, c.month() as i64) {
+                c = c
+                    .with()
+                    .day(1)
+                    .hour(0)
+                    .minute(0)
+                    .build()
+                    .ok()?
+                    .checked_add(1.month())
+                    .ok()?;
+                continue;
+            }
+            let dom = has(2, c.day() as i64);
+            let dow = has(4, c.weekday().to_sunday_zero_offset() as i64);
+            let day_ok = if any_day { dom && dow } else { dom || dow };
+            if !day_ok {
+                c = c
+                    .with()
+                    .hour(0)
+                    .minute(0)
+                    .build()
+                    .ok()?
+                    .checked_add(1.day())
+                    .ok()?;
+                continue;
+            }
+            if !has(1, c.hour() as i64) {
+                c = c
+                    .with()
+                    .minute(0)
+                    .build()
+                    .ok()?
+                    .checked_add(1.hour())
+                    .ok()?;
+                continue;
+            }
+            if !has(0, c.minute() as i64) {
+                c = c.checked_add(1.minute()).ok()?;
+                continue;
+            }
+            return Some(c);
+        }
+        None
+    }
+}
+
+/// Whole seconds of a Go duration made of integer parts (`1h30m`, `90s`); `None` for
+/// fractions or units below a second.
+fn go_duration_secs(s: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !c.is_ascii_digit())?;
+        let value: u64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "h" => 3600,
+            "m" => 60,
+            "s" => 1,
+            _ => return None,
+        };
+        total += value * mult;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+fn cron_range_bits(expr: &str, f: &CronField) -> Result<u64, String> {
     let range_and_step: Vec<&str> = expr.split('/').collect();
     let low_and_high: Vec<&str> = range_and_step[0].split('-').collect();
     let (start, mut end) = if low_and_high[0] == "*" || low_and_high[0] == "?" {
@@ -2289,7 +2411,13 @@ fn check_cron_range(expr: &str, f: &CronField) -> Result<(), String> {
     if step == 0 {
         return Err(format!("step of range should be a positive number: {expr}"));
     }
-    Ok(())
+    let mut bits = 0u64;
+    let mut v = start;
+    while v <= end {
+        bits |= 1u64 << v;
+        v += step;
+    }
+    Ok(bits)
 }
 
 fn cron_int_or_name(s: &str, f: &CronField) -> Result<i64, String> {
@@ -4468,5 +4596,59 @@ mod tests {
                 prop_assert!(e.to_string().starts_with(&e.field));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod cron_tests {
+    use super::CronSchedule;
+
+    fn next(schedule: &str, after: &str) -> String {
+        let t: jiff::Zoned = format!("{after}[UTC]").parse().unwrap();
+        CronSchedule::parse(schedule)
+            .unwrap()
+            .next_after(t)
+            .unwrap()
+            .strftime("%Y-%m-%d %H:%M:%S %a")
+            .to_string()
+    }
+
+    #[test]
+    fn next_times_follow_cron_rules() {
+        assert_eq!(
+            next("* * * * *", "2026-11-22T10:15:30"),
+            "2026-11-22 10:16:00 Sun"
+        );
+        assert_eq!(
+            next("*/15 * * * *", "2026-11-22T10:15:00"),
+            "2026-11-22 10:30:00 Sun"
+        );
+        assert_eq!(
+            next("0 9 * * mon-fri", "2026-11-21T12:00:00"),
+            "2026-11-23 09:00:00 Mon"
+        );
+        assert_eq!(
+            next("@monthly", "2026-12-31T23:59:00"),
+            "2027-01-01 00:00:00 Fri"
+        );
+        assert_eq!(
+            next("0 0 29 feb *", "2026-03-01T00:00:00"),
+            "2028-02-29 00:00:00 Tue"
+        );
+        // Day of month OR day of week when both are restricted.
+        assert_eq!(
+            next("0 0 13 * fri", "2026-11-22T00:00:00"),
+            "2026-11-27 00:00:00 Fri"
+        );
+        assert_eq!(
+            next("@every 90s", "2026-11-22T10:00:00"),
+            "2026-11-22 10:01:30 Sun"
+        );
+        assert!(
+            CronSchedule::parse("0 0 30 2 *")
+                .unwrap()
+                .next_after("2026-01-01T00:00:00[UTC]".parse().unwrap())
+                .is_none()
+        );
     }
 }

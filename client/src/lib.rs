@@ -531,3 +531,8 @@ impl Client {
 pub fn is_not_found(e: &ClientError) -> bool {
     e.code() == Some(StatusCode::NOT_FOUND.as_u16())
 }
+
+/// True if an error is "already exists" (409 with reason `AlreadyExists`).
+pub fn is_already_exists(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
+}

@@ -226,14 +226,16 @@ fn main() {
         watcher.abort();
         renewer.abort();
         let (_, last) = bound_window(&bound, "s");
-        let created = created.lock().unwrap();
-        let mut lat: Vec<Duration> = bound
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with('s'))
-            .map(|(k, t)| t.duration_since(created[k]))
-            .collect();
+        let mut lat: Vec<Duration> = {
+            let created = created.lock().unwrap();
+            bound
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| k.starts_with('s'))
+                .map(|(k, t)| t.duration_since(created[k]))
+                .collect()
+        };
         lat.sort();
         let steady_rate = pods_n as f64 / last.duration_since(start).as_secs_f64();
         let pods = wk_api::resource::lookup("pods").unwrap();

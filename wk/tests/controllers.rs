@@ -695,3 +695,211 @@ async fn rolling_update_rollback_scale_pause() {
     let out = run_cli(&server, &["wk", "get", "events"]).await;
     assert!(out.contains("Scaled up replica set web-"), "{out}");
 }
+
+fn names(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn job_done(j: &Value) -> bool {
+    j["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+    })
+}
+
+/// A CronJob fires on schedule, one Job at a time (Forbid), keeps two finished Jobs, and
+/// stops while suspended.
+#[tokio::test]
+async fn cronjob_fires_keeps_history_and_suspends() {
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    let cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+        "spec": {"schedule": "@every 2s", "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 2,
+            "jobTemplate": {"metadata": {"labels": {"app": "tick"}}, "spec": {"backoffLimit": 1, "template": {"spec": {
+                "runtimeClassName": "wasm", "restartPolicy": "Never",
+                "containers": [{"name": "pi", "image": sample("pi.wasm"), "args": ["20"]}]}}}}}});
+    c.create(lookup("cronjobs").unwrap(), None, &cj, &[])
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let s2 = seen.clone();
+    wait_for(
+        "four runs, with history trimmed to two",
+        Duration::from_secs(60),
+        || {
+            let (c, seen) = (c.clone(), s2.clone());
+            async move {
+                let jobs = list(&c, "jobs", "app=tick").await;
+                seen.lock().unwrap().extend(names(&jobs));
+                let done = jobs.iter().filter(|j| job_done(j)).count();
+                let active = jobs.iter().filter(|j| !job_done(j)).count();
+                assert!(active <= 1, "Forbid: one Job at a time: {:?}", names(&jobs));
+                seen.lock().unwrap().len() >= 4 && (1..=2).contains(&done)
+            }
+        },
+    )
+    .await;
+    let cj = c
+        .get(lookup("cronjobs").unwrap(), None, "tick")
+        .await
+        .unwrap();
+    assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
+    assert!(cj["status"]["lastSuccessfulTime"].is_string(), "{cj}");
+    let out = run_cli(&server, &["wk", "describe", "cronjob", "tick"]).await;
+    assert!(
+        out.contains("SuccessfulCreate") && out.contains("Created job tick-"),
+        "{out}"
+    );
+
+    // Suspended: no new Jobs.
+    c.patch(
+        lookup("cronjobs").unwrap(),
+        None,
+        "tick",
+        "application/merge-patch+json",
+        &json!({"spec": {"suspend": true}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = names(&list(&c, "jobs", "app=tick").await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = names(&list(&c, "jobs", "app=tick").await);
+    assert!(
+        after.iter().all(|n| before.contains(n)),
+        "{before:?} → {after:?}"
+    );
+
+    // Deleting the CronJob removes its Jobs.
+    c.delete(lookup("cronjobs").unwrap(), None, "tick", &json!({}))
+        .await
+        .unwrap();
+    wait_for("the jobs to be collected", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { list(&c, "jobs", "app=tick").await.is_empty() }
+    })
+    .await;
+}
+
+/// A DaemonSet runs one pod per eligible node, follows a new node, a tainted node and a
+/// deleted node, and rolls a template change out node by node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_follows_nodes_and_rolls() {
+    let (server, mut agents, mut dirs) = cluster(2).await;
+    let c = server.client();
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "edge"},
+        "spec": {"selector": {"matchLabels": {"app": "edge"}},
+            "template": {"metadata": {"labels": {"app": "edge"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": "GREETING", "value": "v1"}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}}]}}}});
+    let ds_rt = lookup("daemonsets").unwrap();
+    c.create(ds_rt, None, &ds, &[]).await.unwrap();
+    let on_nodes = |c: Client| async move {
+        let mut n: Vec<String> = list(&c, "pods", "app=edge")
+            .await
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_ready(p))
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    let wait_nodes = |want: Vec<&'static str>| {
+        let c = c.clone();
+        async move {
+            wait_for(
+                &format!("daemon pods on {want:?}"),
+                Duration::from_secs(60),
+                || {
+                    let (c, want) = (c.clone(), want.clone());
+                    async move { on_nodes(c).await == want }
+                },
+            )
+            .await
+        }
+    };
+    wait_nodes(vec!["node-1", "node-2"]).await;
+    let out = run_cli(
+        &server,
+        &["wk", "rollout", "status", "ds/edge", "--timeout", "60s"],
+    )
+    .await;
+    assert!(
+        out.contains("daemon set \"edge\" successfully rolled out"),
+        "{out}"
+    );
+
+    // A new node gets a pod.
+    let d = tempfile::tempdir().unwrap();
+    agents.push(("node-3".into(), start_agent(&server, "node-3", d.path())));
+    dirs.push(d);
+    wait_nodes(vec!["node-1", "node-2", "node-3"]).await;
+
+    // A taint the template does not tolerate removes the pod from that node.
+    c.patch(
+        lookup("nodes").unwrap(),
+        None,
+        "node-2",
+        "application/merge-patch+json",
+        &json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_nodes(vec!["node-1", "node-3"]).await;
+
+    // A template change rolls out; kubectl sees it finish.
+    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v2"}]);
+    c.patch(
+        ds_rt,
+        None,
+        "edge",
+        "application/json-patch+json",
+        &patch,
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = run_cli(
+        &server,
+        &[
+            "kubectl",
+            "rollout",
+            "status",
+            "daemonset/edge",
+            "--timeout=90s",
+        ],
+    )
+    .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_for("v2 everywhere", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let g = greetings(&c, "edge").await;
+            g.len() == 2 && g.iter().all(|g| g.contains("v2"))
+        }
+    })
+    .await;
+
+    // node-3 leaves the cluster: its agent stops and its Node is deleted.
+    agents.retain(|(n, _)| n != "node-3");
+    c.delete(lookup("nodes").unwrap(), None, "node-3", &json!({}))
+        .await
+        .unwrap();
+    wait_for("only node-1's pod left", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move {
+            let pods = list(&c, "pods", "app=edge").await;
+            pods.len() == 1 && pods[0]["spec"]["nodeName"] == "node-1"
+        }
+    })
+    .await;
+    let status = c.get(ds_rt, None, "edge").await.unwrap()["status"].clone();
+    assert_eq!(status["desiredNumberScheduled"], 1, "{status}");
+    assert_eq!(status["updatedNumberScheduled"], 1, "{status}");
+}

@@ -26,7 +26,7 @@ use super::{World, controller_uid, event, owner_ref, patch_status, s};
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 
-fn template_hash(template: &Value) -> String {
+pub(crate) fn template_hash(template: &Value) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     template.to_string().hash(&mut h);
     let n = h.finish();
@@ -461,7 +461,7 @@ async fn update_status(
             (
                 "False",
                 "ProgressDeadlineExceeded",
-                format!("ReplicaSet has timed out progressing."),
+                "ReplicaSet has timed out progressing.".to_string(),
             )
         } else {
             (

@@ -1,6 +1,7 @@
 //! Garbage collection: objects whose controller owner no longer exists are deleted
 //! (background cascading deletion): ReplicaSets of a gone Deployment, pods of a gone
-//! ReplicaSet or Job, Jobs of a gone CronJob.
+//! ReplicaSet, DaemonSet or Job, Jobs of a gone CronJob; and pods bound to a Node that
+//! no longer exists.
 
 use std::collections::HashSet;
 
@@ -12,7 +13,7 @@ use super::{World, s};
 
 /// The kinds whose objects the controllers load, so an owner of these kinds that is not
 /// in the World is really gone.
-const OWNER_KINDS: [&str; 4] = ["Deployment", "ReplicaSet", "Job", "CronJob"];
+const OWNER_KINDS: [&str; 5] = ["Deployment", "ReplicaSet", "DaemonSet", "Job", "CronJob"];
 
 fn gone_owner(v: &Value, uids: &HashSet<&str>) -> bool {
     v.pointer("/metadata/ownerReferences")
@@ -26,11 +27,52 @@ fn gone_owner(v: &Value, uids: &HashSet<&str>) -> bool {
         })
 }
 
+/// How long a pod bound to a node that does not exist is left alone before it is deleted
+/// (Kubernetes' pod GC quarantine): a pod may be created for a node about to register.
+const ORPHAN_QUARANTINE_SECS: i64 = 40;
+
+/// Pods bound to nodes that no longer exist: no agent will finish their deletion, so
+/// they are removed at once (grace period 0), as Kubernetes' pod GC does. Terminating
+/// ones go now, others after the quarantine.
+async fn orphaned_pods(client: &Client, w: &World) {
+    let nodes: HashSet<&str> = w.nodes.iter().map(|n| s(n, "/metadata/name")).collect();
+    let now = jiff::Timestamp::now();
+    let pods_rt = lookup("pods").expect("pods");
+    for p in &w.pods {
+        let node = s(p, "/spec/nodeName");
+        if node.is_empty() || nodes.contains(node) {
+            continue;
+        }
+        let terminating = p.pointer("/metadata/deletionTimestamp").is_some();
+        let age = s(p, "/metadata/creationTimestamp")
+            .parse::<jiff::Timestamp>()
+            .map(|t| (now - t).get_seconds())
+            .unwrap_or(0);
+        if terminating || age > ORPHAN_QUARANTINE_SECS {
+            tracing::info!(
+                pod = s(p, "/metadata/name"),
+                node,
+                "deleting a pod of a node that is gone"
+            );
+            let _ = client
+                .delete(
+                    pods_rt,
+                    Some(s(p, "/metadata/namespace")),
+                    s(p, "/metadata/name"),
+                    &json!({"gracePeriodSeconds": 0}),
+                )
+                .await;
+        }
+    }
+}
+
 pub(crate) async fn run(client: &Client, w: &World) {
+    orphaned_pods(client, w).await;
     let uids: HashSet<&str> = w
         .deployments
         .iter()
         .chain(&w.replicasets)
+        .chain(&w.daemonsets)
         .chain(&w.jobs)
         .chain(&w.cronjobs)
         .map(|o| s(o, "/metadata/uid"))

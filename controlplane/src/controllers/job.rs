@@ -16,7 +16,7 @@ fn int(v: &Value, p: &str) -> Option<i64> {
     v.pointer(p).and_then(Value::as_i64)
 }
 
-fn finished(job: &Value) -> Option<(&str, jiff::Timestamp)> {
+pub(crate) fn finished(job: &Value) -> Option<(&str, jiff::Timestamp)> {
     job.pointer("/status/conditions")
         .and_then(Value::as_array)?
         .iter()

@@ -9,6 +9,8 @@
 //! objects whose controller owner is gone.
 
 mod cache;
+mod cronjob;
+mod daemonset;
 mod deployment;
 mod endpoints;
 mod gc;
@@ -142,6 +144,8 @@ pub async fn run(store: Store, client: Client) {
         deployment::run(&client, &world).await;
         replicaset::run(&client, &world).await;
         job::run(&client, &world).await;
+        cronjob::run(&client, &world).await;
+        daemonset::run(&client, &world).await;
         let scheduling = std::time::Instant::now();
         scheduler::run(&store, &client, &world).await;
         let scheduled = scheduling.elapsed();

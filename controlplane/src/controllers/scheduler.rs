@@ -274,6 +274,19 @@ fn filter(pod: &PodInfo, node: &NodeInfo) -> Option<String> {
     None
 }
 
+/// Whether `pod` may run on `node` at all, leaving readiness and room aside: runtime,
+/// node selector and affinity, and NoSchedule/NoExecute taints (the DaemonSet
+/// controller's `nodeShouldRunDaemonPod`).
+pub(crate) fn placement_allows(pod: &Value, node: &Value) -> bool {
+    let (pod, node) = (PodInfo::of(pod), NodeInfo::of(node));
+    node.runtimes.contains(&pod.runtime)
+        && affinity_matches(&pod, &node)
+        && node
+            .taints
+            .iter()
+            .all(|t| pod.tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
 /// Higher is better: free share of cpu and memory (0–100 each), minus a large penalty per
 /// pod of the same owner already there, plus preferred affinity weights.
 fn score(pod: &PodInfo, node: &NodeInfo) -> i64 {

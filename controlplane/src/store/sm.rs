@@ -70,6 +70,9 @@ pub type Subscription = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 /// A page of a list: the revision read, `(key, JSON)` pairs, and whether more follow.
 pub type Page = (u64, Vec<(String, String)>, bool);
 
+/// The objects under several prefixes, read at one revision.
+pub type Pages = (u64, Vec<Vec<(String, String)>>);
+
 /// A watch start older than the retained history.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("too old resource version: {requested} ({oldest})")]
@@ -232,10 +235,7 @@ impl SmShared {
 
     /// Reads every object under each of `prefixes` in one read transaction, so all of
     /// them are as of the one revision returned.
-    pub fn list_prefixes(
-        &self,
-        prefixes: &[String],
-    ) -> Result<(u64, Vec<Vec<(String, String)>>), StorageError> {
+    pub fn list_prefixes(&self, prefixes: &[String]) -> Result<Pages, StorageError> {
         let tx = self.db.begin_read().map_err(sm_read)?;
         let revision = read_revision(&tx.open_table(META).map_err(sm_read)?)?;
         let table = tx.open_table(OBJECTS).map_err(sm_read)?;
