@@ -540,6 +540,24 @@ async fn watch_streams_resumes_and_expires() {
     }
     assert_eq!(replay, ["ADDED", "MODIFIED", "DELETED"]);
 
+    // With a field selector from rv0, the deletion of w0 (which existed before the
+    // watch's start) still arrives: kubectl's `delete --wait` depends on it.
+    let by_name = ListParams {
+        resource_version: Some(rv0.clone()),
+        field_selector: Some("metadata.name=w0".into()),
+        ..Default::default()
+    };
+    let mut named = Box::pin(c.watch(cm, None, false, &by_name, false).await.unwrap());
+    let ev = tokio::time::timeout(Duration::from_secs(10), named.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.kind.as_str(), &ev.object["metadata"]["name"]),
+        ("DELETED", &json!("w0"))
+    );
+
     // Push rv0 out of the 20-event window: resuming from it is 410 Expired.
     for i in 0..30 {
         c.create(cm, None, &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("f{i}")}}), &[]).await.unwrap();

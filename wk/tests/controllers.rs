@@ -903,3 +903,90 @@ async fn daemonset_follows_nodes_and_rolls() {
     assert_eq!(status["desiredNumberScheduled"], 1, "{status}");
     assert_eq!(status["updatedNumberScheduled"], 1, "{status}");
 }
+
+/// `kubectl delete --cascade=orphan` leaves the pods, ownerless; `--cascade=foreground`
+/// removes the pods before their ReplicaSet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_and_foreground_deletion() {
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    let rs_rt = lookup("replicasets").unwrap();
+    let rs = |name: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"set": name}},
+                "template": {"metadata": {"labels": {"set": name}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}}}})
+    };
+    for name in ["keep", "fg"] {
+        c.create(rs_rt, None, &rs(name), &[]).await.unwrap();
+        wait_for("2 running pods", Duration::from_secs(30), || {
+            let c = c.clone();
+            async move {
+                list(&c, "pods", &format!("set={name}"))
+                    .await
+                    .iter()
+                    .filter(|p| p["status"]["phase"] == "Running")
+                    .count()
+                    == 2
+            }
+        })
+        .await;
+    }
+    // Orphan.
+    run_cli(
+        &server,
+        &["kubectl", "delete", "rs", "keep", "--cascade=orphan"],
+    )
+    .await;
+    assert!(c.get_opt(rs_rt, None, "keep").await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pods = list(&c, "pods", "set=keep").await;
+    assert_eq!(pods.len(), 2, "orphaned pods stay");
+    assert!(
+        pods.iter()
+            .all(|p| p["metadata"]["ownerReferences"].is_null()
+                && p["metadata"]["deletionTimestamp"].is_null()),
+        "{pods:?}"
+    );
+    // Foreground: the ReplicaSet outlives its pods.
+    run_cli(
+        &server,
+        &[
+            "kubectl",
+            "delete",
+            "rs",
+            "fg",
+            "--cascade=foreground",
+            "--wait=false",
+        ],
+    )
+    .await;
+    let start = Instant::now();
+    let mut saw_waiting = false;
+    loop {
+        let set = c.get_opt(rs_rt, None, "fg").await.unwrap();
+        let pods = list(&c, "pods", "set=fg").await.len();
+        match set {
+            Some(r) => {
+                assert!(r["metadata"]["deletionTimestamp"].is_string(), "{r}");
+                saw_waiting |= pods > 0
+                    && r["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&json!("foregroundDeletion")));
+            }
+            None => {
+                assert_eq!(pods, 0, "the ReplicaSet went before its pods");
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "foreground deletion did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        saw_waiting,
+        "the ReplicaSet waited with its finalizer while pods existed"
+    );
+}

@@ -861,6 +861,22 @@ async fn delete_one(
         delete_namespace_contents(state, &name).await?;
     }
     let grace = graceful_period(target, &current, opts);
+    // Orphan and Foreground deletion of an owner: the garbage collector finishes it
+    // (orphaning or deleting the dependents) and then removes the finalizer.
+    let cascade_finalizer = match opts.propagation.as_deref() {
+        Some("Orphan") => Some("orphan"),
+        Some("Foreground") => Some("foregroundDeletion"),
+        _ => None,
+    }
+    .filter(|_| OWNER_KINDS.contains(&target.rt.kind));
+    let mut current = current;
+    if let Some(f) = cascade_finalizer {
+        let mut finalizers = current.finalizers();
+        if !finalizers.iter().any(|x| x == f) {
+            finalizers.push(f.to_string());
+        }
+        current.set_meta("finalizers", json!(finalizers));
+    }
     let has_finalizers = !current.finalizers().is_empty();
     if has_finalizers || grace > 0 {
         let mut next = current.clone();
@@ -895,6 +911,9 @@ async fn delete_one(
         json_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default())
     }))
 }
+
+/// Kinds that own other objects, so a delete may orphan or wait for their dependents.
+const OWNER_KINDS: [&str; 5] = ["Deployment", "ReplicaSet", "DaemonSet", "Job", "CronJob"];
 
 /// Pods bound to a node stop gracefully: the node's agent finishes the deletion. Unbound
 /// pods and everything else go at once.

@@ -68,7 +68,9 @@ impl Watcher {
                 self.matching.remove(&ev.key);
                 "DELETED"
             }
-            (EventType::Deleted, _, false) => return None,
+            // An object that matched before this watch began (its last state matches).
+            (EventType::Deleted, true, false) => "DELETED",
+            (EventType::Deleted, false, false) => return None,
             (_, true, true) => "MODIFIED",
             (_, true, false) => {
                 self.matching.insert(ev.key.clone());

@@ -1,7 +1,7 @@
 //! Garbage collection: objects whose controller owner no longer exists are deleted
 //! (background cascading deletion): ReplicaSets of a gone Deployment, pods of a gone
 //! ReplicaSet, DaemonSet or Job, Jobs of a gone CronJob; and pods bound to a Node that
-//! no longer exists.
+//! no longer exists. Orphan and Foreground deletion of owners (`cascading`).
 
 use std::collections::HashSet;
 
@@ -66,8 +66,115 @@ async fn orphaned_pods(client: &Client, w: &World) {
     }
 }
 
+fn finalizers(o: &Value) -> Vec<&str> {
+    o.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn owns(dependent: &Value, uid: &str) -> bool {
+    dependent
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| refs.iter().any(|r| s(r, "/uid") == uid))
+}
+
+/// Owners deleted with `propagationPolicy: Orphan` (finalizer `orphan`) or `Foreground`
+/// (`foregroundDeletion`): their dependents lose the owner reference, or are deleted
+/// (foreground too) first; then the finalizer goes and the API server removes the owner.
+async fn cascading(client: &Client, w: &World) {
+    let owners = [
+        ("deployments", &w.deployments),
+        ("replicasets", &w.replicasets),
+        ("daemonsets", &w.daemonsets),
+        ("jobs", &w.jobs),
+        ("cronjobs", &w.cronjobs),
+    ];
+    let dependents = [
+        ("replicasets", &w.replicasets),
+        ("jobs", &w.jobs),
+        ("pods", &w.pods),
+    ];
+    for (kind, objs) in owners {
+        for o in objs.iter() {
+            if o.pointer("/metadata/deletionTimestamp").is_none() {
+                continue;
+            }
+            let fins = finalizers(o);
+            let (orphan, foreground) = (
+                fins.contains(&"orphan"),
+                fins.contains(&"foregroundDeletion"),
+            );
+            if !orphan && !foreground {
+                continue;
+            }
+            let uid = s(o, "/metadata/uid");
+            let mut remaining = 0;
+            for (dep_kind, deps) in dependents {
+                let rt = lookup(dep_kind).expect("kind registered");
+                for d in deps.iter().filter(|d| owns(d, uid)) {
+                    remaining += 1;
+                    let (ns, name) = (s(d, "/metadata/namespace"), s(d, "/metadata/name"));
+                    if orphan {
+                        let refs: Vec<Value> = d
+                            .pointer("/metadata/ownerReferences")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter(|r| s(r, "/uid") != uid)
+                            .cloned()
+                            .collect();
+                        let refs = if refs.is_empty() {
+                            Value::Null
+                        } else {
+                            json!(refs)
+                        };
+                        let _ = client
+                            .patch(
+                                rt,
+                                Some(ns),
+                                name,
+                                "application/merge-patch+json",
+                                &json!({"metadata": {"ownerReferences": refs}}),
+                                &[],
+                            )
+                            .await;
+                    } else if d.pointer("/metadata/deletionTimestamp").is_none() {
+                        let _ = client
+                            .delete(
+                                rt,
+                                Some(ns),
+                                name,
+                                &json!({"propagationPolicy": "Foreground"}),
+                            )
+                            .await;
+                    }
+                }
+            }
+            if remaining == 0 {
+                let rest: Vec<&str> = fins
+                    .into_iter()
+                    .filter(|f| *f != "orphan" && *f != "foregroundDeletion")
+                    .collect();
+                let _ = client
+                    .patch(
+                        lookup(kind).expect("kind registered"),
+                        Some(s(o, "/metadata/namespace")),
+                        s(o, "/metadata/name"),
+                        "application/merge-patch+json",
+                        &json!({"metadata": {"finalizers": rest}}),
+                        &[],
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(client: &Client, w: &World) {
     orphaned_pods(client, w).await;
+    cascading(client, w).await;
     let uids: HashSet<&str> = w
         .deployments
         .iter()
