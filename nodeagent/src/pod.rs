@@ -88,6 +88,8 @@ struct ContainerSlot {
     /// Why the agent is killing the container (a failed liveness or startup probe).
     killing: Option<String>,
     running_since: Option<Instant>,
+    /// The image was prepared and its Pulled event recorded.
+    pulled: bool,
 }
 
 impl ContainerSlot {
@@ -119,6 +121,7 @@ impl ContainerSlot {
             prober: None,
             killing: None,
             running_since: None,
+            pulled: false,
         }
     }
 
@@ -796,8 +799,32 @@ impl Agent {
                     let _ =
                         std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
                 }
+                if !c.pulled {
+                    // The kubelet's Pulled event; a failure is reported by start below.
+                    let began = Instant::now();
+                    if let Ok(p) = self.runtime.prepare(&cfg.image).await {
+                        c.pulled = true;
+                        let message = if p.compiled {
+                            format!(
+                                "Successfully pulled image \"{}\" in {} ms ({})",
+                                c.image,
+                                began.elapsed().as_millis(),
+                                p.digest
+                            )
+                        } else {
+                            format!("Container image \"{}\" already present on machine", c.image)
+                        };
+                        self.event(&pod, "Normal", "Pulled", &message);
+                    }
+                }
                 match self.runtime.start(cfg).await {
                     Ok(()) => {
+                        self.event(
+                            &pod,
+                            "Normal",
+                            "Created",
+                            &format!("Created container {}", c.name),
+                        );
                         c.started = true;
                         c.killing = None;
                         c.running_since = Some(Instant::now());

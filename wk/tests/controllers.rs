@@ -479,6 +479,15 @@ async fn rolling_update_rollback_scale_pause() {
         "{out}"
     );
     assert!(greetings(&c, "web").await.iter().all(|g| g.contains("v1")));
+    // A pod's story, as `describe` tells it.
+    let pod = list(&c, "pods", "app=web").await[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = run_cli(&server, &["wk", "describe", "pod", &pod]).await;
+    for reason in ["Scheduled", "Pulled", "Created", "Started"] {
+        assert!(out.contains(reason), "{reason} missing: {out}");
+    }
 
     // v2, watched throughout.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
