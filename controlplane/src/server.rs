@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub watch_history: usize,
     /// Run the scheduler and controllers (on the Raft leader).
     pub controllers: bool,
+    /// The range Service cluster IPs are allocated from.
+    pub service_cidr: crate::apiserver::ipalloc::ServiceCidr,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,7 @@ pub struct Server {
     pub url: String,
     pub pki: Pki,
     controllers: bool,
+    service_cidr: crate::apiserver::ipalloc::ServiceCidr,
     listener: TcpListener,
     acceptor: TlsAcceptor,
 }
@@ -146,6 +149,7 @@ impl Server {
             url,
             pki,
             controllers: cfg.controllers,
+            service_cidr: cfg.service_cidr,
             listener,
             acceptor,
         })
@@ -156,6 +160,7 @@ impl Server {
         let state = ApiState {
             store: self.store.clone(),
             tokens: self.tokens.clone(),
+            service_cidr: self.service_cidr,
         };
         let rpc = network::RaftRpcState {
             raft: self.store.raft.clone(),

@@ -1044,3 +1044,146 @@ async fn discovery_and_tables() {
     assert_eq!(row["cells"][1], "Active");
     assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
 }
+
+/// Services get a cluster IP from the service range and node ports from 30000–32767,
+/// each at most once; deleting a Service frees what it held.
+#[tokio::test]
+async fn service_addresses_are_allocated_once() {
+    let server = TestServer::start_with(&["--service-cidr", "127.241.0.0/29"]);
+    let c = server.client();
+    let svc = rt("svc");
+    let make = |name: &str, spec: Value| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}});
+        if let Some(m) = spec.as_object() {
+            for (k, v) in m {
+                s["spec"][k] = v.clone();
+            }
+        }
+        s
+    };
+    // A /29 has six usable addresses.
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let s = c
+            .create(svc, None, &make(&format!("s{i}"), json!({})), &[])
+            .await
+            .unwrap();
+        let ip: std::net::Ipv4Addr = s["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+        assert_eq!(s["spec"]["clusterIPs"], json!([ip.to_string()]));
+        assert!(
+            ip.octets()[..3] == [127, 241, 0] && (1..=6).contains(&ip.octets()[3]),
+            "{ip}"
+        );
+        ips.insert(ip);
+    }
+    assert_eq!(ips.len(), 6, "all distinct");
+    let full = c
+        .create(svc, None, &make("s6", json!({})), &[])
+        .await
+        .unwrap_err();
+    assert!(full.to_string().contains("range is full"), "{full}");
+    // Deleting one frees its address for the next.
+    let freed = c.get(svc, None, "s2").await.unwrap()["spec"]["clusterIP"].clone();
+    c.delete(svc, None, "s2", &json!({})).await.unwrap();
+    let s = c
+        .create(svc, None, &make("s6", json!({})), &[])
+        .await
+        .unwrap();
+    assert_eq!(s["spec"]["clusterIP"], freed);
+    // A requested address must be free and in range.
+    c.delete(svc, None, "s6", &json!({})).await.unwrap();
+    let taken = c.get(svc, None, "s0").await.unwrap()["spec"]["clusterIP"].clone();
+    let e = c
+        .create(svc, None, &make("dup", json!({"clusterIP": taken})), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("spec.clusterIP")
+            && e.to_string().contains("provided IP is already allocated"),
+        "{e}"
+    );
+    assert_eq!(e.code(), Some(422));
+    let e = c
+        .create(
+            svc,
+            None,
+            &make("out", json!({"clusterIP": "10.0.0.1"})),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "provided IP is not in the valid range. The range of valid IPs is 127.241.0.0/29"
+        ),
+        "{e}"
+    );
+    let own = c
+        .create(svc, None, &make("own", json!({"clusterIP": freed})), &[])
+        .await
+        .unwrap();
+    assert_eq!(own["spec"]["clusterIP"], freed);
+    // Headless services get none; a failed create holds nothing.
+    let h = c
+        .create(
+            svc,
+            None,
+            &make("headless", json!({"clusterIP": "None"})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(h["spec"]["clusterIPs"], json!(["None"]));
+    // NodePort: allocated in range, or as requested once.
+    let np = c
+        .create(
+            svc,
+            None,
+            &make("np", json!({"type": "NodePort", "clusterIP": "None"})),
+            &[],
+        )
+        .await;
+    assert!(np.is_err(), "NodePort cannot be headless");
+    c.delete(svc, None, "s5", &json!({})).await.unwrap();
+    let np = c
+        .create(svc, None, &make("np", json!({"type": "NodePort"})), &[])
+        .await
+        .unwrap();
+    let port = np["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    assert!((30000..=32767).contains(&port), "{np}");
+    c.delete(svc, None, "s4", &json!({})).await.unwrap();
+    let e = c
+        .create(
+            svc,
+            None,
+            &make(
+                "np2",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}),
+            ),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("provided port is already allocated"),
+        "{e}"
+    );
+    // The failed np2 released the IP it had taken: s4's address is free again.
+    let again = c
+        .create(svc, None, &make("s4b", json!({})), &[])
+        .await
+        .unwrap();
+    assert!(again["spec"]["clusterIP"].is_string());
+    // A replace without the addresses keeps them.
+    let mut cur = c.get(svc, None, "np").await.unwrap();
+    cur["spec"].as_object_mut().unwrap().remove("clusterIP");
+    cur["spec"].as_object_mut().unwrap().remove("clusterIPs");
+    cur["spec"]["ports"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodePort");
+    let replaced = c.replace(svc, None, "np", &cur).await.unwrap();
+    assert_eq!(replaced["spec"]["clusterIP"], np["spec"]["clusterIP"]);
+    assert_eq!(replaced["spec"]["ports"][0]["nodePort"], port);
+}

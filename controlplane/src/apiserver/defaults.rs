@@ -190,6 +190,30 @@ pub fn on_update(rt: &ResourceType, current: &Value, next: &mut Value) -> Result
             }
         }
         "Service" => {
+            // An update that leaves the allocated addresses out keeps them (kubectl
+            // replace, PUT of a manifest).
+            for field in ["clusterIP", "clusterIPs"] {
+                if next.pointer(&format!("/spec/{field}")).is_none()
+                    && let Some(v) = current.pointer(&format!("/spec/{field}"))
+                {
+                    next["spec"][field] = v.clone();
+                }
+            }
+            let old_ports = current
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
+                for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none()) {
+                    let same = old_ports.iter().find(|o| {
+                        o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
+                    });
+                    if let Some(np) = same.and_then(|o| o.get("nodePort")) {
+                        p["nodePort"] = np.clone();
+                    }
+                }
+            }
             if current.pointer("/spec/clusterIP").is_some() && changed("/spec/clusterIP", next) {
                 errors.push(immutable("spec.clusterIP"));
             }

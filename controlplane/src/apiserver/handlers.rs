@@ -338,12 +338,21 @@ pub async fn create(state: ApiState, target: Target, req: Request) -> Result<Res
     if params.dry_run() {
         return Ok(object_response(StatusCode::CREATED, &obj, &warnings));
     }
+    let mut obj = obj;
+    let is_service = target.rt.kind == "Service";
+    if is_service {
+        super::ipalloc::allocate(&state, target.rt, state.service_cidr, &mut obj).await?;
+    }
     let op = Op::Put {
         key: key_of(&target, &name),
         object: obj.to_string(),
         precondition: Precondition::Absent,
     };
-    match state.store.write_one(op).await? {
+    let written = state.store.write_one(op).await;
+    if is_service && !matches!(written, Ok(Ok(_))) {
+        super::ipalloc::release(&state, &obj).await;
+    }
+    match written? {
         Ok(applied) => Ok(object_response(
             StatusCode::CREATED,
             &parse_json(&applied.object)?,
@@ -907,6 +916,9 @@ async fn delete_one(
         .store
         .write_one(Op::Delete { key, precondition })
         .await?;
+    if r.is_ok() && target.rt.kind == "Service" {
+        super::ipalloc::release(state, &current).await;
+    }
     Ok(r.map(|a: Applied| {
         json_response(StatusCode::OK, &parse_json(&a.object).unwrap_or_default())
     }))
@@ -956,6 +968,13 @@ async fn delete_namespace_contents(state: &ApiState, ns: &str) -> Result<()> {
             let (_, batch, _) = state.store.read(move |sm| sm.list(&p, None, 500)).await?;
             if batch.is_empty() {
                 break;
+            }
+            if rt.kind == "Service" {
+                for (_, text) in &batch {
+                    if let Ok(svc) = parse_json(text) {
+                        super::ipalloc::release(state, &svc).await;
+                    }
+                }
             }
             let ops = batch
                 .into_iter()

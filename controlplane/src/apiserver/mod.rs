@@ -8,6 +8,7 @@
 mod defaults;
 mod discovery;
 mod handlers;
+pub mod ipalloc;
 pub(crate) use handlers::{bound_to, stamp_new};
 mod nodeauth;
 mod patch;
@@ -35,6 +36,8 @@ pub use patch::{json_merge_patch, strategic_merge_patch};
 pub struct ApiState {
     pub store: Store,
     pub tokens: Arc<Tokens>,
+    /// Where Service cluster IPs come from.
+    pub service_cidr: ipalloc::ServiceCidr,
 }
 
 /// An error response: a Kubernetes `Status` with its HTTP code.

@@ -33,6 +33,9 @@ pub struct Args {
     /// Do not run the scheduler and controllers
     #[arg(long)]
     no_controllers: bool,
+    /// Range Service cluster IPs are allocated from (the default is local on one host)
+    #[arg(long, default_value = "127.240.0.0/16")]
+    service_cidr: wk_controlplane::apiserver::ipalloc::ServiceCidr,
 }
 
 pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -50,6 +53,7 @@ pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<Exit
         snapshot_every: args.snapshot_every,
         watch_history: args.watch_history,
         controllers: !args.no_controllers,
+        service_cidr: args.service_cidr,
     })
     .await
     .context("cannot start the server")?;

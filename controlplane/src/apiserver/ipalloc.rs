@@ -1,0 +1,300 @@
+//! Service address allocation, as kube-apiserver's IP and port allocators do: a new
+//! Service gets a `clusterIP` from the service range (default `127.240.0.0/16`, which on
+//! one Linux host is local without any setup) and, for `NodePort`, a node port per port
+//! from 30000–32767. Each allocation is a key in the store (`/registry/wk/serviceips/<ip>`,
+//! `/registry/wk/servicenodeports/<proto>/<port>`) written with "must not exist", so two
+//! API servers can never hand out the same address. Deleting the Service releases them.
+
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+use serde_json::{Value, json};
+use wk_api::ResourceType;
+use wk_api::Status;
+use wk_api::validation::FieldError;
+
+use super::{ApiError, ApiState};
+use crate::store::types::{Op, OpError, Precondition};
+
+const IP_PREFIX: &str = "/registry/wk/serviceips/";
+const PORT_PREFIX: &str = "/registry/wk/servicenodeports/";
+const NODE_PORTS: (u16, u16) = (30000, 32767);
+
+/// The service IP range: a network address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCidr {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Default for ServiceCidr {
+    fn default() -> Self {
+        ServiceCidr {
+            base: Ipv4Addr::new(127, 240, 0, 0),
+            prefix: 16,
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceCidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 127.240.0.0/16)"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix: u8 = len.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("{s:?}: the prefix length must be 8 to 30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(ServiceCidr {
+            base: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl ServiceCidr {
+    /// Usable addresses: the network and broadcast addresses are skipped.
+    fn size(&self) -> u32 {
+        (1u32 << (32 - self.prefix)) - 2
+    }
+
+    fn nth(&self, i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.base) + 1 + i)
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.base)
+            && ip != self.base
+            && u32::from(ip) != u32::from(self.base) | !mask
+    }
+}
+
+fn invalid(rt: &ResourceType, name: &str, field: &str, value: &str, detail: &str) -> ApiError {
+    ApiError(Status::invalid(
+        rt,
+        name,
+        &[FieldError::invalid(field, value.to_string(), detail)],
+    ))
+}
+
+/// Writes an allocation key; `Ok(false)` if it is taken.
+async fn reserve(state: &ApiState, key: String, owner: &str) -> Result<bool, ApiError> {
+    let op = Op::Put {
+        key,
+        object: json!({"service": owner}).to_string(),
+        precondition: Precondition::Absent,
+    };
+    match state.store.write_one(op).await? {
+        Ok(_) => Ok(true),
+        Err(OpError::AlreadyExists) => Ok(false),
+        Err(e) => Err(ApiError(Status::internal(e.to_string()))),
+    }
+}
+
+async fn taken(state: &ApiState, prefix: &'static str) -> Result<Vec<String>, ApiError> {
+    let (_, items, _) = state.store.read(move |sm| sm.list(prefix, None, 0)).await?;
+    Ok(items
+        .into_iter()
+        .map(|(k, _)| k[prefix.len()..].to_string())
+        .collect())
+}
+
+/// The allocation keys a Service holds.
+fn keys_of(svc: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(ip) = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
+    {
+        keys.push(format!("{IP_PREFIX}{ip}"));
+    }
+    for p in svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            keys.push(format!("{PORT_PREFIX}{proto}/{np}"));
+        }
+    }
+    keys
+}
+
+/// Releases what a deleted Service held.
+pub async fn release(state: &ApiState, svc: &Value) {
+    let ops: Vec<Op> = keys_of(svc)
+        .into_iter()
+        .map(|key| Op::Delete {
+            key,
+            precondition: Precondition::None,
+        })
+        .collect();
+    if !ops.is_empty()
+        && let Err(e) = state.store.write(ops).await
+    {
+        tracing::warn!(error = %e, "releasing service addresses failed");
+    }
+}
+
+/// Fills `spec.clusterIP`/`clusterIPs` and node ports of a new Service and reserves them.
+/// On error nothing stays reserved.
+pub async fn allocate(
+    state: &ApiState,
+    rt: &ResourceType,
+    cidr: ServiceCidr,
+    svc: &mut Value,
+) -> Result<(), ApiError> {
+    let name = svc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let owner = format!(
+        "{}/{name}",
+        svc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    );
+    let kind = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let mut held: Vec<String> = Vec::new();
+    let result = async {
+        if kind != "ExternalName" {
+            let wanted = svc
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if wanted == "None" {
+                svc["spec"]["clusterIPs"] = json!(["None"]);
+            } else if !wanted.is_empty() {
+                let ip: Ipv4Addr = wanted.parse().map_err(|_| {
+                    invalid(rt, &name, "spec.clusterIP", &wanted, "must be an IPv4 address")
+                })?;
+                if !cidr.contains(ip) {
+                    return Err(invalid(rt, &name, "spec.clusterIP", &wanted,
+                        &format!("provided IP is not in the valid range. The range of valid IPs is {cidr}")));
+                }
+                let key = format!("{IP_PREFIX}{ip}");
+                if !reserve(state, key.clone(), &owner).await? {
+                    return Err(invalid(rt, &name, "spec.clusterIP", &wanted, "provided IP is already allocated"));
+                }
+                held.push(key);
+                svc["spec"]["clusterIPs"] = json!([wanted]);
+            } else {
+                let used: std::collections::HashSet<String> =
+                    taken(state, IP_PREFIX).await?.into_iter().collect();
+                let size = cidr.size();
+                let start = rand::rng().random_range(0..size);
+                let mut found = None;
+                for i in 0..size {
+                    let ip = cidr.nth((start + i) % size);
+                    if used.contains(&ip.to_string()) {
+                        continue;
+                    }
+                    let key = format!("{IP_PREFIX}{ip}");
+                    if reserve(state, key.clone(), &owner).await? {
+                        held.push(key);
+                        found = Some(ip);
+                        break;
+                    }
+                }
+                let Some(ip) = found else {
+                    return Err(ApiError(Status::internal(format!(
+                        "failed to allocate a serviceIP: range is full ({cidr})"
+                    ))));
+                };
+                svc["spec"]["clusterIP"] = json!(ip.to_string());
+                svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+            }
+        }
+        if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
+            let used: std::collections::HashSet<String> =
+                taken(state, PORT_PREFIX).await?.into_iter().collect();
+            let count = svc
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
+            for i in 0..count {
+                let port = &svc["spec"]["ports"][i];
+                let proto = port["protocol"].as_str().unwrap_or("TCP").to_string();
+                if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
+                    let key = format!("{PORT_PREFIX}{proto}/{np}");
+                    if !reserve(state, key.clone(), &owner).await? {
+                        return Err(invalid(rt, &name, &format!("spec.ports[{i}].nodePort"), &np.to_string(),
+                            "provided port is already allocated"));
+                    }
+                    held.push(key);
+                    continue;
+                }
+                let span = (NODE_PORTS.1 - NODE_PORTS.0 + 1) as u32;
+                let start = rand::rng().random_range(0..span);
+                let mut found = None;
+                for k in 0..span {
+                    let np = NODE_PORTS.0 as u32 + (start + k) % span;
+                    if used.contains(&format!("{proto}/{np}")) {
+                        continue;
+                    }
+                    let key = format!("{PORT_PREFIX}{proto}/{np}");
+                    if reserve(state, key.clone(), &owner).await? {
+                        held.push(key);
+                        found = Some(np);
+                        break;
+                    }
+                }
+                let Some(np) = found else {
+                    return Err(ApiError(Status::internal("failed to allocate a nodePort: range is full")));
+                };
+                svc["spec"]["ports"][i]["nodePort"] = json!(np);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() && !held.is_empty() {
+        let ops = held
+            .into_iter()
+            .map(|key| Op::Delete {
+                key,
+                precondition: Precondition::None,
+            })
+            .collect();
+        let _ = state.store.write(ops).await;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let c: ServiceCidr = "10.96.3.7/12".parse().unwrap();
+        assert_eq!(c.to_string(), "10.96.0.0/12");
+        assert_eq!(c.nth(0), Ipv4Addr::new(10, 96, 0, 1));
+        assert!(c.contains(Ipv4Addr::new(10, 100, 0, 1)));
+        assert!(!c.contains(Ipv4Addr::new(10, 96, 0, 0)), "network address");
+        assert!(!c.contains(Ipv4Addr::new(10, 111, 255, 255)), "broadcast");
+        assert!(!c.contains(Ipv4Addr::new(10, 112, 0, 1)));
+        assert!("10.0.0.0".parse::<ServiceCidr>().is_err());
+        assert_eq!(ServiceCidr::default().size(), 65534);
+    }
+}
