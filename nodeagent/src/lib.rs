@@ -18,6 +18,7 @@
 mod logs;
 mod pod;
 mod probe;
+pub mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -281,6 +282,7 @@ impl Agent {
         });
         self.register().await?;
         self.renew_lease().await?;
+        let proxy = tokio::spawn(proxy::Proxy::new(self.client.clone(), self.cfg.node_ip).run());
         let me = self.clone();
         let lease_task = tokio::spawn(async move {
             loop {
@@ -305,6 +307,7 @@ impl Agent {
         }
         lease_task.abort();
         endpoint.abort();
+        proxy.abort();
         Ok(())
     }
 

@@ -8,48 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
-use wk_client::{Client, ListParams};
+use wk_client::Client;
 
-use common::{AgentProc, TestServer, sample, start_agent, wait_for};
-
-async fn list(c: &Client, kind: &str, selector: &str) -> Vec<Value> {
-    let p = ListParams {
-        label_selector: Some(selector.to_string()).filter(|s| !s.is_empty()),
-        ..Default::default()
-    };
-    c.list(lookup(kind).unwrap(), None, false, &p)
-        .await
-        .unwrap()["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn is_ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
-async fn cluster(n: usize) -> (TestServer, Vec<(String, AgentProc)>, Vec<tempfile::TempDir>) {
-    let server = TestServer::start_cluster();
-    let mut agents = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 1..=n {
-        let d = tempfile::tempdir().unwrap();
-        let name = format!("node-{i}");
-        agents.push((name.clone(), start_agent(&server, &name, d.path())));
-        dirs.push(d);
-    }
-    let c = server.client();
-    wait_for("the nodes to register", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move { list(&c, "nodes", "").await.len() == n }
-    })
-    .await;
-    (server, agents, dirs)
-}
+use common::{TestServer, cluster, is_ready, list, sample, start_agent, wait_for};
 
 /// Three replicas spread over three nodes, listed in Endpoints; one agent is killed and
 /// its pod is replaced on another node.

@@ -256,3 +256,44 @@ pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&s
 pub fn start_agent(server: &TestServer, name: &str, dir: &Path) -> AgentProc {
     start_agent_with(server, name, dir, &[])
 }
+
+/// The items of a list of `kind` (all namespaces) matching a label selector.
+pub async fn list(c: &Client, kind: &str, selector: &str) -> Vec<serde_json::Value> {
+    let p = wk_client::ListParams {
+        label_selector: Some(selector.to_string()).filter(|s| !s.is_empty()),
+        ..Default::default()
+    };
+    c.list(wk_api::resource::lookup(kind).unwrap(), None, false, &p)
+        .await
+        .unwrap()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+pub fn is_ready(p: &serde_json::Value) -> bool {
+    p["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// A server with `n` agents (`node-1`…), once their Nodes are registered.
+pub async fn cluster(n: usize) -> (TestServer, Vec<(String, AgentProc)>, Vec<tempfile::TempDir>) {
+    let server = TestServer::start_cluster();
+    let mut agents = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 1..=n {
+        let d = tempfile::tempdir().unwrap();
+        let name = format!("node-{i}");
+        agents.push((name.clone(), start_agent(&server, &name, d.path())));
+        dirs.push(d);
+    }
+    let c = server.client();
+    wait_for("the nodes to register", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { list(&c, "nodes", "").await.len() == n }
+    })
+    .await;
+    (server, agents, dirs)
+}

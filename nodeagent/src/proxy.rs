@@ -1,0 +1,627 @@
+//! The in-agent L4 balancer: kube-proxy's role, in the agent process.
+//!
+//! The agent follows Services and Endpoints (list + watch). For every Service port it
+//! listens on `clusterIP:port` and, for NodePort Services, on `node_ip:nodePort`, TCP or
+//! UDP, and forwards to the ready endpoints only:
+//!
+//! - Balancing: the less busy of two candidates taken in turn (power of two choices over
+//!   active connections, rotating so equal load goes round-robin); `sessionAffinity:
+//!   ClientIP` keeps a client on one endpoint for `timeoutSeconds` (default 3 h).
+//! - Passive health: an endpoint that refuses or times out a connection is skipped for
+//!   `DOWN_FOR` and the connection is retried on another one, so a client never sees an
+//!   endpoint that went away between an Endpoints update and the connect.
+//! - Updates swap the endpoint table in place: new connections use it at once,
+//!   established ones (to endpoints that stay or go) run to their end — draining.
+//! - Bounded: at most `MAX_CONNECTIONS` proxied TCP connections and `MAX_UDP_SESSIONS` UDP
+//!   flows per listener; beyond that new ones are refused.
+//!
+//! Listeners use `SO_REUSEPORT`, so several agents on one host (tests, `wk up` with more
+//! nodes) all serve the same VIPs and the kernel spreads connections among them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
+use wk_api::resource::lookup;
+use wk_client::{Client, ListParams};
+
+/// How long an endpoint that refused a connection is skipped.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Endpoints tried for one connection before giving up.
+const ATTEMPTS: usize = 3;
+const MAX_CONNECTIONS: usize = 16_384;
+const MAX_UDP_SESSIONS: usize = 4_096;
+const UDP_IDLE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One endpoint and what the balancer knows about it.
+pub struct Backend {
+    pub addr: SocketAddr,
+    active: AtomicUsize,
+    /// Milliseconds since the table's epoch until which it is skipped (0 = healthy).
+    down_until: AtomicU64,
+}
+
+/// The endpoints behind one listener; swapped in place on updates.
+pub struct Table {
+    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    affinity: RwLock<Option<Duration>>,
+    sticky: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
+    turn: AtomicUsize,
+    epoch: Instant,
+}
+
+impl Table {
+    pub fn new() -> Arc<Table> {
+        Arc::new(Table {
+            backends: RwLock::new(Arc::new(Vec::new())),
+            affinity: RwLock::new(None),
+            sticky: Mutex::new(HashMap::new()),
+            turn: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Replaces the endpoint set, keeping the counters of endpoints that stay.
+    pub fn update(&self, addrs: &[SocketAddr], affinity: Option<Duration>) {
+        let old = self.backends.read().expect("table lock").clone();
+        let next: Vec<Arc<Backend>> = addrs
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|b| b.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Backend {
+                            addr: *a,
+                            active: AtomicUsize::new(0),
+                            down_until: AtomicU64::new(0),
+                        })
+                    })
+            })
+            .collect();
+        *self.backends.write().expect("table lock") = Arc::new(next);
+        *self.affinity.write().expect("table lock") = affinity;
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.backends
+            .read()
+            .expect("table lock")
+            .iter()
+            .map(|b| b.addr)
+            .collect()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn mark_down(&self, b: &Backend) {
+        b.down_until.store(
+            self.now_ms() + DOWN_FOR.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Picks an endpoint for a new connection from `client`, not one of `tried`.
+    pub fn pick(&self, client: IpAddr, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
+        let all = self.backends.read().expect("table lock").clone();
+        let now = self.now_ms();
+        let usable: Vec<&Arc<Backend>> = all
+            .iter()
+            .filter(|b| !tried.contains(&b.addr))
+            .filter(|b| b.down_until.load(Ordering::Relaxed) <= now)
+            .collect();
+        // When every endpoint looks down, try them anyway rather than fail.
+        let usable = if usable.is_empty() {
+            all.iter().filter(|b| !tried.contains(&b.addr)).collect()
+        } else {
+            usable
+        };
+        if usable.is_empty() {
+            return None;
+        }
+        let affinity = *self.affinity.read().expect("table lock");
+        if let Some(timeout) = affinity {
+            let mut sticky = self.sticky.lock().expect("sticky lock");
+            if let Some((addr, at)) = sticky.get(&client).copied()
+                && at.elapsed() < timeout
+                && let Some(b) = usable.iter().find(|b| b.addr == addr)
+            {
+                sticky.insert(client, (addr, Instant::now()));
+                return Some((*b).clone());
+            }
+            let b = self.two_choices(&usable);
+            sticky.insert(client, (b.addr, Instant::now()));
+            return Some(b);
+        }
+        Some(self.two_choices(&usable))
+    }
+
+    fn two_choices(&self, usable: &[&Arc<Backend>]) -> Arc<Backend> {
+        let t = self.turn.fetch_add(1, Ordering::Relaxed);
+        let a = usable[t % usable.len()];
+        let b = usable[(t + 1) % usable.len()];
+        if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
+            b.clone()
+        } else {
+            a.clone()
+        }
+    }
+}
+
+/// Counts a connection as active on a backend while alive.
+struct Active(Arc<Backend>);
+
+impl Active {
+    fn new(b: Arc<Backend>) -> Active {
+        b.active.fetch_add(1, Ordering::Relaxed);
+        Active(b)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn reuse_port_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = TcpSocket::new_v4()?;
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Accepts TCP connections on `listener` and forwards each to an endpoint of `table`.
+pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (inbound, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Over the bound: refuse rather than queue without limit.
+            drop(inbound);
+            continue;
+        };
+        let table = table.clone();
+        tokio::spawn(async move {
+            forward_tcp(inbound, peer, &table).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
+    let _ = inbound.set_nodelay(true);
+    let mut tried = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let Some(backend) = table.pick(peer.ip(), &tried) else {
+            return;
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
+            Ok(Ok(mut outbound)) => {
+                let _ = outbound.set_nodelay(true);
+                let _active = Active::new(backend);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                return;
+            }
+            _ => {
+                tracing::debug!(endpoint = %backend.addr, "endpoint refused a connection; skipping it");
+                table.mark_down(&backend);
+                tried.push(backend.addr);
+            }
+        }
+    }
+}
+
+/// Forwards UDP datagrams on `socket`: one flow per client address, each with its own
+/// upstream socket to the endpoint picked for it; replies go back from the service
+/// address. Idle flows end after `UDP_IDLE`.
+pub async fn serve_udp(socket: UdpSocket, table: Arc<Table>) {
+    let socket = Arc::new(socket);
+    let flows: Arc<Mutex<HashMap<SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, client) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        let existing = flows.lock().expect("flows lock").get(&client).cloned();
+        let upstream = match existing {
+            Some(u) => u,
+            None => {
+                if flows.lock().expect("flows lock").len() >= MAX_UDP_SESSIONS {
+                    continue;
+                }
+                let Some(backend) = table.pick(client.ip(), &[]) else {
+                    continue;
+                };
+                let Ok(u) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+                    continue;
+                };
+                if u.connect(backend.addr).await.is_err() {
+                    continue;
+                }
+                let u = Arc::new(u);
+                flows.lock().expect("flows lock").insert(client, u.clone());
+                let (u2, socket, flows) = (u.clone(), socket.clone(), flows.clone());
+                tokio::spawn(async move {
+                    let _active = Active::new(backend);
+                    let mut back = vec![0u8; 65_536];
+                    while let Ok(Ok(m)) = tokio::time::timeout(UDP_IDLE, u2.recv(&mut back)).await {
+                        let _ = socket.send_to(&back[..m], client).await;
+                    }
+                    flows.lock().expect("flows lock").remove(&client);
+                });
+                u
+            }
+        };
+        let _ = upstream.send(&buf[..n]).await;
+    }
+}
+
+/// Where one Service port is served and what is behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub listen: SocketAddr,
+    pub proto: Proto,
+    pub endpoints: Vec<SocketAddr>,
+    pub affinity: Option<Duration>,
+}
+
+fn s<'a>(v: &'a Value, p: &str) -> &'a str {
+    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The listeners Services and Endpoints call for on a node at `node_ip`.
+pub fn routes(
+    services: &BTreeMap<String, Value>,
+    endpoints: &BTreeMap<String, Value>,
+    node_ip: Ipv4Addr,
+) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (key, svc) in services {
+        let vip: Option<Ipv4Addr> = s(svc, "/spec/clusterIP").parse().ok();
+        let affinity = (s(svc, "/spec/sessionAffinity") == "ClientIP").then(|| {
+            Duration::from_secs(
+                svc.pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(10_800),
+            )
+        });
+        let ep = endpoints.get(key);
+        for port in svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let proto = match s(port, "/protocol") {
+                "UDP" => Proto::Udp,
+                "TCP" | "" => Proto::Tcp,
+                _ => continue,
+            };
+            let name = s(port, "/name");
+            let mut backends = Vec::new();
+            for subset in ep
+                .and_then(|e| e.get("subsets"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(target) = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|p| {
+                        s(p, "/name") == name
+                            && matches!(
+                                (s(p, "/protocol"), proto),
+                                ("" | "TCP", Proto::Tcp) | ("UDP", Proto::Udp)
+                            )
+                    })
+                    .and_then(|p| p.get("port").and_then(Value::as_u64))
+                else {
+                    continue;
+                };
+                for a in subset
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Ok(ip) = s(a, "/ip").parse::<IpAddr>() {
+                        backends.push(SocketAddr::new(ip, target as u16));
+                    }
+                }
+            }
+            backends.sort();
+            backends.dedup();
+            if let (Some(vip), Some(p)) = (vip, port.get("port").and_then(Value::as_u64)) {
+                out.push(Route {
+                    listen: SocketAddr::new(IpAddr::V4(vip), p as u16),
+                    proto,
+                    endpoints: backends.clone(),
+                    affinity,
+                });
+            }
+            if let Some(np) = port.get("nodePort").and_then(Value::as_u64) {
+                out.push(Route {
+                    listen: SocketAddr::new(IpAddr::V4(node_ip), np as u16),
+                    proto,
+                    endpoints: backends,
+                    affinity,
+                });
+            }
+        }
+    }
+    out
+}
+
+struct Listener {
+    table: Arc<Table>,
+    task: JoinHandle<()>,
+}
+
+/// The balancer: follows Services and Endpoints and keeps one listener per route.
+pub struct Proxy {
+    client: Client,
+    node_ip: Ipv4Addr,
+    services: Mutex<BTreeMap<String, Value>>,
+    endpoints: Mutex<BTreeMap<String, Value>>,
+    changed: Notify,
+    listeners: Mutex<HashMap<(SocketAddr, Proto), Listener>>,
+}
+
+impl Proxy {
+    pub fn new(client: Client, node_ip: Ipv4Addr) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            client,
+            node_ip,
+            services: Mutex::default(),
+            endpoints: Mutex::default(),
+            changed: Notify::new(),
+            listeners: Mutex::default(),
+        })
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        for kind in ["services", "endpoints"] {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = me.follow(kind).await {
+                        tracing::debug!(kind, error = %e, "proxy watch ended; relisting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+        }
+        loop {
+            self.changed.notified().await;
+            self.sync();
+        }
+    }
+
+    fn store(&self, kind: &str) -> &Mutex<BTreeMap<String, Value>> {
+        if kind == "services" {
+            &self.services
+        } else {
+            &self.endpoints
+        }
+    }
+
+    /// Lists one kind into its map, then applies watch events.
+    async fn follow(&self, kind: &str) -> Result<(), wk_client::ClientError> {
+        let rt = lookup(kind).expect("kind registered");
+        let key = |o: &Value| format!("{}/{}", s(o, "/metadata/namespace"), s(o, "/metadata/name"));
+        let list = self
+            .client
+            .list(rt, None, true, &ListParams::default())
+            .await?;
+        let fresh: BTreeMap<String, Value> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| (key(o), o.clone()))
+            .collect();
+        *self.store(kind).lock().expect("proxy lock") = fresh;
+        self.changed.notify_one();
+        let p = ListParams {
+            resource_version: list["metadata"]["resourceVersion"]
+                .as_str()
+                .map(String::from),
+            allow_bookmarks: true,
+            ..Default::default()
+        };
+        let mut events = Box::pin(self.client.watch(rt, None, true, &p, false).await?);
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            let mut map = self.store(kind).lock().expect("proxy lock");
+            match ev.kind.as_str() {
+                "ADDED" | "MODIFIED" => {
+                    map.insert(key(&ev.object), ev.object);
+                }
+                "DELETED" => {
+                    map.remove(&key(&ev.object));
+                }
+                "ERROR" => return Ok(()),
+                _ => continue,
+            }
+            drop(map);
+            self.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Brings the listeners in line with the routes.
+    fn sync(&self) {
+        let routes = {
+            let services = self.services.lock().expect("proxy lock");
+            let endpoints = self.endpoints.lock().expect("proxy lock");
+            routes(&services, &endpoints, self.node_ip)
+        };
+        let mut listeners = self.listeners.lock().expect("proxy lock");
+        let wanted: HashSet<(SocketAddr, Proto)> =
+            routes.iter().map(|r| (r.listen, r.proto)).collect();
+        listeners.retain(|k, l| {
+            let keep = wanted.contains(k);
+            if !keep {
+                // Established connections keep running; only new ones stop.
+                l.task.abort();
+                tracing::info!(listen = %k.0, "service listener removed");
+            }
+            keep
+        });
+        for r in routes {
+            let key = (r.listen, r.proto);
+            if let Some(l) = listeners.get(&key) {
+                l.table.update(&r.endpoints, r.affinity);
+                continue;
+            }
+            let table = Table::new();
+            table.update(&r.endpoints, r.affinity);
+            let task = match r.proto {
+                Proto::Tcp => match reuse_port_tcp(r.listen) {
+                    Ok(l) => tokio::spawn(serve_tcp(l, table.clone())),
+                    Err(e) => {
+                        tracing::warn!(listen = %r.listen, error = %e, "cannot listen for a service");
+                        continue;
+                    }
+                },
+                Proto::Udp => match reuse_port_udp(r.listen) {
+                    Ok(u) => tokio::spawn(serve_udp(u, table.clone())),
+                    Err(e) => {
+                        tracing::warn!(listen = %r.listen, error = %e, "cannot listen for a service");
+                        continue;
+                    }
+                },
+            };
+            tracing::info!(listen = %r.listen, proto = ?r.proto, endpoints = r.endpoints.len(), "service listener added");
+            listeners.insert(key, Listener { table, task });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn routes_follow_services_and_ready_endpoints() {
+        let services = BTreeMap::from([
+            (
+                "default/web".to_string(),
+                json!({"metadata": {"name": "web", "namespace": "default"},
+                "spec": {"type": "NodePort", "clusterIP": "127.240.0.5", "sessionAffinity": "ClientIP",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                              {"name": "dns", "port": 53, "protocol": "UDP"}]}}),
+            ),
+            (
+                "default/headless".to_string(),
+                json!({"metadata": {"name": "headless", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
+            ),
+        ]);
+        let endpoints = BTreeMap::from([(
+            "default/web".to_string(),
+            json!({"subsets": [{"addresses": [{"ip": "127.64.0.2"}, {"ip": "127.64.0.3"}],
+                "notReadyAddresses": [{"ip": "127.64.0.4"}],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}]}]}),
+        )]);
+        let r = routes(&services, &endpoints, Ipv4Addr::LOCALHOST);
+        assert_eq!(r.len(), 3, "{r:?}");
+        let http: Vec<SocketAddr> = vec![
+            "127.64.0.2:8080".parse().unwrap(),
+            "127.64.0.3:8080".parse().unwrap(),
+        ];
+        assert_eq!(r[0].listen, "127.240.0.5:80".parse().unwrap());
+        assert_eq!(r[0].endpoints, http);
+        assert_eq!(r[0].affinity, Some(Duration::from_secs(10_800)));
+        assert_eq!(r[1].listen, "127.0.0.1:30080".parse().unwrap());
+        assert_eq!(r[2].proto, Proto::Udp);
+        assert_eq!(
+            r[2].endpoints,
+            vec![
+                "127.64.0.2:5353".parse::<SocketAddr>().unwrap(),
+                "127.64.0.3:5353".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn picks_spread_skip_down_endpoints_and_stick_by_client() {
+        let t = Table::new();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        t.update(&[a, b], None);
+        let client: IpAddr = "127.0.0.9".parse().unwrap();
+        let picks: HashSet<SocketAddr> =
+            (0..4).map(|_| t.pick(client, &[]).unwrap().addr).collect();
+        assert_eq!(picks.len(), 2, "both endpoints get connections");
+        // A busy endpoint loses to an idle one.
+        let busy = t.pick(client, &[]).unwrap();
+        let _held: Vec<Active> = (0..3).map(|_| Active::new(busy.clone())).collect();
+        for _ in 0..4 {
+            assert_ne!(t.pick(client, &[]).unwrap().addr, busy.addr);
+        }
+        // A refused endpoint is skipped; a retry excludes what was tried.
+        let other = if busy.addr == a { b } else { a };
+        let ob = t
+            .backends
+            .read()
+            .unwrap()
+            .iter()
+            .find(|x| x.addr == other)
+            .unwrap()
+            .clone();
+        t.mark_down(&ob);
+        assert_eq!(t.pick(client, &[]).unwrap().addr, busy.addr);
+        assert!(t.pick(client, &[a, b]).is_none());
+        // Updates keep the counters of endpoints that stay.
+        t.update(&[busy.addr], None);
+        assert_eq!(
+            t.backends.read().unwrap()[0].active.load(Ordering::Relaxed),
+            3
+        );
+        // Client affinity.
+        let s = Table::new();
+        s.update(&[a, b], Some(Duration::from_secs(60)));
+        let first = s.pick(client, &[]).unwrap().addr;
+        assert!((0..5).all(|_| s.pick(client, &[]).unwrap().addr == first));
+    }
+}

@@ -1,0 +1,283 @@
+//! Service networking through the agents' L4 balancer, with real agents and real
+//! clients: a Service VIP spreads over three replicas, follows the Endpoints, loses no
+//! request during a rolling update, and NodePort, UDP and client affinity work.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use wk_api::resource::lookup;
+use wk_client::Client;
+
+use common::{cluster, is_ready, list, sample, wait_for};
+
+/// A client that opens a new connection for every request, as most tests of a balancer
+/// do, so every request is balanced anew.
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+fn pod_of(body: &str) -> String {
+    // hello-http answers "hello from <pod> ...".
+    body.split_whitespace()
+        .skip_while(|w| *w != "from")
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn service(c: &Client, name: &str) -> Value {
+    c.get(lookup("svc").unwrap(), None, name).await.unwrap()
+}
+
+fn web(name: &str, replicas: u32, greeting: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": "GREETING", "value": greeting},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}}]}}}})
+}
+
+async fn ready_pods(c: &Client, app: &str) -> Vec<String> {
+    list(c, "pods", &format!("app={app}"))
+        .await
+        .iter()
+        .filter(|p| is_ready(p) && p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_vip_balances_follows_endpoints_and_survives_a_rollout() {
+    let (server, _agents, _dirs) = cluster(3).await;
+    let c = server.client();
+    c.create(lookup("deploy").unwrap(), None, &web("hello", 3, "v1"), &[])
+        .await
+        .unwrap();
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
+        "spec": {"selector": {"app": "hello"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}});
+    c.create(lookup("svc").unwrap(), None, &svc, &[])
+        .await
+        .unwrap();
+    let vip = service(&c, "hello").await["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(vip.starts_with("127.240."), "{vip}");
+    wait_for("3 ready replicas", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { ready_pods(&c, "hello").await.len() == 3 }
+    })
+    .await;
+    let http = fresh_client();
+    let url = format!("http://{vip}/");
+    // Every replica answers through the VIP.
+    let mut seen = BTreeSet::new();
+    let start = std::time::Instant::now();
+    while seen.len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "replicas behind the VIP: {seen:?}"
+        );
+        if let Ok(r) = http.get(&url).send().await
+            && let Ok(body) = r.text().await
+        {
+            seen.insert(pod_of(&body));
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let pods: BTreeSet<String> = ready_pods(&c, "hello").await.into_iter().collect();
+    assert_eq!(seen, pods);
+
+    // A deleted pod stops receiving traffic once the Endpoints drop it.
+    let victim = pods.iter().next().unwrap().clone();
+    c.delete(lookup("pods").unwrap(), None, &victim, &json!({}))
+        .await
+        .unwrap();
+    wait_for(
+        "the victim to leave the endpoints",
+        Duration::from_secs(20),
+        || {
+            let c = c.clone();
+            let victim = victim.clone();
+            async move {
+                let ep = c
+                    .get(lookup("endpoints").unwrap(), None, "hello")
+                    .await
+                    .unwrap();
+                !ep.to_string().contains(&victim)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+        assert_ne!(pod_of(&body), victim, "traffic went to a deleted pod");
+    }
+
+    // A rolling update under a steady client loses no request.
+    wait_for("3 ready replicas again", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { ready_pods(&c, "hello").await.len() == 3 }
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client_task = {
+        let (stop, ok, failed, versions, http, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            versions.clone(),
+            http.clone(),
+            url.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let body = r.text().await.unwrap_or_default();
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let v = if body.contains("greeting: v2") {
+                            "v2"
+                        } else {
+                            "v1"
+                        };
+                        versions.lock().unwrap().push(v);
+                    }
+                    other => {
+                        eprintln!("request failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v2"}]);
+    c.patch(
+        lookup("deploy").unwrap(),
+        None,
+        "hello",
+        "application/json-patch+json",
+        &patch,
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = server.wk(&["rollout", "status", "deployment/hello", "--timeout", "90s"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // Let the old pods finish going.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    client_task.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("rolling update through the VIP: {ok} requests answered, {failed} failed");
+    assert_eq!(failed, 0, "no request may fail during a rolling update");
+    assert!(ok > 50, "the client kept going: {ok}");
+    let versions = versions.lock().unwrap();
+    assert_eq!(versions.first(), Some(&"v1"));
+    assert_eq!(versions.last(), Some(&"v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodeport_udp_and_client_affinity() {
+    let (server, _agents, _dirs) = cluster(2).await;
+    let c = server.client();
+    let svc_rt = lookup("svc").unwrap();
+    c.create(
+        lookup("deploy").unwrap(),
+        None,
+        &web("sticky", 2, "hi"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let sticky = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "sticky"},
+        "spec": {"type": "NodePort", "selector": {"app": "sticky"}, "sessionAffinity": "ClientIP",
+            "ports": [{"port": 8000, "targetPort": 8080}]}});
+    let created = c.create(svc_rt, None, &sticky, &[]).await.unwrap();
+    let node_port = created["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    let vip = created["spec"]["clusterIP"].as_str().unwrap().to_string();
+    wait_for("2 ready replicas", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { ready_pods(&c, "sticky").await.len() == 2 }
+    })
+    .await;
+    let http = fresh_client();
+    // The NodePort on the node address (loopback here) reaches the pods.
+    let node_url = format!("http://127.0.0.1:{node_port}/");
+    wait_for("the node port to answer", Duration::from_secs(20), || {
+        let (http, u) = (http.clone(), node_url.clone());
+        async move {
+            http.get(&u)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    // ClientIP affinity: one client, one pod.
+    let url = format!("http://{vip}:8000/");
+    let mut pods = BTreeSet::new();
+    for _ in 0..10 {
+        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
+        pods.insert(pod_of(&body));
+    }
+    assert_eq!(pods.len(), 1, "one client stays on one pod: {pods:?}");
+
+    // UDP: a Service without a selector, with Endpoints naming a UDP echo server.
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&reply, from).await;
+        }
+    });
+    let udp = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
+        "spec": {"ports": [{"name": "echo", "port": 7, "protocol": "UDP"}]}});
+    let udp_vip = c.create(svc_rt, None, &udp, &[]).await.unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "echo"},
+        "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "echo", "port": echo_port, "protocol": "UDP"}]}]});
+    c.create(lookup("endpoints").unwrap(), None, &ep, &[])
+        .await
+        .unwrap();
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.connect(format!("{udp_vip}:7")).await.unwrap();
+    let mut buf = [0u8; 64];
+    let mut answered = None;
+    for _ in 0..100 {
+        client.send(b"ping").await.unwrap();
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), client.recv(&mut buf)).await
+        {
+            answered = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(
+        answered.as_deref(),
+        Some(&b"echo:ping"[..]),
+        "UDP round trip through the VIP"
+    );
+}
