@@ -5,12 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # kubectl is preinstalled on these machines; the kubectl tests need it.
 command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not found; the kubectl tests will fail" >&2
-# A real OCI registry for the runtime's pull tests (Debian's docker-registry).
-if ! command -v docker-registry >/dev/null 2>&1; then
+# A real OCI registry for the runtime's pull tests (Debian's docker-registry) and dig (a
+# real DNS client) for the cluster DNS tests.
+missing=()
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "warning: docker-registry not installed; the OCI pull test will fail" >&2
+    echo "warning: ${missing[*]} not installed; the tests that use them will fail" >&2
   fi
 fi
 # The sample Wasm components the runtime tests run (needs the wasm32-wasip2 target).

@@ -60,6 +60,11 @@ pub struct AgentConfig {
     pub log_token: Option<String>,
     /// Most pods the node runs at once (the kubelet's `--max-pods`).
     pub max_pods: u64,
+    /// Where the node's DNS server listens (UDP and TCP; port 0 picks one); `None` runs
+    /// none. The address is published in the Node annotation `wk.dev/dns`.
+    pub dns_listen: Option<std::net::SocketAddr>,
+    /// The cluster domain served by the node's DNS.
+    pub cluster_domain: String,
 }
 
 impl AgentConfig {
@@ -73,6 +78,8 @@ impl AgentConfig {
             log_port: 0,
             log_token: None,
             max_pods: DEFAULT_MAX_PODS,
+            dns_listen: Some(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 53))),
+            cluster_domain: "cluster.local".into(),
             name,
         }
     }
@@ -81,6 +88,9 @@ impl AgentConfig {
 /// Default `max_pods`. The kubelet's is 110, sized for containers; an idle Wasm pod costs
 /// the agent kilobytes (BENCHMARKS.md), so wk allows more.
 pub const DEFAULT_MAX_PODS: u64 = 1000;
+
+/// The Node annotation carrying the address of the node's DNS server.
+pub const DNS_ANNOTATION: &str = "wk.dev/dns";
 
 /// What the node offers pods (read from the host once, at start).
 #[derive(Debug, Clone, Copy)]
@@ -228,6 +238,36 @@ impl Agent {
         }
     }
 
+    /// Starts the node's DNS server and publishes its address on the Node. A port that
+    /// cannot be bound is reported, not fatal: pods still run, without cluster names.
+    async fn start_dns(&self, addr: std::net::SocketAddr) -> Option<Arc<wk_dns::ClusterDns>> {
+        let dns = wk_dns::ClusterDns::new(&self.cfg.cluster_domain);
+        let bound = match wk_dns::serve(dns.clone(), addr).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot serve DNS; cluster names will not resolve here");
+                return None;
+            }
+        };
+        tracing::info!(%bound, domain = %self.cfg.cluster_domain, "cluster DNS listening");
+        let patch = json!({"metadata": {"annotations": {DNS_ANNOTATION: bound.to_string()}}});
+        if let Err(e) = self
+            .client
+            .patch(
+                lookup("nodes").expect("nodes registered"),
+                None,
+                &self.cfg.name,
+                "application/merge-patch+json",
+                &patch,
+                &[],
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish the DNS address on the node");
+        }
+        Some(dns)
+    }
+
     /// Renews (or creates) the node's Lease in `kube-node-lease`.
     pub async fn renew_lease(&self) -> Result<(), AgentError> {
         let rt = lookup("leases").expect("leases registered");
@@ -282,7 +322,12 @@ impl Agent {
         });
         self.register().await?;
         self.renew_lease().await?;
-        let proxy = tokio::spawn(proxy::Proxy::new(self.client.clone(), self.cfg.node_ip).run());
+        let dns = match self.cfg.dns_listen {
+            Some(addr) => self.start_dns(addr).await,
+            None => None,
+        };
+        let proxy =
+            tokio::spawn(proxy::Proxy::new(self.client.clone(), self.cfg.node_ip, dns).run());
         let me = self.clone();
         let lease_task = tokio::spawn(async move {
             loop {

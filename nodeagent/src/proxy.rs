@@ -1,4 +1,5 @@
-//! The in-agent L4 balancer: kube-proxy's role, in the agent process.
+//! The in-agent L4 balancer: kube-proxy's role, in the agent process. It also feeds the
+//! node's DNS server (`wk-dns`) from the Services and Endpoints it follows.
 //!
 //! The agent follows Services and Endpoints (list + watch). For every Service port it
 //! listens on `clusterIP:port` and, for NodePort Services, on `node_ip:nodePort`, TCP or
@@ -404,10 +405,16 @@ pub struct Proxy {
     endpoints: Mutex<BTreeMap<String, Value>>,
     changed: Notify,
     listeners: Mutex<HashMap<(SocketAddr, Proto), Listener>>,
+    /// The node's DNS server, fed from the same Services and Endpoints.
+    dns: Option<Arc<wk_dns::ClusterDns>>,
 }
 
 impl Proxy {
-    pub fn new(client: Client, node_ip: Ipv4Addr) -> Arc<Proxy> {
+    pub fn new(
+        client: Client,
+        node_ip: Ipv4Addr,
+        dns: Option<Arc<wk_dns::ClusterDns>>,
+    ) -> Arc<Proxy> {
         Arc::new(Proxy {
             client,
             node_ip,
@@ -415,6 +422,7 @@ impl Proxy {
             endpoints: Mutex::default(),
             changed: Notify::new(),
             listeners: Mutex::default(),
+            dns,
         })
     }
 
@@ -493,6 +501,9 @@ impl Proxy {
         let routes = {
             let services = self.services.lock().expect("proxy lock");
             let endpoints = self.endpoints.lock().expect("proxy lock");
+            if let Some(dns) = &self.dns {
+                dns.set_zone(wk_dns::Zone::build(dns.domain(), &services, &endpoints));
+            }
             routes(&services, &endpoints, self.node_ip)
         };
         let mut listeners = self.listeners.lock().expect("proxy lock");

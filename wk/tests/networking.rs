@@ -281,3 +281,158 @@ async fn nodeport_udp_and_client_affinity() {
         "UDP round trip through the VIP"
     );
 }
+
+/// `dig` against the node's DNS server: the answer lines (`+short`) and the status.
+fn dig(server: &str, args: &[&str]) -> (String, String) {
+    let (host, port) = server.rsplit_once(':').unwrap();
+    let out = std::process::Command::new("dig")
+        .args([&format!("@{host}"), "-p", port, "+time=2", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig is installed (scripts/test.sh installs bind9-dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|s| s.split(',').next().unwrap_or("").to_string())
+        .unwrap_or_default();
+    let answers = text
+        .lines()
+        .skip_while(|l| !l.starts_with(";; ANSWER SECTION:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (answers, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_dns_names_services_pods_and_ports() {
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    let svc_rt = lookup("svc").unwrap();
+    c.create(
+        lookup("deploy").unwrap(),
+        None,
+        &web("hello", 2, "dns"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
+        "spec": {"selector": {"app": "hello"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}});
+    let vip = c.create(svc_rt, None, &svc, &[]).await.unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let headless = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello-pods"},
+        "spec": {"clusterIP": "None", "selector": {"app": "hello"}, "ports": [{"name": "web", "port": 8080}]}});
+    c.create(svc_rt, None, &headless, &[]).await.unwrap();
+    let node = c
+        .get(lookup("nodes").unwrap(), None, "node-1")
+        .await
+        .unwrap();
+    let dns = node["metadata"]["annotations"]["wk.dev/dns"]
+        .as_str()
+        .expect("the agent publishes its DNS address")
+        .to_string();
+    wait_for("2 ready replicas", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { ready_pods(&c, "hello").await.len() == 2 }
+    })
+    .await;
+    let name = "hello.default.svc.cluster.local";
+    wait_for("the service name", Duration::from_secs(10), || {
+        let (dns, vip) = (dns.clone(), vip.clone());
+        async move { dig(&dns, &[name]).0 == vip }
+    })
+    .await;
+    // The name, resolved by our DNS, reaches the sample through the balancer.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--resolve",
+            &format!("{name}:80:{vip}"),
+            &format!("http://{name}/"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        common::stdout(&out).starts_with("hello from hello-"),
+        "{}{}",
+        common::stdout(&out),
+        common::stderr(&out)
+    );
+
+    // Headless: the ready pods' addresses.
+    let mut pod_ips: Vec<String> = list(&c, "pods", "app=hello")
+        .await
+        .iter()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .collect();
+    pod_ips.sort();
+    wait_for("the headless name", Duration::from_secs(10), || {
+        let (dns, want) = (dns.clone(), pod_ips.join("\n"));
+        async move {
+            let (a, _) = dig(&dns, &["hello-pods.default.svc.cluster.local"]);
+            let mut got: Vec<&str> = a.lines().collect();
+            got.sort();
+            got.join("\n") == want
+        }
+    })
+    .await;
+    // SRV, pod records, NXDOMAIN, no AAAA, search-path style names.
+    let (srv, _) = dig(&dns, &["SRV", "_web._tcp.hello.default.svc.cluster.local"]);
+    assert_eq!(srv, "0 100 80 hello.default.svc.cluster.local.");
+    let dashed = pod_ips[0].replace('.', "-");
+    let (a, _) = dig(&dns, &[&format!("{dashed}.default.pod.cluster.local")]);
+    assert_eq!(a, pod_ips[0]);
+    let (a, status) = dig(&dns, &["nope.default.svc.cluster.local"]);
+    assert_eq!((a.as_str(), status.as_str()), ("", "NXDOMAIN"));
+    let (a, status) = dig(&dns, &["AAAA", name]);
+    assert_eq!((a.as_str(), status.as_str()), ("", "NOERROR"));
+    let (a, _) = dig(&dns, &["HELLO.Default.SVC.cluster.local"]);
+    assert_eq!(a, vip, "names are case-insensitive");
+
+    // A new Service resolves as soon as the watch brings it.
+    let created = std::time::Instant::now();
+    let late = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "late"},
+        "spec": {"selector": {"app": "late"}, "ports": [{"port": 81}]}});
+    let late_ip = c.create(svc_rt, None, &late, &[]).await.unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the new service's name", Duration::from_secs(10), || {
+        let (dns, ip) = (dns.clone(), late_ip.clone());
+        async move { dig(&dns, &["late.default.svc.cluster.local"]).0 == ip }
+    })
+    .await;
+    println!(
+        "a new Service resolved {} ms after its create",
+        created.elapsed().as_millis()
+    );
+
+    // Bad input: garbage datagrams and a maximal name leave the server answering.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for junk in [
+        &b""[..],
+        &b"\x00"[..],
+        &[0xffu8; 12][..],
+        &[0x41u8; 600][..],
+    ] {
+        let _ = sock.send_to(junk, &dns);
+    }
+    let long = format!(
+        "{}.{}.{}.svc.cluster.local",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63)
+    );
+    let (_, status) = dig(&dns, &[&long]);
+    assert_eq!(status, "NXDOMAIN");
+    let (a, _) = dig(&dns, &["+tcp", name]);
+    assert_eq!(a, vip, "still answering (over TCP too)");
+}

@@ -30,6 +30,12 @@ pub struct Args {
     /// Most pods this node runs at once
     #[arg(long, default_value_t = wk_nodeagent::DEFAULT_MAX_PODS)]
     max_pods: u64,
+    /// Where the node's cluster DNS listens (UDP and TCP; port 0 picks one), or "none"
+    #[arg(long, default_value = "127.0.0.1:53")]
+    dns_listen: String,
+    /// The cluster domain the node's DNS serves
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -69,6 +75,14 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
     let mut cfg = AgentConfig::new(name.clone(), args.data_dir);
     cfg.labels = args.labels.into_iter().collect();
     cfg.max_pods = args.max_pods;
+    cfg.dns_listen =
+        match args.dns_listen.as_str() {
+            "none" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--dns-listen {a:?} is not an address like 127.0.0.1:53")
+            })?),
+        };
+    cfg.cluster_domain = args.cluster_domain;
     // The API server presents the node token when it proxies logs.
     cfg.log_token = args.token.clone();
     let agent = Agent::new(client, cfg).context("cannot start the agent")?;

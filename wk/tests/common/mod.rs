@@ -244,6 +244,12 @@ pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&s
             .arg(server.ca_path())
             .args(["--name", name, "--data-dir"])
             .arg(dir)
+            // Each test agent gets its own DNS port (published on its Node).
+            .args(if extra.contains(&"--dns-listen") {
+                &[][..]
+            } else {
+                &["--dns-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "warn")
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
