@@ -197,6 +197,27 @@ impl ClusterDns {
         None
     }
 
+    /// The address of a cluster name as a pod of namespace `ns` would resolve it through
+    /// the Kubernetes search path (`<ns>.svc.<domain>`, `svc.<domain>`, `<domain>`): the
+    /// Service's cluster IP, or for a headless Service its first ready endpoint.
+    pub fn resolve(&self, host: &str, ns: &str) -> Option<Ipv4Addr> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let zone = self.zone.read().expect("zone lock").clone();
+        let d = &self.domain;
+        let candidates = if host.ends_with(&format!(".{d}")) {
+            vec![format!("{host}.")]
+        } else {
+            vec![
+                format!("{host}.{ns}.svc.{d}."),
+                format!("{host}.svc.{d}."),
+                format!("{host}.{d}."),
+            ]
+        };
+        candidates
+            .iter()
+            .find_map(|c| zone.a.get(c).and_then(|ips| ips.first().copied()))
+    }
+
     fn in_domain(&self, name: &Name) -> bool {
         self.origin.zone_of(&name.to_lowercase())
     }
@@ -344,5 +365,22 @@ mod tests {
             vec![(80, "web.default.svc.cluster.local.".to_string())]
         );
         assert_eq!(z.srv["_pg._tcp.db.prod.svc.cluster.local."][0].0, 5432);
+        let dns = ClusterDns::new("cluster.local");
+        dns.set_zone(z);
+        let web = Some(Ipv4Addr::new(127, 240, 0, 5));
+        assert_eq!(dns.resolve("web", "default"), web);
+        assert_eq!(dns.resolve("web.default", "prod"), web);
+        assert_eq!(dns.resolve("web.default.svc.cluster.local", "x"), web);
+        assert_eq!(dns.resolve("WEB.default.svc.cluster.local.", "x"), web);
+        assert_eq!(
+            dns.resolve("web", "prod"),
+            None,
+            "another namespace's search path"
+        );
+        assert_eq!(
+            dns.resolve("db", "prod"),
+            Some(Ipv4Addr::new(127, 64, 0, 3))
+        );
+        assert_eq!(dns.resolve("example.com", "default"), None);
     }
 }

@@ -250,6 +250,11 @@ impl Agent {
             }
         };
         tracing::info!(%bound, domain = %self.cfg.cluster_domain, "cluster DNS listening");
+        let names = dns.clone();
+        self.runtime
+            .set_resolver(Arc::new(move |host: &str, ns: &str| {
+                names.resolve(host, ns).map(std::net::IpAddr::V4)
+            }));
         let patch = json!({"metadata": {"annotations": {DNS_ANNOTATION: bound.to_string()}}});
         if let Err(e) = self
             .client

@@ -43,14 +43,70 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-/// Outbound HTTP policy: without permission every scheme is refused.
+/// Resolves a cluster name (`hello`, `hello.default`, `hello.default.svc.cluster.local`)
+/// for a pod of namespace `ns`, as the pod's DNS search path would; `None` for names
+/// outside the cluster, which the host resolves.
+pub type NameResolver = Arc<dyn Fn(&str, &str) -> Option<std::net::IpAddr> + Send + Sync>;
+
+/// Outbound HTTP policy: without permission every scheme is refused. Plain-HTTP requests
+/// to cluster names go to the address the node's DNS gives them (the Host header keeps
+/// the name), so components reach Services by name with no configuration.
 pub struct Hooks {
     pub allow_outbound: bool,
+    pub resolver: Option<NameResolver>,
+    pub namespace: String,
+}
+
+impl Hooks {
+    /// The request's URI with a cluster host replaced by its address.
+    fn resolve_cluster_name(&self, uri: &http::Uri) -> Option<http::Uri> {
+        let resolver = self.resolver.as_ref()?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return None;
+        }
+        let authority = uri.authority()?;
+        let host = authority.host();
+        if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+            return None;
+        }
+        let ip = resolver(host, &self.namespace)?;
+        let port = authority.port_u16().unwrap_or(80);
+        let mut parts = uri.clone().into_parts();
+        parts.authority = format!("{ip}:{port}").parse().ok();
+        http::Uri::from_parts(parts).ok()
+    }
 }
 
 impl WasiHttpHooks for Hooks {
     fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
         self.allow_outbound && (*scheme == Scheme::HTTP || *scheme == Scheme::HTTPS)
+    }
+
+    fn send_request(
+        &mut self,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        _ = fut;
+        if let Some(uri) = self.resolve_cluster_name(request.uri()) {
+            *request.uri_mut() = uri;
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 
@@ -95,6 +151,7 @@ pub struct HostTemplate {
     pub log: ContainerLog,
     pub memory_bytes: usize,
     pub cpu: Arc<crate::cpu::CpuQuota>,
+    pub resolver: Option<NameResolver>,
 }
 
 impl HostTemplate {
@@ -102,6 +159,7 @@ impl HostTemplate {
         config: ContainerConfig,
         log: ContainerLog,
         cpu: Arc<crate::cpu::CpuQuota>,
+        resolver: Option<NameResolver>,
     ) -> HostTemplate {
         let program = config
             .command
@@ -123,6 +181,7 @@ impl HostTemplate {
             log,
             memory_bytes,
             cpu,
+            resolver,
         }
     }
 
@@ -159,6 +218,8 @@ impl HostTemplate {
             http: WasiHttpCtx::new(),
             hooks: Hooks {
                 allow_outbound: self.config.allow_outbound,
+                resolver: self.resolver.clone(),
+                namespace: self.config.pod.namespace.clone(),
             },
             limiter: Limiter {
                 memory_bytes: self.memory_bytes,

@@ -126,6 +126,8 @@ pub struct WasmRuntime {
     /// One load at a time per image reference: a burst of pods of a new image compiles
     /// it once, not once per pod.
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cluster names for outgoing wasi:http requests (set by the node agent).
+    resolver: std::sync::RwLock<Option<host::NameResolver>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     _ticker: EpochTicker,
 }
@@ -164,6 +166,12 @@ fn classify_binary(image: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
 }
 
 impl WasmRuntime {
+    /// Lets outgoing wasi:http requests of containers started from now on reach cluster
+    /// names (see `host::Hooks`).
+    pub fn set_resolver(&self, resolver: host::NameResolver) {
+        *self.resolver.write().expect("resolver lock") = Some(resolver);
+    }
+
     /// CPU usage and throttling of a container (like its cgroup's `cpu.stat`).
     pub fn cpu_stats(&self, id: &str) -> Result<cpu::CpuStats, RuntimeError> {
         Ok(self.container(id)?.cpu.stats())
@@ -189,6 +197,7 @@ impl WasmRuntime {
             epoch_tick: cfg.engine.epoch_tick,
             images: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
+            resolver: std::sync::RwLock::new(None),
             containers: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
@@ -310,6 +319,7 @@ impl WasmRuntime {
             config,
             ContainerLog::new(dir.join("bench.log"), 1 << 20),
             Arc::new(cpu::CpuQuota::new(None, self.epoch_tick)),
+            None,
         );
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -454,7 +464,8 @@ impl Runtime for WasmRuntime {
             config.limits.cpu_millis,
             self.epoch_tick,
         ));
-        let template = Arc::new(HostTemplate::new(config, log, cpu.clone()));
+        let resolver = self.resolver.read().expect("resolver lock").clone();
+        let template = Arc::new(HostTemplate::new(config, log, cpu.clone(), resolver));
         let started_at = now();
         let (state_tx, _) = watch::channel(ContainerState::Running { started_at });
         let container = Arc::new(Container {

@@ -367,6 +367,36 @@ async fn cluster_dns_names_services_pods_and_ports() {
         common::stderr(&out)
     );
 
+    // A Wasm pod reaches the Service by its short name and its full name with outgoing
+    // wasi:http: the runtime resolves cluster names through the node's DNS data.
+    let mut client = web("caller", 1, "caller");
+    client["spec"]["template"]["metadata"]["annotations"] =
+        json!({"wk.dev/allow-outbound": "true"});
+    c.create(lookup("deploy").unwrap(), None, &client, &[])
+        .await
+        .unwrap();
+    wait_for("the caller pod", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { ready_pods(&c, "caller").await.len() == 1 }
+    })
+    .await;
+    let caller_ip = list(&c, "pods", "app=caller").await[0]["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = fresh_client();
+    for target in ["http://hello/", "http://hello.default.svc.cluster.local/"] {
+        let body = http
+            .get(format!("http://{caller_ip}:8080/fetch?url={target}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.starts_with("hello from hello-"), "{target}: {body}");
+    }
+
     // Headless: the ready pods' addresses.
     let mut pod_ips: Vec<String> = list(&c, "pods", "app=hello")
         .await
