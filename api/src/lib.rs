@@ -10,6 +10,7 @@
 
 pub mod decode;
 pub mod meta;
+pub mod net;
 pub mod objects;
 pub mod quantity;
 pub mod resource;

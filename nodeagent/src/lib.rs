@@ -15,6 +15,7 @@
 //! the agent restarts they restart with it (same pod IP, `restartCount` + 1), and nothing
 //! is left running behind it.
 
+mod hostnet;
 mod logs;
 mod pod;
 mod probe;
@@ -52,8 +53,10 @@ pub struct AgentConfig {
     pub lease_interval: Duration,
     /// The node's address (where NodePorts and the node's own services listen).
     pub node_ip: Ipv4Addr,
-    /// The first two octets of pod addresses (`[127, 100]` → pods get `127.100.x.y`).
-    pub pod_prefix: [u8; 2],
+    /// Where pod addresses come from. The default, a /16 of 127.0.0.0/8 picked from the
+    /// node name, needs no setup on one host; any other range is routed between nodes
+    /// (`hostnet`).
+    pub pod_cidr: wk_api::net::Cidr,
     /// Port of the agent's HTTP endpoint (logs) on `node_ip`; 0 picks a free one.
     pub log_port: u16,
     /// The token the API server presents to the agent's endpoint (the node join token).
@@ -74,7 +77,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             lease_interval: Duration::from_secs(2),
             node_ip: Ipv4Addr::LOCALHOST,
-            pod_prefix: [127, pod_octet(&name)],
+            pod_cidr: wk_api::net::Cidr::new(Ipv4Addr::new(127, pod_octet(&name), 0, 0), 16),
             log_port: 0,
             log_token: None,
             max_pods: DEFAULT_MAX_PODS,
@@ -167,20 +170,92 @@ impl Agent {
         }))
     }
 
-    /// The next free pod address (one whose `port` can be bound, if a port is given).
+    /// The next free pod address (one whose `port` can be bound, if a port is given). Off
+    /// loopback, the address is added to the host's loopback interface first.
     pub(crate) fn allocate_ip(&self, port: Option<u16>) -> Ipv4Addr {
-        loop {
+        let range = self.cfg.pod_cidr;
+        // The first address is the node's own (the range's gateway, by convention).
+        let usable = range.size().saturating_sub(1).max(1);
+        for _ in 0..usable {
             let n = self
                 .next_ip
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                % 65_000
-                + 2;
-            let [a, b] = self.cfg.pod_prefix;
-            let ip = Ipv4Addr::new(a, b, ((n >> 8) & 0xff) as u8, (n & 0xff) as u8);
+                % usable
+                + 1;
+            let ip = range.nth(n.min(range.size() - 1));
+            if !range.is_loopback()
+                && let Err(e) = hostnet::add_addr(ip)
+            {
+                tracing::warn!(%ip, error = %e, "cannot add a pod address");
+                continue;
+            }
             match port {
                 Some(p) if std::net::TcpListener::bind((ip, p)).is_err() => continue,
                 _ => return ip,
             }
+        }
+        tracing::error!(range = %range, "no free pod address");
+        range.nth(0)
+    }
+
+    /// Gives back a pod's address (off loopback: removes it from the interface).
+    pub(crate) fn release_ip(&self, ip: Ipv4Addr) {
+        if !self.cfg.pod_cidr.is_loopback() && self.cfg.pod_cidr.contains(ip) {
+            hostnet::del_addr(ip);
+        }
+    }
+
+    /// Routes every other node's pod range via its InternalIP, when pod ranges are not
+    /// loopback; repeats every few seconds so nodes that join are routed too.
+    async fn route_pod_ranges(self: Arc<Self>) {
+        let nodes = lookup("nodes").expect("nodes registered");
+        let mut routed: std::collections::HashMap<String, Ipv4Addr> = Default::default();
+        loop {
+            if let Ok(list) = self
+                .client
+                .list(nodes, None, true, &ListParams::default())
+                .await
+            {
+                for n in list["items"].as_array().into_iter().flatten() {
+                    if n.pointer("/metadata/name").and_then(Value::as_str)
+                        == Some(self.cfg.name.as_str())
+                    {
+                        continue;
+                    }
+                    let range = n
+                        .pointer("/spec/podCIDR")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let Ok(range) = range.parse::<wk_api::net::Cidr>() else {
+                        continue;
+                    };
+                    let via = n
+                        .pointer("/status/addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["type"] == "InternalIP")
+                        .and_then(|a| a["address"].as_str())
+                        .and_then(|a| a.parse::<Ipv4Addr>().ok());
+                    let Some(via) = via else { continue };
+                    if range.is_loopback()
+                        || via == self.cfg.node_ip
+                        || routed.get(&range.to_string()) == Some(&via)
+                    {
+                        continue;
+                    }
+                    match hostnet::route(range, via) {
+                        Ok(()) => {
+                            tracing::info!(%range, %via, "routing another node's pods");
+                            routed.insert(range.to_string(), via);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%range, %via, error = %e, "cannot route another node's pods")
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
 
@@ -199,7 +274,7 @@ impl Agent {
         json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.cfg.name, "labels": labels, "annotations": {"wk.dev/runtimes": "wasm"}},
-            "spec": {},
+            "spec": {"podCIDR": self.cfg.pod_cidr.to_string(), "podCIDRs": [self.cfg.pod_cidr.to_string()]},
             "status": {
                 "capacity": resources, "allocatable": resources,
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": self.endpoint_port.load(std::sync::atomic::Ordering::Relaxed)}},
@@ -220,6 +295,17 @@ impl Agent {
         match self.client.create(rt, None, &node, &[]).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(409) => {
+                // The pod range may have changed with the agent's flags.
+                self.client
+                    .patch(
+                        rt,
+                        None,
+                        &self.cfg.name,
+                        "application/merge-patch+json",
+                        &json!({"spec": node["spec"]}),
+                        &[],
+                    )
+                    .await?;
                 let path = format!("{}/status", rt.object_path(None, &self.cfg.name));
                 let body =
                     serde_json::to_vec(&json!({"status": node["status"]})).unwrap_or_default();
@@ -327,6 +413,12 @@ impl Agent {
         });
         self.register().await?;
         self.renew_lease().await?;
+        let routes = if self.cfg.pod_cidr.is_loopback() {
+            None
+        } else {
+            hostnet::check().map_err(AgentError::Runtime)?;
+            Some(tokio::spawn(self.clone().route_pod_ranges()))
+        };
         let dns = match self.cfg.dns_listen {
             Some(addr) => self.start_dns(addr).await,
             None => None,
@@ -358,6 +450,9 @@ impl Agent {
         lease_task.abort();
         endpoint.abort();
         proxy.abort();
+        if let Some(r) = routes {
+            r.abort();
+        }
         Ok(())
     }
 

@@ -252,13 +252,14 @@ impl Agent {
             .parse::<Ipv4Addr>()
             .ok()
             .filter(|ip| {
-                let [a, b, ..] = ip.octets();
-                [a, b] == self.cfg.pod_prefix
+                self.cfg.pod_cidr.contains(*ip)
+                    && (self.cfg.pod_cidr.is_loopback() || crate::hostnet::add_addr(*ip).is_ok())
                     && first_port.is_none_or(|p| std::net::TcpListener::bind((*ip, p)).is_ok())
             });
         let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port));
         tokio::spawn(async move {
-            self.run_pod(pod, ip, stop).await;
+            self.clone().run_pod(pod, ip, stop).await;
+            self.release_ip(ip);
             let _ = done_tx.send(true);
         });
     }

@@ -20,63 +20,12 @@ const IP_PREFIX: &str = "/registry/wk/serviceips/";
 const PORT_PREFIX: &str = "/registry/wk/servicenodeports/";
 const NODE_PORTS: (u16, u16) = (30000, 32767);
 
-/// The service IP range: a network address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServiceCidr {
-    pub base: Ipv4Addr,
-    pub prefix: u8,
-}
+/// The service IP range.
+pub type ServiceCidr = wk_api::net::Cidr;
 
-impl Default for ServiceCidr {
-    fn default() -> Self {
-        ServiceCidr {
-            base: Ipv4Addr::new(127, 240, 0, 0),
-            prefix: 16,
-        }
-    }
-}
-
-impl std::str::FromStr for ServiceCidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (e.g. 127.240.0.0/16)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        let prefix: u8 = len.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        if !(8..=30).contains(&prefix) {
-            return Err(format!("{s:?}: the prefix length must be 8 to 30"));
-        }
-        let mask = u32::MAX << (32 - prefix);
-        Ok(ServiceCidr {
-            base: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix,
-        })
-    }
-}
-
-impl std::fmt::Display for ServiceCidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
-    }
-}
-
-impl ServiceCidr {
-    /// Usable addresses: the network and broadcast addresses are skipped.
-    fn size(&self) -> u32 {
-        (1u32 << (32 - self.prefix)) - 2
-    }
-
-    fn nth(&self, i: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.base) + 1 + i)
-    }
-
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.prefix);
-        u32::from(ip) & mask == u32::from(self.base)
-            && ip != self.base
-            && u32::from(ip) != u32::from(self.base) | !mask
-    }
+/// The default service range: local on one Linux host, outside the pods' 127.64–127.191.
+pub fn default_service_cidr() -> ServiceCidr {
+    ServiceCidr::new(Ipv4Addr::new(127, 240, 0, 0), 16)
 }
 
 fn invalid(rt: &ResourceType, name: &str, field: &str, value: &str, detail: &str) -> ApiError {
@@ -279,22 +228,4 @@ pub async fn allocate(
         let _ = state.store.write(ops).await;
     }
     result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        let c: ServiceCidr = "10.96.3.7/12".parse().unwrap();
-        assert_eq!(c.to_string(), "10.96.0.0/12");
-        assert_eq!(c.nth(0), Ipv4Addr::new(10, 96, 0, 1));
-        assert!(c.contains(Ipv4Addr::new(10, 100, 0, 1)));
-        assert!(!c.contains(Ipv4Addr::new(10, 96, 0, 0)), "network address");
-        assert!(!c.contains(Ipv4Addr::new(10, 111, 255, 255)), "broadcast");
-        assert!(!c.contains(Ipv4Addr::new(10, 112, 0, 1)));
-        assert!("10.0.0.0".parse::<ServiceCidr>().is_err());
-        assert_eq!(ServiceCidr::default().size(), 65534);
-    }
 }

@@ -36,6 +36,15 @@ pub struct Args {
     /// The cluster domain the node's DNS serves
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// This node's address (InternalIP): where other nodes route its pods and NodePorts
+    /// listen
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::Ipv4Addr,
+    /// Pod address range of this node [default: a /16 of 127.0.0.0/8 from the node name,
+    /// which needs no setup on one host]; with another range, pod addresses go on the
+    /// loopback interface and each node's range is routed via its node IP
+    #[arg(long)]
+    pod_cidr: Option<wk_api::net::Cidr>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -83,6 +92,10 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
             })?),
         };
     cfg.cluster_domain = args.cluster_domain;
+    cfg.node_ip = args.node_ip;
+    if let Some(range) = args.pod_cidr {
+        cfg.pod_cidr = range;
+    }
     // The API server presents the node token when it proxies logs.
     cfg.log_token = args.token.clone();
     let agent = Agent::new(client, cfg).context("cannot start the agent")?;

@@ -53,7 +53,7 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
         snapshot_every: 10_000,
         watch_history: 10_000,
         controllers: true,
-        service_cidr: Default::default(),
+        service_cidr: wk_controlplane::apiserver::ipalloc::default_service_cidr(),
     })
     .await
     .context("cannot start the control plane")?;

@@ -1,0 +1,411 @@
+//! Service networking benchmark: the agent's L4 balancer against HAProxy and a direct
+//! connection, and the agent's cluster DNS against dnsmasq, on the same backends, records
+//! and load tools, in one run.
+//!
+//! `cargo bench -p wk --bench network` (needs `wrk`, `haproxy`, `dnsmasq`, `dnsperf`:
+//! `apt-get install wrk haproxy dnsmasq-base dnsperf`). `WK_BENCH_SECONDS` (default 8) per
+//! point.
+//!
+//! - Backends: three minimal HTTP/1.1 servers (keep-alive, a fixed 200 "ok") in this
+//!   process, on 127.0.1.{1,2,3}. wk reaches them through a selector-less Service with
+//!   hand-written Endpoints; HAProxy 2.6 (`mode tcp`, `balance leastconn`, its default
+//!   thread count) through the same three.
+//! - Load: `wrk -t2 --latency`, with keep-alive (64 connections) and with a new
+//!   connection per request (`Connection: close`, 16 connections).
+//! - DNS: 100 Services; dnsmasq serves the same 100 names as `--host-record`s. `dnsperf`
+//!   (16 clients, 2 threads) measures queries/s; a UDP prober here (8 askers in turn)
+//!   measures p50/p99.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{Proc, WK, free_port, percentile, start_server};
+
+fn seconds() -> u64 {
+    std::env::var("WK_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
+}
+
+/// A minimal keep-alive HTTP/1.1 server: answers every request with "ok".
+async fn backend(addr: SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; 8192];
+            let mut have = 0;
+            loop {
+                let Ok(n) = s.read(&mut buf[have..]).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                have += n;
+                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let req = &buf[..end];
+                    let close = req
+                        .windows(17)
+                        .any(|w| w.eq_ignore_ascii_case(b"connection: close"));
+                    let resp: &[u8] = if close {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                    };
+                    if s.write_all(resp).await.is_err() || close {
+                        return;
+                    }
+                    buf.copy_within(end + 4..have, 0);
+                    have -= end + 4;
+                }
+                if have == buf.len() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Requests/s and p99 (ms) from one wrk run.
+fn wrk(url: &str, conns: u32, close: bool) -> (f64, f64) {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{conns}"),
+        &format!("-d{}s", seconds()),
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(url).output().expect("wrk is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_wrk_time(v.trim()))
+        .unwrap_or(f64::NAN);
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"));
+    if let Some(e) = errors {
+        eprintln!("wrk {url}: {e}");
+    }
+    (rps, p99)
+}
+
+fn parse_wrk_time(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// A DNS query for `name` type A, with id `id`.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// p50/p99 (ms) of A queries to `server`, 8 askers each asking in turn for `secs`.
+async fn dns_latency(server: SocketAddr, names: &[String], secs: u64) -> (f64, f64, usize) {
+    let mut tasks = Vec::new();
+    for t in 0..8u16 {
+        let names = names.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            sock.connect(server).await.unwrap();
+            let mut lat = Vec::new();
+            let mut failed = 0;
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut buf = [0u8; 512];
+            let mut i = 0usize;
+            while Instant::now() < end {
+                let id = (t << 12) | (i as u16 & 0x0fff);
+                let q = query(id, &names[i % names.len()]);
+                let start = Instant::now();
+                sock.send(&q).await.unwrap();
+                match tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await {
+                    Ok(Ok(n)) if n > 12 && buf[..2] == id.to_be_bytes() && buf[7] > 0 => {
+                        lat.push(start.elapsed())
+                    }
+                    _ => failed += 1,
+                }
+                i += 1;
+            }
+            (lat, failed)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        all.extend(l);
+        failed += f;
+    }
+    all.sort();
+    (
+        percentile(&all, 0.5).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        failed,
+    )
+}
+
+/// Queries/s and average latency (ms) from dnsperf.
+fn dnsperf(server: SocketAddr, datafile: &std::path::Path) -> (f64, f64) {
+    let out = Command::new("dnsperf")
+        .args([
+            "-s",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+            "-d",
+        ])
+        .arg(datafile)
+        .args([
+            "-l",
+            &seconds().to_string(),
+            "-c",
+            "16",
+            "-T",
+            "2",
+            "-q",
+            "200",
+        ])
+        .output()
+        .expect("dnsperf is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let lost = text.lines().find(|l| l.contains("Queries lost"));
+    if let Some(l) = lost {
+        eprintln!("dnsperf {server}: {}", l.trim());
+    }
+    (
+        field("Queries per second:"),
+        field("Average Latency (s):") * 1e3,
+    )
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    let _server = start_server(&dir.path().join("server"), &kubeconfig, &[]);
+    let dns_port = free_port();
+    let _agent = Proc(
+        Command::new(WK)
+            .args(["agent", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args([
+                "--name",
+                "bench",
+                "--dns-listen",
+                &format!("127.0.0.1:{dns_port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("agent"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Backends on their own runtime thread.
+    let port = free_port();
+    let backends: Vec<SocketAddr> = (1..=3)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(127, 0, 1, i), port)))
+        .collect();
+    {
+        let backends = backends.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                for b in backends {
+                    tokio::spawn(backend(b));
+                }
+                std::future::pending::<()>().await
+            });
+        });
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (vip, names) = rt.block_on(async {
+        let c = wk_client::Client::from_path(&kubeconfig).unwrap();
+        let svc_rt = wk_api::resource::lookup("svc").unwrap();
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bench"},
+            "spec": {"ports": [{"name": "http", "port": 80}]}});
+        let vip = c.create(svc_rt, None, &svc, &[]).await.unwrap()["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "bench"},
+            "subsets": [{"addresses": backends.iter().map(|b| json!({"ip": b.ip().to_string()})).collect::<Vec<_>>(),
+                         "ports": [{"name": "http", "port": port}]}]});
+        c.create(wk_api::resource::lookup("endpoints").unwrap(), None, &ep, &[]).await.unwrap();
+        let mut names = Vec::new();
+        for i in 0..100 {
+            let s = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("svc-{i}")},
+                "spec": {"ports": [{"name": "http", "port": 80}]}});
+            let ip = c.create(svc_rt, None, &s, &[]).await.unwrap()["spec"]["clusterIP"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            names.push((format!("svc-{i}.default.svc.cluster.local"), ip));
+        }
+        // Wait for the balancer and the DNS to have it all.
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        while !http.get(format!("http://{vip}/")).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(start.elapsed() < Duration::from_secs(30), "the VIP never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let last = vec![names[99].0.clone()];
+        while dns_latency(SocketAddr::from(([127, 0, 0, 1], dns_port)), &last, 0).await.2 > 0
+            || start.elapsed() < Duration::from_secs(1)
+        {
+            assert!(start.elapsed() < Duration::from_secs(30), "the DNS never answered");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        (vip, names)
+    });
+
+    // HAProxy in front of the same backends.
+    let hap_port = free_port();
+    let cfg = dir.path().join("haproxy.cfg");
+    let mut f = std::fs::File::create(&cfg).unwrap();
+    writeln!(f, "global\n  maxconn 10000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend fe\n  bind 127.0.0.1:{hap_port}\n  default_backend be\nbackend be\n  balance leastconn").unwrap();
+    for (i, b) in backends.iter().enumerate() {
+        writeln!(f, "  server s{i} {b}").unwrap();
+    }
+    drop(f);
+    let _haproxy = Proc(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy is installed"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    println!(
+        "| load | direct req/s | direct p99 | wk req/s | wk p99 | HAProxy req/s | HAProxy p99 | wk/HAProxy | wk/direct |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, conns, close) in [
+        ("keep-alive, 64 connections", 64, false),
+        ("new connection per request, 16 connections", 16, true),
+    ] {
+        let direct = wrk(&format!("http://{}/", backends[0]), conns, close);
+        let wk = wrk(&format!("http://{vip}/"), conns, close);
+        let hap = wrk(&format!("http://127.0.0.1:{hap_port}/"), conns, close);
+        println!(
+            "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.2}× | {:.2}× |",
+            direct.0,
+            direct.1,
+            wk.0,
+            wk.1,
+            hap.0,
+            hap.1,
+            wk.0 / hap.0,
+            wk.0 / direct.0
+        );
+    }
+
+    // DNS: dnsmasq with the same names.
+    let dm_port = free_port();
+    let mut args = vec![
+        "--no-daemon".to_string(),
+        "--keep-in-foreground".to_string(),
+        format!("--port={dm_port}"),
+        "--listen-address=127.0.0.1".into(),
+        "--bind-interfaces".into(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--user=root".into(),
+        format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()),
+    ];
+    for (name, ip) in &names {
+        args.push(format!("--host-record={name},{ip}"));
+    }
+    let _dnsmasq = Proc(
+        Command::new("dnsmasq")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq is installed"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let datafile = dir.path().join("queries.txt");
+    std::fs::write(
+        &datafile,
+        names
+            .iter()
+            .map(|(n, _)| format!("{n} A\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let only: Vec<String> = names.iter().map(|(n, _)| n.clone()).collect();
+    let wk_dns = SocketAddr::from(([127, 0, 0, 1], dns_port));
+    let dm_dns = SocketAddr::from(([127, 0, 0, 1], dm_port));
+    let (wk_qps, wk_avg) = dnsperf(wk_dns, &datafile);
+    let (dm_qps, dm_avg) = dnsperf(dm_dns, &datafile);
+    let (wk_lat, dm_lat) = rt.block_on(async {
+        (
+            dns_latency(wk_dns, &only, 3).await,
+            dns_latency(dm_dns, &only, 3).await,
+        )
+    });
+    println!();
+    println!(
+        "| DNS (100 service names, A) | queries/s (dnsperf) | avg (dnsperf) | p50 | p99 | unanswered |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| wk agent | {wk_qps:.0} | {wk_avg:.2} ms | {:.3} ms | {:.3} ms | {} |",
+        wk_lat.0, wk_lat.1, wk_lat.2
+    );
+    println!(
+        "| dnsmasq 2.90 | {dm_qps:.0} | {dm_avg:.2} ms | {:.3} ms | {:.3} ms | {} |",
+        dm_lat.0, dm_lat.1, dm_lat.2
+    );
+    println!("| wk/dnsmasq | {:.2}× | | | | |", wk_qps / dm_qps);
+}
