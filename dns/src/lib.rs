@@ -12,6 +12,10 @@
 //!
 //! Every other name is forwarded to the host's resolvers (`/etc/resolv.conf`) through
 //! hickory-resolver, whose cache answers repeats.
+//!
+//! UDP is served by a loop of our own: a plain A query for a cluster name is answered from
+//! the wire bytes (the zone keeps its addresses by wire-form name), everything else goes
+//! through hickory-proto messages in bounded tasks. TCP is hickory-server's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,7 +23,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{MessageType, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::resolver::TokioResolver;
@@ -38,7 +42,21 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
 #[derive(Debug, Default, Clone)]
 pub struct Zone {
     a: HashMap<String, Vec<Ipv4Addr>>,
+    /// The same addresses keyed by the name in wire form (lower-case labels), for the
+    /// UDP fast path.
+    wire_a: HashMap<Vec<u8>, Vec<Ipv4Addr>>,
     srv: HashMap<String, Vec<(u16, String)>>,
+}
+
+/// `a.b.` → `\x01a\x01b\x00`.
+fn wire_name(dotted: &str) -> Vec<u8> {
+    let mut w = Vec::with_capacity(dotted.len() + 1);
+    for label in dotted.trim_end_matches('.').split('.') {
+        w.push(label.len() as u8);
+        w.extend_from_slice(label.as_bytes());
+    }
+    w.push(0);
+    w
 }
 
 impl Zone {
@@ -76,6 +94,7 @@ impl Zone {
                 }
                 ip => ip.parse().map(|ip| vec![ip]).unwrap_or_default(),
             };
+            z.wire_a.insert(wire_name(&fqdn), ips.clone());
             z.a.insert(fqdn.clone(), ips);
             for port in svc
                 .pointer("/spec/ports")
@@ -223,6 +242,159 @@ impl ClusterDns {
     }
 }
 
+/// What to answer for one question.
+struct Outcome {
+    answers: Vec<Record>,
+    soa: Vec<Record>,
+    code: ResponseCode,
+    authoritative: bool,
+}
+
+impl ClusterDns {
+    /// The answer to `name`/`rtype`: from the cluster zone, or from the upstream resolvers.
+    async fn lookup(&self, name: &Name, rtype: RecordType) -> Outcome {
+        let mut out = Outcome {
+            answers: Vec::new(),
+            soa: Vec::new(),
+            code: ResponseCode::NoError,
+            authoritative: false,
+        };
+        if self.in_domain(name) {
+            out.authoritative = true;
+            match self.cluster_answer(name, rtype) {
+                Some(records) => {
+                    if records.is_empty() {
+                        out.soa.push(self.soa());
+                    }
+                    out.answers = records;
+                }
+                None => {
+                    out.code = ResponseCode::NXDomain;
+                    out.soa.push(self.soa());
+                }
+            }
+            return out;
+        }
+        match &self.upstream {
+            Some(resolver) => match resolver.lookup(name.clone(), rtype).await {
+                Ok(lookup) => out.answers = lookup.answers().to_vec(),
+                Err(e) if e.is_nx_domain() => out.code = ResponseCode::NXDomain,
+                Err(e) if e.is_no_records_found() => {}
+                Err(e) => {
+                    tracing::debug!(name = %name, error = %e, "upstream lookup failed");
+                    out.code = ResponseCode::ServFail;
+                }
+            },
+            None => out.code = ResponseCode::ServFail,
+        }
+        out
+    }
+
+    /// A UDP query answered from its wire bytes: cluster A records straight from the
+    /// zone's address table (no message objects), when the query is a plain one-question
+    /// A/IN query without EDNS; `None` sends it down the general path.
+    fn fast_answer(&self, q: &[u8], out: &mut Vec<u8>) -> bool {
+        if q.len() < 17 || q[2] & 0xf8 != 0 || q[4..12] != [0, 1, 0, 0, 0, 0, 0, 0] {
+            return false;
+        }
+        // The question name, lower-cased, in wire form.
+        let mut name = [0u8; 256];
+        let (mut i, mut len) = (12, 0);
+        loop {
+            let Some(&l) = q.get(i) else { return false };
+            if l & 0xc0 != 0 || len + l as usize + 1 > name.len() {
+                return false;
+            }
+            name[len] = l;
+            len += 1;
+            i += 1;
+            if l == 0 {
+                break;
+            }
+            let Some(label) = q.get(i..i + l as usize) else {
+                return false;
+            };
+            for (k, c) in label.iter().enumerate() {
+                name[len + k] = c.to_ascii_lowercase();
+            }
+            len += l as usize;
+            i += l as usize;
+        }
+        if q.len() != i + 4 || q[i..i + 4] != [0, 1, 0, 1] {
+            return false;
+        }
+        let zone = self.zone.read().expect("zone lock").clone();
+        let Some(ips) = zone.wire_a.get(&name[..len]).filter(|ips| !ips.is_empty()) else {
+            return false;
+        };
+        out.clear();
+        out.extend_from_slice(&q[..2]);
+        // QR, AA, RD as asked; RA; NOERROR; one question, the answers.
+        out.extend_from_slice(&[0x84 | (q[2] & 0x01), 0x80, 0, 1]);
+        out.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out.extend_from_slice(&q[12..]);
+        for ip in ips {
+            out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+            out.extend_from_slice(&TTL.to_be_bytes());
+            out.extend_from_slice(&[0, 4]);
+            out.extend_from_slice(&ip.octets());
+        }
+        true
+    }
+
+    /// Any UDP query, through hickory-proto messages; `None` for what cannot be read.
+    async fn respond(&self, q: &[u8]) -> Option<Vec<u8>> {
+        let req = match Message::from_vec(q) {
+            Ok(m) => m,
+            Err(_) if q.len() >= 12 => {
+                // Unreadable: FORMERR with the id, as servers do.
+                let id = u16::from_be_bytes([q[0], q[1]]);
+                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+                    .to_vec()
+                    .ok();
+            }
+            Err(_) => return None,
+        };
+        if req.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+        resp.metadata.recursion_desired = req.metadata.recursion_desired;
+        resp.metadata.recursion_available = true;
+        if req.edns.is_some() {
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            resp.set_edns(edns);
+        }
+        if req.metadata.op_code != OpCode::Query || req.queries.len() != 1 {
+            resp.metadata.response_code = ResponseCode::NotImp;
+            return resp.to_vec().ok();
+        }
+        let query = req.queries[0].clone();
+        let outcome = self.lookup(query.name(), query.query_type()).await;
+        resp.add_query(query);
+        resp.metadata.authoritative = outcome.authoritative;
+        resp.metadata.response_code = outcome.code;
+        resp.add_answers(outcome.answers);
+        for r in outcome.soa {
+            resp.add_authority(r);
+        }
+        let bytes = resp.to_vec().ok()?;
+        let limit = if req.edns.is_some() { 1232 } else { 512 };
+        if bytes.len() > limit {
+            // Too big for UDP: the client retries over TCP.
+            let mut short = Message::response(req.metadata.id, req.metadata.op_code);
+            short.metadata.truncation = true;
+            short.metadata.recursion_desired = req.metadata.recursion_desired;
+            short.metadata.recursion_available = true;
+            short.add_query(req.queries[0].clone());
+            return short.to_vec().ok();
+        }
+        Some(bytes)
+    }
+}
+
 #[async_trait::async_trait]
 impl RequestHandler for ClusterDns {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -243,39 +415,10 @@ impl RequestHandler for ClusterDns {
                 .unwrap_or_else(|_| failed(request));
         }
         let query = queries[0].original().clone();
-        let name = query.name().clone();
-        let rtype = query.query_type();
-        let mut answers = Vec::new();
-        let mut soa = Vec::new();
-        if self.in_domain(&name) {
-            meta.authoritative = true;
-            match self.cluster_answer(&name, rtype) {
-                Some(records) => {
-                    if records.is_empty() {
-                        soa.push(self.soa());
-                    }
-                    answers = records;
-                }
-                None => {
-                    meta.response_code = ResponseCode::NXDomain;
-                    soa.push(self.soa());
-                }
-            }
-        } else {
-            match &self.upstream {
-                Some(resolver) => match resolver.lookup(name.clone(), rtype).await {
-                    Ok(lookup) => answers = lookup.answers().to_vec(),
-                    Err(e) if e.is_nx_domain() => meta.response_code = ResponseCode::NXDomain,
-                    Err(e) if e.is_no_records_found() => {}
-                    Err(e) => {
-                        tracing::debug!(name = %name, error = %e, "upstream lookup failed");
-                        meta.response_code = ResponseCode::ServFail;
-                    }
-                },
-                None => meta.response_code = ResponseCode::ServFail,
-            }
-        }
-        let response = builder.build(meta, answers.iter(), [], soa.iter(), []);
+        let outcome = self.lookup(query.name(), query.query_type()).await;
+        meta.authoritative = outcome.authoritative;
+        meta.response_code = outcome.code;
+        let response = builder.build(meta, outcome.answers.iter(), [], outcome.soa.iter(), []);
         response_handle
             .send_response(response)
             .await
@@ -297,21 +440,51 @@ fn failed(request: &Request) -> ResponseInfo {
     .into()
 }
 
-/// Serves `dns` on UDP and TCP at `addr` (port 0 picks one) until the process ends;
-/// returns the address bound.
+/// Most UDP queries handled at once off the fast path (forwarded ones wait on upstream
+/// servers); beyond that new ones are dropped, and clients retry.
+const MAX_SLOW_QUERIES: usize = 1024;
+
+/// Serves `dns` at `addr` (port 0 picks one) until the process ends, and returns the
+/// address bound: UDP through `serve_udp`, TCP through hickory-server.
 pub async fn serve(dns: Arc<ClusterDns>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let udp = tokio::net::UdpSocket::bind(addr).await?;
     let bound = udp.local_addr()?;
     let tcp = tokio::net::TcpListener::bind(bound).await?;
-    let mut server = hickory_server::Server::new(ArcHandler(dns));
-    server.register_socket(udp);
+    let mut server = hickory_server::Server::new(ArcHandler(dns.clone()));
     server.register_listener(tcp, Duration::from_secs(5), 64);
     tokio::spawn(async move {
         if let Err(e) = server.block_until_done().await {
             tracing::warn!(error = %e, "DNS server stopped");
         }
     });
+    tokio::spawn(serve_udp(dns, Arc::new(udp)));
     Ok(bound)
+}
+
+/// The UDP loop: cluster A queries answered in place, the rest in bounded tasks.
+async fn serve_udp(dns: Arc<ClusterDns>, sock: Arc<tokio::net::UdpSocket>) {
+    let slow = Arc::new(tokio::sync::Semaphore::new(MAX_SLOW_QUERIES));
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(512);
+    loop {
+        let Ok((n, src)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
+        if dns.fast_answer(&buf[..n], &mut out) {
+            let _ = sock.send_to(&out, src).await;
+            continue;
+        }
+        let Ok(permit) = slow.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (dns, sock, q) = (dns.clone(), sock.clone(), buf[..n].to_vec());
+        tokio::spawn(async move {
+            if let Some(resp) = dns.respond(&q).await {
+                let _ = sock.send_to(&resp, src).await;
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// `RequestHandler` for a shared `ClusterDns`.
@@ -382,5 +555,66 @@ mod tests {
             Some(Ipv4Addr::new(127, 64, 0, 3))
         );
         assert_eq!(dns.resolve("example.com", "default"), None);
+    }
+
+    fn query_bytes(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+        let mut q = id.to_be_bytes().to_vec();
+        q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+        q.extend_from_slice(&wire_name(name));
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        q
+    }
+
+    #[tokio::test]
+    async fn udp_fast_and_general_paths_agree() {
+        let services = BTreeMap::from([(
+            "default/web".to_string(),
+            json!({"spec": {"clusterIP": "127.240.0.5", "ports": [{"name": "http", "port": 80}]}}),
+        )]);
+        let dns = ClusterDns::new("cluster.local");
+        dns.set_zone(Zone::build("cluster.local", &services, &BTreeMap::new()));
+        // Mixed case, as resolvers using 0x20 randomisation send it.
+        let q = query_bytes(0x1234, "Web.DEFAULT.svc.cluster.local.", 1);
+        let mut out = Vec::new();
+        assert!(dns.fast_answer(&q, &mut out));
+        let fast = Message::from_vec(&out).unwrap();
+        let general = Message::from_vec(&dns.respond(&q).await.unwrap()).unwrap();
+        for m in [&fast, &general] {
+            assert_eq!(m.metadata.id, 0x1234);
+            assert!(m.metadata.authoritative);
+            assert_eq!(
+                m.queries[0].name().to_ascii(),
+                "Web.DEFAULT.svc.cluster.local."
+            );
+            assert_eq!(m.answers.len(), 1);
+            assert_eq!(
+                m.answers[0].data,
+                RData::A(A(Ipv4Addr::new(127, 240, 0, 5)))
+            );
+        }
+        // Other types, unknown names and junk take the general path.
+        assert!(!dns.fast_answer(
+            &query_bytes(1, "web.default.svc.cluster.local.", 28),
+            &mut out
+        ));
+        let nx = query_bytes(2, "nope.default.svc.cluster.local.", 1);
+        assert!(!dns.fast_answer(&nx, &mut out));
+        let nx = Message::from_vec(&dns.respond(&nx).await.unwrap()).unwrap();
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert!(!dns.fast_answer(&[0xff; 40], &mut out));
+        let formerr = Message::from_vec(
+            &dns.respond(&[
+                0xab, 0xcd, 0xff, 0xff, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1,
+            ])
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (formerr.metadata.id, formerr.metadata.response_code),
+            (0xabcd, ResponseCode::FormErr)
+        );
+        assert!(dns.respond(&[1, 2, 3]).await.is_none());
     }
 }

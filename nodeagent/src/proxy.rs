@@ -118,22 +118,19 @@ impl Table {
         );
     }
 
-    /// Picks an endpoint for a new connection from `client`, not one of `tried`.
+    /// Picks an endpoint for a new connection from `client`, not one of `tried`, without
+    /// allocating: the less busy of the next two usable endpoints in turn.
     pub fn pick(&self, client: IpAddr, tried: &[SocketAddr]) -> Option<Arc<Backend>> {
-        let all = self.backends.read().expect("table lock").clone();
+        let all = self.backends.read().expect("table lock");
+        let n = all.len();
         let now = self.now_ms();
-        let usable: Vec<&Arc<Backend>> = all
-            .iter()
-            .filter(|b| !tried.contains(&b.addr))
-            .filter(|b| b.down_until.load(Ordering::Relaxed) <= now)
-            .collect();
-        // When every endpoint looks down, try them anyway rather than fail.
-        let usable = if usable.is_empty() {
-            all.iter().filter(|b| !tried.contains(&b.addr)).collect()
-        } else {
-            usable
+        let usable = |b: &Backend, healthy_only: bool| {
+            !tried.contains(&b.addr)
+                && (!healthy_only || b.down_until.load(Ordering::Relaxed) <= now)
         };
-        if usable.is_empty() {
+        // When every endpoint looks down, try them anyway rather than fail.
+        let healthy_only = all.iter().any(|b| usable(b, true));
+        if !healthy_only && !all.iter().any(|b| usable(b, false)) {
             return None;
         }
         let affinity = *self.affinity.read().expect("table lock");
@@ -141,27 +138,35 @@ impl Table {
             let mut sticky = self.sticky.lock().expect("sticky lock");
             if let Some((addr, at)) = sticky.get(&client).copied()
                 && at.elapsed() < timeout
-                && let Some(b) = usable.iter().find(|b| b.addr == addr)
+                && let Some(b) = all
+                    .iter()
+                    .find(|b| b.addr == addr && usable(b, healthy_only))
             {
                 sticky.insert(client, (addr, Instant::now()));
-                return Some((*b).clone());
+                return Some(b.clone());
             }
-            let b = self.two_choices(&usable);
-            sticky.insert(client, (b.addr, Instant::now()));
-            return Some(b);
         }
-        Some(self.two_choices(&usable))
-    }
-
-    fn two_choices(&self, usable: &[&Arc<Backend>]) -> Arc<Backend> {
         let t = self.turn.fetch_add(1, Ordering::Relaxed);
-        let a = usable[t % usable.len()];
-        let b = usable[(t + 1) % usable.len()];
-        if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
+        let first = (0..n)
+            .map(|k| (t + k) % n)
+            .find(|&i| usable(&all[i], healthy_only))?;
+        let second = (1..n)
+            .map(|k| (first + k) % n)
+            .find(|&i| usable(&all[i], healthy_only))
+            .unwrap_or(first);
+        let (a, b) = (&all[first], &all[second]);
+        let chosen = if b.active.load(Ordering::Relaxed) < a.active.load(Ordering::Relaxed) {
             b.clone()
         } else {
             a.clone()
+        };
+        if affinity.is_some() {
+            self.sticky
+                .lock()
+                .expect("sticky lock")
+                .insert(client, (chosen.addr, Instant::now()));
         }
+        Some(chosen)
     }
 }
 
@@ -226,9 +231,9 @@ pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>) {
 
 async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
     let _ = inbound.set_nodelay(true);
-    let mut tried = Vec::new();
-    for _ in 0..ATTEMPTS {
-        let Some(backend) = table.pick(peer.ip(), &tried) else {
+    let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
+    for attempt in 0..ATTEMPTS {
+        let Some(backend) = table.pick(peer.ip(), &tried[..attempt]) else {
             return;
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
@@ -241,7 +246,7 @@ async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
             _ => {
                 tracing::debug!(endpoint = %backend.addr, "endpoint refused a connection; skipping it");
                 table.mark_down(&backend);
-                tried.push(backend.addr);
+                tried[attempt] = backend.addr;
             }
         }
     }

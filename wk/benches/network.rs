@@ -309,7 +309,7 @@ fn main() {
     let hap_port = free_port();
     let cfg = dir.path().join("haproxy.cfg");
     let mut f = std::fs::File::create(&cfg).unwrap();
-    writeln!(f, "global\n  maxconn 10000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend fe\n  bind 127.0.0.1:{hap_port}\n  default_backend be\nbackend be\n  balance leastconn").unwrap();
+    writeln!(f, "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend fe\n  bind 127.0.0.1:{hap_port}\n  default_backend be\nbackend be\n  balance leastconn").unwrap();
     for (i, b) in backends.iter().enumerate() {
         writeln!(f, "  server s{i} {b}").unwrap();
     }

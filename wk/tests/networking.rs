@@ -426,6 +426,8 @@ async fn cluster_dns_names_services_pods_and_ports() {
     assert_eq!((a.as_str(), status.as_str()), ("", "NOERROR"));
     let (a, _) = dig(&dns, &["HELLO.Default.SVC.cluster.local"]);
     assert_eq!(a, vip, "names are case-insensitive");
+    let (a, _) = dig(&dns, &["+noedns", name]);
+    assert_eq!(a, vip, "a plain query (the UDP fast path)");
 
     // A new Service resolves as soon as the watch brings it.
     let created = std::time::Instant::now();
