@@ -447,9 +447,17 @@ const MAX_SLOW_QUERIES: usize = 1024;
 /// Serves `dns` at `addr` (port 0 picks one) until the process ends, and returns the
 /// address bound: UDP through `serve_udp`, TCP through hickory-server.
 pub async fn serve(dns: Arc<ClusterDns>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let udp = tokio::net::UdpSocket::bind(addr).await?;
-    let bound = udp.local_addr()?;
-    let tcp = tokio::net::TcpListener::bind(bound).await?;
+    // Port 0: the UDP port picked must be free for TCP too; try a few.
+    let mut tries = if addr.port() == 0 { 16 } else { 1 };
+    let (udp, tcp, bound) = loop {
+        let udp = tokio::net::UdpSocket::bind(addr).await?;
+        let bound = udp.local_addr()?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => break (udp, tcp, bound),
+            Err(e) if tries > 1 && e.kind() == std::io::ErrorKind::AddrInUse => tries -= 1,
+            Err(e) => return Err(e),
+        }
+    };
     let mut server = hickory_server::Server::new(ArcHandler(dns.clone()));
     server.register_listener(tcp, Duration::from_secs(5), 64);
     tokio::spawn(async move {

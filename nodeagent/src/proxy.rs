@@ -239,8 +239,17 @@ async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(mut outbound)) => {
                 let _ = outbound.set_nodelay(true);
+                let addr = backend.addr;
                 let _active = Active::new(backend);
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                    Ok((sent, 0)) if sent > 0 => {
+                        tracing::debug!(endpoint = %addr, sent, "endpoint closed without answering");
+                    }
+                    Err(e) => {
+                        tracing::debug!(endpoint = %addr, error = %e, "forwarding ended with an error")
+                    }
+                    _ => {}
+                }
                 return;
             }
             _ => {
@@ -399,7 +408,36 @@ pub fn routes(
 
 struct Listener {
     table: Arc<Table>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Event-loop threads for TCP forwarding, one per core, like HAProxy's threads: each has
+/// its own `SO_REUSEPORT` listener per VIP, so a connection stays on the thread that
+/// accepted it (no work stealing, no cross-thread wakeups).
+fn worker_threads() -> Vec<tokio::runtime::Handle> {
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    (0..n)
+        .filter_map(|i| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("wk-proxy-{i}"))
+                .spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    let _ = tx.send(rt.handle().clone());
+                    rt.block_on(std::future::pending::<()>());
+                })
+                .ok()?;
+            rx.recv().ok()
+        })
+        .collect()
 }
 
 /// The balancer: follows Services and Endpoints and keeps one listener per route.
@@ -410,6 +448,7 @@ pub struct Proxy {
     endpoints: Mutex<BTreeMap<String, Value>>,
     changed: Notify,
     listeners: Mutex<HashMap<(SocketAddr, Proto), Listener>>,
+    workers: Vec<tokio::runtime::Handle>,
     /// The node's DNS server, fed from the same Services and Endpoints.
     dns: Option<Arc<wk_dns::ClusterDns>>,
 }
@@ -427,6 +466,7 @@ impl Proxy {
             endpoints: Mutex::default(),
             changed: Notify::new(),
             listeners: Mutex::default(),
+            workers: worker_threads(),
             dns,
         })
     }
@@ -518,7 +558,9 @@ impl Proxy {
             let keep = wanted.contains(k);
             if !keep {
                 // Established connections keep running; only new ones stop.
-                l.task.abort();
+                for t in &l.tasks {
+                    t.abort();
+                }
                 tracing::info!(listen = %k.0, "service listener removed");
             }
             keep
@@ -526,29 +568,38 @@ impl Proxy {
         for r in routes {
             let key = (r.listen, r.proto);
             if let Some(l) = listeners.get(&key) {
+                if l.table.addrs() != r.endpoints {
+                    tracing::debug!(listen = %r.listen, endpoints = ?r.endpoints, "service endpoints changed");
+                }
                 l.table.update(&r.endpoints, r.affinity);
                 continue;
             }
             let table = Table::new();
             table.update(&r.endpoints, r.affinity);
-            let task = match r.proto {
-                Proto::Tcp => match reuse_port_tcp(r.listen) {
-                    Ok(l) => tokio::spawn(serve_tcp(l, table.clone())),
-                    Err(e) => {
-                        tracing::warn!(listen = %r.listen, error = %e, "cannot listen for a service");
-                        continue;
-                    }
-                },
-                Proto::Udp => match reuse_port_udp(r.listen) {
-                    Ok(u) => tokio::spawn(serve_udp(u, table.clone())),
-                    Err(e) => {
-                        tracing::warn!(listen = %r.listen, error = %e, "cannot listen for a service");
-                        continue;
-                    }
-                },
+            let mut tasks = Vec::new();
+            let bound: std::io::Result<()> = match r.proto {
+                Proto::Tcp if self.workers.is_empty() => reuse_port_tcp(r.listen).map(|l| {
+                    tasks.push(tokio::spawn(serve_tcp(l, table.clone())));
+                }),
+                Proto::Tcp => self.workers.iter().try_for_each(|w| {
+                    let _entered = w.enter();
+                    let l = reuse_port_tcp(r.listen)?;
+                    tasks.push(w.spawn(serve_tcp(l, table.clone())));
+                    Ok(())
+                }),
+                Proto::Udp => reuse_port_udp(r.listen).map(|u| {
+                    tasks.push(tokio::spawn(serve_udp(u, table.clone())));
+                }),
             };
+            if let Err(e) = bound {
+                tracing::warn!(listen = %r.listen, error = %e, "cannot listen for a service");
+                for t in &tasks {
+                    t.abort();
+                }
+                continue;
+            }
             tracing::info!(listen = %r.listen, proto = ?r.proto, endpoints = r.endpoints.len(), "service listener added");
-            listeners.insert(key, Listener { table, task });
+            listeners.insert(key, Listener { table, tasks });
         }
     }
 }

@@ -73,10 +73,19 @@ struct Prepared {
     digest: String,
 }
 
+/// Longest a stopping service keeps accepting connections before it closes its listeners
+/// (half the grace period, at most this): the Endpoints change that removes it reaches
+/// the balancers within a controller pass or two, and a connection they open meanwhile is
+/// served (what a `preStop` sleep does for containers in Kubernetes).
+const SERVICE_DEREGISTRATION: Duration = Duration::from_secs(2);
+
 struct Container {
     cpu: Arc<cpu::CpuQuota>,
     state: watch::Sender<ContainerState>,
     stop: Arc<tokio::sync::Notify>,
+    /// How long a stopping service keeps accepting before it closes its listeners, so
+    /// balancers learn it is going before it stops answering (milliseconds).
+    drain_ms: Arc<std::sync::atomic::AtomicU64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -472,6 +481,7 @@ impl Runtime for WasmRuntime {
             cpu,
             state: state_tx,
             stop: Arc::new(tokio::sync::Notify::new()),
+            drain_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             task: Mutex::new(None),
         });
         let task = match prepared.world {
@@ -554,6 +564,10 @@ impl Runtime for WasmRuntime {
             return Ok(c.state.borrow().clone());
         }
         // Services drain in-flight requests when asked; commands cannot be signalled.
+        c.drain_ms.store(
+            (grace / 2).min(SERVICE_DEREGISTRATION).as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         c.stop.notify_waiters();
         c.stop.notify_one();
         let mut rx = c.state.subscribe();

@@ -188,6 +188,7 @@ pub async fn start(
     let open_conns = Arc::new(AtomicUsize::new(0));
     let next_id = Arc::new(AtomicU64::new(0));
     let stop = container.stop.clone();
+    let drain_ms = container.drain_ms.clone();
     // Tells open connections to finish their current request and close.
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
     Ok(tokio::spawn(async move {
@@ -252,8 +253,10 @@ pub async fn start(
                 }
             }));
         }
-        // Stop: close the listeners, let in-flight requests finish, report Completed.
+        // Stop: keep accepting while balancers learn the endpoint is going, then close
+        // the listeners, let in-flight requests finish, report Completed.
         stop.notified().await;
+        tokio::time::sleep(Duration::from_millis(drain_ms.load(Ordering::Relaxed))).await;
         for t in &accept_tasks {
             t.abort();
         }

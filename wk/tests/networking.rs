@@ -103,6 +103,7 @@ async fn service_vip_balances_follows_endpoints_and_survives_a_rollout() {
 
     // A deleted pod stops receiving traffic once the Endpoints drop it.
     let victim = pods.iter().next().unwrap().clone();
+    let deleted_at = std::time::Instant::now();
     c.delete(lookup("pods").unwrap(), None, &victim, &json!({}))
         .await
         .unwrap();
@@ -122,6 +123,10 @@ async fn service_vip_balances_follows_endpoints_and_survives_a_rollout() {
         },
     )
     .await;
+    println!(
+        "the deleted pod left the Endpoints {} ms after the delete",
+        deleted_at.elapsed().as_millis()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..20 {
         let body = http.get(&url).send().await.unwrap().text().await.unwrap();

@@ -131,11 +131,6 @@ impl Cache {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// The revision the copy reflects.
-    pub(crate) fn revision(&self) -> u64 {
-        *self.revision.borrow()
-    }
-
     /// Everything, as of now.
     pub(crate) fn world(&self) -> World {
         let objects = self.objects.read().expect("cache lock");

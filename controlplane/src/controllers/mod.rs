@@ -139,6 +139,9 @@ pub async fn run(store: Store, client: Client) {
         }
         let world = cache.world();
         let started = std::time::Instant::now();
+        // Endpoints first: balancers must stop sending to terminating pods before they
+        // stop serving (see runtime-wasm's deregistration drain).
+        endpoints::run(&client, &world).await;
         gc::run(&client, &world).await;
         nodelifecycle::run(&client, &world).await;
         deployment::run(&client, &world).await;
@@ -149,7 +152,6 @@ pub async fn run(store: Store, client: Client) {
         let scheduling = std::time::Instant::now();
         scheduler::run(&store, &client, &world).await;
         let scheduled = scheduling.elapsed();
-        endpoints::run(&client, &world).await;
         tracing::debug!(
             revision = now,
             pods = world.pods.len(),
@@ -157,6 +159,8 @@ pub async fn run(store: Store, client: Client) {
             scheduler_ms = scheduled.as_millis() as u64,
             "controller pass"
         );
-        seen = cache.revision();
+        // The next pass runs on any change after what this one saw, including this
+        // pass's own writes (a pod deleted here leaves the Endpoints in the next pass).
+        seen = now;
     }
 }
