@@ -41,6 +41,8 @@ const ATTEMPTS: usize = 3;
 const MAX_CONNECTIONS: usize = 16_384;
 const MAX_UDP_SESSIONS: usize = 4_096;
 const UDP_IDLE: Duration = Duration::from_secs(30);
+/// Bytes buffered per direction of a forwarded connection.
+const COPY_BUFFER: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -230,7 +232,6 @@ pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>) {
 }
 
 async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
-    let _ = inbound.set_nodelay(true);
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
     for attempt in 0..ATTEMPTS {
         let Some(backend) = table.pick(peer.ip(), &tried[..attempt]) else {
@@ -238,10 +239,16 @@ async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(mut outbound)) => {
-                let _ = outbound.set_nodelay(true);
                 let addr = backend.addr;
                 let _active = Active::new(backend);
-                match tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                match tokio::io::copy_bidirectional_with_sizes(
+                    &mut inbound,
+                    &mut outbound,
+                    COPY_BUFFER,
+                    COPY_BUFFER,
+                )
+                .await
+                {
                     Ok((sent, 0)) if sent > 0 => {
                         tracing::debug!(endpoint = %addr, sent, "endpoint closed without answering");
                     }
