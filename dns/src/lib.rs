@@ -133,8 +133,33 @@ impl ClusterDns {
     /// A server for `domain` (e.g. `cluster.local`), forwarding to the host's resolvers
     /// when they can be read.
     pub fn new(domain: &str) -> Arc<ClusterDns> {
+        Self::with_upstream(domain, &[])
+    }
+
+    /// A server for `domain` forwarding to `upstream` (UDP and TCP), or, when empty, to
+    /// the host's resolvers (`/etc/resolv.conf`).
+    pub fn with_upstream(domain: &str, upstream: &[SocketAddr]) -> Arc<ClusterDns> {
+        use hickory_server::resolver::config::{
+            ConnectionConfig, NameServerConfig, ResolverConfig,
+        };
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let upstream = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
+        let builder = if upstream.is_empty() {
+            TokioResolver::builder_tokio()
+        } else {
+            let servers = upstream
+                .iter()
+                .map(|a| {
+                    let (mut udp, mut tcp) = (ConnectionConfig::udp(), ConnectionConfig::tcp());
+                    (udp.port, tcp.port) = (a.port(), a.port());
+                    NameServerConfig::new(a.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            Ok(TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], servers),
+                Default::default(),
+            ))
+        };
+        let upstream = match builder.and_then(|b| b.build()) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(error = %e, "no upstream resolvers: only cluster names resolve");

@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub dns_listen: Option<std::net::SocketAddr>,
     /// The cluster domain served by the node's DNS.
     pub cluster_domain: String,
+    /// Where the node's DNS forwards other names; empty: the host's resolvers.
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -83,6 +85,7 @@ impl AgentConfig {
             max_pods: DEFAULT_MAX_PODS,
             dns_listen: Some(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 53))),
             cluster_domain: "cluster.local".into(),
+            dns_upstream: Vec::new(),
             name,
         }
     }
@@ -327,7 +330,8 @@ impl Agent {
     /// Starts the node's DNS server and publishes its address on the Node. A port that
     /// cannot be bound is reported, not fatal: pods still run, without cluster names.
     async fn start_dns(&self, addr: std::net::SocketAddr) -> Option<Arc<wk_dns::ClusterDns>> {
-        let dns = wk_dns::ClusterDns::new(&self.cfg.cluster_domain);
+        let dns =
+            wk_dns::ClusterDns::with_upstream(&self.cfg.cluster_domain, &self.cfg.dns_upstream);
         let bound = match wk_dns::serve(dns.clone(), addr).await {
             Ok(a) => a,
             Err(e) => {

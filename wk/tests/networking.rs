@@ -473,3 +473,146 @@ async fn cluster_dns_names_services_pods_and_ports() {
     let (a, _) = dig(&dns, &["+tcp", name]);
     assert_eq!(a, vip, "still answering (over TCP too)");
 }
+
+/// A stand-in upstream DNS server: answers every A query with 192.0.2.7 and counts them.
+async fn upstream_dns() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let q = &buf[..n];
+            // The question: the name's labels, then type and class.
+            let mut i = 12;
+            while i < n && q[i] != 0 {
+                i += q[i] as usize + 1;
+            }
+            let end = (i + 5).min(n);
+            h.fetch_add(1, Ordering::Relaxed);
+            let mut r = vec![q[0], q[1], 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+            r.extend_from_slice(&q[12..end]);
+            r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 7]);
+            let _ = sock.send_to(&r, from).await;
+        }
+    });
+    (addr, hits)
+}
+
+/// Names outside the cluster go to the upstream servers (cached); a pod whose readiness
+/// fails stops getting Service traffic and gets it back when it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_forwards_and_unready_pods_get_no_traffic() {
+    let (up, hits) = upstream_dns().await;
+    let server = common::TestServer::start_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = common::start_agent_with(
+        &server,
+        "node-1",
+        dir.path(),
+        &["--dns-upstream", &up.to_string()],
+    );
+    let c = server.client();
+    wait_for("the node's DNS", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let n = c
+                .get_opt(lookup("nodes").unwrap(), None, "node-1")
+                .await
+                .unwrap();
+            n.is_some_and(|n| n["metadata"]["annotations"]["wk.dev/dns"].is_string())
+        }
+    })
+    .await;
+    let node = c
+        .get(lookup("nodes").unwrap(), None, "node-1")
+        .await
+        .unwrap();
+    let dns = node["metadata"]["annotations"]["wk.dev/dns"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (a, status) = dig(&dns, &["www.example.org"]);
+    assert_eq!((a.as_str(), status.as_str()), ("192.0.2.7", "NOERROR"));
+    let (a, _) = dig(&dns, &["www.example.org"]);
+    assert_eq!(a, "192.0.2.7");
+    assert_eq!(
+        hits.load(Ordering::Relaxed),
+        1,
+        "the second answer came from the cache"
+    );
+
+    // Two pods behind one Service, each with its own /content directory.
+    let content: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (i, name) in ["nr-a", "nr-b"].iter().enumerate() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "nr"}},
+            "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "content", "hostPath": {"path": content[i].path().display().to_string()}}],
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                    "env": [{"name": "POD_NAME", "value": name}],
+                    "volumeMounts": [{"name": "content", "mountPath": "/content"}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1}}]}});
+        c.create(lookup("pods").unwrap(), None, &pod, &[])
+            .await
+            .unwrap();
+    }
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nr"},
+        "spec": {"selector": {"app": "nr"}, "ports": [{"port": 80, "targetPort": "http"}]}});
+    let vip = c
+        .create(lookup("svc").unwrap(), None, &svc, &[])
+        .await
+        .unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = fresh_client();
+    let url = format!("http://{vip}/");
+    let answered_by = |http: reqwest::Client, url: String| async move {
+        let mut pods = BTreeSet::new();
+        for _ in 0..20 {
+            if let Ok(r) = http.get(&url).send().await
+                && let Ok(body) = r.text().await
+            {
+                pods.insert(pod_of(&body));
+            }
+        }
+        pods
+    };
+    wait_for("both pods behind the VIP", Duration::from_secs(60), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { answered_by(http, url).await.len() == 2 }
+    })
+    .await;
+    std::fs::write(content[0].path().join("not-ready"), "").unwrap();
+    wait_for(
+        "nr-a to leave the ready endpoints",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                let ep = c
+                    .get(lookup("endpoints").unwrap(), None, "nr")
+                    .await
+                    .unwrap();
+                ep["subsets"][0]["notReadyAddresses"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 1)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let only = answered_by(http.clone(), url.clone()).await;
+    assert_eq!(
+        only,
+        BTreeSet::from(["nr-b".to_string()]),
+        "an unready pod gets no traffic"
+    );
+    std::fs::remove_file(content[0].path().join("not-ready")).unwrap();
+    wait_for("nr-a back behind the VIP", Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { answered_by(http, url).await.len() == 2 }
+    })
+    .await;
+}

@@ -36,6 +36,10 @@ pub struct Args {
     /// The cluster domain the node's DNS serves
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Where the node's DNS forwards other names (ip:port, repeatable) [default: the
+    /// host's resolvers]
+    #[arg(long)]
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// This node's address (InternalIP): where other nodes route its pods and NodePorts
     /// listen
     #[arg(long, default_value = "127.0.0.1")]
@@ -92,6 +96,7 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
             })?),
         };
     cfg.cluster_domain = args.cluster_domain;
+    cfg.dns_upstream = args.dns_upstream;
     cfg.node_ip = args.node_ip;
     if let Some(range) = args.pod_cidr {
         cfg.pod_cidr = range;
