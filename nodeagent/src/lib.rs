@@ -70,6 +70,9 @@ pub struct AgentConfig {
     pub cluster_domain: String,
     /// Where the node's DNS forwards other names; empty: the host's resolvers.
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// The balancer hands connections for this node's own Wasm services straight to the
+    /// runtime instead of connecting to them.
+    pub proxy_short_circuit: bool,
 }
 
 impl AgentConfig {
@@ -86,6 +89,7 @@ impl AgentConfig {
             dns_listen: Some(std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 53))),
             cluster_domain: "cluster.local".into(),
             dns_upstream: Vec::new(),
+            proxy_short_circuit: true,
             name,
         }
     }
@@ -427,8 +431,13 @@ impl Agent {
             Some(addr) => self.start_dns(addr).await,
             None => None,
         };
-        let proxy =
-            tokio::spawn(proxy::Proxy::new(self.client.clone(), self.cfg.node_ip, dns).run());
+        let local: Option<proxy::LocalServices> = self.cfg.proxy_short_circuit.then(|| {
+            let rt = self.runtime.clone();
+            Arc::new(move |addr| rt.local_service(addr)) as proxy::LocalServices
+        });
+        let proxy = tokio::spawn(
+            proxy::Proxy::new(self.client.clone(), self.cfg.node_ip, dns, local).run(),
+        );
         let me = self.clone();
         let lease_task = tokio::spawn(async move {
             loop {

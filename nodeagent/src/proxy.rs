@@ -206,8 +206,13 @@ fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// Wasi:http services running in this process, by address: connections for them skip the
+/// socket hop (see `forward_tcp`).
+pub type LocalServices =
+    Arc<dyn Fn(SocketAddr) -> Option<Arc<wk_runtime_wasm::LocalService>> + Send + Sync>;
+
 /// Accepts TCP connections on `listener` and forwards each to an endpoint of `table`.
-pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>) {
+pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>, local: Option<LocalServices>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (inbound, peer) = match listener.accept().await {
@@ -223,20 +228,32 @@ pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>) {
             drop(inbound);
             continue;
         };
-        let table = table.clone();
+        let (table, local) = (table.clone(), local.clone());
         tokio::spawn(async move {
-            forward_tcp(inbound, peer, &table).await;
+            forward_tcp(inbound, peer, &table, local.as_ref()).await;
             drop(permit);
         });
     }
 }
 
-async fn forward_tcp(mut inbound: TcpStream, peer: SocketAddr, table: &Table) {
+/// Forwards one connection: to a Wasm service of this agent directly (the runtime serves
+/// the accepted socket itself), else over a new connection to the endpoint.
+async fn forward_tcp(
+    mut inbound: TcpStream,
+    peer: SocketAddr,
+    table: &Table,
+    local: Option<&LocalServices>,
+) {
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
     for attempt in 0..ATTEMPTS {
         let Some(backend) = table.pick(peer.ip(), &tried[..attempt]) else {
             return;
         };
+        if let Some(service) = local.and_then(|l| l(backend.addr)) {
+            let _active = Active::new(backend);
+            service.serve(inbound).await;
+            return;
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(mut outbound)) => {
                 let addr = backend.addr;
@@ -456,15 +473,19 @@ pub struct Proxy {
     changed: Notify,
     listeners: Mutex<HashMap<(SocketAddr, Proto), Listener>>,
     workers: Vec<tokio::runtime::Handle>,
+    local: Option<LocalServices>,
     /// The node's DNS server, fed from the same Services and Endpoints.
     dns: Option<Arc<wk_dns::ClusterDns>>,
 }
 
 impl Proxy {
+    /// `local`: the agent's own Wasm services, served without a socket hop (`None` turns
+    /// the short-circuit off).
     pub fn new(
         client: Client,
         node_ip: Ipv4Addr,
         dns: Option<Arc<wk_dns::ClusterDns>>,
+        local: Option<LocalServices>,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             client,
@@ -474,6 +495,7 @@ impl Proxy {
             changed: Notify::new(),
             listeners: Mutex::default(),
             workers: worker_threads(),
+            local,
             dns,
         })
     }
@@ -586,12 +608,16 @@ impl Proxy {
             let mut tasks = Vec::new();
             let bound: std::io::Result<()> = match r.proto {
                 Proto::Tcp if self.workers.is_empty() => reuse_port_tcp(r.listen).map(|l| {
-                    tasks.push(tokio::spawn(serve_tcp(l, table.clone())));
+                    tasks.push(tokio::spawn(serve_tcp(
+                        l,
+                        table.clone(),
+                        self.local.clone(),
+                    )));
                 }),
                 Proto::Tcp => self.workers.iter().try_for_each(|w| {
                     let _entered = w.enter();
                     let l = reuse_port_tcp(r.listen)?;
-                    tasks.push(w.spawn(serve_tcp(l, table.clone())));
+                    tasks.push(w.spawn(serve_tcp(l, table.clone(), self.local.clone())));
                     Ok(())
                 }),
                 Proto::Udp => reuse_port_udp(r.listen).map(|u| {

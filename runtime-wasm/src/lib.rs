@@ -21,6 +21,7 @@ pub mod host;
 pub mod image;
 pub mod logs;
 mod service;
+pub use service::LocalService;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -137,6 +138,8 @@ pub struct WasmRuntime {
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cluster names for outgoing wasi:http requests (set by the node agent).
     resolver: std::sync::RwLock<Option<host::NameResolver>>,
+    /// Running wasi:http services by listening address, for the node's balancer.
+    local: Arc<Mutex<HashMap<std::net::SocketAddr, Arc<LocalService>>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     _ticker: EpochTicker,
 }
@@ -175,6 +178,17 @@ fn classify_binary(image: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
 }
 
 impl WasmRuntime {
+    /// The wasi:http service listening on `addr` in this process, if any: the node's
+    /// balancer hands it connections directly instead of connecting to it.
+    pub fn local_service(&self, addr: std::net::SocketAddr) -> Option<Arc<LocalService>> {
+        self.local
+            .lock()
+            .expect("local lock")
+            .get(&addr)
+            .filter(|s| s.is_open())
+            .cloned()
+    }
+
     /// Lets outgoing wasi:http requests of containers started from now on reach cluster
     /// names (see `host::Hooks`).
     pub fn set_resolver(&self, resolver: host::NameResolver) {
@@ -207,6 +221,7 @@ impl WasmRuntime {
             images: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             resolver: std::sync::RwLock::new(None),
+            local: Arc::default(),
             containers: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })

@@ -149,6 +149,86 @@ fn error_response(
     r
 }
 
+/// One running wasi:http service, able to serve a connection however it arrived: from
+/// its own listeners, or handed over by the node's balancer (no socket hop for local
+/// endpoints).
+pub struct LocalService {
+    handler: ProxyHandler<State>,
+    request_timeout: Duration,
+    in_flight: Arc<AtomicUsize>,
+    open_conns: Arc<AtomicUsize>,
+    next_id: Arc<AtomicU64>,
+    /// Set when the service stops: open connections finish their request and close.
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+impl LocalService {
+    /// Serves HTTP/1.1 on `stream` until the connection ends (or the service stops).
+    pub async fn serve(&self, stream: tokio::net::TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let (handler, in_flight, next_id) = (
+            self.handler.clone(),
+            self.in_flight.clone(),
+            self.next_id.clone(),
+        );
+        let request_timeout = self.request_timeout;
+        let mut closing = self.closing.clone();
+        self.open_conns.fetch_add(1, Ordering::SeqCst);
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let handler = handler.clone();
+                let in_flight = in_flight.clone();
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let began = Instant::now();
+                    let req = req.map(|b| {
+                        b.map_err(|e| -> wasmtime_wasi_http::Error { e.into() })
+                            .boxed_unsync()
+                    });
+                    let resp = match handler.handle(id, req).await {
+                        Ok(r) => r,
+                        // Cut off at its deadline (by expiry or by the epoch interrupt, which
+                        // surfaces as a missing response).
+                        Err(e)
+                            if e.is::<wasmtime_wasi_http::handler::ExpirationError>()
+                                || began.elapsed() >= request_timeout =>
+                        {
+                            error_response(hyper::StatusCode::GATEWAY_TIMEOUT, "request timed out")
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %format!("{e:#}"), "wasi:http request failed");
+                            error_response(
+                                hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                                "the component failed to handle the request",
+                            )
+                        }
+                    };
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let closed = tokio::select! {
+            _ = conn.as_mut() => false,
+            _ = async { let _ = closing.wait_for(|c| *c).await; } => true,
+        };
+        if closed {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+        self.open_conns.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether it still takes connections.
+    pub fn is_open(&self) -> bool {
+        !*self.closing.borrow()
+    }
+}
+
 /// Binds the container's ports and serves until stopped; returns the serving task.
 pub async fn start(
     rt: &WasmRuntime,
@@ -184,72 +264,41 @@ pub async fn start(
         template,
         request_timeout,
     });
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let open_conns = Arc::new(AtomicUsize::new(0));
-    let next_id = Arc::new(AtomicU64::new(0));
     let stop = container.stop.clone();
     let drain_ms = container.drain_ms.clone();
     // Tells open connections to finish their current request and close.
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let service = Arc::new(LocalService {
+        handler,
+        request_timeout,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        open_conns: Arc::new(AtomicUsize::new(0)),
+        next_id: Arc::new(AtomicU64::new(0)),
+        closing: closing_rx,
+    });
+    let addrs: Vec<std::net::SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    // The node's balancer may hand connections for these addresses straight in.
+    for a in &addrs {
+        rt.local
+            .lock()
+            .expect("local lock")
+            .insert(*a, service.clone());
+    }
+    let local = rt.local.clone();
     Ok(tokio::spawn(async move {
         let mut accept_tasks = Vec::new();
         for listener in listeners {
-            let handler = handler.clone();
-            let in_flight = in_flight.clone();
-            let next_id = next_id.clone();
-            let closing_rx = closing_rx.clone();
-            let open_conns = open_conns.clone();
+            let service = service.clone();
             accept_tasks.push(tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let handler = handler.clone();
-                    let in_flight = in_flight.clone();
-                    let next_id = next_id.clone();
-                    let mut closing = closing_rx.clone();
-                    let open_conns = open_conns.clone();
-                    open_conns.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                            let request_timeout = request_timeout;
-                            let handler = handler.clone();
-                            let in_flight = in_flight.clone();
-                            let id = next_id.fetch_add(1, Ordering::Relaxed);
-                            async move {
-                                in_flight.fetch_add(1, Ordering::SeqCst);
-                                let began = Instant::now();
-                                let req = req.map(|b| b.map_err(|e| -> wasmtime_wasi_http::Error { e.into() }).boxed_unsync());
-                                let resp = match handler.handle(id, req).await {
-                                    Ok(r) => r,
-                                    // Cut off at its deadline (by expiry or by the epoch
-                                    // interrupt, which surfaces as a missing response).
-                                    Err(e)
-                                        if e.is::<wasmtime_wasi_http::handler::ExpirationError>()
-                                            || began.elapsed() >= request_timeout =>
-                                    {
-                                        error_response(hyper::StatusCode::GATEWAY_TIMEOUT, "request timed out")
-                                    }
-                                    Err(e) => {
-                                        tracing::debug!(error = %format!("{e:#}"), "wasi:http request failed");
-                                        error_response(hyper::StatusCode::INTERNAL_SERVER_ERROR, "the component failed to handle the request")
-                                    }
-                                };
-                                in_flight.fetch_sub(1, Ordering::SeqCst);
-                                Ok::<_, Infallible>(resp)
-                            }
-                        });
-                        let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
-                        tokio::pin!(conn);
-                        let closed = tokio::select! {
-                            _ = conn.as_mut() => false,
-                            _ = async { let _ = closing.wait_for(|c| *c).await; } => true,
-                        };
-                        if closed {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                        open_conns.fetch_sub(1, Ordering::SeqCst);
-                    });
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let service = service.clone();
+                    tokio::spawn(async move { service.serve(stream).await });
                 }
             }));
         }
@@ -260,8 +309,18 @@ pub async fn start(
         for t in &accept_tasks {
             t.abort();
         }
+        {
+            let mut local = local.lock().expect("local lock");
+            for a in &addrs {
+                if local.get(a).is_some_and(|s| Arc::ptr_eq(s, &service)) {
+                    local.remove(a);
+                }
+            }
+        }
         let _ = closing_tx.send(true);
-        while in_flight.load(Ordering::SeqCst) > 0 || open_conns.load(Ordering::SeqCst) > 0 {
+        while service.in_flight.load(Ordering::SeqCst) > 0
+            || service.open_conns.load(Ordering::SeqCst) > 0
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let started_at = match &*container.state.borrow() {

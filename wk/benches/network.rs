@@ -224,23 +224,27 @@ fn main() {
     let kubeconfig = dir.path().join("config");
     let _server = start_server(&dir.path().join("server"), &kubeconfig, &[]);
     let dns_port = free_port();
-    let _agent = Proc(
-        Command::new(WK)
-            .args(["agent", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args([
-                "--name",
-                "bench",
-                "--dns-listen",
-                &format!("127.0.0.1:{dns_port}"),
-                "--data-dir",
-            ])
-            .arg(dir.path().join("agent"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let start_agent = |extra: &[&str]| {
+        Proc(
+            Command::new(WK)
+                .args(["agent", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .args([
+                    "--name",
+                    "bench",
+                    "--dns-listen",
+                    &format!("127.0.0.1:{dns_port}"),
+                    "--data-dir",
+                ])
+                .arg(dir.path().join("agent"))
+                .args(extra)
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let agent = start_agent(&[]);
     // Backends on their own runtime thread.
     let port = free_port();
     let backends: Vec<SocketAddr> = (1..=3)
@@ -408,4 +412,86 @@ fn main() {
         dm_lat.0, dm_lat.1, dm_lat.2
     );
     println!("| wk/dnsmasq | {:.2}× | | | | |", wk_qps / dm_qps);
+
+    // A Wasm endpoint on the balancer's own node: handed to the runtime in process, or
+    // reached over a loopback connection like any endpoint (`--proxy-short-circuit=false`).
+    let image = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/dist/hello-http.wasm");
+    let image = image
+        .canonicalize()
+        .expect("run scripts/build-samples.sh first")
+        .display()
+        .to_string();
+    let (hello_vip, pod_ip) = rt.block_on(async {
+        let c = wk_client::Client::from_path(&kubeconfig).unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hello", "labels": {"app": "hello"}},
+            "spec": {"runtimeClassName": "wasm", "containers": [{"name": "hello", "image": image, "ports": [{"containerPort": 8080}]}]}});
+        c.create(wk_api::resource::lookup("pods").unwrap(), None, &pod, &[]).await.unwrap();
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello"},
+            "spec": {"selector": {"app": "hello"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        let vip = c.create(wk_api::resource::lookup("svc").unwrap(), None, &svc, &[]).await.unwrap()["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        while !http.get(format!("http://{vip}/")).send().await.is_ok_and(|r| r.status().is_success()) {
+            assert!(start.elapsed() < Duration::from_secs(60), "the hello Service never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let p = c.get(wk_api::resource::lookup("pods").unwrap(), None, "hello").await.unwrap();
+        (vip, p["status"]["podIP"].as_str().unwrap().to_string())
+    });
+    let wasm_points = [
+        ("keep-alive, 64 connections", 64, false),
+        ("new connection per request, 16 connections", 16, true),
+    ];
+    let direct: Vec<(f64, f64)> = wasm_points
+        .iter()
+        .map(|(_, c, close)| wrk(&format!("http://{pod_ip}:8080/"), *c, *close))
+        .collect();
+    let short: Vec<(f64, f64)> = wasm_points
+        .iter()
+        .map(|(_, c, close)| wrk(&format!("http://{hello_vip}/"), *c, *close))
+        .collect();
+    drop(agent);
+    let _agent = start_agent(&["--proxy-short-circuit=false"]);
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        while !http
+            .get(format!("http://{hello_vip}/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the hello Service never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let hop: Vec<(f64, f64)> = wasm_points
+        .iter()
+        .map(|(_, c, close)| wrk(&format!("http://{hello_vip}/"), *c, *close))
+        .collect();
+    println!();
+    println!(
+        "| hello-http pod on the balancer's node | pod direct req/s | via VIP, handed to the runtime | via VIP, loopback connection | handed / connection |"
+    );
+    println!("|---|---|---|---|---|");
+    for (i, (label, _, _)) in wasm_points.iter().enumerate() {
+        println!(
+            "| {label} | {:.0} (p99 {:.2} ms) | {:.0} (p99 {:.2} ms) | {:.0} (p99 {:.2} ms) | {:.2}× |",
+            direct[i].0,
+            direct[i].1,
+            short[i].0,
+            short[i].1,
+            hop[i].0,
+            hop[i].1,
+            short[i].0 / hop[i].0
+        );
+    }
 }

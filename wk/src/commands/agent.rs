@@ -40,6 +40,10 @@ pub struct Args {
     /// host's resolvers]
     #[arg(long)]
     dns_upstream: Vec<std::net::SocketAddr>,
+    /// Hand Service connections for this node's own Wasm pods straight to the runtime
+    /// (no socket hop)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    proxy_short_circuit: bool,
     /// This node's address (InternalIP): where other nodes route its pods and NodePorts
     /// listen
     #[arg(long, default_value = "127.0.0.1")]
@@ -97,6 +101,7 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
         };
     cfg.cluster_domain = args.cluster_domain;
     cfg.dns_upstream = args.dns_upstream;
+    cfg.proxy_short_circuit = args.proxy_short_circuit;
     cfg.node_ip = args.node_ip;
     if let Some(range) = args.pod_cidr {
         cfg.pod_cidr = range;
