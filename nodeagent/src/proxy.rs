@@ -7,7 +7,8 @@
 //!
 //! - Balancing: the less busy of two candidates taken in turn (power of two choices over
 //!   active connections, rotating so equal load goes round-robin); `sessionAffinity:
-//!   ClientIP` keeps a client on one endpoint for `timeoutSeconds` (default 3 h).
+//!   ClientIP` keeps a client on one endpoint by rendezvous hashing, the same choice on
+//!   every agent, for as long as that endpoint is ready (`timeoutSeconds` is not applied).
 //! - Passive health: an endpoint that refuses or times out a connection is skipped for
 //!   `DOWN_FOR` and the connection is retried on another one, so a client never sees an
 //!   endpoint that went away between an Endpoints update and the connect.
@@ -62,7 +63,6 @@ pub struct Backend {
 pub struct Table {
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     affinity: RwLock<Option<Duration>>,
-    sticky: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
     turn: AtomicUsize,
     epoch: Instant,
 }
@@ -72,7 +72,6 @@ impl Table {
         Arc::new(Table {
             backends: RwLock::new(Arc::new(Vec::new())),
             affinity: RwLock::new(None),
-            sticky: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
             epoch: Instant::now(),
         })
@@ -135,18 +134,15 @@ impl Table {
         if !healthy_only && !all.iter().any(|b| usable(b, false)) {
             return None;
         }
-        let affinity = *self.affinity.read().expect("table lock");
-        if let Some(timeout) = affinity {
-            let mut sticky = self.sticky.lock().expect("sticky lock");
-            if let Some((addr, at)) = sticky.get(&client).copied()
-                && at.elapsed() < timeout
-                && let Some(b) = all
-                    .iter()
-                    .find(|b| b.addr == addr && usable(b, healthy_only))
-            {
-                sticky.insert(client, (addr, Instant::now()));
-                return Some(b.clone());
-            }
+        if self.affinity.read().expect("table lock").is_some() {
+            // Rendezvous hashing: every agent picks the same endpoint for a client from
+            // the same endpoint set (agents sharing a VIP on one host included), and a
+            // client moves only when its endpoint goes.
+            return all
+                .iter()
+                .filter(|b| usable(b, healthy_only))
+                .max_by_key(|b| affinity_hash(client, b.addr))
+                .cloned();
         }
         let t = self.turn.fetch_add(1, Ordering::Relaxed);
         let first = (0..n)
@@ -162,14 +158,22 @@ impl Table {
         } else {
             a.clone()
         };
-        if affinity.is_some() {
-            self.sticky
-                .lock()
-                .expect("sticky lock")
-                .insert(client, (chosen.addr, Instant::now()));
-        }
         Some(chosen)
     }
+}
+
+/// FNV-1a over a client address and an endpoint: the weight of `endpoint` for `client`.
+fn affinity_hash(client: IpAddr, endpoint: SocketAddr) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let client = match client {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let endpoint = endpoint.to_string();
+    for b in client.iter().chain(endpoint.as_bytes()) {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// Counts a connection as active on a backend while alive.
