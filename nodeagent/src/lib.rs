@@ -73,6 +73,8 @@ pub struct AgentConfig {
     /// The balancer hands connections for this node's own Wasm services straight to the
     /// runtime instead of connecting to them.
     pub proxy_short_circuit: bool,
+    /// Most connections the balancer proxies at once per Service port; more are refused.
+    pub proxy_max_connections: usize,
 }
 
 impl AgentConfig {
@@ -90,6 +92,7 @@ impl AgentConfig {
             cluster_domain: "cluster.local".into(),
             dns_upstream: Vec::new(),
             proxy_short_circuit: true,
+            proxy_max_connections: proxy::MAX_CONNECTIONS,
             name,
         }
     }
@@ -436,7 +439,14 @@ impl Agent {
             Arc::new(move |addr| rt.local_service(addr)) as proxy::LocalServices
         });
         let proxy = tokio::spawn(
-            proxy::Proxy::new(self.client.clone(), self.cfg.node_ip, dns, local).run(),
+            proxy::Proxy::new(
+                self.client.clone(),
+                self.cfg.node_ip,
+                dns,
+                local,
+                self.cfg.proxy_max_connections,
+            )
+            .run(),
         );
         let me = self.clone();
         let lease_task = tokio::spawn(async move {

@@ -14,7 +14,8 @@
 //!   endpoint that went away between an Endpoints update and the connect.
 //! - Updates swap the endpoint table in place: new connections use it at once,
 //!   established ones (to endpoints that stay or go) run to their end — draining.
-//! - Bounded: at most `MAX_CONNECTIONS` proxied TCP connections and `MAX_UDP_SESSIONS` UDP
+//! - Bounded: at most `max_connections` (default `MAX_CONNECTIONS`) proxied TCP
+//!   connections per Service port and `MAX_UDP_SESSIONS` UDP
 //!   flows per listener; beyond that new ones are refused.
 //!
 //! Listeners use `SO_REUSEPORT`, so several agents on one host (tests, `wk up` with more
@@ -39,7 +40,8 @@ const DOWN_FOR: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Endpoints tried for one connection before giving up.
 const ATTEMPTS: usize = 3;
-const MAX_CONNECTIONS: usize = 16_384;
+/// Default bound on proxied TCP connections per Service port.
+pub const MAX_CONNECTIONS: usize = 16_384;
 const MAX_UDP_SESSIONS: usize = 4_096;
 const UDP_IDLE: Duration = Duration::from_secs(30);
 /// Bytes buffered per direction of a forwarded connection.
@@ -216,8 +218,13 @@ pub type LocalServices =
     Arc<dyn Fn(SocketAddr) -> Option<Arc<wk_runtime_wasm::LocalService>> + Send + Sync>;
 
 /// Accepts TCP connections on `listener` and forwards each to an endpoint of `table`.
-pub async fn serve_tcp(listener: TcpListener, table: Arc<Table>, local: Option<LocalServices>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// `limit` is shared by the listeners of one Service port.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    table: Arc<Table>,
+    local: Option<LocalServices>,
+    limit: Arc<Semaphore>,
+) {
     loop {
         let (inbound, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -478,6 +485,7 @@ pub struct Proxy {
     listeners: Mutex<HashMap<(SocketAddr, Proto), Listener>>,
     workers: Vec<tokio::runtime::Handle>,
     local: Option<LocalServices>,
+    max_connections: usize,
     /// The node's DNS server, fed from the same Services and Endpoints.
     dns: Option<Arc<wk_dns::ClusterDns>>,
 }
@@ -490,6 +498,7 @@ impl Proxy {
         node_ip: Ipv4Addr,
         dns: Option<Arc<wk_dns::ClusterDns>>,
         local: Option<LocalServices>,
+        max_connections: usize,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             client,
@@ -500,6 +509,7 @@ impl Proxy {
             listeners: Mutex::default(),
             workers: worker_threads(),
             local,
+            max_connections: max_connections.max(1),
             dns,
         })
     }
@@ -610,18 +620,25 @@ impl Proxy {
             let table = Table::new();
             table.update(&r.endpoints, r.affinity);
             let mut tasks = Vec::new();
+            let limit = Arc::new(Semaphore::new(self.max_connections));
             let bound: std::io::Result<()> = match r.proto {
                 Proto::Tcp if self.workers.is_empty() => reuse_port_tcp(r.listen).map(|l| {
                     tasks.push(tokio::spawn(serve_tcp(
                         l,
                         table.clone(),
                         self.local.clone(),
+                        limit.clone(),
                     )));
                 }),
                 Proto::Tcp => self.workers.iter().try_for_each(|w| {
                     let _entered = w.enter();
                     let l = reuse_port_tcp(r.listen)?;
-                    tasks.push(w.spawn(serve_tcp(l, table.clone(), self.local.clone())));
+                    tasks.push(w.spawn(serve_tcp(
+                        l,
+                        table.clone(),
+                        self.local.clone(),
+                        limit.clone(),
+                    )));
                     Ok(())
                 }),
                 Proto::Udp => reuse_port_udp(r.listen).map(|u| {

@@ -616,3 +616,83 @@ async fn dns_forwards_and_unready_pods_get_no_traffic() {
     })
     .await;
 }
+
+/// A flood of idle connections to a VIP: the balancer proxies at most
+/// `--proxy-max-connections` at once, refuses the rest at once, keeps running, and serves
+/// again when they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_are_bounded() {
+    let server = common::TestServer::start_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = common::start_agent_with(
+        &server,
+        "node-1",
+        dir.path(),
+        &["--proxy-max-connections", "40"],
+    );
+    let c = server.client();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hold", "labels": {"app": "hold"}},
+        "spec": {"runtimeClassName": "wasm", "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}});
+    c.create(lookup("pods").unwrap(), None, &pod, &[])
+        .await
+        .unwrap();
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hold"},
+        "spec": {"selector": {"app": "hold"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let vip = c
+        .create(lookup("svc").unwrap(), None, &svc, &[])
+        .await
+        .unwrap()["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = fresh_client();
+    let url = format!("http://{vip}/");
+    wait_for("the VIP to answer", Duration::from_secs(60), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+    // 200 idle connections: 40 are proxied and stay open, the rest are closed at once.
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        conns.push(
+            tokio::net::TcpStream::connect(format!("{vip}:80"))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut closed = 0;
+    for s in &mut conns {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::io::AsyncReadExt::read(s, &mut b),
+        )
+        .await
+        {
+            closed += 1;
+        }
+    }
+    println!("{closed} of 200 idle connections refused by a balancer bounded at 40");
+    assert!(closed >= 160, "at most 40 are held: {closed} closed");
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent is still running"
+    );
+    drop(conns);
+    wait_for("the VIP to answer again", Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+}
