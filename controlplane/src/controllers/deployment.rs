@@ -10,7 +10,8 @@
 //!   the next revision number. Scaled-down ReplicaSets beyond `revisionHistoryLimit` are
 //!   deleted. `kubernetes.io/change-cause` is copied to the ReplicaSet, for
 //!   `rollout history`.
-//! - Paused deployments are not rolled (a changed template waits) but still scale.
+//! - Paused deployments are not rolled (a changed template, or a rollout in flight,
+//!   waits for resume); with no rollout in flight they still scale.
 //! - Status carries the counts and the Available / Progressing conditions that
 //!   `kubectl rollout status` reads; Progressing turns False with
 //!   `ProgressDeadlineExceeded` after `progressDeadlineSeconds` without progress.
@@ -35,6 +36,15 @@ pub(crate) fn template_hash(template: &Value) -> String {
     (0..10)
         .map(|i| ALPHABET[((n >> (i * 6)) % ALPHABET.len() as u64) as usize] as char)
         .collect()
+}
+
+/// The annotations a ReplicaSet of `revision` carries.
+fn revision_annotations(revision: i64, change_cause: Option<&Value>) -> Value {
+    let mut a = json!({REVISION: revision.to_string()});
+    if let Some(c) = change_cause {
+        a[CHANGE_CAUSE] = c.clone();
+    }
+    a
 }
 
 fn int(v: &Value, p: &str) -> i64 {
@@ -223,10 +233,7 @@ async fn sync(client: &Client, w: &World, d: &Value) {
         let mut selector = d.pointer("/spec/selector").cloned().unwrap_or(json!({}));
         selector["matchLabels"]["pod-template-hash"] = json!(hash);
         let labels = tmpl["metadata"]["labels"].clone();
-        let mut annotations = json!({REVISION: (max_revision + 1).to_string()});
-        if let Some(c) = &change_cause {
-            annotations[CHANGE_CAUSE] = c.clone();
-        }
+        let annotations = revision_annotations(max_revision + 1, change_cause.as_ref());
         let rs_name = format!("{name}-{hash}");
         let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
@@ -251,10 +258,7 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     let mut revision = revision_of(new);
     if revision < max_revision {
         revision = max_revision + 1;
-        let mut annotations = json!({REVISION: revision.to_string()});
-        if let Some(c) = &change_cause {
-            annotations[CHANGE_CAUSE] = c.clone();
-        }
+        let annotations = revision_annotations(revision, change_cause.as_ref());
         let _ = client
             .patch(
                 rs_rt,
@@ -291,11 +295,12 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     let new_replicas = int(new, "/spec/replicas");
     let old_total: i64 = old.iter().map(|r| int(r, "/spec/replicas")).sum();
     let old_pods: i64 = old.iter().map(|r| int(r, "/status/replicas")).sum();
-    if paused || old_total == 0 {
-        // Nothing to roll: scale the current ReplicaSet to the wanted size.
-        if !paused || old_total == 0 {
-            scaler.scale(new, want).await;
-        }
+    if old_total == 0 && !(recreate && old_pods > 0) {
+        // Nothing to roll (Recreate: the old pods are gone): the current ReplicaSet
+        // takes the wanted size.
+        scaler.scale(new, want).await;
+    } else if paused {
+        // A rollout in flight waits for resume.
     } else if recreate {
         for r in &old {
             scaler.scale(r, 0).await;
@@ -343,9 +348,6 @@ async fn sync(client: &Client, w: &World, d: &Value) {
             }
         }
     }
-    if recreate && old_pods == 0 && old_total == 0 {
-        scaler.scale(new, want).await;
-    }
     prune_history(client, d, &old).await;
     update_status(client, d, &owned, Some(new), want).await;
 }
@@ -384,6 +386,51 @@ async fn prune_history(client: &Client, d: &Value, old: &[&Value]) {
                 &json!({}),
             )
             .await;
+    }
+}
+
+/// What the Progressing condition is based on.
+struct Progress {
+    paused: bool,
+    complete: bool,
+    /// replicas, updatedReplicas or availableReplicas moved since the last status.
+    counts_changed: bool,
+    exceeded_before: bool,
+    /// The Progressing condition's lastUpdateTime (the last progress seen).
+    last_progress: Option<jiff::Timestamp>,
+    deadline_secs: i64,
+}
+
+/// The Progressing condition's status, reason and message, as Kubernetes sets them: a
+/// rollout with no progress for `progressDeadlineSeconds` is `ProgressDeadlineExceeded`
+/// until it progresses again.
+fn progress(p: Progress, new_rs: &str) -> (&'static str, &'static str, String) {
+    if p.paused {
+        return ("Unknown", "DeploymentPaused", "Deployment is paused".into());
+    }
+    if p.complete {
+        return (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_rs}\" has successfully progressed."),
+        );
+    }
+    let stalled = !p.counts_changed
+        && (p.exceeded_before
+            || p.last_progress
+                .is_some_and(|t| (jiff::Timestamp::now() - t).get_seconds() > p.deadline_secs));
+    if stalled {
+        (
+            "False",
+            "ProgressDeadlineExceeded",
+            "ReplicaSet has timed out progressing.".into(),
+        )
+    } else {
+        (
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{new_rs}\" is progressing."),
+        )
     }
 }
 
@@ -430,50 +477,24 @@ async fn update_status(
         .pointer("/spec/progressDeadlineSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(600);
-    let (progress_status, progress_reason, progress_message) = if paused {
-        (
-            "Unknown",
-            "DeploymentPaused",
-            "Deployment is paused".to_string(),
-        )
-    } else if complete {
-        (
-            "True",
-            "NewReplicaSetAvailable",
-            format!(
-                "ReplicaSet \"{}\" has successfully progressed.",
-                new.map(|n| s(n, "/metadata/name")).unwrap_or("")
-            ),
-        )
-    } else {
-        let last = old_cond("Progressing")
-            .and_then(|c| {
-                c.get("lastUpdateTime")
-                    .and_then(Value::as_str)
-                    .map(String::from)
-            })
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let stalled = !counts_changed
-            && last.is_some_and(|t| (jiff::Timestamp::now() - t).get_seconds() > deadline);
-        if stalled
-            || old_cond("Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded")
-        {
-            (
-                "False",
-                "ProgressDeadlineExceeded",
-                "ReplicaSet has timed out progressing.".to_string(),
-            )
-        } else {
-            (
-                "True",
-                "ReplicaSetUpdated",
-                format!(
-                    "ReplicaSet \"{}\" is progressing.",
-                    new.map(|n| s(n, "/metadata/name")).unwrap_or("")
-                ),
-            )
-        }
-    };
+    let last_progress = old_cond("Progressing").and_then(|c| {
+        c.get("lastUpdateTime")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    });
+    let exceeded_before =
+        old_cond("Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded");
+    let (progress_status, progress_reason, progress_message) = progress(
+        Progress {
+            paused,
+            complete,
+            counts_changed,
+            exceeded_before,
+            last_progress,
+            deadline_secs: deadline,
+        },
+        new.map(|n| s(n, "/metadata/name")).unwrap_or(""),
+    );
     let cond = |t: &str, status: &str, reason: &str, message: &str, touch: bool| {
         let prev = old_cond(t);
         let same = prev
@@ -536,6 +557,43 @@ mod tests {
         assert_eq!(scaled(Some(&json!("50%")), 3, false, "25%"), 1);
         assert_eq!(scaled(None, 1, false, "25%"), 0);
         assert_eq!(scaled(None, 1, true, "25%"), 1);
+    }
+
+    #[test]
+    fn progress_deadline_is_reached_and_left() {
+        let p = |counts_changed, exceeded_before, ago: i64| Progress {
+            paused: false,
+            complete: false,
+            counts_changed,
+            exceeded_before,
+            last_progress: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(ago)),
+            deadline_secs: 600,
+        };
+        assert_eq!(progress(p(false, false, 10), "rs").1, "ReplicaSetUpdated");
+        assert_eq!(
+            progress(p(false, false, 700), "rs").1,
+            "ProgressDeadlineExceeded"
+        );
+        assert_eq!(
+            progress(p(false, true, 10), "rs").1,
+            "ProgressDeadlineExceeded",
+            "sticks while stalled"
+        );
+        assert_eq!(
+            progress(p(true, true, 700), "rs").1,
+            "ReplicaSetUpdated",
+            "progress clears it"
+        );
+        let done = Progress {
+            complete: true,
+            ..p(false, true, 700)
+        };
+        assert_eq!(progress(done, "rs").1, "NewReplicaSetAvailable");
+        let paused = Progress {
+            paused: true,
+            ..p(false, false, 700)
+        };
+        assert_eq!(progress(paused, "rs").0, "Unknown");
     }
 
     #[test]
