@@ -41,10 +41,9 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
 /// The answers for the cluster domain, by lower-case name.
 #[derive(Debug, Default, Clone)]
 pub struct Zone {
-    a: HashMap<String, Vec<Ipv4Addr>>,
-    /// The same addresses keyed by the name in wire form (lower-case labels), for the
-    /// UDP fast path.
-    wire_a: HashMap<Vec<u8>, Vec<Ipv4Addr>>,
+    /// Addresses by name in wire form, lower-case (`wire_name`), so the UDP fast path can
+    /// look a question up without decoding it.
+    a: HashMap<Vec<u8>, Vec<Ipv4Addr>>,
     srv: HashMap<String, Vec<(u16, String)>>,
 }
 
@@ -94,8 +93,7 @@ impl Zone {
                 }
                 ip => ip.parse().map(|ip| vec![ip]).unwrap_or_default(),
             };
-            z.wire_a.insert(wire_name(&fqdn), ips.clone());
-            z.a.insert(fqdn.clone(), ips);
+            z.a.insert(wire_name(&fqdn), ips);
             for port in svc
                 .pointer("/spec/ports")
                 .and_then(Value::as_array)
@@ -205,7 +203,7 @@ impl ClusterDns {
         };
         let zone = self.zone.read().expect("zone lock").clone();
         let a_record = |ip: &Ipv4Addr| Record::from_rdata(name.clone(), TTL, RData::A(A(*ip)));
-        if let Some(ips) = zone.a.get(&key) {
+        if let Some(ips) = zone.a.get(&wire_name(&key)) {
             return Some(match rtype {
                 RecordType::A | RecordType::ANY => ips.iter().map(a_record).collect(),
                 _ => Vec::new(),
@@ -257,9 +255,11 @@ impl ClusterDns {
                 format!("{host}.{d}."),
             ]
         };
-        candidates
-            .iter()
-            .find_map(|c| zone.a.get(c).and_then(|ips| ips.first().copied()))
+        candidates.iter().find_map(|c| {
+            zone.a
+                .get(&wire_name(c))
+                .and_then(|ips| ips.first().copied())
+        })
     }
 
     fn in_domain(&self, name: &Name) -> bool {
@@ -349,7 +349,7 @@ impl ClusterDns {
             return false;
         }
         let zone = self.zone.read().expect("zone lock").clone();
-        let Some(ips) = zone.wire_a.get(&name[..len]).filter(|ips| !ips.is_empty()) else {
+        let Some(ips) = zone.a.get(&name[..len]).filter(|ips| !ips.is_empty()) else {
             return false;
         };
         out.clear();
@@ -559,11 +559,11 @@ mod tests {
         )]);
         let z = Zone::build("cluster.local", &services, &endpoints);
         assert_eq!(
-            z.a["web.default.svc.cluster.local."],
+            z.a[&wire_name("web.default.svc.cluster.local.")],
             vec![Ipv4Addr::new(127, 240, 0, 5)]
         );
         assert_eq!(
-            z.a["db.prod.svc.cluster.local."],
+            z.a[&wire_name("db.prod.svc.cluster.local.")],
             vec![Ipv4Addr::new(127, 64, 0, 3), Ipv4Addr::new(127, 64, 0, 9)]
         );
         assert_eq!(

@@ -192,7 +192,7 @@ impl Agent {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 % usable
                 + 1;
-            let ip = range.nth(n.min(range.size() - 1));
+            let ip = range.nth(n);
             if !range.is_loopback()
                 && let Err(e) = hostnet::add_addr(ip)
             {

@@ -64,7 +64,8 @@ pub struct Backend {
 /// The endpoints behind one listener; swapped in place on updates.
 pub struct Table {
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
-    affinity: RwLock<Option<Duration>>,
+    /// `sessionAffinity: ClientIP`.
+    client_affinity: std::sync::atomic::AtomicBool,
     turn: AtomicUsize,
     epoch: Instant,
 }
@@ -73,14 +74,14 @@ impl Table {
     pub fn new() -> Arc<Table> {
         Arc::new(Table {
             backends: RwLock::new(Arc::new(Vec::new())),
-            affinity: RwLock::new(None),
+            client_affinity: std::sync::atomic::AtomicBool::new(false),
             turn: AtomicUsize::new(0),
             epoch: Instant::now(),
         })
     }
 
     /// Replaces the endpoint set, keeping the counters of endpoints that stay.
-    pub fn update(&self, addrs: &[SocketAddr], affinity: Option<Duration>) {
+    pub fn update(&self, addrs: &[SocketAddr], client_affinity: bool) {
         let old = self.backends.read().expect("table lock").clone();
         let next: Vec<Arc<Backend>> = addrs
             .iter()
@@ -98,7 +99,8 @@ impl Table {
             })
             .collect();
         *self.backends.write().expect("table lock") = Arc::new(next);
-        *self.affinity.write().expect("table lock") = affinity;
+        self.client_affinity
+            .store(client_affinity, Ordering::Relaxed);
     }
 
     pub fn addrs(&self) -> Vec<SocketAddr> {
@@ -136,7 +138,7 @@ impl Table {
         if !healthy_only && !all.iter().any(|b| usable(b, false)) {
             return None;
         }
-        if self.affinity.read().expect("table lock").is_some() {
+        if self.client_affinity.load(Ordering::Relaxed) {
             // Rendezvous hashing: every agent picks the same endpoint for a client from
             // the same endpoint set (agents sharing a VIP on one host included), and a
             // client moves only when its endpoint goes.
@@ -348,7 +350,8 @@ pub struct Route {
     pub listen: SocketAddr,
     pub proto: Proto,
     pub endpoints: Vec<SocketAddr>,
-    pub affinity: Option<Duration>,
+    /// `sessionAffinity: ClientIP`.
+    pub client_affinity: bool,
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -364,13 +367,7 @@ pub fn routes(
     let mut out = Vec::new();
     for (key, svc) in services {
         let vip: Option<Ipv4Addr> = s(svc, "/spec/clusterIP").parse().ok();
-        let affinity = (s(svc, "/spec/sessionAffinity") == "ClientIP").then(|| {
-            Duration::from_secs(
-                svc.pointer("/spec/sessionAffinityConfig/clientIP/timeoutSeconds")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(10_800),
-            )
-        });
+        let client_affinity = s(svc, "/spec/sessionAffinity") == "ClientIP";
         let ep = endpoints.get(key);
         for port in svc
             .pointer("/spec/ports")
@@ -425,7 +422,7 @@ pub fn routes(
                     listen: SocketAddr::new(IpAddr::V4(vip), p as u16),
                     proto,
                     endpoints: backends.clone(),
-                    affinity,
+                    client_affinity,
                 });
             }
             if let Some(np) = port.get("nodePort").and_then(Value::as_u64) {
@@ -433,7 +430,7 @@ pub fn routes(
                     listen: SocketAddr::new(IpAddr::V4(node_ip), np as u16),
                     proto,
                     endpoints: backends,
-                    affinity,
+                    client_affinity,
                 });
             }
         }
@@ -614,11 +611,11 @@ impl Proxy {
                 if l.table.addrs() != r.endpoints {
                     tracing::debug!(listen = %r.listen, endpoints = ?r.endpoints, "service endpoints changed");
                 }
-                l.table.update(&r.endpoints, r.affinity);
+                l.table.update(&r.endpoints, r.client_affinity);
                 continue;
             }
             let table = Table::new();
-            table.update(&r.endpoints, r.affinity);
+            table.update(&r.endpoints, r.client_affinity);
             let mut tasks = Vec::new();
             let limit = Arc::new(Semaphore::new(self.max_connections));
             let bound: std::io::Result<()> = match r.proto {
@@ -692,7 +689,7 @@ mod tests {
         ];
         assert_eq!(r[0].listen, "127.240.0.5:80".parse().unwrap());
         assert_eq!(r[0].endpoints, http);
-        assert_eq!(r[0].affinity, Some(Duration::from_secs(10_800)));
+        assert!(r[0].client_affinity);
         assert_eq!(r[1].listen, "127.0.0.1:30080".parse().unwrap());
         assert_eq!(r[2].proto, Proto::Udp);
         assert_eq!(
@@ -709,7 +706,7 @@ mod tests {
         let t = Table::new();
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        t.update(&[a, b], None);
+        t.update(&[a, b], false);
         let client: IpAddr = "127.0.0.9".parse().unwrap();
         let picks: HashSet<SocketAddr> =
             (0..4).map(|_| t.pick(client, &[]).unwrap().addr).collect();
@@ -734,14 +731,14 @@ mod tests {
         assert_eq!(t.pick(client, &[]).unwrap().addr, busy.addr);
         assert!(t.pick(client, &[a, b]).is_none());
         // Updates keep the counters of endpoints that stay.
-        t.update(&[busy.addr], None);
+        t.update(&[busy.addr], false);
         assert_eq!(
             t.backends.read().unwrap()[0].active.load(Ordering::Relaxed),
             3
         );
         // Client affinity.
         let s = Table::new();
-        s.update(&[a, b], Some(Duration::from_secs(60)));
+        s.update(&[a, b], true);
         let first = s.pick(client, &[]).unwrap().addr;
         assert!((0..5).all(|_| s.pick(client, &[]).unwrap().addr == first));
     }

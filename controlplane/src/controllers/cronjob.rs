@@ -59,6 +59,28 @@ fn missed(
     (latest, count)
 }
 
+/// Deletes one of `cj`'s Jobs (its pods with it) and records it.
+async fn delete_job(client: &Client, cj: &Value, job: &Value) {
+    let name = s(job, "/metadata/name");
+    let deleted = client
+        .delete(
+            lookup("jobs").expect("jobs"),
+            Some(s(job, "/metadata/namespace")),
+            name,
+            &json!({"propagationPolicy": "Background"}),
+        )
+        .await;
+    if deleted.is_ok() {
+        event(
+            client,
+            cj,
+            "Normal",
+            "SuccessfulDelete",
+            &format!("Deleted job {name}"),
+        );
+    }
+}
+
 pub(crate) async fn run(client: &Client, w: &World) {
     let now = jiff::Timestamp::now();
     for cj in &w.cronjobs {
@@ -104,25 +126,7 @@ async fn sync(client: &Client, w: &World, cj: &Value, now: jiff::Timestamp) {
             })
             .collect();
         for j in done.iter().take(done.len().saturating_sub(limit)) {
-            let job = s(j, "/metadata/name");
-            if client
-                .delete(
-                    jobs_rt,
-                    Some(ns),
-                    job,
-                    &json!({"propagationPolicy": "Background"}),
-                )
-                .await
-                .is_ok()
-            {
-                event(
-                    client,
-                    cj,
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted job {job}"),
-                );
-            }
+            delete_job(client, cj, j).await;
         }
     }
 
@@ -199,25 +203,7 @@ async fn sync(client: &Client, w: &World, cj: &Value, now: jiff::Timestamp) {
         } else {
             if policy == "Replace" {
                 for j in &active {
-                    let job = s(j, "/metadata/name");
-                    if client
-                        .delete(
-                            jobs_rt,
-                            Some(ns),
-                            job,
-                            &json!({"propagationPolicy": "Background"}),
-                        )
-                        .await
-                        .is_ok()
-                    {
-                        event(
-                            client,
-                            cj,
-                            "Normal",
-                            "SuccessfulDelete",
-                            &format!("Deleted job {job}"),
-                        );
-                    }
+                    delete_job(client, cj, j).await;
                 }
                 status["active"] = json!([]);
             }
