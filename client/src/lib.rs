@@ -438,6 +438,29 @@ impl Client {
         self.json(resp).await
     }
 
+    /// PATCH a subresource (`status`, `scale`) of an object with a merge patch.
+    pub async fn patch_subresource(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        subresource: &str,
+        patch: &Value,
+    ) -> Result<Value> {
+        let body = serde_json::to_vec(patch).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let path = format!("{}/{subresource}", rt.object_path(self.ns(rt, ns), name));
+        let resp = self
+            .request(
+                Method::PATCH,
+                &path,
+                &[],
+                Some(("application/merge-patch+json", body)),
+                None,
+            )
+            .await?;
+        self.json(resp).await
+    }
+
     pub async fn delete(
         &self,
         rt: &ResourceType,

@@ -316,16 +316,13 @@ impl Agent {
                         &[],
                     )
                     .await?;
-                let path = format!("{}/status", rt.object_path(None, &self.cfg.name));
-                let body =
-                    serde_json::to_vec(&json!({"status": node["status"]})).unwrap_or_default();
                 self.client
-                    .request(
-                        reqwest_method_patch(),
-                        &path,
-                        &[],
-                        Some(("application/merge-patch+json", body)),
+                    .patch_subresource(
+                        rt,
                         None,
+                        &self.cfg.name,
+                        "status",
+                        &json!({"status": node["status"]}),
                     )
                     .await?;
                 Ok(())
@@ -577,8 +574,4 @@ pub async fn node_client(client: &Client, name: &str) -> Result<Client, AgentErr
     let mut cfg = client.config.clone();
     cfg.token = Some(token.to_string());
     Ok(Client::new(cfg)?)
-}
-
-fn reqwest_method_patch() -> wk_client::Method {
-    wk_client::Method::PATCH
 }

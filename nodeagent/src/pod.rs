@@ -301,17 +301,9 @@ impl Agent {
         status: &Value,
     ) -> Result<(), wk_client::ClientError> {
         let rt = lookup("pods").expect("pods registered");
-        let path = format!("{}/status", rt.object_path(Some(ns), name));
-        let body = serde_json::to_vec(&json!({"metadata": {"uid": uid}, "status": status}))
-            .unwrap_or_default();
+        let patch = json!({"metadata": {"uid": uid}, "status": status});
         self.client
-            .request(
-                wk_client::Method::PATCH,
-                &path,
-                &[],
-                Some(("application/merge-patch+json", body)),
-                None,
-            )
+            .patch_subresource(rt, Some(ns), name, "status", &patch)
             .await
             .map(|_| ())
     }

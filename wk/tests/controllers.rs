@@ -582,17 +582,7 @@ async fn rolling_update_rollback_scale_pause() {
 
     // Paused: a template change waits for resume.
     run_cli(&server, &["wk", "rollout", "pause", "deployment/web"]).await;
-    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v3"}]);
-    c.patch(
-        deploy,
-        None,
-        "web",
-        "application/json-patch+json",
-        &patch,
-        &[],
-    )
-    .await
-    .unwrap();
+    common::set_greeting(&c, "deploy", "web", "v3").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         list(&c, "replicasets", "app=web").await.len(),
@@ -824,17 +814,7 @@ async fn daemonset_follows_nodes_and_rolls() {
     wait_nodes(vec!["node-1", "node-3"]).await;
 
     // A template change rolls out; kubectl sees it finish.
-    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v2"}]);
-    c.patch(
-        ds_rt,
-        None,
-        "edge",
-        "application/json-patch+json",
-        &patch,
-        &[],
-    )
-    .await
-    .unwrap();
+    common::set_greeting(&c, "daemonsets", "edge", "v2").await;
     let out = run_cli(
         &server,
         &[

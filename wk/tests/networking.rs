@@ -173,17 +173,7 @@ async fn service_vip_balances_follows_endpoints_and_survives_a_rollout() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let patch = json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": "v2"}]);
-    c.patch(
-        lookup("deploy").unwrap(),
-        None,
-        "hello",
-        "application/json-patch+json",
-        &patch,
-        &[],
-    )
-    .await
-    .unwrap();
+    common::set_greeting(&c, "deploy", "hello", "v2").await;
     let out = server.wk(&["rollout", "status", "deployment/hello", "--timeout", "90s"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     // Let the old pods finish going.

@@ -84,15 +84,13 @@ pub(crate) fn is_active(pod: &Value) -> bool {
 pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, status: Value) {
     let rt = lookup(kind).expect("kind registered");
     let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-    let path = format!("{}/status", rt.object_path(ns, s(obj, "/metadata/name")));
-    let body = serde_json::to_vec(&json!({"status": status})).unwrap_or_default();
     if let Err(e) = client
-        .request(
-            wk_client::Method::PATCH,
-            &path,
-            &[],
-            Some(("application/merge-patch+json", body)),
-            None,
+        .patch_subresource(
+            rt,
+            ns,
+            s(obj, "/metadata/name"),
+            "status",
+            &json!({"status": status}),
         )
         .await
     {

@@ -431,26 +431,9 @@ pub async fn scale(args: ScaleArgs, kubeconfig: &Path) -> anyhow::Result<ExitCod
             "The --replicas=COUNT flag is required, and COUNT must be greater than or equal to 0"
         );
     }
-    let ns = if rt.namespaced {
-        Some(
-            args.target
-                .namespace
-                .as_deref()
-                .unwrap_or(client.config.namespace.as_str()),
-        )
-    } else {
-        None
-    };
-    let path = format!("{}/scale", rt.object_path(ns, &name));
-    let body = serde_json::to_vec(&json!({"spec": {"replicas": args.replicas}}))?;
+    let patch = json!({"spec": {"replicas": args.replicas}});
     client
-        .request(
-            wk_client::Method::PATCH,
-            &path,
-            &[],
-            Some(("application/merge-patch+json", body)),
-            None,
-        )
+        .patch_subresource(rt, args.target.namespace.as_deref(), &name, "scale", &patch)
         .await?;
     println!("{} scaled", label(rt, &name));
     Ok(ExitCode::SUCCESS)

@@ -303,3 +303,19 @@ pub async fn cluster(n: usize) -> (TestServer, Vec<(String, AgentProc)>, Vec<tem
     .await;
     (server, agents, dirs)
 }
+
+/// Sets the value of the first env var of the first container of a workload's pod
+/// template (the tests' GREETING), which rolls the workload out.
+pub async fn set_greeting(c: &Client, kind: &str, name: &str, value: &str) {
+    let patch = serde_json::json!([{"op": "replace", "path": "/spec/template/spec/containers/0/env/0/value", "value": value}]);
+    c.patch(
+        wk_api::resource::lookup(kind).unwrap(),
+        None,
+        name,
+        "application/json-patch+json",
+        &patch,
+        &[],
+    )
+    .await
+    .unwrap();
+}
