@@ -5,11 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # kubectl is preinstalled on these machines; the kubectl tests need it.
 command -v kubectl >/dev/null 2>&1 || echo "warning: kubectl not found; the kubectl tests will fail" >&2
-# A real OCI registry for the runtime's pull tests (Debian's docker-registry) and dig (a
+# A real OCI registry for the runtimes's pull tests (Debian's docker-registry) and dig (a
 # real DNS client) for the cluster DNS tests.
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+# runc and a static busybox for the container runtime's tests (images are built from it).
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /bin/busybox ] || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

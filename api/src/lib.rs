@@ -9,6 +9,7 @@
 //! ([`status`]).
 
 pub mod decode;
+pub mod logfile;
 pub mod meta;
 pub mod net;
 pub mod objects;

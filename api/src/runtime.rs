@@ -58,6 +58,17 @@ pub struct LogConfig {
     pub max_bytes: u64,
 }
 
+/// `securityContext` settings a runtime with processes applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub read_only_root_filesystem: bool,
+    /// Capabilities added to and dropped from the default set (`ALL` drops all).
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+}
+
 /// Everything needed to start one container.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerConfig {
@@ -76,6 +87,7 @@ pub struct ContainerConfig {
     /// Whether outbound network access (outgoing HTTP, sockets) is allowed.
     pub allow_outbound: bool,
     pub log: LogConfig,
+    pub security: Security,
 }
 
 /// A container's state, as `containerStatuses[].state` reports it.
@@ -110,6 +122,61 @@ pub struct PreparedImage {
     pub digest: String,
     /// Whether preparing it needed a compilation (false when served from cache).
     pub compiled: bool,
+}
+
+/// `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The policy a container gets: its own, or Kubernetes' default (`Always` for
+    /// `:latest` or untagged images, `IfNotPresent` otherwise).
+    pub fn of(field: Option<&str>, image: &str) -> PullPolicy {
+        match field {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            Some("IfNotPresent") => PullPolicy::IfNotPresent,
+            _ => {
+                let last = image.rsplit('/').next().unwrap_or(image);
+                if image.contains('@') {
+                    PullPolicy::IfNotPresent
+                } else if !last.contains(':') || last.ends_with(":latest") {
+                    PullPolicy::Always
+                } else {
+                    PullPolicy::IfNotPresent
+                }
+            }
+        }
+    }
+}
+
+/// Credentials for one registry (from an `imagePullSecrets` Secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryCredential {
+    /// `host[:port]` as in the image reference (`docker.io` for Docker Hub).
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// How to get an image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullOptions {
+    pub policy: PullPolicy,
+    pub credentials: Vec<RegistryCredential>,
+}
+
+/// What a command run in a container produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
 }
 
 /// Runtime failures.
@@ -156,6 +223,7 @@ pub trait Runtime: Send + Sync + 'static {
     fn prepare(
         &self,
         image: &str,
+        pull: &PullOptions,
     ) -> impl Future<Output = Result<PreparedImage, RuntimeError>> + Send;
 
     /// Starts a container; returns once it is running (or failed to start).
@@ -179,4 +247,27 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Forgets a terminated container.
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Runs a command inside a running container (exec probes, `wk exec`), killing it
+    /// after `timeout`.
+    fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send {
+        let _ = (id, command, timeout);
+        let runtime = self.name();
+        async move {
+            Err(RuntimeError::CantHandle {
+                runtime,
+                reason: "a container of this runtime has no processes to exec".into(),
+            })
+        }
+    }
+
+    /// The pod is over on this node: releases what its containers shared (its network).
+    fn release_pod(&self, pod_uid: &str) {
+        let _ = pod_uid;
+    }
 }

@@ -131,6 +131,7 @@ fn config(id: &str, image: &str, port: u16, dir: &std::path::Path) -> ContainerC
             path: dir.join(format!("{id}.log")),
             max_bytes: 1 << 20,
         },
+        security: Default::default(),
     }
 }
 
@@ -162,12 +163,12 @@ fn main() {
         // Compile time (cold cache) and start from cache (new runtime, same cache).
         let t = Instant::now();
         let wasm = WasmRuntime::new(WasmRuntimeConfig::new(dir.path().join("cache"))).unwrap();
-        wasm.prepare(&image).await.unwrap();
+        wasm.prepare(&image, &Default::default()).await.unwrap();
         let compile = t.elapsed();
         drop(wasm);
         let t = Instant::now();
         let wasm = WasmRuntime::new(WasmRuntimeConfig::new(dir.path().join("cache"))).unwrap();
-        let p = wasm.prepare(&image).await.unwrap();
+        let p = wasm.prepare(&image, &Default::default()).await.unwrap();
         assert!(!p.compiled);
         let port = free_port();
         wasm.start(config("svc-0", &image, port, dir.path())).await.unwrap();

@@ -204,8 +204,8 @@ impl HostTemplate {
                     )
                 })?;
         }
-        b.stdout(self.log.stream("stdout"));
-        b.stderr(self.log.stream("stderr"));
+        b.stdout(crate::logs::stream(&self.log, "stdout"));
+        b.stderr(crate::logs::stream(&self.log, "stderr"));
         if self.config.allow_outbound {
             b.inherit_network();
             b.allow_ip_name_lookup(true);

@@ -32,7 +32,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
-use wk_api::runtime::{ContainerConfig, ContainerState, PreparedImage, Runtime, RuntimeError};
+use wk_api::runtime::{
+    ContainerConfig, ContainerState, PreparedImage, PullOptions, Runtime, RuntimeError,
+};
 
 use crate::engine::{CompileCache, EngineOptions, EpochTicker};
 use crate::host::{Host, HostTemplate};
@@ -337,6 +339,7 @@ impl WasmRuntime {
                 path: dir.join("bench.log"),
                 max_bytes: 1 << 20,
             },
+            security: Default::default(),
         };
         config.env.push(("POD_NAME".into(), "bench".into()));
         let template = HostTemplate::new(
@@ -461,7 +464,7 @@ impl Runtime for WasmRuntime {
         "wasm"
     }
 
-    async fn prepare(&self, image: &str) -> Result<PreparedImage, RuntimeError> {
+    async fn prepare(&self, image: &str, _pull: &PullOptions) -> Result<PreparedImage, RuntimeError> {
         let (p, compiled) = self.load(image).await?;
         Ok(PreparedImage {
             digest: p.digest.clone(),

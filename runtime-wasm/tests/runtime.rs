@@ -65,6 +65,7 @@ fn config(dir: &std::path::Path, id: &str, image: String) -> ContainerConfig {
             path: dir.join(format!("{id}.log")),
             max_bytes: 1 << 20,
         },
+        security: Default::default(),
     }
 }
 
@@ -357,7 +358,7 @@ async fn bad_components_get_clear_errors() {
         (format!("127.0.0.1:{}/app:1", free_port()), "pulling image"),
     ];
     for (image, expected) in cases {
-        let err = rt.prepare(&image).await.unwrap_err();
+        let err = rt.prepare(&image, &Default::default()).await.unwrap_err();
         assert!(err.to_string().contains(expected), "{image}: {err}");
         // And start fails the same way, without a panic.
         let err = rt
@@ -373,27 +374,27 @@ async fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let image = sample("hello-http.wasm");
     let first = runtime(dir.path());
-    let p = first.prepare(&image).await.unwrap();
+    let p = first.prepare(&image, &Default::default()).await.unwrap();
     assert!(p.compiled);
     assert_eq!(first.compilations(), 1);
     assert!(p.digest.starts_with("sha256:"));
     // Same runtime: in-memory hit.
-    assert!(!first.prepare(&image).await.unwrap().compiled);
+    assert!(!first.prepare(&image, &Default::default()).await.unwrap().compiled);
     drop(first);
     // A restarted runtime (same cache dir) compiles nothing.
     let second = runtime(dir.path());
-    let p2 = second.prepare(&image).await.unwrap();
+    let p2 = second.prepare(&image, &Default::default()).await.unwrap();
     assert!(!p2.compiled);
     assert_eq!(second.compilations(), 0);
     assert_eq!(p2.digest, p.digest);
     // A pinned digest that does not match is refused.
     let wrong = format!("{image}@sha256:{}", "0".repeat(64));
     assert!(matches!(
-        second.prepare(&wrong).await,
+        second.prepare(&wrong, &Default::default()).await,
         Err(RuntimeError::InvalidImage { .. })
     ));
     let right = format!("{image}@{}", p.digest);
-    assert!(second.prepare(&right).await.is_ok());
+    assert!(second.prepare(&right, &Default::default()).await.is_ok());
 }
 
 /// Starts Debian's `docker-registry` on a loopback port with its storage in `dir`.
@@ -468,7 +469,7 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
     cfg.insecure_registries = vec![registry_addr.clone()];
     let rt = WasmRuntime::new(cfg).unwrap();
     let image = reference.to_string();
-    let p = rt.prepare(&image).await.unwrap();
+    let p = rt.prepare(&image, &Default::default()).await.unwrap();
     assert_eq!(
         p.digest,
         wk_runtime_wasm::image::digest(&wasm),
@@ -494,7 +495,7 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
     // A tag that does not exist is a pull error.
     let missing = format!("{registry_addr}/samples/hello-http:nope");
     assert!(matches!(
-        rt.prepare(&missing).await,
+        rt.prepare(&missing, &Default::default()).await,
         Err(RuntimeError::Pull { .. })
     ));
     rt.stop("oci-hello", Duration::from_secs(1)).await.unwrap();
@@ -576,7 +577,7 @@ async fn images_over_http_are_fetched_and_verified() {
     let digest = wk_runtime_wasm::image::digest(&bytes);
     let port = serve_bytes(bytes).await;
     let url = format!("http://127.0.0.1:{port}/pi.wasm");
-    let p = rt.prepare(&format!("{url}@{digest}")).await.unwrap();
+    let p = rt.prepare(&format!("{url}@{digest}"), &Default::default()).await.unwrap();
     assert_eq!(p.digest, digest);
     let mut c = config(dir.path(), "pi-http", url.clone());
     c.args = vec!["5".into()];
@@ -585,6 +586,6 @@ async fn images_over_http_are_fetched_and_verified() {
     assert_eq!(code, 0);
     assert_eq!(log_lines(&c.log.path), ["stdout 3.1415"]);
     let wrong = format!("{url}@sha256:{}", "1".repeat(64));
-    let err = rt.prepare(&wrong).await.unwrap_err();
+    let err = rt.prepare(&wrong, &Default::default()).await.unwrap_err();
     assert!(err.to_string().contains("digest mismatch"), "{err}");
 }

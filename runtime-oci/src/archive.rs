@@ -1,0 +1,129 @@
+//! Writing images as `oci-archive` tarballs (an OCI image layout in a tar), the form
+//! `wk image import` reads; used to build test and sample images without a registry.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::store::ImageConfig;
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn append(b: &mut tar::Builder<std::fs::File>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, bytes)
+}
+
+/// Writes an archive holding one image named `reference`, whose layers are the given
+/// uncompressed tars (stored gzip-compressed). Returns the manifest digest.
+pub fn write_oci_archive(
+    path: &Path,
+    reference: &str,
+    config: &ImageConfig,
+    layers: &[Vec<u8>],
+) -> std::io::Result<String> {
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(digest(l));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(l)?;
+        let gz = gz.finish()?;
+        layer_descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&gz), "size": gz.len()}));
+        blobs.push((digest(&gz), gz));
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let cfg = serde_json::to_vec(&json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Entrypoint": config.entrypoint, "Cmd": config.cmd, "Env": config.env,
+                   "WorkingDir": config.working_dir, "User": config.user},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&cfg), "size": cfg.len()},
+        "layers": layer_descs,
+    }))?;
+    let manifest_digest = digest(&manifest);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
+                       "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": reference}}],
+    }))?;
+    blobs.push((digest(&cfg), cfg));
+    blobs.push((manifest_digest.clone(), manifest));
+    let mut b = tar::Builder::new(std::fs::File::create(path)?);
+    append(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    append(&mut b, "index.json", &index)?;
+    for (d, bytes) in &blobs {
+        append(&mut b, &format!("blobs/sha256/{}", &d["sha256:".len()..]), bytes)?;
+    }
+    b.into_inner()?.sync_all()?;
+    Ok(manifest_digest)
+}
+
+/// A root file system layer with a static busybox and links for `applets`, plus `/etc`
+/// basics: enough for small test and sample containers.
+pub fn busybox_layer(busybox: &Path, applets: &[&str]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, p, &[][..])
+    };
+    for d in ["bin", "etc", "proc", "sys", "dev", "www", "root"] {
+        dir(&mut b, d, 0o755)?;
+    }
+    dir(&mut b, "tmp", 0o1777)?;
+    let bytes = std::fs::read(busybox)?;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(bytes.len() as u64);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, "bin/busybox", &bytes[..])?;
+    for a in applets {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_link(&mut h, format!("bin/{a}"), "busybox")?;
+    }
+    for (p, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(text.len() as u64);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, p, text.as_bytes())?;
+    }
+    b.into_inner()
+}

@@ -1,0 +1,182 @@
+//! Driving the `runc` binary: create (with `--pid-file`), start, kill, delete, exec.
+//!
+//! Every call passes `--root` (this agent's state directory, so agents sharing a host
+//! never see each other's containers) and, for the calls that can fail in interesting
+//! ways, `--log <bundle>/runc.log --log-format json`: the last error in that log is what
+//! a failure reports, not runc's exit status.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use wk_api::runtime::ExecOutput;
+
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+/// The last error runc logged (its JSON log), or the text it printed.
+fn failure(log: Option<&Path>, stderr: &[u8]) -> String {
+    let logged = log
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["level"] == "error" || v["level"] == "fatal")
+                .and_then(|v| v["msg"].as_str().map(String::from))
+        });
+    logged.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(stderr).trim().to_string();
+        if text.is_empty() {
+            "runc failed without a message".into()
+        } else {
+            text
+        }
+    })
+}
+
+impl Runc {
+    fn command(&self, log: Option<&Path>) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root);
+        if let Some(l) = log {
+            c.arg("--log").arg(l).arg("--log-format").arg("json");
+        }
+        c.stdin(Stdio::null()).kill_on_drop(true);
+        c
+    }
+
+    async fn run(&self, log: Option<&Path>, args: &[&str]) -> Result<Vec<u8>, String> {
+        let out = self
+            .command(log)
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(failure(log, &out.stderr))
+        }
+    }
+
+    /// `runc --version`: whether runc works here.
+    pub async fn version(&self) -> Result<String, String> {
+        let out = self.run(None, &["--version"]).await?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// Creates a container from `bundle` whose stdout/stderr are the given pipe ends;
+    /// returns its init process id.
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<i32, String> {
+        let log = bundle.join("runc.log");
+        let pid_file = bundle.join("init.pid");
+        let mut c = self.command(Some(&log));
+        c.arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr));
+        let status = c
+            .status()
+            .await
+            .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
+        // The pipes' write ends now belong to the container alone.
+        drop(c);
+        if !status.success() {
+            return Err(failure(Some(&log), b""));
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+        pid.trim()
+            .parse()
+            .map_err(|_| format!("{}: not a pid: {pid:?}", pid_file.display()))
+    }
+
+    pub async fn start(&self, id: &str, bundle: &Path) -> Result<(), String> {
+        self.run(Some(&bundle.join("runc.log")), &["start", id])
+            .await
+            .map(drop)
+    }
+
+    /// Sends a signal to the container's init process (`all`: to every process in it).
+    pub async fn kill(&self, id: &str, signal: &str, all: bool) -> Result<(), String> {
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, signal]);
+        self.run(None, &args).await.map(drop)
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), String> {
+        self.run(None, &["delete", "--force", id]).await.map(drop)
+    }
+
+    /// The ids of the containers in this root.
+    pub async fn list(&self) -> Result<Vec<String>, String> {
+        let out = self.run(None, &["list", "--format", "json"]).await?;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null);
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// Runs a command in the container, killed after `timeout`.
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, String> {
+        let mut c = self.command(None);
+        c.arg("exec")
+            .arg(id)
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c
+            .spawn()
+            .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => {
+                let exit_code = out.status.code().unwrap_or(137);
+                // runc's own failures (no such container, no such binary) exit 255 with a
+                // message and are errors, not the command's result.
+                if exit_code == 255 && out.stdout.is_empty() && !out.stderr.is_empty() {
+                    let msg = String::from_utf8_lossy(&out.stderr);
+                    if msg.contains("level=error") || msg.contains("exec failed") {
+                        return Err(msg.trim().to_string());
+                    }
+                }
+                Ok(ExecOutput {
+                    exit_code,
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                })
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("command timed out after {timeout:?}")),
+        }
+    }
+}

@@ -1,0 +1,807 @@
+//! The node's image store: verified content-addressed blobs, one record per image
+//! reference, and layers unpacked once.
+//!
+//! Layout under the store root:
+//! - `blobs/sha256/<hex>`: manifests, configs, layers and Wasm components, each checked
+//!   against its digest before it is renamed into place;
+//! - `images/<key>.json`: an [`Image`] record per reference (what `wk image ls` lists);
+//! - `layers/<hex>/`: a layer unpacked in overlayfs form (`unpack::Form::Overlay`),
+//!   shared read-only by every container of every image that has it;
+//! - `leases/<container>`: the reference a container was created from; leased images are
+//!   never removed or collected;
+//! - `tmp/`: downloads and unpacks in progress.
+//!
+//! Every change lands by rename, so the agent and `wk image` can use one store at the
+//! same time; `store.lock` (an advisory file lock) serialises removal and collection
+//! against new leases.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::unpack;
+
+/// Media type of a Wasm component layer (the wasm-oci convention).
+pub const WASM_LAYER: &str = "application/vnd.wasm.content.layer.v1+wasm";
+
+/// Image store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    Digest {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Pull(String),
+    #[error("image {0:?} is not in the store")]
+    NotFound(String),
+    #[error("image {reference:?} is in use by container {container}")]
+    InUse {
+        reference: String,
+        container: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What an image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageKind {
+    Container,
+    Wasm,
+}
+
+/// One layer (or the Wasm component) of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Layer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// The parts of an image's configuration a container starts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+impl ImageConfig {
+    /// Reads the `config` object of an OCI (or Docker) image configuration.
+    pub fn parse(bytes: &[u8]) -> Result<ImageConfig, StoreError> {
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Invalid(format!("image configuration: {e}")))?;
+        if let Some(os) = v.get("os").and_then(Value::as_str) {
+            if os != "linux" {
+                return Err(StoreError::Invalid(format!(
+                    "the image is for {os}, not linux"
+                )));
+            }
+        }
+        let c = v.get("config").cloned().unwrap_or(Value::Null);
+        let strs = |k: &str| -> Vec<String> {
+            c.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        Ok(ImageConfig {
+            entrypoint: strs("Entrypoint"),
+            cmd: strs("Cmd"),
+            env: strs("Env"),
+            working_dir: text("WorkingDir"),
+            user: text("User"),
+        })
+    }
+}
+
+/// An image in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    /// The normalised reference (`docker.io/library/busybox:latest`).
+    pub reference: String,
+    /// The manifest digest (the config digest for `docker save` archives, as Docker's
+    /// image ID).
+    pub digest: String,
+    pub kind: ImageKind,
+    pub config: ImageConfig,
+    pub layers: Vec<Layer>,
+    /// Bytes of its blobs.
+    pub size: u64,
+    /// Unix seconds when it was stored, and when a container last used it.
+    pub created: i64,
+    pub last_used: i64,
+}
+
+/// Progress of a pull, for a progress bar.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub layer: usize,
+    pub layers: usize,
+    pub digest: String,
+    pub done: u64,
+    pub total: Option<u64>,
+}
+
+/// The normalised form of a reference: `busybox` is `docker.io/library/busybox:latest`.
+pub fn normalize(reference: &str) -> Result<String, StoreError> {
+    let r: oci_client::Reference = reference
+        .parse()
+        .map_err(|e| StoreError::Invalid(format!("{reference:?} is not an image reference: {e}")))?;
+    Ok(r.whole())
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn hex_of(digest: &str) -> Result<&str, StoreError> {
+    match digest.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(h),
+        _ => Err(StoreError::Invalid(format!(
+            "unsupported digest {digest:?} (sha256 only)"
+        ))),
+    }
+}
+
+/// The image store.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<ImageStore, StoreError> {
+        let root = root.into();
+        for d in ["blobs/sha256", "images", "layers", "leases", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        Ok(ImageStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Holds the store's lock until dropped.
+    fn lock(&self) -> Result<std::fs::File, StoreError> {
+        let p = self.root.join("store.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        f.lock().map_err(io_err(&p))?;
+        Ok(f)
+    }
+
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        self.root.join("tmp").join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.root.join("blobs/sha256").join(hex_of(digest)?))
+    }
+
+    pub fn has_blob(&self, digest: &str) -> bool {
+        self.blob_path(digest).is_ok_and(|p| p.exists())
+    }
+
+    /// Stores bytes that must have `digest`.
+    pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
+        let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        if actual != digest {
+            return Err(StoreError::Digest {
+                what: "blob".into(),
+                expected: digest.into(),
+                actual,
+            });
+        }
+        let dst = self.blob_path(digest)?;
+        if dst.exists() {
+            return Ok(dst);
+        }
+        let tmp = self.tmp_path("blob");
+        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        Ok(dst)
+    }
+
+    /// Copies a file in as a blob, computing its digest (checked against `expected`).
+    pub fn put_blob_file(
+        &self,
+        src: &Path,
+        expected: Option<&str>,
+    ) -> Result<(String, u64), StoreError> {
+        let mut f = std::fs::File::open(src).map_err(io_err(src))?;
+        let tmp = self.tmp_path("blob");
+        let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io_err(src))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+            size += n as u64;
+        }
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if let Some(want) = expected {
+            if want != digest {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::Digest {
+                    what: src.display().to_string(),
+                    expected: want.into(),
+                    actual: digest,
+                });
+            }
+        }
+        let dst = self.blob_path(&digest)?;
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        Ok((digest, size))
+    }
+
+    fn record_path(&self, reference: &str) -> PathBuf {
+        let key = hex::encode(&Sha256::digest(reference.as_bytes())[..16]);
+        self.root.join("images").join(format!("{key}.json"))
+    }
+
+    fn save(&self, image: &Image) -> Result<(), StoreError> {
+        let tmp = self.tmp_path("image");
+        let bytes = serde_json::to_vec_pretty(image).expect("image serialises");
+        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        let dst = self.record_path(&image.reference);
+        std::fs::rename(&tmp, &dst).map_err(io_err(&dst))
+    }
+
+    /// The image stored under `reference` (normalised first).
+    pub fn get(&self, reference: &str) -> Result<Option<Image>, StoreError> {
+        let reference = normalize(reference)?;
+        let p = self.record_path(&reference);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Invalid(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// Every image, by reference.
+    pub fn list(&self) -> Result<Vec<Image>, StoreError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let p = e.map_err(io_err(&dir))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Ok(img) = std::fs::read(&p)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Image>(&b).ok())
+                    .ok_or(())
+                {
+                    out.push(img);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// Records `container` as using `reference` (also its last use).
+    pub fn lease(&self, container: &str, reference: &str) -> Result<Image, StoreError> {
+        let _lock = self.lock()?;
+        let mut image = self
+            .get(reference)?
+            .ok_or_else(|| StoreError::NotFound(reference.into()))?;
+        image.last_used = now();
+        self.save(&image)?;
+        let p = self.lease_path(container);
+        std::fs::write(&p, &image.reference).map_err(io_err(&p))?;
+        Ok(image)
+    }
+
+    /// Ends a lease (no-op if there is none).
+    pub fn release(&self, container: &str) {
+        let _ = std::fs::remove_file(self.lease_path(container));
+    }
+
+    fn lease_path(&self, container: &str) -> PathBuf {
+        let key: String = container
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect();
+        self.root.join("leases").join(key)
+    }
+
+    /// Leased references, with one container using each.
+    fn leases(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("leases")) {
+            for e in rd.flatten() {
+                if let Ok(r) = std::fs::read_to_string(e.path()) {
+                    out.insert(r, e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes an image (refused while a container uses it) and the blobs and layers no
+    /// other image needs.
+    pub fn remove(&self, reference: &str) -> Result<Image, StoreError> {
+        let _lock = self.lock()?;
+        let image = self
+            .get(reference)?
+            .ok_or_else(|| StoreError::NotFound(reference.into()))?;
+        if let Some(c) = self.leases().get(&image.reference) {
+            return Err(StoreError::InUse {
+                reference: image.reference,
+                container: c.clone(),
+            });
+        }
+        let p = self.record_path(&image.reference);
+        std::fs::remove_file(&p).map_err(io_err(&p))?;
+        self.prune()?;
+        Ok(image)
+    }
+
+    /// Removes blobs and unpacked layers no image refers to. Call with the lock held.
+    fn prune(&self) -> Result<(), StoreError> {
+        let mut keep: HashSet<String> = HashSet::new();
+        for img in self.list()? {
+            keep.insert(hex_of(&img.digest)?.to_string());
+            for l in &img.layers {
+                keep.insert(hex_of(&l.digest)?.to_string());
+            }
+            // The config and manifest blobs are kept through the record's own files.
+            if let Ok(rd) = std::fs::read(self.root.join("images").join(format!(
+                "{}.refs",
+                hex_of(&img.digest)?
+            ))) {
+                for l in String::from_utf8_lossy(&rd).lines() {
+                    keep.insert(l.to_string());
+                }
+            }
+        }
+        for dir in ["blobs/sha256", "layers"] {
+            let d = self.root.join(dir);
+            for e in std::fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) {
+                    let p = e.path();
+                    let r = if p.is_dir() {
+                        std::fs::remove_dir_all(&p)
+                    } else {
+                        std::fs::remove_file(&p)
+                    };
+                    r.map_err(io_err(&p))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees at least `bytes` (if it can) by removing the images used least recently
+    /// that no container uses; returns the references removed. The kubelet's image GC.
+    pub fn evict(&self, bytes: u64) -> Result<Vec<String>, StoreError> {
+        let mut images = self.list()?;
+        images.sort_by_key(|i| i.last_used.max(i.created));
+        let leased = self.leases();
+        let mut freed = 0u64;
+        let mut removed = Vec::new();
+        for img in images {
+            if freed >= bytes {
+                break;
+            }
+            if leased.contains_key(&img.reference) {
+                continue;
+            }
+            match self.remove(&img.reference) {
+                Ok(i) => {
+                    freed += i.size;
+                    removed.push(i.reference);
+                }
+                Err(StoreError::InUse { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Records an image whose blobs are all stored; `extra` are other blobs it owns
+    /// (manifest, config) kept alive with it.
+    fn commit(&self, mut image: Image, extra: &[String]) -> Result<Image, StoreError> {
+        for l in &image.layers {
+            if !self.has_blob(&l.digest) {
+                return Err(StoreError::Invalid(format!("layer {} missing", l.digest)));
+            }
+        }
+        let _lock = self.lock()?;
+        if let Some(old) = self.get(&image.reference)? {
+            image.last_used = old.last_used;
+        }
+        let refs: Vec<String> = extra
+            .iter()
+            .filter_map(|d| hex_of(d).ok().map(String::from))
+            .collect();
+        let p = self
+            .root
+            .join("images")
+            .join(format!("{}.refs", hex_of(&image.digest)?));
+        std::fs::write(&p, refs.join("\n")).map_err(io_err(&p))?;
+        self.save(&image)?;
+        Ok(image)
+    }
+
+    /// The directory of a layer unpacked in overlayfs form, unpacking it on first use.
+    pub fn layer_dir(&self, layer: &Layer) -> Result<PathBuf, StoreError> {
+        let dst = self.root.join("layers").join(hex_of(&layer.digest)?);
+        if dst.exists() {
+            return Ok(dst);
+        }
+        let tmp = self.tmp_path("layer");
+        let blob = self.blob_path(&layer.digest)?;
+        let f = std::fs::File::open(&blob).map_err(io_err(&blob))?;
+        unpack::unpack(f, &tmp, unpack::Form::Overlay).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            StoreError::Io {
+                path: blob.clone(),
+                source: e,
+            }
+        })?;
+        if std::fs::rename(&tmp, &dst).is_err() {
+            // Another unpack of the same layer won.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(dst)
+    }
+
+    /// Applies an image's layers, in order, into `dst` (the copy fallback).
+    pub fn apply_layers(&self, image: &Image, dst: &Path) -> Result<(), StoreError> {
+        for l in &image.layers {
+            let blob = self.blob_path(&l.digest)?;
+            let f = std::fs::File::open(&blob).map_err(io_err(&blob))?;
+            unpack::unpack(f, dst, unpack::Form::Apply).map_err(io_err(&blob))?;
+        }
+        Ok(())
+    }
+}
+
+/// Picks the manifest for this host's platform from an image index.
+fn pick_platform(index: &Value) -> Option<&Value> {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let manifests = index.get("manifests")?.as_array()?;
+    manifests
+        .iter()
+        .find(|m| {
+            m.pointer("/platform/os").and_then(Value::as_str) == Some("linux")
+                && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
+        })
+        .or_else(|| {
+            // Single-image layouts often carry no platform.
+            (manifests.len() == 1 && manifests[0].get("platform").is_none())
+                .then(|| &manifests[0])
+        })
+}
+
+fn is_index(v: &Value) -> bool {
+    let mt = v.get("mediaType").and_then(Value::as_str).unwrap_or("");
+    mt.contains("index") || mt.contains("manifest.list") || v.get("manifests").is_some()
+}
+
+fn layers_of(manifest: &Value) -> Result<(Vec<Layer>, ImageKind), StoreError> {
+    let mut layers = Vec::new();
+    let mut kind = ImageKind::Container;
+    for l in manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| StoreError::Invalid("the manifest has no layers".into()))?
+    {
+        let media_type = l
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if media_type == WASM_LAYER {
+            kind = ImageKind::Wasm;
+        }
+        layers.push(Layer {
+            digest: l
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| StoreError::Invalid("a layer has no digest".into()))?
+                .to_string(),
+            media_type,
+            size: l.get("size").and_then(Value::as_u64).unwrap_or(0),
+        });
+    }
+    Ok((layers, kind))
+}
+
+impl ImageStore {
+    /// Imports an `oci-archive` (an OCI image layout in a tar) or a `docker save` tarball.
+    /// `name` names the image when the archive does not (or renames a single image).
+    pub fn import(&self, archive: &Path, name: Option<&str>) -> Result<Vec<Image>, StoreError> {
+        let dir = self.tmp_path("import");
+        let f = std::fs::File::open(archive).map_err(io_err(archive))?;
+        let mut tar = tar::Archive::new(std::io::BufReader::new(f));
+        let r = tar
+            .unpack(&dir)
+            .map_err(|e| StoreError::Invalid(format!("{}: not a tar archive: {e}", archive.display())))
+            .and_then(|()| {
+                if dir.join("index.json").exists() {
+                    self.import_oci_layout(&dir, name)
+                } else if dir.join("manifest.json").exists() {
+                    self.import_docker(&dir, name)
+                } else {
+                    Err(StoreError::Invalid(format!(
+                        "{}: neither an OCI layout (index.json) nor a docker save archive (manifest.json)",
+                        archive.display()
+                    )))
+                }
+            });
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    fn read_layout_blob(&self, dir: &Path, digest: &str) -> Result<Vec<u8>, StoreError> {
+        let p = dir.join("blobs/sha256").join(hex_of(digest)?);
+        let bytes = std::fs::read(&p).map_err(io_err(&p))?;
+        self.put_blob(digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn import_oci_layout(&self, dir: &Path, name: Option<&str>) -> Result<Vec<Image>, StoreError> {
+        let p = dir.join("index.json");
+        let index: Value = serde_json::from_slice(&std::fs::read(&p).map_err(io_err(&p))?)
+            .map_err(|e| StoreError::Invalid(format!("index.json: {e}")))?;
+        let entries = index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if entries.is_empty() {
+            return Err(StoreError::Invalid("index.json lists no images".into()));
+        }
+        let mut out = Vec::new();
+        for entry in &entries {
+            let ann = |k: &str| entry.pointer(&format!("/annotations/{}", k.replace('/', "~1")));
+            let named = ann("io.containerd.image.name")
+                .or_else(|| ann("org.opencontainers.image.ref.name"))
+                .and_then(Value::as_str)
+                .map(String::from);
+            // `ref.name` is a whole reference (`busybox:1`, `host/app:2`) or, per the
+            // image spec, often only a tag (`1.0`), which needs a name to go with it.
+            let reference = match (name, named) {
+                (Some(n), _) if entries.len() == 1 => n.to_string(),
+                (_, Some(n)) if n.contains(':') || n.contains('/') => n,
+                (Some(base), Some(tag)) => format!("{base}:{tag}"),
+                (None, Some(tag)) => {
+                    return Err(StoreError::Invalid(format!(
+                        "the archive names its image only by the tag {tag:?}; give a name"
+                    )));
+                }
+                (_, None) => {
+                    return Err(StoreError::Invalid(
+                        "the archive does not name every image; give a name".into(),
+                    ));
+                }
+            };
+            let mut digest = entry
+                .get("digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| StoreError::Invalid("an index entry has no digest".into()))?
+                .to_string();
+            let mut owned = Vec::new();
+            let mut manifest: Value = serde_json::from_slice(&self.read_layout_blob(dir, &digest)?)
+                .map_err(|e| StoreError::Invalid(format!("manifest {digest}: {e}")))?;
+            if is_index(&manifest) {
+                owned.push(digest.clone());
+                let m = pick_platform(&manifest).ok_or_else(|| {
+                    StoreError::Invalid(format!("{reference}: no image for linux/{}", std::env::consts::ARCH))
+                })?;
+                digest = m["digest"].as_str().unwrap_or("").to_string();
+                manifest = serde_json::from_slice(&self.read_layout_blob(dir, &digest)?)
+                    .map_err(|e| StoreError::Invalid(format!("manifest {digest}: {e}")))?;
+            }
+            let config_digest = manifest
+                .pointer("/config/digest")
+                .and_then(Value::as_str)
+                .ok_or_else(|| StoreError::Invalid("the manifest has no config".into()))?
+                .to_string();
+            let config_bytes = self.read_layout_blob(dir, &config_digest)?;
+            owned.push(config_digest.clone());
+            let (layers, kind) = layers_of(&manifest)?;
+            let config = match kind {
+                ImageKind::Container => ImageConfig::parse(&config_bytes)?,
+                ImageKind::Wasm => ImageConfig::default(),
+            };
+            let mut size = config_bytes.len() as u64;
+            for l in &layers {
+                let src = dir.join("blobs/sha256").join(hex_of(&l.digest)?);
+                let (_, n) = self.put_blob_file(&src, Some(&l.digest))?;
+                size += n;
+            }
+            let image = Image {
+                reference: normalize(&reference)?,
+                digest,
+                kind,
+                config,
+                layers,
+                size,
+                created: now(),
+                last_used: 0,
+            };
+            out.push(self.commit(image, &owned)?);
+        }
+        Ok(out)
+    }
+
+    fn import_docker(&self, dir: &Path, name: Option<&str>) -> Result<Vec<Image>, StoreError> {
+        let p = dir.join("manifest.json");
+        let list: Vec<Value> = serde_json::from_slice(&std::fs::read(&p).map_err(io_err(&p))?)
+            .map_err(|e| StoreError::Invalid(format!("manifest.json: {e}")))?;
+        let mut out = Vec::new();
+        for m in &list {
+            let cfg_file = dir.join(m.get("Config").and_then(Value::as_str).unwrap_or(""));
+            let (config_digest, mut size) = self.put_blob_file(&cfg_file, None)?;
+            let config = ImageConfig::parse(&std::fs::read(&cfg_file).map_err(io_err(&cfg_file))?)?;
+            let mut layers = Vec::new();
+            for l in m.get("Layers").and_then(Value::as_array).into_iter().flatten() {
+                let src = dir.join(l.as_str().unwrap_or(""));
+                let (digest, n) = self.put_blob_file(&src, None)?;
+                size += n;
+                layers.push(Layer {
+                    digest,
+                    media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+                    size: n,
+                });
+            }
+            let tags: Vec<String> = match name {
+                Some(n) if list.len() == 1 => vec![n.to_string()],
+                _ => m
+                    .get("RepoTags")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+                    .unwrap_or_default(),
+            };
+            if tags.is_empty() {
+                return Err(StoreError::Invalid(
+                    "the archive does not name its image; give a name".into(),
+                ));
+            }
+            for t in tags {
+                let image = Image {
+                    reference: normalize(&t)?,
+                    digest: config_digest.clone(),
+                    kind: ImageKind::Container,
+                    config: config.clone(),
+                    layers: layers.clone(),
+                    size,
+                    created: now(),
+                    last_used: 0,
+                };
+                out.push(self.commit(image, std::slice::from_ref(&config_digest))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pulls an image from its registry into the store.
+    pub async fn pull(
+        &self,
+        client: &oci_client::Client,
+        reference: &str,
+        auth: &oci_client::secrets::RegistryAuth,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Image, StoreError> {
+        use futures::StreamExt;
+        let r: oci_client::Reference = reference
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("{reference:?} is not an image reference: {e}")))?;
+        let (manifest, digest) = client
+            .pull_image_manifest(&r, auth)
+            .await
+            .map_err(|e| StoreError::Pull(e.to_string()))?;
+        let mut config_bytes = Vec::new();
+        client
+            .pull_blob(&r, &manifest.config, &mut config_bytes)
+            .await
+            .map_err(|e| StoreError::Pull(format!("config: {e}")))?;
+        self.put_blob(&manifest.config.digest, &config_bytes)?;
+        let manifest_json = serde_json::to_value(&manifest).expect("manifest serialises");
+        let (layers, kind) = layers_of(&manifest_json)?;
+        let config = match kind {
+            ImageKind::Container => ImageConfig::parse(&config_bytes)?,
+            ImageKind::Wasm => ImageConfig::default(),
+        };
+        let mut size = config_bytes.len() as u64;
+        for (i, (l, desc)) in layers.iter().zip(&manifest.layers).enumerate() {
+            size += l.size;
+            if self.has_blob(&l.digest) {
+                progress(Progress { layer: i, layers: layers.len(), digest: l.digest.clone(), done: l.size, total: Some(l.size) });
+                continue;
+            }
+            let mut stream = client
+                .pull_blob_stream(&r, desc)
+                .await
+                .map_err(|e| StoreError::Pull(format!("layer {}: {e}", l.digest)))?;
+            let total = stream.content_length.or(Some(l.size));
+            let tmp = self.tmp_path("pull");
+            let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+            let mut hasher = Sha256::new();
+            let mut done = 0u64;
+            while let Some(chunk) = stream.stream.next().await {
+                let chunk = chunk.map_err(|e| StoreError::Pull(format!("layer {}: {e}", l.digest)))?;
+                hasher.update(&chunk);
+                out.write_all(&chunk).map_err(io_err(&tmp))?;
+                done += chunk.len() as u64;
+                progress(Progress { layer: i, layers: layers.len(), digest: l.digest.clone(), done, total });
+            }
+            drop(out);
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if actual != l.digest {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::Digest { what: format!("layer of {reference}"), expected: l.digest.clone(), actual });
+            }
+            let dst = self.blob_path(&l.digest)?;
+            std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        }
+        let image = Image {
+            reference: r.whole(),
+            digest,
+            kind,
+            config,
+            layers,
+            size,
+            created: now(),
+            last_used: 0,
+        };
+        self.commit(image, std::slice::from_ref(&manifest.config.digest))
+    }
+}
