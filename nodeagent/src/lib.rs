@@ -20,6 +20,7 @@ mod logs;
 mod pod;
 mod probe;
 pub mod proxy;
+mod runtimes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -75,6 +76,16 @@ pub struct AgentConfig {
     pub proxy_short_circuit: bool,
     /// Most connections the balancer proxies at once per Service port; more are refused.
     pub proxy_max_connections: usize,
+    /// The runc binary for container pods (`runtimeClassName: oci`); `None`, or a runc
+    /// that does not work here, leaves the node offering Wasm only.
+    pub runc: Option<PathBuf>,
+    /// Registries (`host:port`) reached over plain HTTP, for both runtimes.
+    pub insecure_registries: Vec<String>,
+    /// Image GC: when the image store's file system is fuller than `high` percent, the
+    /// least recently used images no container uses are removed until it is under `low`
+    /// (the kubelet's `imageGCHighThresholdPercent`/`imageGCLowThresholdPercent`).
+    pub image_gc_high: u8,
+    pub image_gc_low: u8,
 }
 
 impl AgentConfig {
@@ -93,6 +104,10 @@ impl AgentConfig {
             dns_upstream: Vec::new(),
             proxy_short_circuit: true,
             proxy_max_connections: proxy::MAX_CONNECTIONS,
+            runc: Some("runc".into()),
+            insecure_registries: Vec::new(),
+            image_gc_high: 85,
+            image_gc_low: 80,
             name,
         }
     }
@@ -118,6 +133,11 @@ pub struct Agent {
     pub(crate) client: Client,
     pub(crate) cfg: AgentConfig,
     pub(crate) runtime: Arc<WasmRuntime>,
+    /// The container runtime, once `run` found runc working.
+    pub(crate) oci: std::sync::OnceLock<Arc<wk_runtime_oci::OciRuntime>>,
+    /// Where containers' resolv.conf points: the node's DNS on port 53 of the pod range's
+    /// first address (set by `run` when it serves there).
+    pub(crate) container_dns: std::sync::OnceLock<Ipv4Addr>,
     pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
     /// `namespace/name` → the pod's directory (logs, volumes), while it is on this node.
     pub(crate) pod_dirs: Mutex<HashMap<String, PathBuf>>,
@@ -152,8 +172,10 @@ fn memory_kib() -> u64 {
 
 impl Agent {
     pub fn new(client: Client, cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
-        let runtime = WasmRuntime::new(WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache")))
-            .map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
+        let mut wasm_cfg = WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache"));
+        wasm_cfg.insecure_registries = cfg.insecure_registries.clone();
+        let runtime =
+            WasmRuntime::new(wasm_cfg).map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as i64;
@@ -167,6 +189,8 @@ impl Agent {
             allocatable,
             cfg,
             runtime: Arc::new(runtime),
+            oci: std::sync::OnceLock::new(),
+            container_dns: std::sync::OnceLock::new(),
             pods: Mutex::new(HashMap::new()),
             pod_dirs: Mutex::new(HashMap::new()),
             probe_http: reqwest::Client::builder()
@@ -181,8 +205,10 @@ impl Agent {
     }
 
     /// The next free pod address (one whose `port` can be bound, if a port is given). Off
-    /// loopback, the address is added to the host's loopback interface first.
-    pub(crate) fn allocate_ip(&self, port: Option<u16>) -> Ipv4Addr {
+    /// loopback, an address for a pod in the host's network (`on_host`: a Wasm pod) is
+    /// added to the host's loopback interface first; a container pod's goes into its own
+    /// network namespace instead.
+    pub(crate) fn allocate_ip(&self, port: Option<u16>, on_host: bool) -> Ipv4Addr {
         let range = self.cfg.pod_cidr;
         // The first address is the node's own (the range's gateway, by convention).
         let usable = range.size().saturating_sub(1).max(1);
@@ -194,6 +220,7 @@ impl Agent {
                 + 1;
             let ip = range.nth(n);
             if !range.is_loopback()
+                && on_host
                 && let Err(e) = hostnet::add_addr(ip)
             {
                 tracing::warn!(%ip, error = %e, "cannot add a pod address");
@@ -209,8 +236,8 @@ impl Agent {
     }
 
     /// Gives back a pod's address (off loopback: removes it from the interface).
-    pub(crate) fn release_ip(&self, ip: Ipv4Addr) {
-        if !self.cfg.pod_cidr.is_loopback() && self.cfg.pod_cidr.contains(ip) {
+    pub(crate) fn release_ip(&self, ip: Ipv4Addr, on_host: bool) {
+        if on_host && !self.cfg.pod_cidr.is_loopback() && self.cfg.pod_cidr.contains(ip) {
             hostnet::del_addr(ip);
         }
     }
@@ -280,10 +307,15 @@ impl Agent {
             labels[k] = json!(v);
         }
         let now = wk_api::objects::now_rfc3339();
+        let runtimes = if self.oci.get().is_some() {
+            "wasm,oci"
+        } else {
+            "wasm"
+        };
         let resources = json!({"cpu": (alloc.cpu_milli / 1000).to_string(), "memory": format!("{}Ki", alloc.memory / 1024), "pods": alloc.pods.to_string()});
         json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.cfg.name, "labels": labels, "annotations": {"wk.dev/runtimes": "wasm"}},
+            "metadata": {"name": self.cfg.name, "labels": labels, "annotations": {"wk.dev/runtimes": runtimes}},
             "spec": {"podCIDR": self.cfg.pod_cidr.to_string(), "podCIDRs": [self.cfg.pod_cidr.to_string()]},
             "status": {
                 "capacity": resources, "allocatable": resources,
@@ -312,7 +344,7 @@ impl Agent {
                         None,
                         &self.cfg.name,
                         "application/merge-patch+json",
-                        &json!({"spec": node["spec"]}),
+                        &json!({"spec": node["spec"], "metadata": {"annotations": node["metadata"]["annotations"]}}),
                         &[],
                     )
                     .await?;
@@ -367,6 +399,41 @@ impl Agent {
         Some(dns)
     }
 
+    /// Starts the container runtime if runc works here; otherwise the node offers Wasm only.
+    async fn start_oci(&self) {
+        let Some(runc) = &self.cfg.runc else { return };
+        let mut cfg = wk_runtime_oci::OciRuntimeConfig::new(self.cfg.data_dir.join("oci"));
+        cfg.runc = runc.clone();
+        cfg.insecure_registries = self.cfg.insecure_registries.clone();
+        match wk_runtime_oci::OciRuntime::new(cfg).await {
+            Ok(rt) => {
+                let _ = self.oci.set(Arc::new(rt));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no container runtime on this node (runtimeClassName oci); Wasm only")
+            }
+        }
+    }
+
+    /// Serves the node's DNS on port 53 of the pod range's first address, where
+    /// containers' resolv.conf points (a resolver takes no port).
+    async fn serve_container_dns(&self, dns: Arc<wk_dns::ClusterDns>) {
+        let gw = self.cfg.pod_cidr.nth(0);
+        if !self.cfg.pod_cidr.is_loopback()
+            && let Err(e) = hostnet::add_addr(gw)
+        {
+            tracing::warn!(%gw, error = %e, "cannot add the containers' DNS address");
+            return;
+        }
+        match wk_dns::serve(dns, std::net::SocketAddr::from((gw, 53))).await {
+            Ok(a) => {
+                tracing::info!(%a, "cluster DNS for containers listening");
+                let _ = self.container_dns.set(gw);
+            }
+            Err(e) => tracing::warn!(%gw, error = %e, "cannot serve DNS to containers"),
+        }
+    }
+
     /// Renews (or creates) the node's Lease in `kube-node-lease`.
     pub async fn renew_lease(&self) -> Result<(), AgentError> {
         let rt = lookup("leases").expect("leases registered");
@@ -419,6 +486,7 @@ impl Agent {
         let endpoint = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        self.start_oci().await;
         self.register().await?;
         self.renew_lease().await?;
         let routes = if self.cfg.pod_cidr.is_loopback() {
@@ -431,6 +499,24 @@ impl Agent {
             Some(addr) => self.start_dns(addr).await,
             None => None,
         };
+        if let (Some(dns), Some(_)) = (&dns, self.oci.get()) {
+            self.serve_container_dns(dns.clone()).await;
+        }
+        let image_gc = self.oci.get().cloned().map(|oci| {
+            let (high, low) = (self.cfg.image_gc_high, self.cfg.image_gc_low);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(300)).await;
+                    match oci.collect_images(high, low) {
+                        Ok(removed) if !removed.is_empty() => {
+                            tracing::info!(?removed, "image GC removed images")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "image GC failed"),
+                    }
+                }
+            })
+        });
         let local: Option<proxy::LocalServices> = self.cfg.proxy_short_circuit.then(|| {
             let rt = self.runtime.clone();
             Arc::new(move |addr| rt.local_service(addr)) as proxy::LocalServices
@@ -469,6 +555,12 @@ impl Agent {
         }
         lease_task.abort();
         endpoint.abort();
+        if let Some(oci) = self.oci.get() {
+            oci.shutdown().await;
+        }
+        if let Some(t) = image_gc {
+            t.abort();
+        }
         proxy.abort();
         if let Some(r) = routes {
             r.abort();

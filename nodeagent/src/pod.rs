@@ -14,11 +14,13 @@ use tokio::time::Instant;
 use wk_api::objects::{Requests, pod_requests, quantity_field, rfc3339};
 use wk_api::resource::lookup;
 use wk_api::runtime::{
-    ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding, Runtime,
+    ContainerConfig, ContainerState, Limits, LogConfig, Mount, PodIdentity, PortBinding,
+    PullOptions, PullPolicy, RegistryCredential, Runtime, Security,
 };
 
 use crate::Agent;
 use crate::probe::{self, ProbeEvent, Probes};
+use crate::runtimes::PodRuntime;
 
 /// What the agent keeps per admitted pod.
 pub(crate) struct PodHandle {
@@ -90,6 +92,8 @@ struct ContainerSlot {
     running_since: Option<Instant>,
     /// The image was prepared and its Pulled event recorded.
     pulled: bool,
+    /// `imagePullPolicy` and the pod's registry credentials.
+    pull: PullOptions,
 }
 
 impl ContainerSlot {
@@ -118,6 +122,7 @@ impl ContainerSlot {
             done: false,
             startup_passed: false,
             ready: false,
+            pull: PullOptions::default(),
             prober: None,
             killing: None,
             running_since: None,
@@ -247,19 +252,23 @@ impl Agent {
             .pointer("/spec/containers/0/ports/0/containerPort")
             .and_then(Value::as_u64)
             .map(|p| p as u16);
+        // Wasm pods live in the host's network; container pods get their own namespace.
+        let on_host = s(&pod, "/spec/runtimeClassName") != "oci";
         // A pod this node ran before (the agent restarted) keeps its address if it can.
         let previous_ip = s(&pod, "/status/podIP")
             .parse::<Ipv4Addr>()
             .ok()
             .filter(|ip| {
                 self.cfg.pod_cidr.contains(*ip)
-                    && (self.cfg.pod_cidr.is_loopback() || crate::hostnet::add_addr(*ip).is_ok())
+                    && (self.cfg.pod_cidr.is_loopback()
+                        || !on_host
+                        || crate::hostnet::add_addr(*ip).is_ok())
                     && first_port.is_none_or(|p| std::net::TcpListener::bind((*ip, p)).is_ok())
             });
-        let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port));
+        let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port, on_host));
         tokio::spawn(async move {
             self.clone().run_pod(pod, ip, stop).await;
-            self.release_ip(ip);
+            self.release_ip(ip, on_host);
             let _ = done_tx.send(true);
         });
     }
@@ -513,13 +522,120 @@ impl Agent {
         Ok(out)
     }
 
+    /// Registry credentials from the pod's `imagePullSecrets` (Secrets of type
+    /// `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`).
+    async fn pull_credentials(&self, pod: &Value) -> Result<Vec<RegistryCredential>, String> {
+        let ns = s(pod, "/metadata/namespace");
+        let mut out = Vec::new();
+        for r in pod
+            .pointer("/spec/imagePullSecrets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = s(r, "/name");
+            let json = match self
+                .lookup_key("secrets", ns, name, ".dockerconfigjson")
+                .await
+            {
+                Ok(j) => j,
+                Err(_) => self
+                    .lookup_key("secrets", ns, name, ".dockercfg")
+                    .await
+                    .map_err(|e| format!("imagePullSecrets {name}: {e}"))?,
+            };
+            let v: Value = serde_json::from_str(&json)
+                .map_err(|e| format!("imagePullSecrets {name}: not docker config JSON: {e}"))?;
+            let auths = v.get("auths").unwrap_or(&v);
+            for (registry, a) in auths.as_object().into_iter().flatten() {
+                let (mut username, mut password) =
+                    (s(a, "/username").to_string(), s(a, "/password").to_string());
+                if let Some(pair) = a
+                    .get("auth")
+                    .and_then(Value::as_str)
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                {
+                    let pair = String::from_utf8_lossy(&pair).into_owned();
+                    if let Some((u, p)) = pair.split_once(':') {
+                        (username, password) = (u.to_string(), p.to_string());
+                    }
+                }
+                out.push(RegistryCredential {
+                    registry: registry.clone(),
+                    username,
+                    password,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for a container pod, written
+    /// into the pod's directory and mounted read-only.
+    fn etc_files(
+        &self,
+        pod: &Value,
+        ip: Ipv4Addr,
+        dir: &std::path::Path,
+    ) -> Result<Vec<Mount>, String> {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
+        let name = s(pod, "/metadata/name");
+        let hostname = match s(pod, "/spec/hostname") {
+            "" => name,
+            h => h,
+        };
+        let domain = &self.cfg.cluster_domain;
+        let ns = s(pod, "/metadata/namespace");
+        let nameserver = self
+            .container_dns
+            .get()
+            .copied()
+            .unwrap_or(self.cfg.pod_cidr.nth(0));
+        let files = [
+            (
+                "hosts",
+                format!(
+                    "# Kubernetes-managed hosts file (wk).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+                ),
+            ),
+            ("hostname", format!("{hostname}\n")),
+            (
+                "resolv.conf",
+                format!(
+                    "nameserver {nameserver}\nsearch {ns}.svc.{domain} svc.{domain} {domain}\noptions ndots:5\n"
+                ),
+            ),
+        ];
+        let mut mounts = Vec::new();
+        for (f, text) in files {
+            let path = etc.join(f);
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            mounts.push(Mount {
+                host_path: path,
+                container_path: format!("/etc/{f}"),
+                read_only: true,
+            });
+        }
+        Ok(mounts)
+    }
+
     async fn container_configs(
         &self,
         pod: &Value,
         ip: Ipv4Addr,
         dir: &std::path::Path,
+        oci: bool,
     ) -> Result<Vec<ContainerSlot>, String> {
         let volumes = self.volumes_of(pod, dir).await?;
+        let (etc_mounts, credentials) = if oci {
+            (
+                self.etc_files(pod, ip, dir)?,
+                self.pull_credentials(pod).await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let allow_outbound = pod
             .pointer("/metadata/annotations/wk.dev~1allow-outbound")
             .and_then(Value::as_str)
@@ -579,8 +695,31 @@ impl Agent {
                         .collect()
                 })
                 .unwrap_or_default();
+            mounts.extend(etc_mounts.iter().cloned());
             let memory_bytes =
                 quantity_field(c.pointer("/resources/limits/memory")).map(|(_, b)| b as u64);
+            let sc = |p: &str| {
+                c.pointer(&format!("/securityContext/{p}"))
+                    .or_else(|| pod.pointer(&format!("/spec/securityContext/{p}")))
+            };
+            let caps = |p: &str| -> Vec<String> {
+                c.pointer(&format!("/securityContext/capabilities/{p}"))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let security = Security {
+                run_as_user: sc("runAsUser").and_then(Value::as_u64).map(|u| u as u32),
+                run_as_group: sc("runAsGroup").and_then(Value::as_u64).map(|g| g as u32),
+                read_only_root_filesystem: c.pointer("/securityContext/readOnlyRootFilesystem")
+                    == Some(&json!(true)),
+                add_capabilities: caps("add"),
+                drop_capabilities: caps("drop"),
+            };
             let cpu_millis =
                 quantity_field(c.pointer("/resources/limits/cpu")).map(|(m, _)| m as u64);
             let config = ContainerConfig {
@@ -613,27 +752,38 @@ impl Agent {
                     path: dir.join("logs").join(format!("{name}.log")),
                     max_bytes: 10 << 20,
                 },
+                security,
             };
             let probes = Probes::of(&c, ip).map_err(|e| format!("container {name}: {e}"))?;
-            if let Some(field) = probes.exec_probe() {
+            if let Some(field) = probes.exec_probe().filter(|_| !oci) {
                 return Err(format!(
                     "container {name}: {field}.exec: a wasm container has no processes to exec; use httpGet or tcpSocket"
                 ));
             }
-            slots.push(ContainerSlot::new(
+            let mut slot = ContainerSlot::new(
                 name,
                 config.image.clone(),
                 config,
                 probes,
                 "ContainerCreating",
                 String::new(),
-            ));
+            );
+            slot.pull = PullOptions {
+                policy: PullPolicy::of(
+                    c.get("imagePullPolicy").and_then(Value::as_str),
+                    &slot.image,
+                ),
+                credentials: credentials.clone(),
+            };
+            slots.push(slot);
         }
         Ok(slots)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn report(
         &self,
+        rt: &PodRuntime,
         tx: &watch::Sender<Option<Value>>,
         ip: Ipv4Addr,
         slots: &[ContainerSlot],
@@ -650,7 +800,7 @@ impl Agent {
                 let mut st = json!({"name": c.name, "image": c.image, "imageID": "", "ready": c.is_ready(),
                     "restartCount": c.restarts, "started": running && c.startup_passed, "state": state_json(&c.state)});
                 if !c.id.is_empty() {
-                    st["containerID"] = json!(format!("wasm://{}", c.id));
+                    st["containerID"] = json!(format!("{}://{}", rt.name(), c.id));
                 }
                 if let Some(l) = &c.last {
                     st["lastState"] = state_json(l);
@@ -686,9 +836,33 @@ impl Agent {
         self.pod_dirs.lock().await.insert(key, dir.clone());
         // Logs stay readable until the pod object is gone (see `forget`).
         let reporter = spawn_reporter(self.clone(), &pod);
+        let rt = match (s(&pod, "/spec/runtimeClassName"), self.oci.get()) {
+            ("oci", Some(oci)) => PodRuntime::Oci(oci.clone()),
+            ("oci", None) => {
+                let slot = Self::config_error_slot(
+                    &pod,
+                    "runtime oci is not available on this node (runc missing or not working)"
+                        .into(),
+                );
+                let started = ts(&jiff::Timestamp::now());
+                let rt = PodRuntime::Wasm(self.runtime.clone());
+                self.report(
+                    &rt,
+                    &reporter,
+                    ip,
+                    std::slice::from_ref(&slot),
+                    "Pending",
+                    &started,
+                )
+                .await;
+                return;
+            }
+            _ => PodRuntime::Wasm(self.runtime.clone()),
+        };
         self.clone()
-            .run_pod_inner(pod, ip, stop, uid, dir, reporter)
+            .run_pod_inner(&rt, pod, ip, stop, uid.clone(), dir, reporter)
             .await;
+        rt.release_pod(&uid);
     }
 
     /// A stand-in container that reports why the pod's containers cannot be set up.
@@ -703,8 +877,10 @@ impl Agent {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_pod_inner(
         self: Arc<Self>,
+        rt: &PodRuntime,
         pod: Value,
         ip: Ipv4Addr,
         stop: Arc<Notify>,
@@ -721,20 +897,23 @@ impl Agent {
             p => p,
         }
         .to_string();
-        if s(&pod, "/spec/runtimeClassName") == "oci" {
-            let slot =
-                Self::config_error_slot(&pod, "runtime oci is not available on this node".into());
-            self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started)
-                .await;
-            return;
-        }
         let mut slots = loop {
-            match self.container_configs(&pod, ip, &dir).await {
+            match self
+                .container_configs(&pod, ip, &dir, matches!(rt, PodRuntime::Oci(_)))
+                .await
+            {
                 Ok(s) => break s,
                 Err(message) => {
                     let slot = Self::config_error_slot(&pod, message);
-                    self.report(&tx, ip, std::slice::from_ref(&slot), "Pending", &started)
-                        .await;
+                    self.report(
+                        rt,
+                        &tx,
+                        ip,
+                        std::slice::from_ref(&slot),
+                        "Pending",
+                        &started,
+                    )
+                    .await;
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => continue, _ = stop.notified() => return }
                 }
             }
@@ -795,7 +974,7 @@ impl Agent {
                 if !c.pulled {
                     // The kubelet's Pulled event; a failure is reported by start below.
                     let began = Instant::now();
-                    if let Ok(p) = self.runtime.prepare(&cfg.image).await {
+                    if let Ok(p) = rt.prepare(&cfg.image, &c.pull).await {
                         c.pulled = true;
                         let message = if p.compiled {
                             format!(
@@ -810,7 +989,7 @@ impl Agent {
                         self.event(&pod, "Normal", "Pulled", &message);
                     }
                 }
-                match self.runtime.start(cfg).await {
+                match rt.start(cfg).await {
                     Ok(()) => {
                         self.event(
                             &pod,
@@ -821,13 +1000,10 @@ impl Agent {
                         c.started = true;
                         c.killing = None;
                         c.running_since = Some(Instant::now());
-                        c.state = self
-                            .runtime
-                            .state(&c.id)
-                            .unwrap_or(ContainerState::Waiting {
-                                reason: "Unknown".into(),
-                                message: String::new(),
-                            });
+                        c.state = rt.state(&c.id).unwrap_or(ContainerState::Waiting {
+                            reason: "Unknown".into(),
+                            message: String::new(),
+                        });
                         // A quick command may already be over; it is handled below like any end.
                         if c.state.is_terminated() {
                             c.state = ContainerState::Running {
@@ -838,9 +1014,29 @@ impl Agent {
                         c.ready = c.probes.readiness.is_none();
                         if !c.probes.is_empty() {
                             let (ptx, id) = (probe_tx.clone(), c.id.clone());
+                            let exec: Option<probe::Exec> = match rt {
+                                PodRuntime::Oci(_) => {
+                                    let (rt, id) = (rt.clone(), c.id.clone());
+                                    Some(Arc::new(move |cmd: Vec<String>, timeout| {
+                                        let (rt, id) = (rt.clone(), id.clone());
+                                        Box::pin(async move {
+                                            let out = rt
+                                                .exec(&id, &cmd, timeout)
+                                                .await
+                                                .map_err(|e| e.to_string())?;
+                                            let mut text =
+                                                String::from_utf8_lossy(&out.stdout).into_owned();
+                                            text.push_str(&String::from_utf8_lossy(&out.stderr));
+                                            Ok((out.exit_code, text))
+                                        })
+                                    }))
+                                }
+                                PodRuntime::Wasm(_) => None,
+                            };
                             c.prober = Some(tokio::spawn(probe::run(
                                 c.probes.clone(),
                                 http.clone(),
+                                exec,
                                 move |ev| {
                                     let _ = ptx.send((i, id.clone(), ev));
                                 },
@@ -882,7 +1078,7 @@ impl Agent {
             } else {
                 "Pending"
             };
-            self.report(&tx, ip, &slots, phase, &started).await;
+            self.report(rt, &tx, ip, &slots, phase, &started).await;
             if all_done {
                 return;
             }
@@ -893,7 +1089,6 @@ impl Agent {
                 .filter(|(_, c)| c.started && !c.done)
                 .map(|(i, c)| (i, c.id.clone()))
                 .collect();
-            let rt = self.runtime.clone();
             let wait_any = async {
                 let futs = running.iter().map(|(i, id)| {
                     let rt = rt.clone();
@@ -922,7 +1117,7 @@ impl Agent {
                     let mut end = result.unwrap_or(ContainerState::Terminated { exit_code: 1, reason: "Unknown".into(), message: String::new(),
                         started_at: jiff::Timestamp::now(), finished_at: jiff::Timestamp::now() });
                     let c = &mut slots[i];
-                    let _ = self.runtime.remove(&c.id);
+                    let _ = rt.remove(&c.id);
                     if let Some(p) = c.prober.take() {
                         p.abort();
                     }
@@ -946,8 +1141,8 @@ impl Agent {
                         c.restarts += 1;
                         c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container={} pod={}", backoff[i].as_secs(), c.name, s(&pod, "/metadata/name")) };
                         self.event(&pod, "Warning", "BackOff", "Back-off restarting failed container");
-                        self.report(&tx, ip, &slots, "Running", &started).await;
-                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(&mut slots, grace).await; return; } }
+                        self.report(rt, &tx, ip, &slots, "Running", &started).await;
+                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(rt, &mut slots, grace).await; return; } }
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     } else {
                         slots[i].state = end;
@@ -967,7 +1162,7 @@ impl Agent {
                             self.event(&pod, "Normal", "Killing", &message);
                             c.killing = Some(message);
                             c.ready = false;
-                            let (rt, id) = (self.runtime.clone(), c.id.clone());
+                            let (rt, id) = (rt.clone(), c.id.clone());
                             tokio::spawn(async move { rt.stop(&id, grace).await });
                         }
                         ProbeEvent::Kill(_) => {}
@@ -975,21 +1170,21 @@ impl Agent {
                 }
                 _ = retry => {}
                 _ = stop.notified() => {
-                    self.stop_all(&mut slots, grace).await;
+                    self.stop_all(rt, &mut slots, grace).await;
                     return;
                 }
             }
         }
     }
 
-    async fn stop_all(&self, slots: &mut [ContainerSlot], grace: Duration) {
+    async fn stop_all(&self, rt: &PodRuntime, slots: &mut [ContainerSlot], grace: Duration) {
         for c in slots.iter_mut() {
             if let Some(p) = c.prober.take() {
                 p.abort();
             }
         }
         let stops = slots.iter().filter(|c| c.started).map(|c| {
-            let (rt, id) = (self.runtime.clone(), c.id.clone());
+            let (rt, id) = (rt.clone(), c.id.clone());
             async move {
                 let _ = rt.stop(&id, grace).await;
                 let _ = rt.remove(&id);

@@ -172,7 +172,11 @@ impl Probe {
 
     /// Runs the probe once: `Ok` on success, the failure's description otherwise (the text
     /// Kubernetes puts after `Liveness probe failed: `).
-    pub(crate) async fn check(&self, http: &reqwest::Client) -> Result<(), String> {
+    pub(crate) async fn check(
+        &self,
+        http: &reqwest::Client,
+        exec: Option<&Exec>,
+    ) -> Result<(), String> {
         match &self.action {
             Action::Http {
                 https,
@@ -219,7 +223,18 @@ impl Probe {
                 }
             }
             // Wasm containers with exec probes are refused before they start (see `exec_probe`).
-            Action::Exec(cmd) => Err(format!("exec {cmd:?}: this runtime cannot exec")),
+            Action::Exec(cmd) => match exec {
+                None => Err(format!("exec {cmd:?}: this runtime cannot exec")),
+                Some(exec) => match exec(cmd.clone(), self.timeout).await {
+                    Ok((0, _)) => Ok(()),
+                    // Kubernetes reports the command's output, if it printed any.
+                    Ok((code, output)) if output.trim().is_empty() => {
+                        Err(format!("command {cmd:?} exited with {code}"))
+                    }
+                    Ok((_, output)) => Err(output.trim().to_string()),
+                    Err(e) => Err(e),
+                },
+            },
         }
     }
 }
@@ -231,6 +246,17 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     cur.to_string()
 }
+
+/// Runs a command in the probed container: its exit code and output, or why it could
+/// not run.
+pub(crate) type Exec = std::sync::Arc<
+    dyn Fn(
+            Vec<String>,
+            Duration,
+        ) -> futures::future::BoxFuture<'static, Result<(i32, String), String>>
+        + Send
+        + Sync,
+>;
 
 /// The probes of one container.
 #[derive(Debug, Clone, Default)]
@@ -274,6 +300,7 @@ impl Probes {
 pub(crate) async fn run(
     probes: Probes,
     http: reqwest::Client,
+    exec: Option<Exec>,
     send: impl Fn(ProbeEvent) + Send + Sync,
 ) {
     let started_at = Instant::now();
@@ -281,7 +308,7 @@ pub(crate) async fn run(
         tokio::time::sleep(p.initial_delay).await;
         let mut failures = 0;
         loop {
-            match p.check(&http).await {
+            match p.check(&http, exec.as_ref()).await {
                 Ok(()) => break,
                 Err(e) => {
                     failures += 1;
@@ -305,7 +332,7 @@ pub(crate) async fn run(
         tokio::time::sleep_until(started_at + p.initial_delay).await;
         let mut failures = 0;
         loop {
-            match p.check(&http).await {
+            match p.check(&http, exec.as_ref()).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -329,7 +356,7 @@ pub(crate) async fn run(
         let (mut ok, mut bad) = (0u32, 0u32);
         let mut ready = None;
         loop {
-            match p.check(&http).await {
+            match p.check(&http, exec.as_ref()).await {
                 Ok(()) => {
                     ok += 1;
                     bad = 0;
@@ -448,18 +475,18 @@ mod tests {
         let probe = |spec: Value| Probe::of(&json!({"p": spec}), "p", IP).unwrap().unwrap();
         assert_eq!(
             probe(json!({"httpGet": {"path": "/ok", "port": port}}))
-                .check(&http)
+                .check(&http, None)
                 .await,
             Ok(())
         );
         let e = probe(json!({"httpGet": {"path": "/bad", "port": port}}))
-            .check(&http)
+            .check(&http, None)
             .await
             .unwrap_err();
         assert_eq!(e, "HTTP probe failed with statuscode: 503");
         assert_eq!(
             probe(json!({"tcpSocket": {"port": port}}))
-                .check(&http)
+                .check(&http, None)
                 .await,
             Ok(())
         );
@@ -469,7 +496,7 @@ mod tests {
             .unwrap()
             .port();
         let e = probe(json!({"tcpSocket": {"port": closed}}))
-            .check(&http)
+            .check(&http, None)
             .await
             .unwrap_err();
         assert!(e.contains("connect"), "{e}");
@@ -486,7 +513,7 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let http = reqwest::Client::new();
         let start = std::time::Instant::now();
-        run(Probes::of(&c, IP).unwrap(), http, move |e| {
+        run(Probes::of(&c, IP).unwrap(), http, None, move |e| {
             let _ = tx.send(e);
         })
         .await;

@@ -22,6 +22,45 @@ fn append(b: &mut tar::Builder<std::fs::File>, path: &str, bytes: &[u8]) -> std:
     b.append_data(&mut h, path, bytes)
 }
 
+/// An image's blobs: its configuration and its gzip-compressed layers.
+#[derive(Debug, Clone)]
+pub struct ImageParts {
+    pub config: Vec<u8>,
+    pub layers: Vec<Vec<u8>>,
+}
+
+/// Media type of the layers [`ImageParts`] holds.
+pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Media type of an image configuration.
+pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// Builds the configuration blob and compresses the layers (uncompressed tars).
+pub fn image_parts(config: &ImageConfig, layers: &[Vec<u8>]) -> std::io::Result<ImageParts> {
+    let mut gz_layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in layers {
+        diff_ids.push(digest(l));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(l)?;
+        gz_layers.push(gz.finish()?);
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let config = serde_json::to_vec(&json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Entrypoint": config.entrypoint, "Cmd": config.cmd, "Env": config.env,
+                   "WorkingDir": config.working_dir, "User": config.user},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))?;
+    Ok(ImageParts {
+        config,
+        layers: gz_layers,
+    })
+}
+
 /// Writes an archive holding one image named `reference`, whose layers are the given
 /// uncompressed tars (stored gzip-compressed). Returns the manifest digest.
 pub fn write_oci_archive(
@@ -30,31 +69,15 @@ pub fn write_oci_archive(
     config: &ImageConfig,
     layers: &[Vec<u8>],
 ) -> std::io::Result<String> {
-    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut layer_descs = Vec::new();
-    let mut diff_ids = Vec::new();
-    for l in layers {
-        diff_ids.push(digest(l));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(l)?;
-        let gz = gz.finish()?;
-        layer_descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(&gz), "size": gz.len()}));
-        blobs.push((digest(&gz), gz));
-    }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        a => a,
-    };
-    let cfg = serde_json::to_vec(&json!({
-        "architecture": arch, "os": "linux",
-        "config": {"Entrypoint": config.entrypoint, "Cmd": config.cmd, "Env": config.env,
-                   "WorkingDir": config.working_dir, "User": config.user},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))?;
+    let parts = image_parts(config, layers)?;
+    let layer_descs: Vec<_> = parts
+        .layers
+        .iter()
+        .map(|l| json!({"mediaType": LAYER_GZIP, "digest": digest(l), "size": l.len()}))
+        .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&cfg), "size": cfg.len()},
+        "config": {"mediaType": CONFIG, "digest": digest(&parts.config), "size": parts.config.len()},
         "layers": layer_descs,
     }))?;
     let manifest_digest = digest(&manifest);
@@ -63,13 +86,19 @@ pub fn write_oci_archive(
         "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest,
                        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": reference}}],
     }))?;
-    blobs.push((digest(&cfg), cfg));
-    blobs.push((manifest_digest.clone(), manifest));
+    let mut blobs: Vec<&[u8]> = parts.layers.iter().map(Vec::as_slice).collect();
+    blobs.push(&parts.config);
+    blobs.push(&manifest);
     let mut b = tar::Builder::new(std::fs::File::create(path)?);
     append(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     append(&mut b, "index.json", &index)?;
-    for (d, bytes) in &blobs {
-        append(&mut b, &format!("blobs/sha256/{}", &d["sha256:".len()..]), bytes)?;
+    for bytes in blobs {
+        let d = digest(bytes);
+        append(
+            &mut b,
+            &format!("blobs/sha256/{}", &d["sha256:".len()..]),
+            bytes,
+        )?;
     }
     b.into_inner()?.sync_all()?;
     Ok(manifest_digest)
@@ -113,7 +142,10 @@ pub fn busybox_layer(busybox: &Path, applets: &[&str]) -> std::io::Result<Vec<u8
         b.append_link(&mut h, format!("bin/{a}"), "busybox")?;
     }
     for (p, text) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        ),
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
     ] {
         let mut h = tar::Header::new_gnu();

@@ -33,13 +33,16 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 use wk_api::logfile::ContainerLog;
 use wk_api::runtime::{
-    ContainerConfig, ContainerState, ExecOutput, PreparedImage, PullOptions, PullPolicy,
-    Runtime, RuntimeError,
+    ContainerConfig, ContainerState, ExecOutput, PreparedImage, PullOptions, PullPolicy, Runtime,
+    RuntimeError,
 };
 
 use crate::netns::PodNetwork;
 use crate::runc::Runc;
 use crate::store::{ImageKind, ImageStore, StoreError};
+
+pub use oci_client::Reference;
+pub use oci_client::secrets::RegistryAuth;
 
 /// Settings of the OCI runtime.
 #[derive(Debug, Clone)]
@@ -86,7 +89,10 @@ pub fn auth_for(reference: &str, pull: &PullOptions) -> oci_client::secrets::Reg
             .trim_end_matches('/');
         r == registry
             || (registry == "index.docker.io"
-                && matches!(r, "docker.io" | "index.docker.io/v1" | "registry-1.docker.io"))
+                && matches!(
+                    r,
+                    "docker.io" | "index.docker.io/v1" | "registry-1.docker.io"
+                ))
     };
     pull.credentials
         .iter()
@@ -183,7 +189,13 @@ fn start_err(id: &str, message: impl Into<String>) -> RuntimeError {
 /// A container id runc accepts, from ours (`<pod uid>/<name>/<restart>`).
 fn runc_id(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -191,7 +203,10 @@ fn runc_id(id: &str) -> String {
 fn oom_kills(cgroup: &str) -> u64 {
     let rel = cgroup.trim_start_matches('/');
     for (file, key) in [
-        (format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"), "oom_kill "),
+        (
+            format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"),
+            "oom_kill ",
+        ),
         (format!("/sys/fs/cgroup/{rel}/memory.events"), "oom_kill "),
     ] {
         if let Ok(text) = std::fs::read_to_string(&file) {
@@ -209,10 +224,10 @@ fn oom_kills(cgroup: &str) -> u64 {
 
 /// Makes the container's root: overlayfs over the image's layers, or a copy.
 fn make_rootfs(
-store: &ImageStore,
-use_overlay: &AtomicBool,
-image: &store::Image,
-bundle: &Path,
+    store: &ImageStore,
+    use_overlay: &AtomicBool,
+    image: &store::Image,
+    bundle: &Path,
 ) -> Result<(PathBuf, bool), String> {
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
@@ -251,7 +266,6 @@ bundle: &Path,
         .map_err(|e| e.to_string())?;
     Ok((rootfs, false))
 }
-
 
 /// Removes a container: kills what is left of it, deletes it from runc, unmounts and
 /// removes its bundle, and ends its image lease.
@@ -316,6 +330,12 @@ impl OciRuntime {
         Ok(rt)
     }
 
+    /// Kills and removes every container and pod network of this runtime (the agent is
+    /// stopping: its containers go with it).
+    pub async fn shutdown(&self) {
+        self.clear_leftovers().await;
+    }
+
     async fn clear_leftovers(&self) {
         for id in self.runc.list().await.unwrap_or_default() {
             let _ = self.runc.kill(&id, "KILL", true).await;
@@ -323,7 +343,8 @@ impl OciRuntime {
         }
         if let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) {
             for e in rd.flatten() {
-                let _ = nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+                let _ =
+                    nix::mount::umount2(&e.path().join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
                 let _ = std::fs::remove_dir_all(e.path());
                 self.store.release(&e.file_name().to_string_lossy());
             }
@@ -358,7 +379,10 @@ impl OciRuntime {
         }
         let net = PodNetwork::for_pod(uid, ip);
         let record = serde_json::json!({"namespace": net.namespace, "hostVeth": net.host_veth});
-        let _ = std::fs::write(self.dir.join("pods").join(&net.namespace), record.to_string());
+        let _ = std::fs::write(
+            self.dir.join("pods").join(&net.namespace),
+            record.to_string(),
+        );
         net.create()?;
         pods.insert(uid.to_string(), net.clone());
         Ok(net)
@@ -408,7 +432,11 @@ impl Runtime for OciRuntime {
         "oci"
     }
 
-    async fn prepare(&self, image: &str, pull: &PullOptions) -> Result<PreparedImage, RuntimeError> {
+    async fn prepare(
+        &self,
+        image: &str,
+        pull: &PullOptions,
+    ) -> Result<PreparedImage, RuntimeError> {
         let gate = self
             .pulling
             .lock()
@@ -466,11 +494,12 @@ impl Runtime for OciRuntime {
             self.store.release(&rid);
             start_err(&id, m)
         };
-        let ip: Ipv4Addr = config
-            .pod
-            .pod_ip
-            .parse()
-            .map_err(|_| fail(format!("pod IP {:?} is not an IPv4 address", config.pod.pod_ip)))?;
+        let ip: Ipv4Addr = config.pod.pod_ip.parse().map_err(|_| {
+            fail(format!(
+                "pod IP {:?} is not an IPv4 address",
+                config.pod.pod_ip
+            ))
+        })?;
         let net = self
             .pod_network(&config.pod.uid, ip)
             .map_err(|e| fail(format!("pod network: {e}")))?;
@@ -515,7 +544,11 @@ impl Runtime for OciRuntime {
         };
         tokio::spawn(copy_lines(out_r, log.clone(), "stdout"));
         tokio::spawn(copy_lines(err_r, log.clone(), "stderr"));
-        let pid = match self.runc.create(&rid, &bundle, out_w.into(), err_w.into()).await {
+        let pid = match self
+            .runc
+            .create(&rid, &bundle, out_w.into(), err_w.into())
+            .await
+        {
             Ok(p) => p,
             Err(e) => {
                 teardown(&self.runc, &self.store, &rid, &bundle, overlay).await;
@@ -544,7 +577,10 @@ impl Runtime for OciRuntime {
             let code = exited.await.unwrap_or(255);
             let oom = oom_kills(&cgroup) > 0;
             let (reason, message) = if oom {
-                ("OOMKilled", "the container exceeded its memory limit".to_string())
+                (
+                    "OOMKilled",
+                    "the container exceeded its memory limit".to_string(),
+                )
             } else if code == 0 {
                 ("Completed", String::new())
             } else {

@@ -104,8 +104,10 @@ impl PodNetwork {
         if loopback {
             inside.push_str("addr del 127.0.0.1/8 dev lo\naddr add 127.0.0.1/32 dev lo\n");
         }
+        // `scope global` and `src`: iproute2 gives 127/8 addresses host scope, which the
+        // kernel never picks as the source of a packet leaving through eth0.
         inside.push_str(&format!(
-            "addr add {ip}/32 dev eth0\nlink set eth0 up\nroute add default dev eth0\n"
+            "addr add {ip}/32 dev eth0 scope global\nlink set eth0 up\nroute add default dev eth0 src {ip}\n"
         ));
         run(&["-n", ns, "-batch", "-"], Some(&inside))?;
         if loopback {
@@ -117,17 +119,20 @@ impl PodNetwork {
                 ],
                 None,
             )
-            .or_else(|_| {
-                // `ip netns exec` runs a program: without a shell, nothing to run it with.
-                Err::<(), String>("cannot set route_localnet in the pod's namespace (needs /bin/sh on the host)".into())
-            })?;
-            sysctl(&format!("/proc/sys/net/ipv4/conf/{veth}/route_localnet"), "1")?;
+            .map_err(|e| format!("setting route_localnet in the pod's namespace: {e}"))?;
+            sysctl(
+                &format!("/proc/sys/net/ipv4/conf/{veth}/route_localnet"),
+                "1",
+            )?;
         }
         sysctl(&format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"), "1")?;
         run(&["link", "set", veth, "up"], None)?;
         let dst = format!("{ip}/32");
         if loopback {
-            run(&["route", "replace", &dst, "dev", veth, "table", "local"], None)?;
+            run(
+                &["route", "replace", &dst, "dev", veth, "table", "local"],
+                None,
+            )?;
         } else {
             run(&["route", "replace", &dst, "dev", veth], None)?;
         }

@@ -46,7 +46,12 @@ pub struct Placement {
 pub fn argv(config: &ContainerConfig, image: &ImageConfig) -> Vec<String> {
     match (config.command.is_empty(), config.args.is_empty()) {
         (false, _) => config.command.iter().chain(&config.args).cloned().collect(),
-        (true, false) => image.entrypoint.iter().chain(&config.args).cloned().collect(),
+        (true, false) => image
+            .entrypoint
+            .iter()
+            .chain(&config.args)
+            .cloned()
+            .collect(),
         (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
     }
 }
@@ -89,7 +94,11 @@ fn lookup_id(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)
 
 /// uid and gid: `runAsUser`/`runAsGroup`, else the image's `User` (`uid`, `name`,
 /// `uid:gid`, `name:group`), else root.
-pub fn user(config: &ContainerConfig, image: &ImageConfig, rootfs: &Path) -> Result<(u32, u32), String> {
+pub fn user(
+    config: &ContainerConfig,
+    image: &ImageConfig,
+    rootfs: &Path,
+) -> Result<(u32, u32), String> {
     let (mut uid, mut gid) = (0u32, 0u32);
     if !image.user.is_empty() {
         let (u, g) = image
@@ -169,10 +178,17 @@ fn bind(destination: &str, source: &Path, read_only: bool) -> Result<Mount, Stri
 }
 
 /// Builds the spec.
-pub fn build(config: &ContainerConfig, image: &ImageConfig, at: &Placement) -> Result<Spec, String> {
+pub fn build(
+    config: &ContainerConfig,
+    image: &ImageConfig,
+    at: &Placement,
+) -> Result<Spec, String> {
     let args = argv(config, image);
     if args.is_empty() {
-        return Err("no command: the image has no Entrypoint or Cmd and the container sets no command".into());
+        return Err(
+            "no command: the image has no Entrypoint or Cmd and the container sets no command"
+                .into(),
+        );
     }
     let (uid, gid) = user(config, image, &at.rootfs)?;
     let caps = capabilities(config)?;
@@ -188,7 +204,13 @@ pub fn build(config: &ContainerConfig, image: &ImageConfig, at: &Placement) -> R
         .args(args)
         .env(environment(config, image))
         .cwd(cwd)
-        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(e)?)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(e)?,
+        )
         .capabilities(
             LinuxCapabilitiesBuilder::default()
                 .bounding(caps.clone())
@@ -300,12 +322,25 @@ mod tests {
         assert!(env.contains(&"B=pod".to_string()));
         assert!(env.contains(&"HOSTNAME=p".to_string()));
         assert!(env.iter().any(|e| e.starts_with("PATH=")));
-        assert_eq!(user(&c, &image(), Path::new("/nonexistent")).unwrap(), (1000, 1000));
+        assert_eq!(
+            user(&c, &image(), Path::new("/nonexistent")).unwrap(),
+            (1000, 1000)
+        );
         c.security.run_as_user = Some(7);
-        assert_eq!(user(&c, &image(), Path::new("/nonexistent")).unwrap(), (7, 1000));
+        assert_eq!(
+            user(&c, &image(), Path::new("/nonexistent")).unwrap(),
+            (7, 1000)
+        );
         let mut named = image();
         named.user = "nobody".into();
-        assert!(user(&ContainerConfig::default(), &named, Path::new("/nonexistent")).is_err());
+        assert!(
+            user(
+                &ContainerConfig::default(),
+                &named,
+                Path::new("/nonexistent")
+            )
+            .is_err()
+        );
         assert_eq!(capabilities(&c).unwrap().len(), DEFAULT_CAPABILITIES.len());
         c.security.drop_capabilities = vec!["ALL".into()];
         c.security.add_capabilities = vec!["NET_ADMIN".into()];

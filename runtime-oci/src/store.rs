@@ -155,9 +155,9 @@ pub struct Progress {
 
 /// The normalised form of a reference: `busybox` is `docker.io/library/busybox:latest`.
 pub fn normalize(reference: &str) -> Result<String, StoreError> {
-    let r: oci_client::Reference = reference
-        .parse()
-        .map_err(|e| StoreError::Invalid(format!("{reference:?} is not an image reference: {e}")))?;
+    let r: oci_client::Reference = reference.parse().map_err(|e| {
+        StoreError::Invalid(format!("{reference:?} is not an image reference: {e}"))
+    })?;
     Ok(r.whole())
 }
 
@@ -349,7 +349,13 @@ impl ImageStore {
     fn lease_path(&self, container: &str) -> PathBuf {
         let key: String = container
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.root.join("leases").join(key)
     }
@@ -395,10 +401,11 @@ impl ImageStore {
                 keep.insert(hex_of(&l.digest)?.to_string());
             }
             // The config and manifest blobs are kept through the record's own files.
-            if let Ok(rd) = std::fs::read(self.root.join("images").join(format!(
-                "{}.refs",
-                hex_of(&img.digest)?
-            ))) {
+            if let Ok(rd) = std::fs::read(
+                self.root
+                    .join("images")
+                    .join(format!("{}.refs", hex_of(&img.digest)?)),
+            ) {
                 for l in String::from_utf8_lossy(&rd).lines() {
                     keep.insert(l.to_string());
                 }
@@ -524,8 +531,7 @@ fn pick_platform(index: &Value) -> Option<&Value> {
         })
         .or_else(|| {
             // Single-image layouts often carry no platform.
-            (manifests.len() == 1 && manifests[0].get("platform").is_none())
-                .then(|| &manifests[0])
+            (manifests.len() == 1 && manifests[0].get("platform").is_none()).then(|| &manifests[0])
         })
 }
 
@@ -643,7 +649,10 @@ impl ImageStore {
             if is_index(&manifest) {
                 owned.push(digest.clone());
                 let m = pick_platform(&manifest).ok_or_else(|| {
-                    StoreError::Invalid(format!("{reference}: no image for linux/{}", std::env::consts::ARCH))
+                    StoreError::Invalid(format!(
+                        "{reference}: no image for linux/{}",
+                        std::env::consts::ARCH
+                    ))
                 })?;
                 digest = m["digest"].as_str().unwrap_or("").to_string();
                 manifest = serde_json::from_slice(&self.read_layout_blob(dir, &digest)?)
@@ -692,7 +701,12 @@ impl ImageStore {
             let (config_digest, mut size) = self.put_blob_file(&cfg_file, None)?;
             let config = ImageConfig::parse(&std::fs::read(&cfg_file).map_err(io_err(&cfg_file))?)?;
             let mut layers = Vec::new();
-            for l in m.get("Layers").and_then(Value::as_array).into_iter().flatten() {
+            for l in m
+                .get("Layers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let src = dir.join(l.as_str().unwrap_or(""));
                 let (digest, n) = self.put_blob_file(&src, None)?;
                 size += n;
@@ -707,7 +721,11 @@ impl ImageStore {
                 _ => m
                     .get("RepoTags")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|t| t.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             };
             if tags.is_empty() {
@@ -741,9 +759,9 @@ impl ImageStore {
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Image, StoreError> {
         use futures::StreamExt;
-        let r: oci_client::Reference = reference
-            .parse()
-            .map_err(|e| StoreError::Invalid(format!("{reference:?} is not an image reference: {e}")))?;
+        let r: oci_client::Reference = reference.parse().map_err(|e| {
+            StoreError::Invalid(format!("{reference:?} is not an image reference: {e}"))
+        })?;
         let (manifest, digest) = client
             .pull_image_manifest(&r, auth)
             .await
@@ -764,7 +782,13 @@ impl ImageStore {
         for (i, (l, desc)) in layers.iter().zip(&manifest.layers).enumerate() {
             size += l.size;
             if self.has_blob(&l.digest) {
-                progress(Progress { layer: i, layers: layers.len(), digest: l.digest.clone(), done: l.size, total: Some(l.size) });
+                progress(Progress {
+                    layer: i,
+                    layers: layers.len(),
+                    digest: l.digest.clone(),
+                    done: l.size,
+                    total: Some(l.size),
+                });
                 continue;
             }
             let mut stream = client
@@ -777,17 +801,28 @@ impl ImageStore {
             let mut hasher = Sha256::new();
             let mut done = 0u64;
             while let Some(chunk) = stream.stream.next().await {
-                let chunk = chunk.map_err(|e| StoreError::Pull(format!("layer {}: {e}", l.digest)))?;
+                let chunk =
+                    chunk.map_err(|e| StoreError::Pull(format!("layer {}: {e}", l.digest)))?;
                 hasher.update(&chunk);
                 out.write_all(&chunk).map_err(io_err(&tmp))?;
                 done += chunk.len() as u64;
-                progress(Progress { layer: i, layers: layers.len(), digest: l.digest.clone(), done, total });
+                progress(Progress {
+                    layer: i,
+                    layers: layers.len(),
+                    digest: l.digest.clone(),
+                    done,
+                    total,
+                });
             }
             drop(out);
             let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
             if actual != l.digest {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(StoreError::Digest { what: format!("layer of {reference}"), expected: l.digest.clone(), actual });
+                return Err(StoreError::Digest {
+                    what: format!("layer of {reference}"),
+                    expected: l.digest.clone(),
+                    actual,
+                });
             }
             let dst = self.blob_path(&l.digest)?;
             std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;

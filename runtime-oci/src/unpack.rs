@@ -196,7 +196,10 @@ mod tests {
         unpack(&gz.finish().unwrap()[..], root, Form::Apply).unwrap();
         assert!(!root.join("etc/a").exists());
         assert_eq!(std::fs::read(root.join("etc/b")).unwrap(), b"b");
-        assert!(!root.join("var/old").exists(), "hidden by the opaque marker");
+        assert!(
+            !root.join("var/old").exists(),
+            "hidden by the opaque marker"
+        );
         assert_eq!(std::fs::read(root.join("var/new")).unwrap(), b"new");
         assert!(!root.join("gone").exists());
         assert!(!dir.path().parent().unwrap().join("escape").exists());

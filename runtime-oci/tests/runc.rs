@@ -6,11 +6,16 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use wk_api::runtime::{ContainerConfig, ContainerState, LogConfig, PullOptions, PullPolicy, Runtime};
+use wk_api::runtime::{
+    ContainerConfig, ContainerState, LogConfig, PullOptions, PullPolicy, Runtime,
+};
 use wk_runtime_oci::store::ImageConfig;
 use wk_runtime_oci::{OciRuntime, OciRuntimeConfig, archive};
 
-const APPLETS: &[&str] = &["sh", "echo", "cat", "sleep", "httpd", "dd", "head", "trap", "kill", "true", "false", "ls", "id", "hostname", "wget", "nc", "tail"];
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cat", "sleep", "httpd", "dd", "head", "trap", "kill", "true", "false", "ls",
+    "id", "hostname", "wget", "nc", "tail",
+];
 
 fn busybox_archive(dir: &Path, reference: &str) -> std::path::PathBuf {
     let layer = archive::busybox_layer(Path::new("/bin/busybox"), APPLETS)
@@ -79,12 +84,17 @@ async fn wait_log(env: &Env, name: &str, needle: &str) -> String {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{needle:?} never appeared in the log of {name}: {}", log_text(env, name));
+    panic!(
+        "{needle:?} never appeared in the log of {name}: {}",
+        log_text(env, name)
+    );
 }
 
 fn exit_code(st: &ContainerState) -> (i32, String) {
     match st {
-        ContainerState::Terminated { exit_code, reason, .. } => (*exit_code, reason.clone()),
+        ContainerState::Terminated {
+            exit_code, reason, ..
+        } => (*exit_code, reason.clone()),
         other => panic!("not terminated: {other:?}"),
     }
 }
@@ -93,12 +103,42 @@ fn exit_code(st: &ContainerState) -> (i32, String) {
 async fn exit_codes_logs_env_and_oom() {
     let env = env(1).await;
     let ip = Ipv4Addr::new(127, 231, 1, 2);
-    let prepared = env.rt.prepare("wk.test/busybox:1", &PullOptions { policy: PullPolicy::IfNotPresent, ..Default::default() }).await.unwrap();
+    let prepared = env
+        .rt
+        .prepare(
+            "wk.test/busybox:1",
+            &PullOptions {
+                policy: PullPolicy::IfNotPresent,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(!prepared.compiled, "served from the store, not pulled");
-    assert!(env.rt.prepare("wk.test/absent:1", &PullOptions { policy: PullPolicy::Never, ..Default::default() }).await.is_err());
+    assert!(
+        env.rt
+            .prepare(
+                "wk.test/absent:1",
+                &PullOptions {
+                    policy: PullPolicy::Never,
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_err()
+    );
 
     // Exit 0, stdout and stderr lines, the image's env merged with the container's.
-    let mut c = config(&env, "ok", ip, &["sh", "-c", "echo out $FROM_IMAGE $MINE; echo err >&2; hostname"]);
+    let mut c = config(
+        &env,
+        "ok",
+        ip,
+        &[
+            "sh",
+            "-c",
+            "echo out $FROM_IMAGE $MINE; echo err >&2; hostname",
+        ],
+    );
     c.env.push(("MINE".into(), "set".into()));
     env.rt.start(c.clone()).await.unwrap();
     let st = env.rt.wait(&c.id).await.unwrap();
@@ -111,15 +151,32 @@ async fn exit_codes_logs_env_and_oom() {
     // Exit 3.
     let c = config(&env, "three", ip, &["sh", "-c", "exit 3"]);
     env.rt.start(c.clone()).await.unwrap();
-    assert_eq!(exit_code(&env.rt.wait(&c.id).await.unwrap()), (3, "Error".into()));
+    assert_eq!(
+        exit_code(&env.rt.wait(&c.id).await.unwrap()),
+        (3, "Error".into())
+    );
     env.rt.remove(&c.id).unwrap();
 
     // Over its memory limit: OOMKilled.
-    let mut c = config(&env, "hog", ip, &["sh", "-c", "dd if=/dev/zero bs=64M count=4 | cat > /dev/null; head -c 200000000 /dev/zero | tail"]);
+    let mut c = config(
+        &env,
+        "hog",
+        ip,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero bs=64M count=4 | cat > /dev/null; head -c 200000000 /dev/zero | tail",
+        ],
+    );
     c.limits.memory_bytes = Some(16 << 20);
     env.rt.start(c.clone()).await.unwrap();
     let (code, reason) = exit_code(&env.rt.wait(&c.id).await.unwrap());
-    assert_eq!(reason, "OOMKilled", "exit {code}: {}", log_text(&env, "hog"));
+    assert_eq!(
+        reason,
+        "OOMKilled",
+        "exit {code}: {}",
+        log_text(&env, "hog")
+    );
     env.rt.remove(&c.id).unwrap();
 
     // A command that does not exist: a start error naming it, not a hang.
@@ -134,8 +191,16 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
     let env = env(2).await;
     let ip = Ipv4Addr::new(127, 231, 2, 2);
     // A server on the pod IP; SIGTERM is trapped and logged before exiting 0.
-    let c = config(&env, "web", ip, &["sh", "-c",
-        "echo hello-from-container > /www/index.html; httpd -f -p 8080 -h /www & pid=$!; trap 'echo got-term; kill $pid; exit 0' TERM; while true; do sleep 0.1; done"]);
+    let c = config(
+        &env,
+        "web",
+        ip,
+        &[
+            "sh",
+            "-c",
+            "echo hello-from-container > /www/index.html; httpd -f -p 8080 -h /www & pid=$!; trap 'echo got-term; kill $pid; exit 0' TERM; while true; do sleep 0.1; done",
+        ],
+    );
     env.rt.start(c.clone()).await.unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut body = String::new();
@@ -149,18 +214,64 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
     assert_eq!(body.trim(), "hello-from-container");
 
     // exec: output and exit codes of commands inside the container.
-    let out = env.rt.exec(&c.id, &["cat".into(), "/www/index.html".into()], Duration::from_secs(5)).await.unwrap();
-    assert_eq!((out.exit_code, String::from_utf8_lossy(&out.stdout).trim()), (0, "hello-from-container"));
-    let out = env.rt.exec(&c.id, &["sh".into(), "-c".into(), "exit 4".into()], Duration::from_secs(5)).await.unwrap();
+    let out = env
+        .rt
+        .exec(
+            &c.id,
+            &["cat".into(), "/www/index.html".into()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, String::from_utf8_lossy(&out.stdout).trim()),
+        (0, "hello-from-container")
+    );
+    let out = env
+        .rt
+        .exec(
+            &c.id,
+            &["sh".into(), "-c".into(), "exit 4".into()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
     assert_eq!(out.exit_code, 4);
 
     // A second container of the same pod shares its network: it reaches the server on
     // localhost.
-    let peer = config(&env, "peer", ip, &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"]);
+    let peer = config(
+        &env,
+        "peer",
+        ip,
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+    );
     env.rt.start(peer.clone()).await.unwrap();
     assert_eq!(exit_code(&env.rt.wait(&peer.id).await.unwrap()).0, 0);
     wait_log(&env, "peer", "hello-from-container").await;
     env.rt.remove(&peer.id).unwrap();
+
+    // The pod reaches addresses on the host (the node's DNS and Service VIPs live there),
+    // from its own address.
+    let host = tokio::net::TcpListener::bind("127.231.2.1:0")
+        .await
+        .unwrap();
+    let port = host.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move { host.accept().await.unwrap().1 });
+    let dial = config(
+        &env,
+        "dial",
+        ip,
+        &["sh", "-c", &format!("echo hi | nc 127.231.2.1 {port}")],
+    );
+    env.rt.start(dial.clone()).await.unwrap();
+    let peer = tokio::time::timeout(Duration::from_secs(10), accept)
+        .await
+        .expect("the container connected to the host")
+        .unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(ip));
+    env.rt.wait(&dial.id).await.unwrap();
+    env.rt.remove(&dial.id).unwrap();
 
     let st = env.rt.stop(&c.id, Duration::from_secs(10)).await.unwrap();
     assert_eq!(exit_code(&st).0, 0, "the TERM trap ran and exited 0");
@@ -169,5 +280,12 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
     env.rt.release_pod(&env.uid);
     // The pod's network is gone with it.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(client.get(format!("http://{ip}:8080/")).timeout(Duration::from_secs(1)).send().await.is_err());
+    assert!(
+        client
+            .get(format!("http://{ip}:8080/"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_err()
+    );
 }

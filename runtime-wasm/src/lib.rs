@@ -464,7 +464,11 @@ impl Runtime for WasmRuntime {
         "wasm"
     }
 
-    async fn prepare(&self, image: &str, _pull: &PullOptions) -> Result<PreparedImage, RuntimeError> {
+    async fn prepare(
+        &self,
+        image: &str,
+        _pull: &PullOptions,
+    ) -> Result<PreparedImage, RuntimeError> {
         let (p, compiled) = self.load(image).await?;
         Ok(PreparedImage {
             digest: p.digest.clone(),

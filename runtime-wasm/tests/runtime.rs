@@ -379,7 +379,13 @@ async fn compiled_components_are_cached_on_disk() {
     assert_eq!(first.compilations(), 1);
     assert!(p.digest.starts_with("sha256:"));
     // Same runtime: in-memory hit.
-    assert!(!first.prepare(&image, &Default::default()).await.unwrap().compiled);
+    assert!(
+        !first
+            .prepare(&image, &Default::default())
+            .await
+            .unwrap()
+            .compiled
+    );
     drop(first);
     // A restarted runtime (same cache dir) compiles nothing.
     let second = runtime(dir.path());
@@ -577,7 +583,10 @@ async fn images_over_http_are_fetched_and_verified() {
     let digest = wk_runtime_wasm::image::digest(&bytes);
     let port = serve_bytes(bytes).await;
     let url = format!("http://127.0.0.1:{port}/pi.wasm");
-    let p = rt.prepare(&format!("{url}@{digest}"), &Default::default()).await.unwrap();
+    let p = rt
+        .prepare(&format!("{url}@{digest}"), &Default::default())
+        .await
+        .unwrap();
     assert_eq!(p.digest, digest);
     let mut c = config(dir.path(), "pi-http", url.clone());
     c.args = vec!["5".into()];

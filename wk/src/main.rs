@@ -41,6 +41,8 @@ enum Command {
     Rollout(commands::rollout::Args),
     /// Set the number of replicas of a Deployment or ReplicaSet
     Scale(commands::rollout::ScaleArgs),
+    /// Manage the node's container image store (import, pull, ls, rm)
+    Image(commands::image::Args),
     /// Run a local cluster (control plane + agent) in one process
     Up(commands::up::Args),
     /// Stop the cluster `wk up` started
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
             Command::Rollout(a) => commands::rollout::run(a, &kubeconfig).await,
             Command::Scale(a) => commands::rollout::scale(a, &kubeconfig).await,
             Command::Logs(a) => commands::logs::run(a, &kubeconfig).await,
+            Command::Image(a) => commands::image::run(a).await,
             Command::Up(a) => commands::up::run(a, &kubeconfig).await,
             Command::Down(a) => commands::up::down(a).await,
             Command::Version(a) => commands::version::run(a, &kubeconfig).await,

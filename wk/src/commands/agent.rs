@@ -56,6 +56,19 @@ pub struct Args {
     /// loopback interface and each node's range is routed via its node IP
     #[arg(long)]
     pod_cidr: Option<wk_api::net::Cidr>,
+    /// The runc binary for container pods (runtimeClassName: oci), or "none"; the node
+    /// offers containers only when it works
+    #[arg(long, default_value = "runc")]
+    runc: String,
+    /// A registry (host:port) to reach over plain HTTP (repeatable)
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Image GC starts when the image store's disk is fuller than this (percent)
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high_threshold: u8,
+    /// ...and removes least recently used images until it is under this (percent)
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -110,6 +123,13 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
     if let Some(range) = args.pod_cidr {
         cfg.pod_cidr = range;
     }
+    cfg.runc = (args.runc != "none").then(|| PathBuf::from(&args.runc));
+    cfg.insecure_registries = args.insecure_registries;
+    if args.image_gc_low_threshold > args.image_gc_high_threshold {
+        anyhow::bail!("--image-gc-low-threshold must not be above --image-gc-high-threshold");
+    }
+    cfg.image_gc_high = args.image_gc_high_threshold;
+    cfg.image_gc_low = args.image_gc_low_threshold;
     // The API server presents the node token when it proxies logs.
     cfg.log_token = args.token.clone();
     let agent = Agent::new(client, cfg).context("cannot start the agent")?;

@@ -197,11 +197,24 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// A `wk agent` process, killed when dropped.
+/// A `wk agent` process, stopped when dropped: SIGTERM first, so it removes its
+/// containers (runc processes, mounts, network namespaces), then SIGKILL after 10 s.
 pub struct AgentProc(pub Child);
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
