@@ -472,8 +472,9 @@ async fn deployments_are_scheduled_across_agents_and_serve() {
     let server = TestServer::start_cluster();
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
-    let _a1 = start_agent(&server, "node-1", d1.path());
-    let _a2 = start_agent(&server, "node-2", d2.path());
+    // Nodes without a container runtime (so a container pod fits nowhere below).
+    let _a1 = start_agent_with(&server, "node-1", d1.path(), &["--runc", "none"]);
+    let _a2 = start_agent_with(&server, "node-2", d2.path(), &["--runc", "none"]);
     let c = server.client();
     let nodes = lookup("nodes").unwrap();
     wait_for("two nodes", Duration::from_secs(30), || {
