@@ -6,7 +6,8 @@
 //!   oci-client, or imported from an archive with `wk image import`);
 //! - a container's root is an overlayfs of the image's unpacked layers with its own upper
 //!   directory, or, where overlayfs cannot be mounted, a private copy of the layers;
-//! - its `config.json` is built with oci-spec (`spec.rs`) and runc runs it (`runc.rs`);
+//! - its `config.json` is built with oci-spec (`spec.rs`) and `runc run --detach` runs
+//!   it (`runc.rs`);
 //! - the containers of a pod share one network namespace holding the pod IP (`netns.rs`);
 //! - stdout/stderr go through pipes into the same log files Wasm pods write;
 //! - the agent is the child subreaper of its containers, so it reaps their init processes
@@ -500,6 +501,7 @@ impl Runtime for OciRuntime {
                 config.pod.pod_ip
             ))
         })?;
+        let t0 = std::time::Instant::now();
         let net = self
             .pod_network(&config.pod.uid, ip)
             .map_err(|e| fail(format!("pod network: {e}")))?;
@@ -517,6 +519,7 @@ impl Runtime for OciRuntime {
                 .map_err(|e| fail(e.to_string()))?
                 .map_err(&fail)?
         };
+        let t_net_rootfs = t0.elapsed();
         let placement = spec::Placement {
             rootfs: rootfs.clone(),
             netns: net.path(),
@@ -546,7 +549,7 @@ impl Runtime for OciRuntime {
         tokio::spawn(copy_lines(err_r, log.clone(), "stderr"));
         let pid = match self
             .runc
-            .create(&rid, &bundle, out_w.into(), err_w.into())
+            .run_detached(&rid, &bundle, out_w.into(), err_w.into())
             .await
         {
             Ok(p) => p,
@@ -555,11 +558,11 @@ impl Runtime for OciRuntime {
                 return Err(start_err(&id, e));
             }
         };
+        let t_create = t0.elapsed();
+        // Even a process that already exited is still there to reap: the agent is its
+        // subreaper.
         let exited = self.reaper.watch(pid);
-        if let Err(e) = self.runc.start(&rid, &bundle).await {
-            teardown(&self.runc, &self.store, &rid, &bundle, overlay).await;
-            return Err(start_err(&id, e));
-        }
+        tracing::debug!(%id, ?t_net_rootfs, ?t_create, total = ?t0.elapsed(), "container started");
         let started_at = jiff::Timestamp::now();
         let (state, _) = watch::channel(ContainerState::Running { started_at });
         let c = Arc::new(Container {
@@ -589,7 +592,9 @@ impl Runtime for OciRuntime {
             if oom {
                 log.note("wk: killed by the kernel's OOM killer (memory limit reached)");
             }
-            let _ = c.state.send(ContainerState::Terminated {
+            // `send_replace`: nobody may be subscribed yet (a quick exit), and `send` would
+            // then drop the value.
+            c.state.send_replace(ContainerState::Terminated {
                 exit_code: code,
                 reason: reason.into(),
                 message,

@@ -92,51 +92,53 @@ impl PodNetwork {
 
     fn configure(&self) -> Result<(), String> {
         let (ns, veth, ip) = (&self.namespace, &self.host_veth, self.ip);
-        run(
-            &[
-                "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
-            None,
-        )?;
         let loopback = ip.is_loopback();
-        // Inside the namespace, in one `ip` process.
+        // Inside the namespace, in one `ip` process. `scope global` and `src`: iproute2
+        // gives 127/8 addresses host scope, which the kernel never picks as the source of
+        // a packet leaving through eth0.
+        let mut host = format!("link add {veth} type veth peer name eth0 netns {ns}\n");
         let mut inside = String::from("link set lo up\n");
         if loopback {
             inside.push_str("addr del 127.0.0.1/8 dev lo\naddr add 127.0.0.1/32 dev lo\n");
         }
-        // `scope global` and `src`: iproute2 gives 127/8 addresses host scope, which the
-        // kernel never picks as the source of a packet leaving through eth0.
         inside.push_str(&format!(
             "addr add {ip}/32 dev eth0 scope global\nlink set eth0 up\nroute add default dev eth0 src {ip}\n"
         ));
-        run(&["-n", ns, "-batch", "-"], Some(&inside))?;
+        host.push_str(&format!("link set {veth} up\n"));
         if loopback {
-            // Per-namespace sysctls are written from inside the namespace.
-            run(
-                &[
-                    "netns", "exec", ns, "sh", "-c",
-                    "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet && echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet",
-                ],
-                None,
-            )
-            .map_err(|e| format!("setting route_localnet in the pod's namespace: {e}"))?;
+            host.push_str(&format!("route replace {ip}/32 dev {veth} table local\n"));
+        } else {
+            host.push_str(&format!("route replace {ip}/32 dev {veth}\n"));
+        }
+        run(&["-batch", "-"], Some(&host))?;
+        sysctl(&format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"), "1")?;
+        if loopback {
             sysctl(
                 &format!("/proc/sys/net/ipv4/conf/{veth}/route_localnet"),
                 "1",
             )?;
+            self.inside(|| {
+                sysctl("/proc/sys/net/ipv4/conf/all/route_localnet", "1")?;
+                sysctl("/proc/sys/net/ipv4/conf/eth0/route_localnet", "1")
+            })?;
         }
-        sysctl(&format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"), "1")?;
-        run(&["link", "set", veth, "up"], None)?;
-        let dst = format!("{ip}/32");
-        if loopback {
-            run(
-                &["route", "replace", &dst, "dev", veth, "table", "local"],
-                None,
-            )?;
-        } else {
-            run(&["route", "replace", &dst, "dev", veth], None)?;
-        }
-        Ok(())
+        run(&["-n", ns, "-batch", "-"], Some(&inside))
+    }
+
+    /// Runs `f` on a thread that has joined the pod's network namespace (per-namespace
+    /// sysctls are written from inside it).
+    fn inside(&self, f: impl FnOnce() -> Result<(), String> + Send) -> Result<(), String> {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let fd = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("joining {path}: {e}"))?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the namespace thread panicked".into()))
+        })
     }
 
     /// Removes the namespace and the veth pair (and with it the routes); best effort.

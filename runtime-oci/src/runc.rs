@@ -1,4 +1,4 @@
-//! Driving the `runc` binary: create (with `--pid-file`), start, kill, delete, exec.
+//! Driving the `runc` binary: run --detach (with `--pid-file`), kill, delete, exec.
 //!
 //! Every call passes `--root` (this agent's state directory, so agents sharing a host
 //! never see each other's containers) and, for the calls that can fail in interesting
@@ -75,9 +75,10 @@ impl Runc {
             .to_string())
     }
 
-    /// Creates a container from `bundle` whose stdout/stderr are the given pipe ends;
+    /// Creates and starts a container from `bundle` (`runc run --detach`: one runc
+    /// process instead of `create` + `start`) whose stdout/stderr are the given pipe ends;
     /// returns its init process id.
-    pub async fn create(
+    pub async fn run_detached(
         &self,
         id: &str,
         bundle: &Path,
@@ -87,7 +88,8 @@ impl Runc {
         let log = bundle.join("runc.log");
         let pid_file = bundle.join("init.pid");
         let mut c = self.command(Some(&log));
-        c.arg("create")
+        c.arg("run")
+            .arg("--detach")
             .arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
@@ -109,12 +111,6 @@ impl Runc {
         pid.trim()
             .parse()
             .map_err(|_| format!("{}: not a pid: {pid:?}", pid_file.display()))
-    }
-
-    pub async fn start(&self, id: &str, bundle: &Path) -> Result<(), String> {
-        self.run(Some(&bundle.join("runc.log")), &["start", id])
-            .await
-            .map(drop)
     }
 
     /// Sends a signal to the container's init process (`all`: to every process in it).

@@ -184,6 +184,7 @@ async fn exit_codes_logs_env_and_oom() {
     let err = env.rt.start(c).await.unwrap_err();
     assert!(err.to_string().contains("/no/such/binary"), "{err}");
     env.rt.release_pod(&env.uid);
+    env.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,4 +289,32 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
             .await
             .is_err()
     );
+    env.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_exits_are_always_seen() {
+    let env = env(3).await;
+    let ip = Ipv4Addr::new(127, 231, 3, 2);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let c = config(
+            &env,
+            &format!("q{i}"),
+            ip,
+            &["sh", "-c", &format!("exit {}", i % 5)],
+        );
+        env.rt.start(c.clone()).await.unwrap();
+        ids.push((c.id, i % 5));
+    }
+    for (id, code) in ids {
+        let st = tokio::time::timeout(Duration::from_secs(10), env.rt.wait(&id))
+            .await
+            .unwrap_or_else(|_| panic!("the exit of {id} was never seen"))
+            .unwrap();
+        assert_eq!(exit_code(&st).0, code);
+        env.rt.remove(&id).unwrap();
+    }
+    env.rt.release_pod(&env.uid);
+    env.rt.shutdown().await;
 }
