@@ -174,6 +174,8 @@ impl Agent {
     pub fn new(client: Client, cfg: AgentConfig) -> Result<Arc<Agent>, AgentError> {
         let mut wasm_cfg = WasmRuntimeConfig::new(cfg.data_dir.join("wasm-cache"));
         wasm_cfg.insecure_registries = cfg.insecure_registries.clone();
+        // One image store per node for both runtimes.
+        wasm_cfg.image_store = cfg.data_dir.join("oci/images");
         let runtime =
             WasmRuntime::new(wasm_cfg).map_err(|e| AgentError::Runtime(format!("{e:#}")))?;
         let cpus = std::thread::available_parallelism()

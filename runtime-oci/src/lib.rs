@@ -55,6 +55,9 @@ pub struct OciRuntimeConfig {
     pub runc: PathBuf,
     /// Registries (`host:port`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Container roots on overlayfs (the default); `false`, or a failed mount, copies the
+    /// layers into each container's root instead.
+    pub overlay: bool,
 }
 
 impl OciRuntimeConfig {
@@ -64,6 +67,7 @@ impl OciRuntimeConfig {
             data_dir,
             runc: "runc".into(),
             insecure_registries: Vec::new(),
+            overlay: true,
         }
     }
 }
@@ -320,7 +324,7 @@ impl OciRuntime {
             store,
             client: registry_client(cfg.insecure_registries),
             dir: cfg.data_dir,
-            overlay: Arc::new(AtomicBool::new(true)),
+            overlay: Arc::new(AtomicBool::new(cfg.overlay)),
             reaper: Reaper::start(),
             containers: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),

@@ -623,9 +623,17 @@ impl ImageStore {
                 .map(String::from);
             // `ref.name` is a whole reference (`busybox:1`, `host/app:2`) or, per the
             // image spec, often only a tag (`1.0`), which needs a name to go with it.
+            let bare_tag = |n: &str| !n.contains(':') && !n.contains('/');
+            let untagged = |n: &str| {
+                let last = n.rsplit('/').next().unwrap_or(n);
+                !last.contains(':') && !last.contains('@')
+            };
             let reference = match (name, named) {
+                (Some(base), Some(tag)) if bare_tag(&tag) && untagged(base) => {
+                    format!("{base}:{tag}")
+                }
                 (Some(n), _) if entries.len() == 1 => n.to_string(),
-                (_, Some(n)) if n.contains(':') || n.contains('/') => n,
+                (_, Some(n)) if !bare_tag(&n) => n,
                 (Some(base), Some(tag)) => format!("{base}:{tag}"),
                 (None, Some(tag)) => {
                     return Err(StoreError::Invalid(format!(
@@ -838,5 +846,213 @@ impl ImageStore {
             last_used: 0,
         };
         self.commit(image, std::slice::from_ref(&manifest.config.digest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn layer_tar(file: &str, body: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, file, body).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Writes a tar of `files` (name → bytes).
+    fn tar_of(path: &Path, files: &[(String, Vec<u8>)]) {
+        let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+        for (name, bytes) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            b.append_data(&mut h, name, &bytes[..]).unwrap();
+        }
+        b.finish().unwrap();
+    }
+
+    fn config(arch: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"os": "linux", "architecture": arch,
+            "config": {"Cmd": ["sh"], "Env": ["A=1"], "User": "7:8", "WorkingDir": "/w"}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn docker_save_archives_import_with_their_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store")).unwrap();
+        let layer = layer_tar("hello.txt", b"hi");
+        let cfg = config("amd64");
+        let manifest = json!([{"Config": "cfg.json", "RepoTags": ["example/app:1", "example/app:latest"], "Layers": ["l1/layer.tar"]}]);
+        let archive = dir.path().join("save.tar");
+        tar_of(
+            &archive,
+            &[
+                (
+                    "manifest.json".into(),
+                    serde_json::to_vec(&manifest).unwrap(),
+                ),
+                ("cfg.json".into(), cfg.clone()),
+                ("l1/layer.tar".into(), layer.clone()),
+            ],
+        );
+        let images = store.import(&archive, None).unwrap();
+        let refs: Vec<&str> = images.iter().map(|i| i.reference.as_str()).collect();
+        assert_eq!(
+            refs,
+            ["docker.io/example/app:1", "docker.io/example/app:latest"]
+        );
+        let img = store.get("example/app:1").unwrap().unwrap();
+        assert_eq!(
+            img.digest,
+            sha(&cfg),
+            "a docker save image is known by its config digest"
+        );
+        assert_eq!(img.config.cmd, ["sh"]);
+        assert_eq!(img.config.user, "7:8");
+        assert_eq!(img.layers[0].digest, sha(&layer));
+        // The layer unpacks, and applies.
+        let unpacked = store.layer_dir(&img.layers[0]).unwrap();
+        assert_eq!(std::fs::read(unpacked.join("hello.txt")).unwrap(), b"hi");
+        let root = dir.path().join("root");
+        store.apply_layers(&img, &root).unwrap();
+        assert_eq!(std::fs::read(root.join("hello.txt")).unwrap(), b"hi");
+        // Garbage is refused with a clear error.
+        std::fs::write(dir.path().join("junk.tar"), b"not a tar at all").unwrap();
+        assert!(store.import(&dir.path().join("junk.tar"), None).is_err());
+    }
+
+    #[test]
+    fn oci_layouts_pick_this_platform_and_verify_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store")).unwrap();
+        let here = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            a => a,
+        };
+        let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut entries = Vec::new();
+        for arch in ["s390x", here] {
+            let layer = layer_tar("arch", arch.as_bytes());
+            let cfg = config(arch);
+            let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&cfg), "size": cfg.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(&layer), "size": layer.len()}]})).unwrap();
+            entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&manifest), "size": manifest.len(),
+                "platform": {"os": "linux", "architecture": arch}}));
+            blobs.extend([
+                (sha(&layer), layer),
+                (sha(&cfg), cfg),
+                (sha(&manifest), manifest),
+            ]);
+        }
+        let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
+        let top = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": sha(&index), "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "2.0"}}]});
+        blobs.push((sha(&index), index));
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            (
+                "oci-layout".into(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            ("index.json".into(), serde_json::to_vec(&top).unwrap()),
+        ];
+        for (d, b) in &blobs {
+            files.push((format!("blobs/sha256/{}", &d[7..]), b.clone()));
+        }
+        let archive = dir.path().join("multi.tar");
+        tar_of(&archive, &files);
+        // Only a tag in the archive: a name is needed.
+        let err = store.import(&archive, None).unwrap_err();
+        assert!(err.to_string().contains("give a name"), "{err}");
+        let img = store
+            .import(&archive, Some("example/multi"))
+            .unwrap()
+            .remove(0);
+        assert_eq!(img.reference, "docker.io/example/multi:2.0");
+        let root = dir.path().join("root");
+        store.apply_layers(&img, &root).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("arch")).unwrap(), here);
+
+        // A blob whose bytes do not match its digest is refused.
+        // The layer of this platform (the second manifest's first blob).
+        let (d, _) = &blobs[3];
+        let mut bad = files.clone();
+        for f in bad.iter_mut() {
+            if f.0.ends_with(&d[7..]) {
+                f.1 = b"tampered".to_vec();
+            }
+        }
+        let tampered = dir.path().join("tampered.tar");
+        tar_of(&tampered, &bad);
+        let other = ImageStore::open(dir.path().join("other")).unwrap();
+        assert!(other.import(&tampered, Some("x/y")).is_err());
+    }
+
+    #[test]
+    fn leased_images_stay_and_eviction_takes_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path().join("store")).unwrap();
+        for (name, body) in [("old", "1"), ("mid", "2"), ("new", "3")] {
+            let layer = layer_tar("f", body.as_bytes());
+            let cfg = config("amd64");
+            let manifest = json!([{"Config": "c.json", "RepoTags": [format!("example/{name}:1")], "Layers": ["l.tar"]}]);
+            let archive = dir.path().join(format!("{name}.tar"));
+            tar_of(
+                &archive,
+                &[
+                    (
+                        "manifest.json".into(),
+                        serde_json::to_vec(&manifest).unwrap(),
+                    ),
+                    ("c.json".into(), cfg),
+                    ("l.tar".into(), layer),
+                ],
+            );
+            store.import(&archive, None).unwrap();
+        }
+        // Last use: mid, then old (leased, in use), then new.
+        store.lease("c-mid", "example/mid:1").unwrap();
+        store.release("c-mid");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        store.lease("c-old", "example/old:1").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        store.lease("c-new", "example/new:1").unwrap();
+        store.release("c-new");
+        let err = store.remove("example/old:1").unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err}");
+        // Freeing one byte removes the least recently used image not in use.
+        assert_eq!(store.evict(1).unwrap(), ["docker.io/example/mid:1"]);
+        assert_eq!(store.evict(u64::MAX).unwrap(), ["docker.io/example/new:1"]);
+        let left: Vec<String> = store
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.reference)
+            .collect();
+        assert_eq!(left, ["docker.io/example/old:1"]);
+        // Unreferenced blobs went with the removed images: the old image's layer, its
+        // config and nothing else remain.
+        let blobs = std::fs::read_dir(dir.path().join("store/blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(blobs, 2);
+        store.release("c-old");
+        store.remove("example/old:1").unwrap();
+        assert!(store.list().unwrap().is_empty());
     }
 }

@@ -38,9 +38,15 @@ struct Env {
 }
 
 async fn env(octet: u8) -> Env {
+    env_with(octet, true).await
+}
+
+async fn env_with(octet: u8, overlay: bool) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
-    let rt = OciRuntime::new(OciRuntimeConfig::new(path.join("oci")))
+    let mut cfg = OciRuntimeConfig::new(path.join("oci"));
+    cfg.overlay = overlay;
+    let rt = OciRuntime::new(cfg)
         .await
         .expect("runc works here (root, apt-get install runc)");
     let archive = busybox_archive(&path, "wk.test/busybox:1");
@@ -317,4 +323,47 @@ async fn quick_exits_are_always_seen() {
     }
     env.rt.release_pod(&env.uid);
     env.rt.shutdown().await;
+}
+
+/// Each container writes to its own root, on overlayfs and on the copy fallback alike;
+/// with a read-only root it cannot write at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_are_private_with_and_without_overlayfs() {
+    for (octet, overlay) in [(4, true), (5, false)] {
+        let env = env_with(octet, overlay).await;
+        let ip = Ipv4Addr::new(127, 231, octet, 2);
+        let w = config(
+            &env,
+            "writer",
+            ip,
+            &["sh", "-c", "echo mine > /etc/marker && cat /etc/marker"],
+        );
+        env.rt.start(w.clone()).await.unwrap();
+        assert_eq!(exit_code(&env.rt.wait(&w.id).await.unwrap()).0, 0);
+        wait_log(&env, "writer", "stdout mine").await;
+        let r = config(&env, "reader", ip, &["sh", "-c", "test ! -e /etc/marker"]);
+        env.rt.start(r.clone()).await.unwrap();
+        assert_eq!(
+            exit_code(&env.rt.wait(&r.id).await.unwrap()).0,
+            0,
+            "overlay={overlay}: the writer's file leaked"
+        );
+        let mut ro = config(&env, "ro", ip, &["sh", "-c", "echo x > /etc/marker"]);
+        ro.security.read_only_root_filesystem = true;
+        env.rt.start(ro.clone()).await.unwrap();
+        assert_ne!(
+            exit_code(&env.rt.wait(&ro.id).await.unwrap()).0,
+            0,
+            "a read-only root refused the write"
+        );
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!("{}/oci/containers", env.dir.display()));
+        assert_eq!(mounted, overlay, "overlay mounts only when asked for");
+        for id in [&w.id, &r.id, &ro.id] {
+            env.rt.remove(id).unwrap();
+        }
+        env.rt.release_pod(&env.uid);
+        env.rt.shutdown().await;
+    }
 }

@@ -10,7 +10,8 @@
 //!   oci-client (registries listed as insecure are reached over plain HTTP).
 
 use sha2::{Digest, Sha256};
-use wk_api::runtime::RuntimeError;
+use wk_api::runtime::{PullOptions, PullPolicy, RuntimeError};
+use wk_runtime_oci::store::{ImageStore, StoreError, WASM_LAYER};
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,91 +87,108 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Clients for fetching images.
+/// Clients for fetching images, and the node's image store that OCI references are pulled
+/// into (the one the container runtime uses, so `wk image ls` lists Wasm images too).
 pub struct Fetcher {
     pub http: reqwest::Client,
     pub oci: oci_client::Client,
+    pub store: ImageStore,
 }
 
 impl Fetcher {
     /// `insecure_registries` (`host:port`) are reached over plain HTTP.
-    pub fn new(insecure_registries: Vec<String>) -> Fetcher {
-        // oci-client's reqwest uses rustls without a default provider: use ring, like
-        // the rest of wk.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let oci = oci_client::Client::new(oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure_registries),
-            ..Default::default()
-        });
+    pub fn new(insecure_registries: Vec<String>, store: ImageStore) -> Fetcher {
         Fetcher {
             http: reqwest::Client::new(),
-            oci,
+            oci: wk_runtime_oci::registry_client(insecure_registries),
+            store,
         }
     }
 }
 
+/// The component of an OCI image: from the store unless the pull policy says to pull, or
+/// it is not there yet.
 async fn pull_oci(
     fetcher: &Fetcher,
     image: &str,
     reference: &str,
+    pull: &PullOptions,
 ) -> Result<Vec<u8>, RuntimeError> {
-    let pull = |message: String| RuntimeError::Pull {
+    let failed = |message: String| RuntimeError::Pull {
         image: image.to_string(),
         message,
     };
-    let r: oci_client::Reference = reference.parse().map_err(|e| RuntimeError::InvalidImage {
-        image: image.to_string(),
-        message: format!("not an OCI reference: {e}"),
-    })?;
-    let data = fetcher
-        .oci
-        .pull(
-            &r,
-            &oci_client::secrets::RegistryAuth::Anonymous,
-            vec![oci_client::manifest::WASM_LAYER_MEDIA_TYPE],
-        )
-        .await
-        .map_err(|e| pull(format!("{e}")))?;
-    let layer = data
+    let store_err = |e: StoreError| match e {
+        StoreError::Invalid(message) => RuntimeError::InvalidImage {
+            image: image.to_string(),
+            message,
+        },
+        other => failed(other.to_string()),
+    };
+    let present = fetcher.store.get(reference).map_err(store_err)?;
+    let img = match (pull.policy, present) {
+        (PullPolicy::IfNotPresent | PullPolicy::Never, Some(img)) => img,
+        (PullPolicy::Never, None) => {
+            return Err(failed(
+                "the image is not present on the node and its pull policy is Never".into(),
+            ));
+        }
+        _ => {
+            let auth = wk_runtime_oci::auth_for(reference, pull);
+            fetcher
+                .store
+                .pull(&fetcher.oci, reference, &auth, &|_| {})
+                .await
+                .map_err(store_err)?
+        }
+    };
+    let layer = img
         .layers
-        .into_iter()
-        .find(|l| l.media_type == oci_client::manifest::WASM_LAYER_MEDIA_TYPE)
-        .ok_or_else(|| {
-            pull(format!(
-                "the image has no {} layer",
-                oci_client::manifest::WASM_LAYER_MEDIA_TYPE
-            ))
+        .iter()
+        .find(|l| l.media_type == WASM_LAYER)
+        .ok_or_else(|| RuntimeError::InvalidImage {
+            image: image.to_string(),
+            message: format!(
+                "the image has no {WASM_LAYER} layer (a container image? use runtimeClassName: oci)"
+            ),
         })?;
-    Ok(layer.data.to_vec())
+    let path = fetcher.store.blob_path(&layer.digest).map_err(store_err)?;
+    tokio::fs::read(&path)
+        .await
+        .map_err(|e| failed(format!("{}: {e}", path.display())))
 }
 
 /// Fetches the bytes of an image and checks the digest if one was given.
-pub async fn fetch(image: &str, fetcher: &Fetcher) -> Result<(Vec<u8>, String), RuntimeError> {
+pub async fn fetch(
+    image: &str,
+    fetcher: &Fetcher,
+    pull: &PullOptions,
+) -> Result<(Vec<u8>, String), RuntimeError> {
     let http = &fetcher.http;
     let r = ImageRef::parse(image)?;
-    let pull = |message: String| RuntimeError::Pull {
+    let failed = |message: String| RuntimeError::Pull {
         image: image.to_string(),
         message,
     };
     let bytes = match &r.source {
         ImageSource::File(path) => tokio::fs::read(path)
             .await
-            .map_err(|e| pull(format!("{}: {e}", path.display())))?,
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?,
         ImageSource::Http(url) => {
             let resp = http
                 .get(url)
                 .send()
                 .await
-                .map_err(|e| pull(e.to_string()))?;
+                .map_err(|e| failed(e.to_string()))?;
             if !resp.status().is_success() {
-                return Err(pull(format!("server answered {}", resp.status())));
+                return Err(failed(format!("server answered {}", resp.status())));
             }
             resp.bytes()
                 .await
-                .map_err(|e| pull(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?
                 .to_vec()
         }
-        ImageSource::Oci(reference) => pull_oci(fetcher, image, reference).await?,
+        ImageSource::Oci(reference) => pull_oci(fetcher, image, reference, pull).await?,
     };
     let d = digest(&bytes);
     if let Some(want) = &r.digest {
@@ -227,19 +245,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.wasm");
         std::fs::write(&p, b"abc").unwrap();
-        let http = Fetcher::new(vec![]);
-        let (_, d) = fetch(p.to_str().unwrap(), &http).await.unwrap();
+        let http = Fetcher::new(vec![], ImageStore::open(dir.path().join("store")).unwrap());
+        let none = PullOptions::default();
+        let (_, d) = fetch(p.to_str().unwrap(), &http, &none).await.unwrap();
         assert_eq!(
             d,
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         let bad = format!("{}@sha256:{}", p.display(), "0".repeat(64));
         assert!(matches!(
-            fetch(&bad, &http).await,
+            fetch(&bad, &http, &none).await,
             Err(RuntimeError::InvalidImage { .. })
         ));
         assert!(matches!(
-            fetch("/nonexistent.wasm", &http).await,
+            fetch("/nonexistent.wasm", &http, &none).await,
             Err(RuntimeError::Pull { .. })
         ));
     }

@@ -50,15 +50,19 @@ pub struct WasmRuntimeConfig {
     pub request_timeout: Duration,
     /// OCI registries (`host:port`) reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// The node's image store, where OCI references are pulled to (shared with the
+    /// container runtime).
+    pub image_store: PathBuf,
 }
 
 impl WasmRuntimeConfig {
     pub fn new(cache_dir: PathBuf) -> Self {
         WasmRuntimeConfig {
-            cache_dir,
             engine: EngineOptions::default(),
             request_timeout: Duration::from_secs(30),
             insecure_registries: Vec::new(),
+            image_store: cache_dir.join("images"),
+            cache_dir,
         }
     }
 }
@@ -217,7 +221,11 @@ impl WasmRuntime {
             engine,
             pooling,
             linker,
-            fetcher: image::Fetcher::new(cfg.insecure_registries),
+            fetcher: image::Fetcher::new(
+                cfg.insecure_registries,
+                wk_runtime_oci::store::ImageStore::open(&cfg.image_store)
+                    .map_err(|e| wasmtime::format_err!("{e}"))?,
+            ),
             request_timeout: cfg.request_timeout,
             epoch_tick: cfg.engine.epoch_tick,
             images: Mutex::new(HashMap::new()),
@@ -242,7 +250,11 @@ impl WasmRuntime {
     /// Loads (fetch, verify, compile or hit the cache) and classifies an image. Local
     /// files are re-read every time (cheap), so a rebuilt `.wasm` at the same path is
     /// picked up; remote images are fetched once per runtime.
-    async fn load(&self, image: &str) -> Result<(Arc<Prepared>, bool), RuntimeError> {
+    async fn load(
+        &self,
+        image: &str,
+        pull: &PullOptions,
+    ) -> Result<(Arc<Prepared>, bool), RuntimeError> {
         let gate = self
             .loading
             .lock()
@@ -260,7 +272,7 @@ impl WasmRuntime {
                 return Ok((p.clone(), false));
             }
         }
-        let (bytes, digest) = image::fetch(image, &self.fetcher).await?;
+        let (bytes, digest) = image::fetch(image, &self.fetcher, pull).await?;
         if let Some(p) = self.images.lock().expect("images lock").get(&digest) {
             return Ok((p.clone(), false));
         }
@@ -311,7 +323,7 @@ impl WasmRuntime {
         image: &str,
         n: usize,
     ) -> Result<Vec<Duration>, RuntimeError> {
-        let (prepared, _) = self.load(image).await?;
+        let (prepared, _) = self.load(image, &PullOptions::default()).await?;
         let err = |e: wasmtime::Error| RuntimeError::Start {
             id: image.to_string(),
             message: format!("{e:#}"),
@@ -367,7 +379,7 @@ impl WasmRuntime {
 
     /// The world of a prepared image.
     pub async fn world(&self, image: &str) -> Result<World, RuntimeError> {
-        Ok(self.load(image).await?.0.world)
+        Ok(self.load(image, &PullOptions::default()).await?.0.world)
     }
 }
 
@@ -467,9 +479,9 @@ impl Runtime for WasmRuntime {
     async fn prepare(
         &self,
         image: &str,
-        _pull: &PullOptions,
+        pull: &PullOptions,
     ) -> Result<PreparedImage, RuntimeError> {
-        let (p, compiled) = self.load(image).await?;
+        let (p, compiled) = self.load(image, pull).await?;
         Ok(PreparedImage {
             digest: p.digest.clone(),
             compiled,
@@ -489,7 +501,7 @@ impl Runtime for WasmRuntime {
                 message: "a container with this id exists".into(),
             });
         }
-        let (prepared, _) = self.load(&config.image).await?;
+        let (prepared, _) = self.load(&config.image, &PullOptions::default()).await?;
         let log = ContainerLog::new(config.log.path.clone(), config.log.max_bytes);
         let cpu = Arc::new(cpu::CpuQuota::new(
             config.limits.cpu_millis,

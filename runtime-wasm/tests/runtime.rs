@@ -481,6 +481,20 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
         wk_runtime_wasm::image::digest(&wasm),
         "the layer's bytes"
     );
+    // The artifact landed in the node's image store (shared with the container runtime),
+    // as a Wasm image; a second runtime on the same store never pulls it again.
+    let store = wk_runtime_oci::store::ImageStore::open(dir.path().join("cache/images")).unwrap();
+    let stored = store.get(&image).unwrap().expect("in the store");
+    assert_eq!(stored.kind, wk_runtime_oci::store::ImageKind::Wasm);
+    let offline = WasmRuntime::new(WasmRuntimeConfig::new(dir.path().join("cache"))).unwrap();
+    let never = wk_api::runtime::PullOptions {
+        policy: wk_api::runtime::PullPolicy::Never,
+        ..Default::default()
+    };
+    assert_eq!(
+        offline.prepare(&image, &never).await.unwrap().digest,
+        p.digest
+    );
     let port = free_port();
     let mut c = config_for(dir.path(), "oci-hello", image);
     c.env = vec![("POD_NAME".into(), "from-oci".into())];
