@@ -972,21 +972,36 @@ impl Agent {
                         std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
                 }
                 if !c.pulled {
-                    // The kubelet's Pulled event; a failure is reported by start below.
+                    // The kubelet's Pulled event; a failure waits for the back-off.
                     let began = Instant::now();
-                    if let Ok(p) = rt.prepare(&cfg.image, &c.pull).await {
-                        c.pulled = true;
-                        let message = if p.compiled {
-                            format!(
-                                "Successfully pulled image \"{}\" in {} ms ({})",
-                                c.image,
-                                began.elapsed().as_millis(),
-                                p.digest
-                            )
-                        } else {
-                            format!("Container image \"{}\" already present on machine", c.image)
-                        };
-                        self.event(&pod, "Normal", "Pulled", &message);
+                    match rt.prepare(&cfg.image, &c.pull).await {
+                        Ok(p) => {
+                            c.pulled = true;
+                            let message = if p.compiled {
+                                format!(
+                                    "Successfully pulled image \"{}\" in {} ms ({})",
+                                    c.image,
+                                    began.elapsed().as_millis(),
+                                    p.digest
+                                )
+                            } else {
+                                format!(
+                                    "Container image \"{}\" already present on machine",
+                                    c.image
+                                )
+                            };
+                            self.event(&pod, "Normal", "Pulled", &message);
+                        }
+                        Err(e) => {
+                            c.state = ContainerState::Waiting {
+                                reason: e.reason().into(),
+                                message: e.to_string(),
+                            };
+                            self.event(&pod, "Warning", "Failed", &format!("Error: {e}"));
+                            pending_retry = Some(backoff[i]);
+                            backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
+                            continue;
+                        }
                     }
                 }
                 match rt.start(cfg).await {

@@ -81,6 +81,37 @@ pub fn registry_client(insecure_registries: Vec<String>) -> oci_client::Client {
     })
 }
 
+/// Registry clients, one per set of credentials: oci-client remembers the first
+/// credentials it used for a registry, so a pull with a pod's secret must not share a
+/// client with an earlier anonymous pull.
+pub struct RegistryClients {
+    insecure: Vec<String>,
+    clients: Mutex<HashMap<String, oci_client::Client>>,
+}
+
+impl RegistryClients {
+    pub fn new(insecure_registries: Vec<String>) -> RegistryClients {
+        RegistryClients {
+            insecure: insecure_registries,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, auth: &oci_client::secrets::RegistryAuth) -> oci_client::Client {
+        let key = match auth {
+            oci_client::secrets::RegistryAuth::Basic(u, p) => format!("basic\0{u}\0{p}"),
+            oci_client::secrets::RegistryAuth::Bearer(t) => format!("bearer\0{t}"),
+            _ => String::new(),
+        };
+        self.clients
+            .lock()
+            .expect("clients lock")
+            .entry(key)
+            .or_insert_with(|| registry_client(self.insecure.clone()))
+            .clone()
+    }
+}
+
 /// The credentials for the registry of `reference`, if any are given for it.
 pub fn auth_for(reference: &str, pull: &PullOptions) -> oci_client::secrets::RegistryAuth {
     let registry = reference
@@ -173,7 +204,7 @@ struct Container {
 pub struct OciRuntime {
     runc: Runc,
     store: ImageStore,
-    client: oci_client::Client,
+    clients: RegistryClients,
     dir: PathBuf,
     /// Mount overlayfs roots (cleared the first time a mount fails: copies from then on).
     overlay: Arc<AtomicBool>,
@@ -322,7 +353,7 @@ impl OciRuntime {
         let rt = OciRuntime {
             runc,
             store,
-            client: registry_client(cfg.insecure_registries),
+            clients: RegistryClients::new(cfg.insecure_registries),
             dir: cfg.data_dir,
             overlay: Arc::new(AtomicBool::new(cfg.overlay)),
             reaper: Reaper::start(),
@@ -464,7 +495,7 @@ impl Runtime for OciRuntime {
                 let auth = auth_for(image, pull);
                 let img = self
                     .store
-                    .pull(&self.client, image, &auth, &|_| {})
+                    .pull(&self.clients.get(&auth), image, &auth, &|_| {})
                     .await
                     .map_err(|e| store_err(image, e))?;
                 (img, true)

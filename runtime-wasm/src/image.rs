@@ -91,7 +91,7 @@ pub fn digest(bytes: &[u8]) -> String {
 /// into (the one the container runtime uses, so `wk image ls` lists Wasm images too).
 pub struct Fetcher {
     pub http: reqwest::Client,
-    pub oci: oci_client::Client,
+    pub oci: wk_runtime_oci::RegistryClients,
     pub store: ImageStore,
 }
 
@@ -100,7 +100,7 @@ impl Fetcher {
     pub fn new(insecure_registries: Vec<String>, store: ImageStore) -> Fetcher {
         Fetcher {
             http: reqwest::Client::new(),
-            oci: wk_runtime_oci::registry_client(insecure_registries),
+            oci: wk_runtime_oci::RegistryClients::new(insecure_registries),
             store,
         }
     }
@@ -137,7 +137,7 @@ async fn pull_oci(
             let auth = wk_runtime_oci::auth_for(reference, pull);
             fetcher
                 .store
-                .pull(&fetcher.oci, reference, &auth, &|_| {})
+                .pull(&fetcher.oci.get(&auth), reference, &auth, &|_| {})
                 .await
                 .map_err(store_err)?
         }

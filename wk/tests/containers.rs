@@ -263,8 +263,9 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
     );
 }
 
-/// Starts Debian's `docker-registry` on a loopback port.
-fn start_registry(dir: &Path) -> (std::process::Child, String) {
+/// Starts Debian's `docker-registry` on a loopback port (with `user:password` basic auth,
+/// if given).
+fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -274,6 +275,20 @@ fn start_registry(dir: &Path) -> (std::process::Child, String) {
     std::fs::write(&config, format!(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
         dir.join("registry-data").display())).unwrap();
+    if let Some((user, password)) = auth {
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(
+            &htpasswd,
+            format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap()),
+        )
+        .unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: wk\n    path: {}\n",
+            htpasswd.display()
+        ));
+        std::fs::write(&config, text).unwrap();
+    }
     let child = std::process::Command::new("docker-registry")
         .arg("serve")
         .arg(&config)
@@ -284,7 +299,7 @@ fn start_registry(dir: &Path) -> (std::process::Child, String) {
     (child, format!("127.0.0.1:{port}"))
 }
 
-async fn push_busybox(registry: &str, reference: &str) {
+async fn push_busybox(registry: &str, reference: &str, auth: &wk_runtime_oci::RegistryAuth) {
     let client = wk_runtime_oci::registry_client(vec![registry.to_string()]);
     let parts = busybox_parts();
     let r: wk_runtime_oci::Reference = reference.parse().unwrap();
@@ -295,32 +310,24 @@ async fn push_busybox(registry: &str, reference: &str) {
         .collect();
     let config =
         oci_client::client::Config::new(parts.config.clone(), archive::CONFIG.into(), None);
+    let mut last = String::new();
     for _ in 0..200 {
-        if client
-            .push(
-                &r,
-                &layers,
-                config.clone(),
-                &wk_runtime_oci::RegistryAuth::Anonymous,
-                None,
-            )
-            .await
-            .is_ok()
-        {
-            return;
+        match client.push(&r, &layers, config.clone(), auth, None).await {
+            Ok(_) => return,
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("could not push to the registry at {registry}");
+    panic!("could not push to the registry at {registry}: {last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_fleet_services_dns_and_registry_pull() {
     let server = TestServer::start_cluster();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut registry, reg) = start_registry(dirs[2].path());
+    let (mut registry, reg) = start_registry(dirs[2].path(), None);
     let image = format!("{reg}/wk/busybox:1");
-    push_busybox(&reg, &image).await;
+    push_busybox(&reg, &image, &wk_runtime_oci::RegistryAuth::Anonymous).await;
     let _a1 = start_agent_with(
         &server,
         "oci-b",
@@ -474,4 +481,119 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
     let _ = registry.kill();
     let _ = registry.wait();
     let _: Vec<PathBuf> = Vec::new();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_registries_need_image_pull_secrets() {
+    let server = TestServer::start_cluster();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (mut registry, reg) = start_registry(dirs[1].path(), Some(("wk", "s3cret")));
+    let image = format!("{reg}/private/busybox:1");
+    let basic = wk_runtime_oci::RegistryAuth::Basic("wk".into(), "s3cret".into());
+    push_busybox(&reg, &image, &basic).await;
+    let _agent = start_agent_with(
+        &server,
+        "oci-d",
+        dirs[0].path(),
+        &["--insecure-registry", &reg],
+    );
+    let c = server.client();
+
+    // Without credentials: ErrImagePull, saying why.
+    create(
+        &c,
+        &pod(
+            "anonymous",
+            &image,
+            "echo never",
+            json!({"nodeName": "oci-d"}),
+        ),
+    )
+    .await;
+    wait_for("the pull to be refused", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move {
+            get_pod(&c, "anonymous").await["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
+        }
+    })
+    .await;
+    let p = get_pod(&c, "anonymous").await;
+    let message = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.to_ascii_lowercase().contains("authorized") || message.contains("401"),
+        "{message}"
+    );
+
+    // With a kubernetes.io/dockerconfigjson Secret named in imagePullSecrets.
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let docker_config = json!({"auths": {reg.clone(): {"auth": b64("wk:s3cret")}}}).to_string();
+    create(&c, &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": b64(&docker_config)}})).await;
+    create(
+        &c,
+        &pod(
+            "authorized",
+            &image,
+            "echo pulled-with-secret",
+            json!({"nodeName": "oci-d", "imagePullSecrets": [{"name": "regcred"}]}),
+        ),
+    )
+    .await;
+    let p = wait_phase(&c, "authorized", "Succeeded").await;
+    assert_eq!(terminated(&p)["exitCode"], 0);
+    assert_eq!(
+        stdout(&server.wk(&["logs", "authorized"])).trim(),
+        "pulled-with-secret"
+    );
+
+    // `wk image pull` by hand, with the password from the environment.
+    let store_dir = dirs[2].path().to_str().unwrap();
+    let out = std::process::Command::new(common::WK)
+        .args([
+            "image",
+            "pull",
+            &image,
+            "--insecure",
+            "--username",
+            "wk",
+            "--data-dir",
+            store_dir,
+        ])
+        .env("WK_REGISTRY_PASSWORD", "s3cret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("pulled"), "{}", stdout(&out));
+    let ls = server.wk(&["image", "ls", "--data-dir", store_dir]);
+    assert!(
+        stdout(&ls).contains(&format!("{reg}/private/busybox:1")),
+        "{}",
+        stdout(&ls)
+    );
+    let rm = server.wk(&["image", "rm", &image, "--data-dir", store_dir]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    assert!(
+        !stdout(&server.wk(&["image", "ls", "--data-dir", store_dir])).contains("private/busybox")
+    );
+    let bad = server.wk(&["image", "rm", "nothing/here:1", "--data-dir", store_dir]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not in the store"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let _ = registry.kill();
+    let _ = registry.wait();
 }
