@@ -116,7 +116,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "pod",
         ["po"],
         true,
-        ["status", "log", "binding", "eviction"],
+        ["status", "log", "exec", "binding", "eviction"],
         ["all"]
     ),
     rt!(

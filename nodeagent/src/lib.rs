@@ -139,6 +139,8 @@ pub struct Agent {
     /// first address (set by `run` when it serves there).
     pub(crate) container_dns: std::sync::OnceLock<Ipv4Addr>,
     pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
+    /// `namespace/pod/container` → the runtime and id of its running instance (for exec).
+    pub(crate) running: std::sync::Mutex<HashMap<String, (runtimes::PodRuntime, String)>>,
     /// `namespace/name` → the pod's directory (logs, volumes), while it is on this node.
     pub(crate) pod_dirs: Mutex<HashMap<String, PathBuf>>,
     /// The client probes use (no proxy; HTTPS probes skip verification, as the kubelet's).
@@ -195,6 +197,7 @@ impl Agent {
             container_dns: std::sync::OnceLock::new(),
             pods: Mutex::new(HashMap::new()),
             pod_dirs: Mutex::new(HashMap::new()),
+            running: std::sync::Mutex::new(HashMap::new()),
             probe_http: reqwest::Client::builder()
                 .no_proxy()
                 .danger_accept_invalid_certs(true)

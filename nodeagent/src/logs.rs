@@ -1,6 +1,9 @@
-//! The agent's logs endpoint (the kubelet's `containerLogs`): the API server proxies
-//! `GET /api/v1/namespaces/{ns}/pods/{name}/log` here. Requests must carry the cluster's
-//! node token. Supports `follow`, `tailLines`, `sinceSeconds`, `timestamps`, `limitBytes`.
+//! The agent's endpoint (the kubelet's API), which the API server proxies to. Requests
+//! must carry the cluster's node token.
+//! - `GET /containerLogs/{ns}/{pod}/{container}` for `pods/{name}/log`: `follow`,
+//!   `tailLines`, `sinceSeconds`, `timestamps`, `limitBytes`;
+//! - `POST /exec/{ns}/{pod}/{container}` for `pods/{name}/exec`: runs a command in the
+//!   running container and answers its exit code and output.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -13,7 +16,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use wk_api::runtime::Runtime;
 
 use crate::Agent;
 
@@ -38,17 +42,64 @@ fn render(line: &str, timestamps: bool, since: Option<jiff::Timestamp>) -> Optio
     })
 }
 
+fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    agent.cfg.log_token.is_some() && token == agent.cfg.log_token.as_deref()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecRequest {
+    command: Vec<String>,
+    timeout_seconds: u64,
+}
+
+async fn exec(
+    State(agent): State<Arc<Agent>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    axum::Json(req): axum::Json<ExecRequest>,
+) -> Response {
+    if !authorized(&agent, &headers) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
+    }
+    let Some((rt, id)) = agent
+        .running
+        .lock()
+        .expect("running lock")
+        .get(&format!("{ns}/{pod}/{container}"))
+        .cloned()
+    else {
+        return (
+            StatusCode::CONFLICT,
+            format!("container {container} of pod {ns}/{pod} is not running on this node\n"),
+        )
+            .into_response();
+    };
+    match rt
+        .exec(&id, &req.command, Duration::from_secs(req.timeout_seconds))
+        .await
+    {
+        Ok(out) => axum::Json(serde_json::json!({
+            "exitCode": out.exit_code,
+            "stdout": String::from_utf8_lossy(&out.stdout),
+            "stderr": String::from_utf8_lossy(&out.stderr),
+        }))
+        .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn container_logs(
     State(agent): State<Arc<Agent>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if agent.cfg.log_token.is_none() || token != agent.cfg.log_token.as_deref() {
+    if !authorized(&agent, &headers) {
         return (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response();
     }
     let Some(dir) = agent
@@ -178,6 +229,7 @@ async fn follow_file(
 pub(crate) fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", post(exec))
         .with_state(agent)
 }
 

@@ -862,6 +862,11 @@ impl Agent {
         self.clone()
             .run_pod_inner(&rt, pod, ip, stop, uid.clone(), dir, reporter)
             .await;
+        let prefix = format!("{uid}/");
+        self.running
+            .lock()
+            .expect("running lock")
+            .retain(|_, (_, id)| !id.starts_with(&prefix));
         rt.release_pod(&uid);
     }
 
@@ -1014,6 +1019,15 @@ impl Agent {
                         );
                         c.started = true;
                         c.killing = None;
+                        self.running.lock().expect("running lock").insert(
+                            format!(
+                                "{}/{}/{}",
+                                s(&pod, "/metadata/namespace"),
+                                s(&pod, "/metadata/name"),
+                                c.name
+                            ),
+                            (rt.clone(), c.id.clone()),
+                        );
                         c.running_since = Some(Instant::now());
                         c.state = rt.state(&c.id).unwrap_or(ContainerState::Waiting {
                             reason: "Unknown".into(),
@@ -1132,6 +1146,7 @@ impl Agent {
                     let mut end = result.unwrap_or(ContainerState::Terminated { exit_code: 1, reason: "Unknown".into(), message: String::new(),
                         started_at: jiff::Timestamp::now(), finished_at: jiff::Timestamp::now() });
                     let c = &mut slots[i];
+                    self.forget_running(&pod, &c.name, &c.id);
                     let _ = rt.remove(&c.id);
                     if let Some(p) = c.prober.take() {
                         p.abort();
@@ -1189,6 +1204,19 @@ impl Agent {
                     return;
                 }
             }
+        }
+    }
+
+    /// Drops a container instance from the exec table (if it is still the current one).
+    fn forget_running(&self, pod: &Value, container: &str, id: &str) {
+        let key = format!(
+            "{}/{}/{container}",
+            s(pod, "/metadata/namespace"),
+            s(pod, "/metadata/name")
+        );
+        let mut running = self.running.lock().expect("running lock");
+        if running.get(&key).is_some_and(|(_, i)| i == id) {
+            running.remove(&key);
         }
     }
 

@@ -35,6 +35,8 @@ enum Command {
     Describe(commands::describe::Args),
     /// Print or follow a pod's logs
     Logs(commands::logs::Args),
+    /// Run a command in a pod's container and print its output
+    Exec(commands::exec::Args),
     /// Delete objects by name or from manifests
     Delete(commands::delete::Args),
     /// Manage the rollout of a Deployment (status, history, undo, restart, pause, resume)
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
             Command::Rollout(a) => commands::rollout::run(a, &kubeconfig).await,
             Command::Scale(a) => commands::rollout::scale(a, &kubeconfig).await,
             Command::Logs(a) => commands::logs::run(a, &kubeconfig).await,
+            Command::Exec(a) => commands::exec::run(a, &kubeconfig).await,
             Command::Image(a) => commands::image::run(a).await,
             Command::Up(a) => commands::up::run(a, &kubeconfig).await,
             Command::Down(a) => commands::up::down(a).await,

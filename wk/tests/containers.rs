@@ -246,6 +246,33 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
         json!({"terminationGracePeriodSeconds": 30, "volumes": [{"name": "out", "hostPath": {"path": out.to_str().unwrap()}}],
                "container": {"volumeMounts": [{"name": "out", "mountPath": "/out"}]}}))).await;
     wait_phase(&c, "graceful", "Running").await;
+    // `wk exec`: output, stderr and the exit code of a command in the running container.
+    let ran = server.wk(&[
+        "exec",
+        "graceful",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(ran.status.code(), Some(7));
+    assert_eq!(stdout(&ran), "out\n");
+    assert_eq!(String::from_utf8_lossy(&ran.stderr), "err\n");
+    let ran = server.wk(&["exec", "graceful", "--", "cat", "/etc/resolv.conf"]);
+    assert!(ran.status.success());
+    assert!(
+        stdout(&ran).contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{}",
+        stdout(&ran)
+    );
+    // kubectl's interactive exec is refused with a pointer to `wk exec`.
+    let k = server.kubectl(&["exec", "graceful", "--", "true"]);
+    assert!(!k.status.success());
+    assert!(
+        String::from_utf8_lossy(&k.stderr).contains("wk exec"),
+        "{}",
+        String::from_utf8_lossy(&k.stderr)
+    );
     let started = std::time::Instant::now();
     let del = server.kubectl(&["delete", "pod", "graceful", "--wait=true", "--timeout=60s"]);
     assert!(
@@ -458,6 +485,19 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
     let p = get_pod(&c, "caller").await;
     assert_eq!(terminated(&p)["exitCode"], 0, "{logs}");
     assert!(logs.contains("hello from hello-"), "{logs}");
+
+    // A Wasm pod has no processes to exec.
+    let hello_pod = list(&c, "pods", "app=hello").await[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = server.wk(&["exec", &hello_pod, "--", "ls"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no processes to exec"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The Wasm pod calls the container Service by name (outgoing wasi:http).
     let hello_vip = c

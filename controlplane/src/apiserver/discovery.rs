@@ -121,6 +121,9 @@ fn subresource_entry(r: &ResourceType, sub: &str) -> Value {
         "log" => {
             json!({"name": name, "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]})
         }
+        "exec" => {
+            json!({"name": name, "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]})
+        }
         "binding" => {
             json!({"name": name, "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]})
         }

@@ -1186,15 +1186,13 @@ pub async fn update_scale(state: ApiState, target: Target, req: Request) -> Resu
     Err(Status::stale(target.rt, &name).into())
 }
 
-/// `GET pods/{name}/log`: proxied to the agent of the pod's node (its `containerLogs`
-/// endpoint), streamed back as text.
-pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Response> {
+/// A pod's container (named by `container`, or the only one) and the base URL of the
+/// agent of its node (the kubelet endpoint the Node publishes).
+async fn pod_agent(state: &ApiState, target: &Target, params: &Params) -> Result<(String, String)> {
     let name = target.name.clone().unwrap_or_default();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let params = Params::from_uri(req.uri());
-    let pod = load(&state, &key_of(&target, &name), true)
+    let pod = load(state, &key_of(target, &name), true)
         .await?
-        .ok_or_else(|| not_found(&target, &name))?;
+        .ok_or_else(|| not_found(target, &name))?;
     let node_name = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -1233,7 +1231,7 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
         }
     };
     let nodes = resource::by_plural("", "nodes").expect("nodes registered");
-    let node = load(&state, &nodes.key(None, &node_name), true)
+    let node = load(state, &nodes.key(None, &node_name), true)
         .await?
         .ok_or_else(|| Status::not_found(nodes, &node_name))?;
     let ip = node
@@ -1253,16 +1251,24 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
     if ip.is_empty() || port == 0 {
         return Err(Status::unavailable(format!("node {node_name} does not serve logs")).into());
     }
+    Ok((container, format!("http://{ip}:{port}")))
+}
+
+/// `GET pods/{name}/log`: proxied to the agent of the pod's node (its `containerLogs`
+/// endpoint), streamed back as text.
+pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Response> {
+    let name = target.name.clone().unwrap_or_default();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let params = Params::from_uri(req.uri());
+    let (container, agent) = pod_agent(&state, &target, &params).await?;
     let ns = target.namespace.clone().unwrap_or_default();
-    let url = format!("http://{ip}:{port}/containerLogs/{ns}/{name}/{container}?{query}");
+    let url = format!("{agent}/containerLogs/{ns}/{name}/{container}?{query}");
     let resp = reqwest::Client::new()
         .get(&url)
         .bearer_auth(&state.tokens.node)
         .send()
         .await
-        .map_err(|e| {
-            Status::unavailable(format!("cannot reach the agent of node {node_name}: {e}"))
-        })?;
+        .map_err(|e| Status::unavailable(format!("cannot reach the pod's node agent: {e}")))?;
     let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     if !code.is_success() {
         let text = resp.text().await.unwrap_or_default();
@@ -1281,6 +1287,62 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(r)
+}
+
+/// `POST pods/{name}/exec?command=…&container=…`: runs a command in a container, through
+/// the agent of the pod's node, and answers `{"exitCode", "stdout", "stderr"}` once it
+/// ends (what `wk exec` uses). Interactive streams (kubectl's SPDY/WebSocket upgrade) are
+/// not offered.
+pub async fn exec(state: ApiState, target: Target, req: Request) -> Result<Response> {
+    if req.headers().contains_key(header::UPGRADE) {
+        return Err(Status::bad_request(
+            "interactive exec (SPDY/WebSocket streams) is not supported by wk; use `wk exec`, which runs the command and returns its output",
+        )
+        .into());
+    }
+    let name = target.name.clone().unwrap_or_default();
+    let params = Params::from_uri(req.uri());
+    let command: Vec<String> = url_decode_pairs(req.uri().query().unwrap_or(""))
+        .into_iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v)
+        .collect();
+    if command.is_empty() {
+        return Err(Status::bad_request(
+            "command: Required value: the command to run (query parameter `command`, once per argument)",
+        )
+        .into());
+    }
+    let timeout: u64 = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(60)
+        .clamp(1, 3600);
+    let (container, agent) = pod_agent(&state, &target, &params).await?;
+    let ns = target.namespace.clone().unwrap_or_default();
+    let resp = reqwest::Client::new()
+        .post(format!("{agent}/exec/{ns}/{name}/{container}"))
+        .bearer_auth(&state.tokens.node)
+        .json(&serde_json::json!({"command": command, "timeoutSeconds": timeout}))
+        .send()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach the pod's node agent: {e}")))?;
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    if code != 200 {
+        let reason = match code {
+            404 => "NotFound",
+            409 => "Conflict",
+            _ => "BadRequest",
+        };
+        return Err(Status::new(code, reason, text.trim().to_string()).into());
+    }
+    let mut r = (StatusCode::OK, text).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(r)
 }
 

@@ -190,6 +190,9 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         (&Method::DELETE, true, None) => handlers::delete(state, target, req).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(state, target, req).await,
         (&Method::GET, true, Some("log")) => handlers::logs(state, target, req).await,
+        (&Method::POST | &Method::GET, true, Some("exec")) => {
+            handlers::exec(state, target, req).await
+        }
         _ => Err(ApiError(Status::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {path})"
         )))),
