@@ -67,6 +67,9 @@ pub struct Security {
     /// Capabilities added to and dropped from the default set (`ALL` drops all).
     pub add_capabilities: Vec<String>,
     pub drop_capabilities: Vec<String>,
+    /// `seccompProfile.type: Unconfined`: no syscall filter (the default is the runtime's
+    /// default filter).
+    pub seccomp_unconfined: bool,
 }
 
 /// Everything needed to start one container.

@@ -719,6 +719,8 @@ impl Agent {
                     == Some(&json!(true)),
                 add_capabilities: caps("add"),
                 drop_capabilities: caps("drop"),
+                seccomp_unconfined: sc("seccompProfile/type").and_then(Value::as_str)
+                    == Some("Unconfined"),
             };
             let cpu_millis =
                 quantity_field(c.pointer("/resources/limits/cpu")).map(|(m, _)| m as u64);

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use wk_api::runtime::ContainerConfig;
 
@@ -165,6 +165,88 @@ pub fn capabilities(config: &ContainerConfig) -> Result<HashSet<Capability>, Str
     Ok(caps)
 }
 
+/// Syscalls the default filter refuses (`EPERM`), after Docker's default profile, by the
+/// capability that would allow them (`None`: always refused). Everything else is allowed.
+const DENIED_SYSCALLS: &[(Option<&str>, &[&str])] = &[
+    (
+        Some("SYS_ADMIN"),
+        &[
+            "mount",
+            "umount",
+            "umount2",
+            "unshare",
+            "setns",
+            "pivot_root",
+            "bpf",
+            "perf_event_open",
+            "quotactl",
+            "lookup_dcookie",
+            "fanotify_init",
+            "swapon",
+            "swapoff",
+            "name_to_handle_at",
+        ],
+    ),
+    (
+        Some("SYS_PTRACE"),
+        &["ptrace", "process_vm_readv", "process_vm_writev", "kcmp"],
+    ),
+    (
+        Some("SYS_MODULE"),
+        &["init_module", "finit_module", "delete_module"],
+    ),
+    (
+        Some("SYS_TIME"),
+        &["settimeofday", "clock_settime", "clock_adjtime", "stime"],
+    ),
+    (Some("SYS_BOOT"), &["reboot"]),
+    (Some("SYS_PACCT"), &["acct"]),
+    (Some("SYS_RAWIO"), &["iopl", "ioperm"]),
+    (Some("DAC_READ_SEARCH"), &["open_by_handle_at"]),
+    (
+        None,
+        &[
+            "kexec_load",
+            "kexec_file_load",
+            "add_key",
+            "keyctl",
+            "request_key",
+            "userfaultfd",
+            "uselib",
+            "ustat",
+            "sysfs",
+            "_sysctl",
+            "nfsservctl",
+            "vm86",
+            "vm86old",
+            "create_module",
+            "get_kernel_syms",
+            "query_module",
+        ],
+    ),
+];
+
+/// The default syscall filter for a container with capabilities `caps`.
+pub fn default_seccomp(caps: &HashSet<Capability>) -> Result<LinuxSeccomp, String> {
+    let mut denied: Vec<&str> = Vec::new();
+    for (cap, calls) in DENIED_SYSCALLS {
+        if cap.is_none_or(|c| capability(c).is_ok_and(|c| !caps.contains(&c))) {
+            denied.extend_from_slice(calls);
+        }
+    }
+    let archs: &[&str] = match std::env::consts::ARCH {
+        "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        _ => &[],
+    };
+    serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": archs,
+        "syscalls": [{"names": denied, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }))
+    .map_err(|e| format!("the default seccomp profile: {e}"))
+}
+
 fn bind(destination: &str, source: &Path, read_only: bool) -> Result<Mount, String> {
     let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
     options.push(if read_only { "ro" } else { "rw" }.into());
@@ -192,6 +274,11 @@ pub fn build(
     }
     let (uid, gid) = user(config, image, &at.rootfs)?;
     let caps = capabilities(config)?;
+    let seccomp = if config.security.seccomp_unconfined {
+        None
+    } else {
+        Some(default_seccomp(&caps)?)
+    };
     let cwd = config
         .working_dir
         .clone()
@@ -263,7 +350,7 @@ pub fn build(
             .build()
             .map_err(e)?,
     );
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&at.cgroup))
         .resources(resources.build().map_err(e)?)
@@ -271,6 +358,7 @@ pub fn build(
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())
         .build()
         .map_err(e)?;
+    linux.set_seccomp(seccomp);
     let mut spec = Spec::default();
     spec.set_process(Some(process));
     spec.set_hostname(Some(config.pod.name.clone()));

@@ -14,7 +14,7 @@ use wk_runtime_oci::{OciRuntime, OciRuntimeConfig, archive};
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "httpd", "dd", "head", "trap", "kill", "true", "false", "ls",
-    "id", "hostname", "wget", "nc", "tail",
+    "id", "hostname", "wget", "nc", "tail", "unshare",
 ];
 
 fn busybox_archive(dir: &Path, reference: &str) -> std::path::PathBuf {
@@ -366,4 +366,45 @@ async fn roots_are_private_with_and_without_overlayfs() {
         env.rt.release_pod(&env.uid);
         env.rt.shutdown().await;
     }
+}
+
+/// The default syscall filter refuses what Docker's refuses (here: creating a user
+/// namespace, which needs no capability); `Unconfined` lifts it, and so does adding the
+/// capability that would allow the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_seccomp_filter() {
+    let env = env(6).await;
+    let ip = Ipv4Addr::new(127, 231, 6, 2);
+    let run = |name: &str, tweak: &dyn Fn(&mut ContainerConfig)| {
+        let mut c = config(&env, name, ip, &["unshare", "-U", "true"]);
+        tweak(&mut c);
+        c
+    };
+    let cases: [(&str, &dyn Fn(&mut ContainerConfig), bool); 3] = [
+        ("filtered", &|_| {}, false),
+        (
+            "unconfined",
+            &|c| c.security.seccomp_unconfined = true,
+            true,
+        ),
+        (
+            "sysadmin",
+            &|c| c.security.add_capabilities = vec!["SYS_ADMIN".into()],
+            true,
+        ),
+    ];
+    for (name, tweak, ok) in cases {
+        let c = run(name, tweak);
+        env.rt.start(c.clone()).await.unwrap();
+        let (code, _) = exit_code(&env.rt.wait(&c.id).await.unwrap());
+        assert_eq!(
+            code == 0,
+            ok,
+            "{name}: exit {code}: {}",
+            log_text(&env, name)
+        );
+        env.rt.remove(&c.id).unwrap();
+    }
+    env.rt.release_pod(&env.uid);
+    env.rt.shutdown().await;
 }
