@@ -375,26 +375,22 @@ async fn roots_are_private_with_and_without_overlayfs() {
 async fn default_seccomp_filter() {
     let env = env(6).await;
     let ip = Ipv4Addr::new(127, 231, 6, 2);
-    let run = |name: &str, tweak: &dyn Fn(&mut ContainerConfig)| {
-        let mut c = config(&env, name, ip, &["unshare", "-U", "true"]);
-        tweak(&mut c);
-        c
+    let unconfined = wk_api::runtime::Security {
+        seccomp_unconfined: true,
+        ..Default::default()
     };
-    let cases: [(&str, &dyn Fn(&mut ContainerConfig), bool); 3] = [
-        ("filtered", &|_| {}, false),
-        (
-            "unconfined",
-            &|c| c.security.seccomp_unconfined = true,
-            true,
-        ),
-        (
-            "sysadmin",
-            &|c| c.security.add_capabilities = vec!["SYS_ADMIN".into()],
-            true,
-        ),
+    let sysadmin = wk_api::runtime::Security {
+        add_capabilities: vec!["SYS_ADMIN".into()],
+        ..Default::default()
+    };
+    let cases = [
+        ("filtered", Default::default(), false),
+        ("unconfined", unconfined, true),
+        ("sysadmin", sysadmin, true),
     ];
-    for (name, tweak, ok) in cases {
-        let c = run(name, tweak);
+    for (name, security, ok) in cases {
+        let mut c = config(&env, name, ip, &["unshare", "-U", "true"]);
+        c.security = security;
         env.rt.start(c.clone()).await.unwrap();
         let (code, _) = exit_code(&env.rt.wait(&c.id).await.unwrap());
         assert_eq!(
