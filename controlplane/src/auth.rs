@@ -31,6 +31,8 @@ pub enum Identity {
     Join,
     /// One node agent.
     Node(String),
+    /// Another control-plane server (the peer token): cluster membership only.
+    Peer,
 }
 
 const NODE_PREFIX: &str = "wknode.";
@@ -71,6 +73,8 @@ impl Tokens {
             Some(Identity::Admin)
         } else if constant_time_eq(token.as_bytes(), self.node.as_bytes()) {
             Some(Identity::Join)
+        } else if constant_time_eq(token.as_bytes(), self.peer.as_bytes()) {
+            Some(Identity::Peer)
         } else if let Some((name, _)) = token
             .strip_prefix(NODE_PREFIX)
             .and_then(|t| t.rsplit_once('.'))

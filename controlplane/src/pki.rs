@@ -52,16 +52,29 @@ impl Pki {
             return Ok(pki);
         }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.distinguished_name.push(DnType::CommonName, "wk-ca");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key)?;
+        let ca_params = || -> Result<CertificateParams, PkiError> {
+            let mut ca = CertificateParams::new(Vec::<String>::new())?;
+            ca.distinguished_name.push(DnType::CommonName, "wk-ca");
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            ca.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            Ok(ca)
+        };
+        // A server joining a cluster receives the cluster's CA and issues its own serving
+        // certificate with it; the first server creates the CA.
+        let ca_key_path = dir.join("ca.key");
+        let (ca, ca_key, new_ca) = if pki.ca_cert.exists() && ca_key_path.exists() {
+            let pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+            (ca_params()?, KeyPair::from_pem(&pem)?, None)
+        } else {
+            let key = KeyPair::generate()?;
+            let params = ca_params()?;
+            let cert = params.self_signed(&key)?;
+            (params, key, Some(cert))
+        };
         let issuer = Issuer::from_params(&ca, &ca_key);
 
         let server_key = KeyPair::generate()?;
@@ -72,10 +85,12 @@ impl Pki {
         let server_cert = params.signed_by(&server_key, &issuer)?;
 
         let write = |p: &Path, s: &str| crate::auth::write_private(p, s.as_bytes()).map_err(io(p));
-        write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
         write(&pki.server_key, &server_key.serialize_pem())?;
         write(&pki.server_cert, &server_cert.pem())?;
-        write(&pki.ca_cert, &ca_cert.pem())?;
+        if let Some(ca_cert) = new_ca {
+            write(&ca_key_path, &ca_key.serialize_pem())?;
+            write(&pki.ca_cert, &ca_cert.pem())?;
+        }
         Ok(pki)
     }
 

@@ -35,6 +35,17 @@ pub struct ServerConfig {
     pub controllers: bool,
     /// The range Service cluster IPs are allocated from.
     pub service_cidr: crate::apiserver::ipalloc::ServiceCidr,
+    /// Join an existing cluster instead of starting one (ignored once this data
+    /// directory belongs to a cluster).
+    pub join: Option<Join>,
+}
+
+/// How to join a cluster: any member's URL, the admin or peer token, and the cluster CA.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub url: String,
+    pub token: String,
+    pub ca_pem: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +69,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("joining the cluster at {url}: {message}")]
+    Join { url: String, message: String },
 }
 
 /// A started server.
@@ -71,6 +84,120 @@ pub struct Server {
     service_cidr: crate::apiserver::ipalloc::ServiceCidr,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    data_dir: PathBuf,
+    /// Set when this server still has to ask the leader to add it.
+    joining: Option<(Join, u64)>,
+}
+
+/// What a joining server is given by the cluster.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinInfo {
+    node_id: u64,
+    ca_cert: String,
+    ca_key: String,
+    tokens: Tokens,
+}
+
+fn https_client(ca_pem: &[u8]) -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = reqwest::Certificate::from_pem(ca_pem).map_err(|e| format!("the CA file: {e}"))?;
+    reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(cert)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Fetches the cluster's CA, tokens and a node id, and writes them into `data_dir`.
+async fn fetch_join_info(join: &Join, data_dir: &std::path::Path) -> Result<u64, ServerError> {
+    let err = |message: String| ServerError::Join {
+        url: join.url.clone(),
+        message,
+    };
+    let client = https_client(&join.ca_pem).map_err(err)?;
+    let mut target = join.url.trim_end_matches('/').to_string();
+    let mut resp = None;
+    // A follower points at the leader, which alone hands out node ids.
+    for _ in 0..5 {
+        let r = client
+            .get(format!("{target}/wk/v1/cluster/join"))
+            .bearer_auth(&join.token)
+            .send()
+            .await
+            .map_err(|e| err(format!("cannot reach {target}: {e}")))?;
+        if r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            match body["leader"].as_str() {
+                Some(l) => target = l.trim_end_matches('/').to_string(),
+                None => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+            continue;
+        }
+        resp = Some(r);
+        break;
+    }
+    let resp = resp.ok_or_else(|| err("no leader answered".into()))?;
+    if !resp.status().is_success() {
+        return Err(err(format!(
+            "it answered {} (is the token the cluster's admin or peer token?)",
+            resp.status()
+        )));
+    }
+    let info: JoinInfo = resp
+        .json()
+        .await
+        .map_err(|e| err(format!("its answer: {e}")))?;
+    let dd = |source| ServerError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let pki = data_dir.join("pki");
+    std::fs::create_dir_all(&pki).map_err(dd)?;
+    auth::write_private(&pki.join("ca.crt"), info.ca_cert.as_bytes()).map_err(dd)?;
+    auth::write_private(&pki.join("ca.key"), info.ca_key.as_bytes()).map_err(dd)?;
+    auth::write_private(
+        &data_dir.join("tokens.json"),
+        &serde_json::to_vec_pretty(&info.tokens).expect("tokens serialise"),
+    )
+    .map_err(dd)?;
+    Ok(info.node_id)
+}
+
+/// Asks the leader (found through `join.url`) to add this server, until it has.
+async fn request_membership(join: Join, id: u64, url: String, peer_token: String) {
+    let Ok(client) = https_client(&join.ca_pem) else {
+        return;
+    };
+    let mut target = join.url.trim_end_matches('/').to_string();
+    for attempt in 0..120 {
+        let r = client
+            .post(format!("{target}/wk/v1/cluster/members"))
+            .bearer_auth(&peer_token)
+            .json(&json!({"id": id, "url": url}))
+            .send()
+            .await;
+        match r {
+            Ok(resp) if resp.status().is_success() => {
+                tracing::info!(id, "joined the cluster as a voter");
+                return;
+            }
+            Ok(resp) if resp.status() == reqwest::StatusCode::MISDIRECTED_REQUEST => {
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                if let Some(l) = body["leader"].as_str() {
+                    target = l.trim_end_matches('/').to_string();
+                }
+            }
+            Ok(resp) => {
+                let text = resp.text().await.unwrap_or_default();
+                tracing::warn!(attempt, %text, "the cluster did not add this server yet");
+            }
+            Err(e) => tracing::warn!(attempt, error = %e, "cannot reach the cluster to join"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::error!(id, "gave up joining the cluster");
 }
 
 /// Namespaces every cluster has.
@@ -84,6 +211,22 @@ impl Server {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(dd)?;
+        // The node id is chosen once (given, or assigned by the cluster when joining) and
+        // kept with the data.
+        let id_path = cfg.data_dir.join("node-id");
+        let member = cfg.data_dir.join("raft-log.redb").exists();
+        let saved_id = std::fs::read_to_string(&id_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        let (node_id, joining) = match (&cfg.join, saved_id, member) {
+            (Some(j), None, false) => {
+                let id = fetch_join_info(j, &cfg.data_dir).await?;
+                (id, Some((j.clone(), id)))
+            }
+            (_, Some(id), _) => (id, None),
+            _ => (cfg.node_id, None),
+        };
+        std::fs::write(&id_path, node_id.to_string()).map_err(dd)?;
         let tokens = Arc::new(Tokens::load_or_create(&cfg.data_dir).map_err(dd)?);
         let listener =
             TcpListener::bind(cfg.listen)
@@ -122,15 +265,20 @@ impl Server {
 
         let store = Store::open(&StoreConfig {
             data_dir: cfg.data_dir.clone(),
-            node_id: cfg.node_id,
+            node_id,
             advertise_url: url.clone(),
             peer_token: tokens.peer.clone(),
             watch_history: cfg.watch_history,
             snapshot_every: cfg.snapshot_every,
-            initialize: true,
+            initialize: cfg.join.is_none() && !member,
+            peer_ca: Some(pki.ca_pem()?.into_bytes()),
         })
         .await?;
-        store.wait_for_leader(Duration::from_secs(10)).await?;
+        // A joining server has no leader until the cluster adds it (after it serves); a
+        // restarted member of a cluster finds one once a quorum is up.
+        if cfg.join.is_none() && !member {
+            store.wait_for_leader(Duration::from_secs(10)).await?;
+        }
         if store.is_leader() {
             bootstrap(&store).await?;
         }
@@ -152,6 +300,8 @@ impl Server {
             service_cidr: cfg.service_cidr,
             listener,
             acceptor,
+            data_dir: cfg.data_dir.clone(),
+            joining,
         })
     }
 
@@ -166,7 +316,23 @@ impl Server {
             raft: self.store.raft.clone(),
             token: self.tokens.peer.clone(),
         };
-        let app = apiserver::router(state).merge(network::router(rpc));
+        let cluster = crate::cluster::ClusterState {
+            store: self.store.clone(),
+            tokens: self.tokens.clone(),
+            pki_dir: self.data_dir.join("pki"),
+            assigned: Default::default(),
+        };
+        let app = apiserver::router(state)
+            .merge(network::router(rpc))
+            .merge(crate::cluster::router(cluster));
+        if let Some((join, id)) = self.joining.clone() {
+            tokio::spawn(request_membership(
+                join,
+                id,
+                self.url.clone(),
+                self.tokens.peer.clone(),
+            ));
+        }
         if self.controllers {
             match self.admin_client() {
                 Ok(client) => {

@@ -29,6 +29,7 @@ async fn open(dir: &std::path::Path, id: u64, url: &str, initialize: bool) -> St
         watch_history: 1000,
         snapshot_every: 50,
         initialize,
+        peer_ca: None,
     })
     .await
     .unwrap()

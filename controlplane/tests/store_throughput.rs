@@ -17,6 +17,7 @@ async fn concurrent_writes() {
         watch_history: 1000,
         snapshot_every: 100_000,
         initialize: true,
+        peer_ca: None,
     })
     .await
     .unwrap();

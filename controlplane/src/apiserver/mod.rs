@@ -164,6 +164,12 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
             ))
             .into_response()
         }
+        Identity::Peer => {
+            return ApiError(Status::forbidden(
+                "the peer token is for server-to-server calls (/raft, /wk/v1/cluster)",
+            ))
+            .into_response()
+        }
         Identity::Node(node) => match nodeauth::authorize(&state, &target, node, req).await {
             Ok(req) => req,
             Err(e) => return e.into_response(),

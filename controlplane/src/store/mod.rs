@@ -38,10 +38,12 @@ pub struct StoreConfig {
     /// Start a one-member cluster if the data dir holds none. `false` for a server that
     /// waits to be added to an existing cluster.
     pub initialize: bool,
+    /// The cluster CA (PEM) peers' HTTPS certificates are checked against.
+    pub peer_ca: Option<Vec<u8>>,
 }
 
 /// Store failures that are not about one key.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("opening the store at {path}: {message}")]
     Open { path: PathBuf, message: String },
@@ -60,6 +62,7 @@ pub struct Store {
     pub sm: Arc<SmShared>,
     pub node_id: NodeId,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    peers: network::Peers,
 }
 
 type OpResults = Vec<Result<Applied, OpError>>;
@@ -77,7 +80,12 @@ const MAX_BATCH_OPS: usize = 1024;
 /// Group commit above Raft: openraft 0.9 appends (and fsyncs) one client write at a time,
 /// so concurrent writers are merged into one entry here. While one entry is in flight,
 /// the next batch gathers; a lone writer still gets a one-operation entry at once.
-async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+async fn batcher(
+    raft: Raft,
+    me: NodeId,
+    peers: network::Peers,
+    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut count = batch[0].ops.len();
@@ -94,10 +102,10 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.ops))
             .collect();
-        let result = raft.client_write(Command { ops }).await;
+        let result = commit(&raft, me, &peers, Command { ops }).await;
         match result {
-            Ok(resp) => {
-                let mut results = resp.data.results.into_iter();
+            Ok(results) => {
+                let mut results = results.into_iter();
                 for p in batch {
                     let n = p.expected;
                     let mine: OpResults = results.by_ref().take(n).collect();
@@ -106,19 +114,58 @@ async fn batcher(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
             }
             Err(e) => {
                 for p in batch {
-                    let err = match &e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                            StoreError::NotLeader {
-                                leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
-                            }
-                        }
-                        other => StoreError::Raft(other.to_string()),
-                    };
-                    let _ = p.reply.send(Err(err));
+                    let _ = p.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+}
+
+/// Commits a command: through Raft on the leader; on a follower, by forwarding it to the
+/// leader and then waiting until this member has applied it too (so what a client wrote
+/// here, it reads and watches here).
+async fn commit(
+    raft: &Raft,
+    me: NodeId,
+    peers: &network::Peers,
+    cmd: Command,
+) -> Result<OpResults, StoreError> {
+    let (leader, addr) = {
+        let m = raft.metrics().borrow().clone();
+        let addr = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        (m.current_leader, addr)
+    };
+    if leader.is_some() && leader != Some(me) {
+        let Some(addr) = addr else {
+            return Err(StoreError::NotLeader { leader: None });
+        };
+        let (results, index) = peers.forward_write(&addr, &cmd).await?;
+        wait_applied(raft, index).await?;
+        return Ok(results);
+    }
+    match raft.client_write(cmd).await {
+        Ok(resp) => Ok(resp.data.results),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(StoreError::NotLeader {
+                leader: f.leader_node.as_ref().map(|n| n.addr.clone()),
+            })
+        }
+        Err(other) => Err(StoreError::Raft(other.to_string())),
+    }
+}
+
+/// Waits until this member's state machine has applied `index`.
+async fn wait_applied(raft: &Raft, index: u64) -> Result<(), StoreError> {
+    raft.wait(Some(Duration::from_secs(30)))
+        .applied_index_at_least(Some(index), "forwarded")
+        .await
+        .map(drop)
+        .map_err(|e| StoreError::Raft(format!("waiting to apply index {index}: {e}")))
 }
 
 impl Store {
@@ -156,7 +203,9 @@ impl Store {
                 .validate()
                 .map_err(|e| StoreError::Raft(e.to_string()))?,
         );
-        let network = HttpNetwork::new(cfg.peer_token.clone());
+        let peers = network::Peers::new(cfg.peer_token.clone(), cfg.peer_ca.as_deref())
+            .map_err(StoreError::Raft)?;
+        let network = HttpNetwork::new(peers.clone());
         let raft = Raft::new(cfg.node_id, config, network, log, sm)
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?;
@@ -178,12 +227,13 @@ impl Store {
                 .map_err(|e| StoreError::Raft(e.to_string()))?;
         }
         let (proposals, rx) = tokio::sync::mpsc::channel(4096);
-        tokio::spawn(batcher(raft.clone(), rx));
+        tokio::spawn(batcher(raft.clone(), cfg.node_id, peers.clone(), rx));
         Ok(Store {
             raft,
             sm: shared,
             node_id: cfg.node_id,
             proposals,
+            peers,
         })
     }
 
@@ -226,14 +276,19 @@ impl Store {
     }
 
     /// Makes the next local read linearizable (read-index: the leader confirms its
-    /// leadership and this replica applies up to the commit index).
+    /// leadership, and this member applies up to the leader's commit index; a follower
+    /// asks the leader for that index).
     pub async fn linearize(&self) -> Result<(), StoreError> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader {
-                    leader: f.leader_node.map(|n| n.addr),
-                })
+                let Some(node) = f.leader_node else {
+                    return Err(StoreError::NotLeader { leader: None });
+                };
+                if let Some(index) = self.peers.read_index(&node.addr).await? {
+                    wait_applied(&self.raft, index).await?;
+                }
+                Ok(())
             }
             Err(e) => Err(StoreError::Raft(e.to_string())),
         }
@@ -249,6 +304,11 @@ impl Store {
             .await
             .map_err(|e| StoreError::Raft(e.to_string()))?
             .map_err(StoreError::from)
+    }
+
+    /// How this server reaches its peers.
+    pub fn peers(&self) -> &network::Peers {
+        &self.peers
     }
 
     /// Whether this server is the leader now.

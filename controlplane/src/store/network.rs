@@ -22,22 +22,123 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::types::{NodeId, Raft, TypeConfig};
+use super::StoreError;
+use super::types::{Applied, Command, CommandResult, NodeId, OpError, Raft, TypeConfig};
 
-/// Creates HTTP clients to peers.
+/// How this server reaches its peers: an HTTP client trusting the cluster CA, and the
+/// peer token it authenticates with. Carries the Raft RPCs, and the writes and read-index
+/// requests a follower forwards to the leader.
 #[derive(Clone)]
-pub struct HttpNetwork {
+pub struct Peers {
     client: reqwest::Client,
     token: String,
 }
 
-impl HttpNetwork {
-    /// `token` authenticates this server to its peers.
-    pub fn new(token: String) -> Self {
-        HttpNetwork {
-            client: reqwest::Client::new(),
-            token,
+impl Peers {
+    pub fn new(token: String, ca_pem: Option<&[u8]>) -> Result<Peers, String> {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(std::time::Duration::from_secs(30));
+        if let Some(pem) = ca_pem {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|e| format!("the cluster CA: {e}"))?;
+            b = b.add_root_certificate(cert);
         }
+        Ok(Peers {
+            client: b.build().map_err(|e| format!("peer client: {e}"))?,
+            token,
+        })
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, StoreError> {
+        let resp = self
+            .client
+            .post(format!("{}/raft/{path}", addr.trim_end_matches('/')))
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(30))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StoreError::NotLeader {
+                leader: Some(format!("{addr} (unreachable: {e})")),
+            })?;
+        if !resp.status().is_success() {
+            return Err(StoreError::Raft(format!(
+                "the leader answered {}",
+                resp.status()
+            )));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| StoreError::Raft(format!("reading the leader's answer: {e}")))?;
+        postcard::from_bytes(&bytes)
+            .map_err(|e| StoreError::Raft(format!("the leader's answer: {e}")))
+    }
+
+    /// Has the leader at `addr` commit `cmd`; returns the results and the entry's index.
+    pub async fn forward_write(
+        &self,
+        addr: &str,
+        cmd: &Command,
+    ) -> Result<(Vec<Result<Applied, OpError>>, u64), StoreError> {
+        let body = postcard::to_allocvec(cmd).map_err(|e| StoreError::Raft(e.to_string()))?;
+        let r: Result<(CommandResult, u64), ForwardError> = self.post(addr, "write", body).await?;
+        match r {
+            Ok((res, index)) => Ok((res.results, index)),
+            Err(ForwardError::NotLeader(leader)) => Err(StoreError::NotLeader { leader }),
+            Err(ForwardError::Raft(m)) => Err(StoreError::Raft(m)),
+        }
+    }
+
+    /// A member's Raft metrics (`GET /raft/metrics`), as JSON.
+    pub async fn metrics(&self, addr: &str) -> Result<serde_json::Value, String> {
+        let resp = self
+            .client
+            .get(format!("{}/raft/metrics", addr.trim_end_matches('/')))
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        resp.json().await.map_err(|e| e.to_string())
+    }
+
+    /// The leader's read index (it has confirmed its leadership with a quorum).
+    pub async fn read_index(&self, addr: &str) -> Result<Option<u64>, StoreError> {
+        let r: Result<Option<u64>, ForwardError> =
+            self.post(addr, "read-index", Vec::new()).await?;
+        match r {
+            Ok(i) => Ok(i),
+            Err(ForwardError::NotLeader(leader)) => Err(StoreError::NotLeader { leader }),
+            Err(ForwardError::Raft(m)) => Err(StoreError::Raft(m)),
+        }
+    }
+}
+
+/// Why the leader did not take a forwarded request.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum ForwardError {
+    /// It is no longer the leader (the new one, if known).
+    NotLeader(Option<String>),
+    Raft(String),
+}
+
+/// Creates Raft RPC clients to peers.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    peers: Peers,
+}
+
+impl HttpNetwork {
+    pub fn new(peers: Peers) -> Self {
+        HttpNetwork { peers }
     }
 }
 
@@ -56,8 +157,8 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
         PeerClient {
             target,
             addr: node.addr.trim_end_matches('/').to_string(),
-            client: self.client.clone(),
-            token: self.token.clone(),
+            client: self.peers.client.clone(),
+            token: self.peers.token.clone(),
         }
     }
 }
@@ -213,6 +314,41 @@ async fn snapshot(
     rpc(&s, &headers, &body, |raft, req: InstallSnapshotRequest<TypeConfig>| async move { raft.install_snapshot(req).await }).await
 }
 
+/// `POST /raft/write`: a follower's forwarded command, committed here if this member is
+/// the leader; answers the results and the entry's log index.
+async fn write(
+    State(s): State<RaftRpcState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    rpc(&s, &headers, &body, |raft, cmd: Command| async move {
+        match raft.client_write(cmd).await {
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
+            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                Err(ForwardError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(ForwardError::Raft(e.to_string())),
+        }
+    })
+    .await
+}
+
+/// `POST /raft/read-index`: confirms leadership with a quorum and answers the index a
+/// linearizable read must wait for.
+async fn read_index(State(s): State<RaftRpcState>, headers: HeaderMap) -> axum::response::Response {
+    if !authorized(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let r: Result<Option<u64>, ForwardError> = match s.raft.ensure_linearizable().await {
+        Ok(id) => Ok(id.map(|l| l.index)),
+        Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(ForwardError::NotLeader(f.leader_node.map(|n| n.addr)))
+        }
+        Err(e) => Err(ForwardError::Raft(e.to_string())),
+    };
+    reply(&r)
+}
+
 /// `GET /raft/metrics`: this member's Raft metrics as JSON (state, term, leader, log
 /// indexes, last snapshot, purged index, membership), for operators and tests.
 async fn metrics(State(s): State<RaftRpcState>, headers: HeaderMap) -> axum::response::Response {
@@ -230,5 +366,7 @@ pub fn router(state: RaftRpcState) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/write", post(write))
+        .route("/raft/read-index", post(read_index))
         .with_state(state)
 }

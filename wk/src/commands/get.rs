@@ -39,7 +39,90 @@ pub struct Args {
     no_headers: bool,
 }
 
+/// `wk get servers`: the control plane's members, their roles and Raft progress.
+async fn servers(args: &Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    let client = super::client(kubeconfig)?;
+    let resp = client
+        .request(
+            wk_client::Method::GET,
+            "/wk/v1/cluster/members",
+            &[],
+            None,
+            None,
+        )
+        .await?;
+    let v: Value = resp.json().await?;
+    match args.output.as_deref() {
+        Some("json") => println!("{}", serde_json::to_string_pretty(&v)?),
+        Some("yaml") => print!("{}", serde_yaml::to_string(&v)?),
+        _ => {
+            let leader = v["leader"].as_u64();
+            let cell = |x: &Value| match x {
+                Value::Null => "-".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let rows: Vec<Vec<String>> = v["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let id = m["id"].as_u64().unwrap_or(0);
+                    let state = if m["error"].is_string() {
+                        "Unreachable".to_string()
+                    } else {
+                        cell(&m["state"])
+                    };
+                    vec![
+                        id.to_string(),
+                        cell(&m["url"]),
+                        cell(&m["role"]),
+                        if Some(id) == leader {
+                            "yes".into()
+                        } else {
+                            "".into()
+                        },
+                        state,
+                        cell(&m["term"]),
+                        cell(&m["lastLogIndex"]),
+                        cell(&m["appliedIndex"]),
+                    ]
+                })
+                .collect();
+            let header = [
+                "ID", "URL", "ROLE", "LEADER", "STATE", "TERM", "LAST LOG", "APPLIED",
+            ];
+            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+            for r in &rows {
+                for (i, c) in r.iter().enumerate() {
+                    widths[i] = widths[i].max(c.len());
+                }
+            }
+            let line = |cells: Vec<String>| {
+                cells
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                    .collect::<Vec<_>>()
+                    .join("   ")
+                    .trim_end()
+                    .to_string()
+            };
+            if !args.no_headers {
+                println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+            }
+            for r in rows {
+                println!("{}", line(r));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    if matches!(args.kind.as_str(), "servers" | "server") {
+        return servers(&args, kubeconfig).await;
+    }
     let rt = super::resource(&args.kind)?;
     let client = super::client(kubeconfig)?;
     let ns = args.namespace.as_deref();

@@ -36,6 +36,15 @@ pub struct Args {
     /// Range Service cluster IPs are allocated from (the default is local on one host)
     #[arg(long, default_value = "127.240.0.0/16")]
     service_cidr: wk_controlplane::apiserver::ipalloc::ServiceCidr,
+    /// Join the cluster of this server (any member's URL) instead of starting one
+    #[arg(long, requires_all = ["token", "ca_file"])]
+    join: Option<String>,
+    /// With --join: the cluster's admin or peer token (tokens.json of a member)
+    #[arg(long, env = "WK_TOKEN")]
+    token: Option<String>,
+    /// With --join: the cluster CA certificate (pki/ca.crt of a member)
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -43,6 +52,20 @@ pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<Exit
         None
     } else {
         Some(kubeconfig.unwrap_or_else(wk_client::default_config_path))
+    };
+    let join = match &args.join {
+        Some(url) => {
+            let ca = args
+                .ca_file
+                .as_ref()
+                .expect("clap requires --ca-file with --join");
+            Some(wk_controlplane::server::Join {
+                url: url.clone(),
+                token: args.token.clone().unwrap_or_default(),
+                ca_pem: std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
+            })
+        }
+        None => None,
     };
     let server = Server::start(ServerConfig {
         data_dir: args.data_dir.clone(),
@@ -54,6 +77,7 @@ pub async fn run(args: Args, kubeconfig: Option<PathBuf>) -> anyhow::Result<Exit
         watch_history: args.watch_history,
         controllers: !args.no_controllers,
         service_cidr: args.service_cidr,
+        join,
     })
     .await
     .context("cannot start the server")?;

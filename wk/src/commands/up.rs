@@ -54,6 +54,7 @@ pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
         watch_history: 10_000,
         controllers: true,
         service_cidr: wk_controlplane::apiserver::ipalloc::default_service_cidr(),
+        join: None,
     })
     .await
     .context("cannot start the control plane")?;

@@ -45,7 +45,7 @@ impl TestServer {
         Self::spawn_with(&[])
     }
 
-    fn spawn_with(args: &[&str]) -> TestServer {
+    pub fn spawn_with(args: &[&str]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("config");
         let mut s = TestServer {

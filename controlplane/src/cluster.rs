@@ -1,0 +1,246 @@
+//! Control-plane membership over HTTP (`/wk/v1/cluster/...`), for the admin token or
+//! another server's peer token:
+//!
+//! - `GET join` (on the leader): what a server joining the cluster needs: a node id, the
+//!   cluster CA (cert and key, so it issues its own serving certificate), the tokens;
+//! - `GET members`: every member with its role and Raft progress (asked of each member);
+//! - `POST members` `{"id", "url"}`: on the leader, adds the server as a learner, waits
+//!   until it has caught up (snapshot and log), then makes it a voter (joint consensus);
+//! - `DELETE members/{id}`: on the leader, removes a voter.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use openraft::{BasicNode, ChangeMembers};
+use serde_json::{Value, json};
+
+use crate::auth::{Identity, Tokens};
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct ClusterState {
+    pub store: Store,
+    pub tokens: Arc<Tokens>,
+    pub pki_dir: PathBuf,
+    /// The highest node id this leader has handed out (joins can overlap).
+    pub assigned: Arc<std::sync::Mutex<u64>>,
+}
+
+fn allowed(state: &ClusterState, headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.tokens.identify(t))
+        .is_some_and(|i| matches!(i, Identity::Admin | Identity::Peer))
+}
+
+fn denied() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(json!({"message": "the admin or peer token is required"})),
+    )
+        .into_response()
+}
+
+fn leader_url(store: &Store) -> Option<String> {
+    let m = store.raft.metrics().borrow().clone();
+    m.current_leader.and_then(|l| {
+        m.membership_config
+            .membership()
+            .get_node(&l)
+            .map(|n| n.addr.clone())
+    })
+}
+
+/// Answered by a follower to a request only the leader can serve.
+fn not_leader(store: &Store) -> Response {
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        axum::Json(
+            json!({"message": "this server is not the leader", "leader": leader_url(store)}),
+        ),
+    )
+        .into_response()
+}
+
+async fn join(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
+    if !allowed(&s, &headers) {
+        return denied();
+    }
+    // Ids come from the leader alone, so two servers joining at once get different ones.
+    if !s.store.is_leader() {
+        return not_leader(&s.store);
+    }
+    let m = s.store.raft.metrics().borrow().clone();
+    let highest = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or(0);
+    let next_id = {
+        let mut assigned = s.assigned.lock().expect("assigned lock");
+        *assigned = (*assigned).max(highest) + 1;
+        *assigned
+    };
+    let read = |f: &str| std::fs::read_to_string(s.pki_dir.join(f));
+    let (Ok(cert), Ok(key)) = (read("ca.crt"), read("ca.key")) else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the cluster CA is not readable here",
+        )
+            .into_response();
+    };
+    axum::Json(json!({
+        "nodeId": next_id,
+        "caCert": cert,
+        "caKey": key,
+        "tokens": {"admin": s.tokens.admin, "node": s.tokens.node, "peer": s.tokens.peer},
+        "leader": leader_url(&s.store),
+    }))
+    .into_response()
+}
+
+async fn members(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
+    if !allowed(&s, &headers) {
+        return denied();
+    }
+    let m = s.store.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let nodes: BTreeMap<u64, BasicNode> =
+        membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+    let asks = nodes.iter().map(|(id, n)| {
+        let peers = s.store.peers().clone();
+        let (id, addr) = (*id, n.addr.clone());
+        async move { (id, addr.clone(), peers.metrics(&addr).await) }
+    });
+    let mut out = Vec::new();
+    for (id, addr, metrics) in futures::future::join_all(asks).await {
+        let mut member = json!({"id": id, "url": addr, "role": if voters.contains(&id) { "voter" } else { "learner" }});
+        match metrics {
+            Ok(v) => {
+                member["state"] = v["state"].clone();
+                member["term"] = v["current_term"].clone();
+                member["lastLogIndex"] = v["last_log_index"].clone();
+                member["appliedIndex"] = v
+                    .pointer("/last_applied/index")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                member["snapshotIndex"] =
+                    v.pointer("/snapshot/index").cloned().unwrap_or(Value::Null);
+            }
+            Err(e) => member["error"] = json!(e),
+        }
+        out.push(member);
+    }
+    axum::Json(json!({"leader": m.current_leader, "term": m.current_term, "members": out}))
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct NewMember {
+    id: u64,
+    url: String,
+}
+
+async fn add(
+    State(s): State<ClusterState>,
+    headers: HeaderMap,
+    axum::Json(m): axum::Json<NewMember>,
+) -> Response {
+    if !allowed(&s, &headers) {
+        return denied();
+    }
+    if !s.store.is_leader() {
+        return not_leader(&s.store);
+    }
+    let raft = &s.store.raft;
+    if let Err(e) = raft
+        .add_learner(
+            m.id,
+            BasicNode {
+                addr: m.url.clone(),
+            },
+            true,
+        )
+        .await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"message": format!("adding server {} as a learner: {e}", m.id)})),
+        )
+            .into_response();
+    }
+    let voters = ChangeMembers::AddVoterIds(BTreeSet::from([m.id]));
+    match raft.change_membership(voters, false).await {
+        Ok(_) => {
+            tracing::info!(id = m.id, url = %m.url, "server joined as a voter");
+            axum::Json(json!({"id": m.id, "url": m.url, "role": "voter"})).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"message": format!("promoting server {}: {e}", m.id)})),
+        )
+            .into_response(),
+    }
+}
+
+async fn remove(
+    State(s): State<ClusterState>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    if !allowed(&s, &headers) {
+        return denied();
+    }
+    if !s.store.is_leader() {
+        return not_leader(&s.store);
+    }
+    let known = s
+        .store
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .is_some();
+    if !known {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": format!("server {id} is not a member")})),
+        )
+            .into_response();
+    }
+    match s
+        .store
+        .raft
+        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+        .await
+    {
+        Ok(_) => axum::Json(json!({"removed": id})).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"message": format!("removing server {id}: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+/// The `/wk/v1/cluster` routes.
+pub fn router(state: ClusterState) -> Router {
+    Router::new()
+        .route("/wk/v1/cluster/join", get(join))
+        .route("/wk/v1/cluster/members", get(members).post(add))
+        .route("/wk/v1/cluster/members/{id}", delete(remove))
+        .with_state(state)
+}
