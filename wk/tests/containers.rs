@@ -290,9 +290,19 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
     );
 }
 
+/// A registry process, killed when dropped (also when a test fails).
+struct Registry(std::process::Child);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts Debian's `docker-registry` on a loopback port (with `user:password` basic auth,
 /// if given).
-fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (std::process::Child, String) {
+fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (Registry, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -323,7 +333,7 @@ fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (std::process::Chil
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("docker-registry is installed (apt-get install docker-registry)");
-    (child, format!("127.0.0.1:{port}"))
+    (Registry(child), format!("127.0.0.1:{port}"))
 }
 
 async fn push_busybox(registry: &str, reference: &str, auth: &wk_runtime_oci::RegistryAuth) {
@@ -352,7 +362,7 @@ async fn push_busybox(registry: &str, reference: &str, auth: &wk_runtime_oci::Re
 async fn mixed_fleet_services_dns_and_registry_pull() {
     let server = TestServer::start_cluster();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut registry, reg) = start_registry(dirs[2].path(), None);
+    let (registry, reg) = start_registry(dirs[2].path(), None);
     let image = format!("{reg}/wk/busybox:1");
     push_busybox(&reg, &image, &wk_runtime_oci::RegistryAuth::Anonymous).await;
     let _a1 = start_agent_with(
@@ -518,8 +528,7 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
         .await
         .unwrap();
     assert!(body.contains("ctr web-ctr-"), "{body}");
-    let _ = registry.kill();
-    let _ = registry.wait();
+    drop(registry);
     let _: Vec<PathBuf> = Vec::new();
 }
 
@@ -527,7 +536,7 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
 async fn private_registries_need_image_pull_secrets() {
     let server = TestServer::start_cluster();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let (mut registry, reg) = start_registry(dirs[1].path(), Some(("wk", "s3cret")));
+    let (registry, reg) = start_registry(dirs[1].path(), Some(("wk", "s3cret")));
     let image = format!("{reg}/private/busybox:1");
     let basic = wk_runtime_oci::RegistryAuth::Basic("wk".into(), "s3cret".into());
     push_busybox(&reg, &image, &basic).await;
@@ -634,6 +643,5 @@ async fn private_registries_need_image_pull_secrets() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
-    let _ = registry.kill();
-    let _ = registry.wait();
+    drop(registry);
 }
