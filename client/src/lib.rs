@@ -46,6 +46,9 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub server: String,
+    /// Other control-plane servers to fall back to (the kubeconfig cluster extension
+    /// `wk.dev/servers`).
+    pub servers: Vec<String>,
     pub token: Option<String>,
     pub ca_pem: Option<Vec<u8>>,
     pub insecure: bool,
@@ -122,8 +125,19 @@ impl ClientConfig {
                 None => None,
             },
         };
+        let servers = cluster
+            .get("extensions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.get("name").and_then(Value::as_str) == Some("wk.dev/servers"))
+            .filter_map(|e| e.pointer("/extension/servers")?.as_array().cloned())
+            .flatten()
+            .filter_map(|v| v.as_str().map(|s| s.trim_end_matches('/').to_string()))
+            .collect();
         Ok(ClientConfig {
             server,
+            servers,
             token: user.get("token").and_then(Value::as_str).map(String::from),
             ca_pem,
             insecure: cluster
@@ -145,7 +159,23 @@ pub struct Client {
     http: reqwest::Client,
     pub config: ClientConfig,
     warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every control-plane server known (the configured ones, and those the servers list
+    /// in `x-wk-servers`), and the one in use: a request that cannot connect moves on to
+    /// the next server.
+    servers: std::sync::Arc<std::sync::Mutex<Servers>>,
 }
+
+/// The servers a client can use.
+#[derive(Debug, Default)]
+struct Servers {
+    all: Vec<String>,
+    current: usize,
+    /// Always the configured server (tests of one particular member).
+    pinned: bool,
+}
+
+/// The response header in which a server lists every member of the control plane.
+pub const SERVERS_HEADER: &str = "x-wk-servers";
 
 /// One event of a watch stream.
 #[derive(Debug, Clone)]
@@ -214,16 +244,65 @@ impl Client {
             path: PathBuf::new(),
             message: e.to_string(),
         })?;
+        let mut all = vec![config.server.clone()];
+        for s in &config.servers {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
         Ok(Client {
             http,
             config,
             warnings: Default::default(),
+            servers: std::sync::Arc::new(std::sync::Mutex::new(Servers {
+                all,
+                current: 0,
+                pinned: false,
+            })),
         })
     }
 
     /// Loads a client from a kubeconfig file.
     pub fn from_path(path: &Path) -> Result<Client> {
         Client::new(ClientConfig::load(path)?)
+    }
+
+    /// A client that only ever talks to its configured server (no fail-over).
+    pub fn pinned(self) -> Client {
+        self.servers.lock().expect("servers lock").pinned = true;
+        self
+    }
+
+    /// The server requests go to now.
+    pub fn server(&self) -> String {
+        let s = self.servers.lock().expect("servers lock");
+        s.all[s.current].clone()
+    }
+
+    /// Moves on from `failed` to the next known server; false if there is no other.
+    fn fail_over(&self, failed: &str) -> bool {
+        let mut s = self.servers.lock().expect("servers lock");
+        if s.all.len() < 2 || s.pinned {
+            return false;
+        }
+        if s.all[s.current] == failed {
+            s.current = (s.current + 1) % s.all.len();
+        }
+        true
+    }
+
+    /// Learns the members a server listed.
+    fn learn_servers(&self, header: &str) {
+        let mut s = self.servers.lock().expect("servers lock");
+        if s.pinned {
+            return;
+        }
+        for url in header.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let url = url.trim_end_matches('/').to_string();
+            if !s.all.contains(&url) {
+                s.all.push(url);
+            }
+        }
     }
 
     fn connect_err(&self, e: reqwest::Error) -> ClientError {
@@ -234,7 +313,7 @@ impl Client {
             src = s.source();
         }
         ClientError::Connect {
-            url: self.config.server.clone(),
+            url: self.server(),
             message,
         }
     }
@@ -248,20 +327,39 @@ impl Client {
         body: Option<(&str, Vec<u8>)>,
         accept: Option<&str>,
     ) -> Result<reqwest::Response> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.config.server))
-            .query(query);
-        if let Some(t) = &self.config.token {
-            req = req.bearer_auth(t);
+        let attempts = self.servers.lock().expect("servers lock").all.len();
+        let mut attempt = 0;
+        let resp = loop {
+            let server = self.server();
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{server}{path}"))
+                .query(query);
+            if let Some(t) = &self.config.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(a) = accept {
+                req = req.header(ACCEPT, a);
+            }
+            if let Some((ct, bytes)) = &body {
+                req = req.header(CONTENT_TYPE, *ct).body(bytes.clone());
+            }
+            match req.send().await {
+                Ok(r) => break r,
+                // Nothing reached that server: another one may take the request.
+                Err(e) if e.is_connect() && attempt + 1 < attempts && self.fail_over(&server) => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(self.connect_err(e)),
+            }
+        };
+        if let Some(h) = resp
+            .headers()
+            .get(SERVERS_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            self.learn_servers(h);
         }
-        if let Some(a) = accept {
-            req = req.header(ACCEPT, a);
-        }
-        if let Some((ct, bytes)) = body {
-            req = req.header(CONTENT_TYPE, ct).body(bytes);
-        }
-        let resp = req.send().await.map_err(|e| self.connect_err(e))?;
         for w in resp.headers().get_all(reqwest::header::WARNING) {
             if let Ok(text) = w.to_str() {
                 // `299 - "message"`: keep the message.
@@ -501,7 +599,7 @@ impl Client {
         let resp = self
             .request(Method::GET, &rt.collection_path(ns), &q, None, accept)
             .await?;
-        let server = self.config.server.clone();
+        let server = self.server();
         let mut buf = Vec::new();
         let bytes = resp.bytes_stream();
         Ok(bytes

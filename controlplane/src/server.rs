@@ -324,7 +324,11 @@ impl Server {
         };
         let app = apiserver::router(state)
             .merge(network::router(rpc))
-            .merge(crate::cluster::router(cluster));
+            .merge(crate::cluster::router(cluster))
+            .layer(axum::middleware::map_response_with_state(
+                self.store.clone(),
+                list_servers,
+            ));
         if let Some((join, id)) = self.joining.clone() {
             tokio::spawn(request_membership(
                 join,
@@ -386,6 +390,7 @@ impl Server {
         let ca = self.pki.ca_pem().map_err(|e| e.to_string())?;
         wk_client::Client::new(wk_client::ClientConfig {
             server: self.url.clone(),
+            servers: Vec::new(),
             token: Some(self.tokens.admin.clone()),
             ca_pem: Some(ca.into_bytes()),
             insecure: false,
@@ -393,6 +398,27 @@ impl Server {
         })
         .map_err(|e| e.to_string())
     }
+}
+
+/// Every response names the control plane's members (`x-wk-servers`), so long-lived
+/// clients (agents, controllers elsewhere) can fail over to another server.
+async fn list_servers(
+    axum::extract::State(store): axum::extract::State<Store>,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    let urls: Vec<String> = store
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, n)| n.addr.clone())
+        .collect();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&urls.join(",")) {
+        resp.headers_mut().insert(wk_client::SERVERS_HEADER, v);
+    }
+    resp
 }
 
 /// Creates the built-in namespaces if they are missing.

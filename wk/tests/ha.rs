@@ -26,9 +26,11 @@ fn client_of(first: &TestServer, port: u16) -> Client {
     let base = first.client();
     Client::new(ClientConfig {
         server: format!("https://127.0.0.1:{port}"),
+        servers: Vec::new(),
         ..base.config.clone()
     })
     .unwrap()
+    .pinned()
 }
 
 async fn members(c: &Client) -> Value {
@@ -302,4 +304,234 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         .create(cms, Some("default"), &cm("after-removal"), &[])
         .await
         .unwrap();
+}
+
+/// A follower that misses thousands of writes, while the leader compacts its log, comes
+/// back through a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_for_thousands_of_writes_catches_up_from_a_snapshot() {
+    let first = TestServer::spawn_with(&["--snapshot-every", "100"]);
+    let args = [
+        "--join".to_string(),
+        first.url.clone(),
+        "--token".into(),
+        peer_token(&first),
+        "--ca-file".into(),
+        first.ca_path().display().to_string(),
+        "--no-client-config".into(),
+        "--snapshot-every".into(),
+        "100".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut servers = vec![first];
+    servers.push(TestServer::spawn_with(&args));
+    servers.push(TestServer::spawn_with(&args));
+    let clients: Vec<Client> = servers
+        .iter()
+        .map(|s| client_of(&servers[0], s.port))
+        .collect();
+    wait_for("three voters", Duration::from_secs(60), || {
+        let c = clients[0].clone();
+        async move {
+            members(&c).await["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter()
+                        .all(|x| x["role"] == "voter" && x["appliedIndex"].is_u64())
+            })
+        }
+    })
+    .await;
+    // Stop a follower.
+    let m = members(&clients[0]).await;
+    let leader = m["leader"].as_u64().unwrap();
+    let follower = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"].as_u64() != Some(leader))
+        .unwrap()
+        .clone();
+    let idx = servers
+        .iter()
+        .position(|s| {
+            follower["url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{}", s.port))
+        })
+        .unwrap();
+    let before = follower["appliedIndex"].as_u64().unwrap();
+    servers[idx].kill9();
+    let live: Vec<Client> = (0..3)
+        .filter(|i| *i != idx)
+        .map(|i| clients[i].clone())
+        .collect();
+    let cms = lookup("cm").unwrap();
+    let writes = 3000;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (live, next) = (live.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= writes {
+                    return;
+                }
+                live[(w + i) % live.len()]
+                    .create(cms, Some("default"), &cm(&format!("bulk-{i}")), &[])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // The leader has compacted its log (it keeps 100 entries before its snapshot) past
+    // what the follower has.
+    let leader_metrics = members(&live[0]).await;
+    let leader_snapshot = leader_metrics["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"].as_u64() == leader_metrics["leader"].as_u64())
+        .unwrap()["snapshotIndex"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        leader_snapshot > before + 200,
+        "the leader compacted its log (snapshot at {leader_snapshot}, follower at {before})"
+    );
+    servers[idx].restart();
+    let back = clients[idx].clone();
+    wait_for(
+        "the follower to hold all writes again",
+        Duration::from_secs(120),
+        || {
+            let back = back.clone();
+            async move {
+                match back
+                    .list(cms, Some("default"), false, &Default::default())
+                    .await
+                {
+                    Ok(l) => {
+                        l["items"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|i| {
+                                i["metadata"]["name"].as_str().unwrap().starts_with("bulk-")
+                            })
+                            .count()
+                            == writes
+                    }
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+    let after = members(&live[0]).await;
+    let me = after["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == follower["id"])
+        .unwrap()
+        .clone();
+    assert!(
+        me["snapshotIndex"].as_u64().unwrap_or(0) > before,
+        "it was sent a snapshot: {me}"
+    );
+}
+
+/// Clients and agents learn every server from the responses (`x-wk-servers`) and move to
+/// another one when theirs dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_agents_fail_over_to_another_server() {
+    let first = TestServer::start_cluster();
+    let args = [
+        "--join".to_string(),
+        first.url.clone(),
+        "--token".into(),
+        peer_token(&first),
+        "--ca-file".into(),
+        first.ca_path().display().to_string(),
+        "--no-client-config".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut servers = vec![first];
+    servers.push(TestServer::spawn_with(&args));
+    servers.push(TestServer::spawn_with(&args));
+    let pinned: Vec<Client> = servers
+        .iter()
+        .map(|s| client_of(&servers[0], s.port))
+        .collect();
+    wait_for("three voters", Duration::from_secs(60), || {
+        let c = pinned[0].clone();
+        async move {
+            members(&c).await["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter()
+                        .all(|x| x["role"] == "voter" && x["appliedIndex"].is_u64())
+            })
+        }
+    })
+    .await;
+    // An agent and a client that know only the first server.
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = common::start_agent_with(
+        &servers[0],
+        "ha-node",
+        agent_dir.path(),
+        &["--runc", "none"],
+    );
+    let roaming = servers[0].client();
+    let leases = lookup("leases").unwrap();
+    wait_for("the agent's lease", Duration::from_secs(30), || {
+        let c = roaming.clone();
+        async move {
+            c.get(leases, Some("kube-node-lease"), "ha-node")
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let renewed = |c: Client| async move {
+        c.get(leases, Some("kube-node-lease"), "ha-node")
+            .await
+            .ok()
+            .and_then(|l| l["spec"]["renewTime"].as_str().map(String::from))
+    };
+    servers[0].kill9();
+    let dead = format!("https://127.0.0.1:{}", servers[0].port);
+    // The client's next request goes to a live server.
+    let cms = lookup("cm").unwrap();
+    let mut created = false;
+    for _ in 0..100 {
+        if roaming
+            .create(cms, Some("default"), &cm("after-failover"), &[])
+            .await
+            .is_ok()
+        {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(created, "the client wrote through another server");
+    assert_ne!(roaming.server(), dead);
+    // The agent keeps renewing its lease through another server.
+    let live = pinned[1].clone();
+    let before = renewed(live.clone()).await;
+    wait_for(
+        "the agent to renew its lease after its server died",
+        Duration::from_secs(30),
+        || {
+            let (live, before) = (live.clone(), before.clone());
+            async move { renewed(live).await.is_some_and(|t| Some(t) != before) }
+        },
+    )
+    .await;
 }

@@ -9,7 +9,8 @@ use wk_nodeagent::{Agent, AgentConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// API server URL (https://host:port); without it the client config is used
+    /// API server URL (https://host:port; several, comma-separated, to fail over between
+    /// control-plane servers); without it the client config is used
     #[arg(long)]
     server: Option<String>,
     /// Node join token (printed in <server data dir>/tokens.json as "node")
@@ -86,8 +87,14 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
                 }
                 None => None,
             };
+            // Several servers (comma-separated): the agent falls over to the next one.
+            let mut urls = server
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('/').to_string())
+                .filter(|s| !s.is_empty());
             Client::new(ClientConfig {
-                server: server.trim_end_matches('/').to_string(),
+                server: urls.next().unwrap_or_default(),
+                servers: urls.collect(),
                 token: args.token.clone(),
                 ca_pem,
                 insecure: false,
