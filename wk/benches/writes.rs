@@ -18,114 +18,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 mod common;
 
-use common::{Proc, free_port, percentile, start_server};
-
-#[derive(Clone, Copy)]
-struct Stats {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
-    lat.sort();
-    Stats {
-        per_sec: lat.len() as f64 / wall.as_secs_f64(),
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-    }
-}
-
-fn object(i: usize) -> Value {
-    json!({"apiVersion": "v1", "kind": "ConfigMap",
-           "metadata": {"name": format!("cm-{i}"), "namespace": "default", "labels": {"bench": "writes"}},
-           "data": {"payload": "x".repeat(100)}})
-}
-
-/// Something that commits writes.
-trait Target: Send + Sync + 'static {
-    fn put(&self, i: usize) -> impl std::future::Future<Output = ()> + Send;
-}
-
-struct Wk {
-    client: wk_client::Client,
-}
-
-impl Target for Wk {
-    async fn put(&self, i: usize) {
-        let rt = wk_api::resource::lookup("cm").unwrap();
-        self.client
-            .create(rt, Some("default"), &object(i), &[])
-            .await
-            .expect("wk create");
-    }
-}
-
-struct Etcd {
-    http: reqwest::Client,
-    url: String,
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-impl Target for Etcd {
-    async fn put(&self, i: usize) {
-        let key = format!("/registry/configmaps/default/cm-{i}");
-        let body = json!({"key": b64(&key), "value": b64(&object(i).to_string())});
-        let r = self
-            .http
-            .post(format!("{}/v3/kv/put", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("etcd put");
-        assert!(r.status().is_success(), "etcd put: {}", r.status());
-        let _ = r.bytes().await;
-    }
-}
-
-async fn run_writers<T: Target>(
-    target: Arc<T>,
-    writers: usize,
-    total: usize,
-    offset: usize,
-) -> Stats {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let (target, next, lat) = (target.clone(), next.clone(), lat.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let t = Instant::now();
-                target.put(offset + i).await;
-                mine.push(t.elapsed());
-            }
-            lat.lock().await.extend(mine);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let wall = start.elapsed();
-    let lat = std::mem::take(&mut *lat.lock().await);
-    stats(lat, wall)
-}
+use common::writes::{Etcd, Stats, Target, Wk, b64, fmt_ms, object, run_writers, stats, which};
+use common::{Proc, free_port, start_server};
 
 /// Watch latency on wk: create → ADDED event received.
 async fn wk_watch_latency(client: &wk_client::Client, n: usize, offset: usize) -> Stats {
@@ -186,7 +85,7 @@ async fn etcd_watch_latency(etcd: &Etcd, n: usize, offset: usize) -> Stats {
     let req = json!({"create_request": {"key": b64(prefix), "range_end": b64(end)}});
     let resp = etcd
         .http
-        .post(format!("{}/v3/watch", etcd.url))
+        .post(format!("{}/v3/watch", etcd.urls[0]))
         .json(&req)
         .send()
         .await
@@ -283,19 +182,13 @@ fn start_etcd(dir: &Path, pki: &Path) -> Option<(Proc, Etcd)> {
         .add_root_certificate(ca)
         .build()
         .ok()?;
-    Some((Proc(child), Etcd { http, url }))
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.exists())
-}
-
-fn fmt_ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    Some((
+        Proc(child),
+        Etcd {
+            http,
+            urls: vec![url],
+        },
+    ))
 }
 
 fn main() {
@@ -312,7 +205,9 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let (_wk_proc, client, pki) = start_wk(dir.path());
-        let wk = Arc::new(Wk { client: client.clone() });
+        let wk = Arc::new(Wk {
+            clients: vec![client.clone()],
+        });
         run_writers(wk.clone(), 16, 500, 10_000_000).await; // warm-up
         let wk1 = run_writers(wk.clone(), 1, n1, 0).await;
         let wk64 = run_writers(wk.clone(), 64, n64, 1_000_000).await;
@@ -328,7 +223,7 @@ fn main() {
             let etcd = Arc::new(etcd);
             let mut up = false;
             for _ in 0..100 {
-                if etcd.http.get(format!("{}/health", etcd.url)).send().await.is_ok() {
+                if etcd.http.get(format!("{}/health", etcd.urls[0])).send().await.is_ok() {
                     up = true;
                     break;
                 }

@@ -17,6 +17,17 @@ use wk_runtime_oci::store::ImageConfig;
 
 use common::{TestServer, is_ready, list, sample, start_agent_with, stdout, wait_for};
 
+/// Pod ranges of their own for these tests' agents. The default range comes from a hash
+/// of the node name, and agents of tests running in parallel on this host may share one;
+/// Wasm pods sharing a range just skip each other's addresses, but a container's address
+/// is routed into its namespace and would take it from a Wasm pod of another agent.
+const POD_CIDRS: [&str; 4] = [
+    "127.200.0.0/16",
+    "127.201.0.0/16",
+    "127.202.0.0/16",
+    "127.203.0.0/16",
+];
+
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "httpd", "head", "tail", "touch", "rm", "test", "wget",
     "hostname", "true", "nslookup", "sed",
@@ -109,7 +120,7 @@ fn terminated(p: &Value) -> &Value {
 async fn container_jobs_oom_exec_probes_and_graceful_stop() {
     let server = TestServer::start_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let _agent = start_agent_with(&server, "oci-a", dir.path(), &[]);
+    let _agent = start_agent_with(&server, "oci-a", dir.path(), &["--pod-cidr", POD_CIDRS[0]]);
     let c = server.client();
     wait_for(
         "the node to offer containers",
@@ -369,10 +380,15 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
         &server,
         "oci-b",
         dirs[0].path(),
-        &["--insecure-registry", &reg],
+        &["--insecure-registry", &reg, "--pod-cidr", POD_CIDRS[1]],
     );
     // A node without runc: container pods must never land there.
-    let _a2 = start_agent_with(&server, "oci-c", dirs[1].path(), &["--runc", "none"]);
+    let _a2 = start_agent_with(
+        &server,
+        "oci-c",
+        dirs[1].path(),
+        &["--runc", "none", "--pod-cidr", POD_CIDRS[2]],
+    );
     let c = server.client();
     wait_for("both nodes", Duration::from_secs(30), || {
         let c = c.clone();
@@ -544,7 +560,7 @@ async fn private_registries_need_image_pull_secrets() {
         &server,
         "oci-d",
         dirs[0].path(),
-        &["--insecure-registry", &reg],
+        &["--insecure-registry", &reg, "--pod-cidr", POD_CIDRS[3]],
     );
     let c = server.client();
 

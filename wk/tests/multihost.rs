@@ -258,15 +258,21 @@ spec:
         "caller on node-a's range: {caller_ip}"
     );
 
-    // Pod to pod across the hosts, from host A.
-    let mut curl = Hosts::exec(&hosts.a, "curl");
-    curl.args([
-        "-sS",
-        "--max-time",
-        "5",
-        &format!("http://{backend_ip}:8080/"),
-    ]);
-    let body = String::from_utf8_lossy(&run(curl).stdout).into_owned();
+    // Pod to pod across the hosts, from host A (once node A has routed node B's range:
+    // agents re-check other nodes' ranges every 2 s).
+    let mut body = String::new();
+    wait("a pod on host B to answer from host A", || {
+        let mut curl = Hosts::exec(&hosts.a, "curl");
+        curl.args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{backend_ip}:8080/"),
+        ]);
+        let out = curl.output().unwrap();
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success()
+    });
     assert!(body.starts_with("hello from backend-"), "{body}");
 
     // The caller on host A fetches http://backend/ : its node's DNS data gives the VIP,

@@ -190,9 +190,12 @@ impl Store {
 
         let config = Config {
             cluster_name: "wk".into(),
-            heartbeat_interval: 150,
-            election_timeout_min: 600,
-            election_timeout_max: 1200,
+            // openraft 0.9 starts an election only after the leader lease (the maximum
+            // election timeout) plus a random election timeout without a heartbeat: with
+            // these, a dead leader is replaced 0.9–1.2 s after its last heartbeat.
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             // Keep enough of the log for a slow follower, never more than a snapshot's worth.
             max_in_snapshot_log_to_keep: cfg.snapshot_every.min(1000),

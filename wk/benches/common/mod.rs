@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod writes;
+
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

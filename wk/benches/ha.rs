@@ -1,0 +1,313 @@
+//! The control plane with 1 and 3 servers against etcd with 1 and 3 members, in one run,
+//! and how long writes stop when the wk leader is killed.
+//!
+//! `cargo bench -p wk --bench ha` (Debian `etcd-server` for the etcd rows). Real
+//! processes on loopback, data on the same disk, TLS with the same certificate. The
+//! workload is the `writes` bench's: 64 concurrent writers, wk creating ConfigMaps through
+//! the API, etcd putting the same JSON through its gRPC gateway, writers spread
+//! round-robin over the members (a follower forwards to the leader in both systems).
+//! Then 20 (`WK_BENCH_KILLS`) times: under a steady load of 8 writers spread over the
+//! members, the wk leader gets SIGKILL; the time from the kill to the acknowledgement of
+//! the first write sent after it is recorded; the killed server restarts and catches up.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::writes::{Etcd, Stats, Wk, fmt_ms, run_writers, which};
+use common::{Proc, WK, free_port, percentile, start_server};
+
+/// Starts `n` wk servers (the first, then `n - 1` joining it); returns them and a
+/// pinned client of each.
+fn start_wk(dir: &Path, n: usize) -> (Vec<(Proc, u16)>, Vec<wk_client::Client>) {
+    let kubeconfig = dir.join("config");
+    let first_dir = dir.join("wk-0");
+    let first = start_server(&first_dir, &kubeconfig, &[]);
+    let base = wk_client::Client::from_path(&kubeconfig).unwrap();
+    let first_port: u16 = base
+        .config
+        .server
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tokens: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first_dir.join("tokens.json")).unwrap()).unwrap();
+    let mut procs = vec![(first, first_port)];
+    for i in 1..n {
+        let port = free_port();
+        let child = Command::new(WK)
+            .args(["server", "--data-dir"])
+            .arg(dir.join(format!("wk-{i}")))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-client-config",
+                "--join",
+                &base.config.server,
+                "--token",
+                tokens["peer"].as_str().unwrap(),
+                "--ca-file",
+            ])
+            .arg(first_dir.join("pki/ca.crt"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs.push((Proc(child), port));
+    }
+    let clients = procs
+        .iter()
+        .map(|(_, port)| client_of(&base, *port))
+        .collect();
+    (procs, clients)
+}
+
+fn client_of(base: &wk_client::Client, port: u16) -> wk_client::Client {
+    wk_client::Client::new(wk_client::ClientConfig {
+        server: format!("https://127.0.0.1:{port}"),
+        servers: Vec::new(),
+        ..base.config.clone()
+    })
+    .unwrap()
+    .pinned()
+}
+
+async fn members(c: &wk_client::Client) -> serde_json::Value {
+    match c
+        .request(
+            wk_client::Method::GET,
+            "/wk/v1/cluster/members",
+            &[],
+            None,
+            None,
+        )
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    }
+}
+
+/// Waits until `n` voters have applied the same index.
+async fn wait_settled(c: &wk_client::Client, n: usize) {
+    for _ in 0..600 {
+        let m = members(c).await;
+        let ms = m["members"].as_array().cloned().unwrap_or_default();
+        if ms.len() == n
+            && ms
+                .iter()
+                .all(|x| x["role"] == "voter" && x["appliedIndex"].is_u64())
+            && ms
+                .iter()
+                .map(|x| x["appliedIndex"].as_u64())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == 1
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the cluster did not settle with {n} voters");
+}
+
+/// Starts an etcd cluster of `n` members (TLS for clients with the wk certificate).
+fn start_etcd(dir: &Path, pki: &Path, n: usize) -> Option<(Vec<Proc>, Etcd)> {
+    let etcd = which("etcd")?;
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (cport, pport)) in ports.iter().enumerate() {
+        let url = format!("https://127.0.0.1:{cport}");
+        let child = Command::new(&etcd)
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.join(format!("etcd-{n}-{i}")))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{pport}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster.join(","),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .arg("--cert-file")
+            .arg(pki.join("server.crt"))
+            .arg("--key-file")
+            .arg(pki.join("server.key"))
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        procs.push(Proc(child));
+        urls.push(url);
+    }
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).ok()?).ok()?;
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .ok()?;
+    Some((procs, Etcd { http, urls }))
+}
+
+async fn etcd_ready(etcd: &Etcd) {
+    for _ in 0..200 {
+        let mut ok = 0;
+        for u in &etcd.urls {
+            if let Ok(r) = etcd.http.get(format!("{u}/health")).send().await {
+                if r.text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("\"health\":\"true\"")
+                {
+                    ok += 1;
+                }
+            }
+        }
+        if ok == etcd.urls.len() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd did not become healthy");
+}
+
+fn main() {
+    let n: usize = std::env::var("WK_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let kills: usize = std::env::var("WK_BENCH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let mut rows: Vec<(String, Stats, Option<Stats>)> = Vec::new();
+        for members_n in [1usize, 3] {
+            let sub = dir.path().join(format!("run-{members_n}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            let (procs, clients) = start_wk(&sub, members_n);
+            wait_settled(&clients[0], members_n).await;
+            let wk = Arc::new(Wk { clients: clients.clone() });
+            run_writers(wk.clone(), 16, 500, 10_000_000).await;
+            let w = run_writers(wk.clone(), 64, n, 0).await;
+            let pki = sub.join("wk-0/pki");
+            drop(procs);
+            let e = match start_etcd(&sub, &pki, members_n) {
+                Some((eprocs, etcd)) => {
+                    let etcd = Arc::new(etcd);
+                    etcd_ready(&etcd).await;
+                    run_writers(etcd.clone(), 16, 500, 10_000_000).await;
+                    let e = run_writers(etcd.clone(), 64, n, 0).await;
+                    drop(eprocs);
+                    Some(e)
+                }
+                None => {
+                    eprintln!("etcd not found on PATH (apt-get install etcd-server): wk figures only");
+                    None
+                }
+            };
+            rows.push((format!("{members_n} member(s), 64 writers"), w, e));
+        }
+        println!("| cluster | wk creates/s | wk p50 | wk p99 | etcd puts/s | etcd p50 | etcd p99 | wk/etcd |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (name, w, e) in &rows {
+            match e {
+                Some(e) => println!("| {name} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}× |", w.per_sec, fmt_ms(w.p50), fmt_ms(w.p99), e.per_sec, fmt_ms(e.p50), fmt_ms(e.p99), w.per_sec / e.per_sec),
+                None => println!("| {name} | {:.0} | {} | {} | – | – | – | – |", w.per_sec, fmt_ms(w.p50), fmt_ms(w.p99)),
+            }
+        }
+
+        // Fail-over: kill the leader under load, `kills` times.
+        let sub = dir.path().join("failover");
+        std::fs::create_dir_all(&sub).unwrap();
+        let (mut procs, clients) = start_wk(&sub, 3);
+        wait_settled(&clients[0], 3).await;
+        let mut gaps = Vec::new();
+        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(50_000_000));
+        for k in 0..kills {
+            let m = members(&clients[0]).await;
+            let m = if m["leader"].is_u64() { m } else { members(&clients[1]).await };
+            let leader_url = m["members"].as_array().unwrap().iter().find(|x| x["id"] == m["leader"]).unwrap()["url"].as_str().unwrap().to_string();
+            let idx = procs.iter().position(|(_, p)| leader_url.ends_with(&format!(":{p}"))).unwrap();
+            let live: Vec<wk_client::Client> = (0..3).filter(|i| *i != idx).map(|i| clients[i].clone()).collect();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // (sent, acknowledged) of every acknowledged write.
+            let acks: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+            let mut writers = Vec::new();
+            for w in 0..8 {
+                let (live, stop, acks, counter) = (live.clone(), stop.clone(), acks.clone(), counter.clone());
+                writers.push(tokio::spawn(async move {
+                    let rt = wk_api::resource::lookup("cm").unwrap();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let obj = common::writes::object(i);
+                        let sent = Instant::now();
+                        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), live[(w + i) % live.len()].create(rt, Some("default"), &obj, &[])).await {
+                            acks.lock().unwrap().push((sent, Instant::now()));
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let killed = Instant::now();
+            let _ = procs[idx].0.0.kill();
+            let _ = procs[idx].0.0.wait();
+            // A write sent after the kill: one the old leader cannot have committed.
+            while !acks.lock().unwrap().iter().any(|(sent, _)| *sent > killed) {
+                assert!(killed.elapsed() < Duration::from_secs(30), "no write after kill {k}");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let gap = acks.lock().unwrap().iter().filter(|(sent, _)| *sent > killed).map(|(_, done)| *done).min().unwrap().duration_since(killed);
+            gaps.push(gap);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for w in writers {
+                w.await.unwrap();
+            }
+            // Restart the killed server; it rejoins with its data.
+            let port = procs[idx].1;
+            let child = Command::new(WK)
+                .args(["server", "--data-dir"])
+                .arg(sub.join(format!("wk-{idx}")))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--no-client-config"])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            procs[idx].0 = Proc(child);
+            wait_settled(&live[0], 3).await;
+        }
+        gaps.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!("\nleader killed {kills} times under load: kill → first acknowledged write: min {:.0} ms, p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+            ms(gaps[0]), ms(percentile(&gaps, 0.5)), ms(percentile(&gaps, 0.9)), ms(*gaps.last().unwrap()));
+        println!("all: {:?}", gaps.iter().map(|g| format!("{:.0}", ms(*g))).collect::<Vec<_>>());
+    });
+}
