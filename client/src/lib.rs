@@ -163,6 +163,8 @@ pub struct Client {
     /// in `x-wk-servers`), and the one in use: a request that cannot connect moves on to
     /// the next server.
     servers: std::sync::Arc<std::sync::Mutex<Servers>>,
+    /// Headers sent with every request (see [`Client::with_header`]).
+    headers: Vec<(String, String)>,
 }
 
 /// The servers a client can use.
@@ -259,12 +261,21 @@ impl Client {
                 current: 0,
                 pinned: false,
             })),
+            headers: Vec::new(),
         })
     }
 
     /// Loads a client from a kubeconfig file.
     pub fn from_path(path: &Path) -> Result<Client> {
         Client::new(ClientConfig::load(path)?)
+    }
+
+    /// A copy of this client that sends `name: value` with every request.
+    pub fn with_header(&self, name: &str, value: &str) -> Client {
+        let mut c = self.clone();
+        c.headers.retain(|(n, _)| n != name);
+        c.headers.push((name.to_string(), value.to_string()));
+        c
     }
 
     /// A client that only ever talks to its configured server (no fail-over).
@@ -340,6 +351,9 @@ impl Client {
             }
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
+            }
+            for (n, v) in &self.headers {
+                req = req.header(n.as_str(), v.as_str());
             }
             if let Some((ct, bytes)) = &body {
                 req = req.header(CONTENT_TYPE, *ct).body(bytes.clone());

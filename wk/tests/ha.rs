@@ -142,6 +142,46 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         );
     }
 
+    // Fencing: writes carrying the leader's term (as the controllers' do) commit only
+    // through the leader of exactly that term; a follower does not forward them, and a
+    // stale term is refused.
+    let now = members(&clients[0]).await;
+    let term = now["term"].as_u64().unwrap();
+    let leader_port: u16 = now["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == now["leader"])
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let li = servers.iter().position(|s| s.port == leader_port).unwrap();
+    let fi = (li + 1) % 3;
+    let fenced = |i: usize, t: u64| clients[i].with_header("x-wk-fence-term", &t.to_string());
+    fenced(li, term)
+        .create(cms, Some("default"), &cm("fenced-ok"), &[])
+        .await
+        .unwrap();
+    for (i, t, why) in [(fi, term, "a follower"), (li, term - 1, "a stale term")] {
+        let err = fenced(i, t)
+            .create(cms, Some("default"), &cm("fenced-no"), &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(409), "{why}: {err}");
+        assert!(err.to_string().contains("fenced"), "{why}: {err}");
+    }
+    assert!(
+        clients[0]
+            .get(cms, Some("default"), "fenced-no")
+            .await
+            .is_err()
+    );
+
     // A steady write load on all members; the leader is killed with SIGKILL meanwhile.
     let leader_id = members(&clients[0]).await["leader"].as_u64().unwrap();
     let leader_url = members(&clients[0]).await["members"]

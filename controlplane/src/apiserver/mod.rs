@@ -53,6 +53,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotLeader { .. } => ApiError(Status::unavailable(e.to_string())),
+            StoreError::Fenced { .. } => ApiError(Status::new(409, "Conflict", e.to_string())),
             other => ApiError(Status::internal(other.to_string())),
         }
     }
@@ -238,6 +239,22 @@ async fn health() -> &'static str {
     "ok"
 }
 
+/// The header fencing a request's writes to a Raft term (see `store::FENCE`).
+pub const FENCE_HEADER: &str = "x-wk-fence-term";
+
+/// Runs the request in a fence scope when it carries `x-wk-fence-term`.
+async fn fence(req: Request, next: middleware::Next) -> Response {
+    let term = req
+        .headers()
+        .get(FENCE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match term {
+        Some(t) => crate::store::FENCE.scope(t, next.run(req)).await,
+        None => next.run(req).await,
+    }
+}
+
 /// The API router (without the Raft RPC routes).
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -258,6 +275,7 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(node_credentials),
         )
         .fallback(dispatch)
+        .layer(middleware::from_fn(fence))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }

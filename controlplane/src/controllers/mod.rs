@@ -125,9 +125,9 @@ pub async fn run(store: Store, client: Client) {
         let _ = cache.wait_for(seen + 1, Duration::from_secs(1)).await;
         // Coalesce bursts of events.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if !store.is_leader() {
+        let Some(term) = store.leader_term() else {
             continue;
-        }
+        };
         let Ok(now) = store.read(|sm| sm.revision()).await else {
             continue;
         };
@@ -137,19 +137,26 @@ pub async fn run(store: Store, client: Client) {
         }
         let world = cache.world();
         let started = std::time::Instant::now();
-        // Endpoints first: balancers must stop sending to terminating pods before they
-        // stop serving (see runtime-wasm's deregistration drain).
-        endpoints::run(&client, &world).await;
-        gc::run(&client, &world).await;
-        nodelifecycle::run(&client, &world).await;
-        deployment::run(&client, &world).await;
-        replicaset::run(&client, &world).await;
-        job::run(&client, &world).await;
-        cronjob::run(&client, &world).await;
-        daemonset::run(&client, &world).await;
-        let scheduling = std::time::Instant::now();
-        scheduler::run(&store, &client, &world).await;
-        let scheduled = scheduling.elapsed();
+        // Every write of the pass is fenced to the term this server leads in: if it is
+        // deposed meanwhile, they fail instead of landing beside the new leader's.
+        let client = client.with_header(crate::apiserver::FENCE_HEADER, &term.to_string());
+        let scheduled = crate::store::FENCE
+            .scope(term, async {
+                // Endpoints first: balancers must stop sending to terminating pods before
+                // they stop serving (see runtime-wasm's deregistration drain).
+                endpoints::run(&client, &world).await;
+                gc::run(&client, &world).await;
+                nodelifecycle::run(&client, &world).await;
+                deployment::run(&client, &world).await;
+                replicaset::run(&client, &world).await;
+                job::run(&client, &world).await;
+                cronjob::run(&client, &world).await;
+                daemonset::run(&client, &world).await;
+                let scheduling = std::time::Instant::now();
+                scheduler::run(&store, &client, &world).await;
+                scheduling.elapsed()
+            })
+            .await;
         tracing::debug!(
             revision = now,
             pods = world.pods.len(),

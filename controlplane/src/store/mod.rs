@@ -42,6 +42,13 @@ pub struct StoreConfig {
     pub peer_ca: Option<Vec<u8>>,
 }
 
+tokio::task_local! {
+    /// The Raft term a request is fenced to (`x-wk-fence-term`): its writes commit only
+    /// through this server as the leader of exactly that term, and are never forwarded.
+    /// Controllers set it, so a deposed leader's controller pass cannot land writes.
+    pub static FENCE: u64;
+}
+
 /// Store failures that are not about one key.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +60,10 @@ pub enum StoreError {
     Raft(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    #[error(
+        "fenced: these writes belong to the leader of term {fence}, and this server is not it any more (term {term})"
+    )]
+    Fenced { fence: u64, term: u64 },
 }
 
 /// A handle to the replicated store. Cheap to clone.
@@ -71,6 +82,8 @@ type OpResults = Vec<Result<Applied, OpError>>;
 struct Proposal {
     ops: Vec<Op>,
     expected: usize,
+    /// See [`FENCE`].
+    fence: Option<u64>,
     reply: tokio::sync::oneshot::Sender<Result<OpResults, StoreError>>,
 }
 
@@ -88,6 +101,8 @@ async fn batcher(
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
+        // Fenced proposals go only while this server leads in their term; a batch that
+        // holds any is committed here or not at all.
         let mut count = batch[0].ops.len();
         while count < MAX_BATCH_OPS {
             match rx.try_recv() {
@@ -98,11 +113,27 @@ async fn batcher(
                 Err(_) => break,
             }
         }
+        let (term, leads) = {
+            let m = raft.metrics().borrow().clone();
+            (m.current_term, m.current_leader == Some(me))
+        };
+        let (fenced_out, kept): (Vec<Proposal>, Vec<Proposal>) = batch
+            .into_iter()
+            .partition(|p| p.fence.is_some_and(|f| f != term || !leads));
+        for p in fenced_out {
+            let fence = p.fence.unwrap_or_default();
+            let _ = p.reply.send(Err(StoreError::Fenced { fence, term }));
+        }
+        let mut batch = kept;
+        if batch.is_empty() {
+            continue;
+        }
+        let local_only = batch.iter().any(|p| p.fence.is_some());
         let ops: Vec<Op> = batch
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.ops))
             .collect();
-        let result = commit(&raft, me, &peers, Command { ops }).await;
+        let result = commit(&raft, me, &peers, Command { ops }, local_only).await;
         match result {
             Ok(results) => {
                 let mut results = results.into_iter();
@@ -129,6 +160,7 @@ async fn commit(
     me: NodeId,
     peers: &network::Peers,
     cmd: Command,
+    local_only: bool,
 ) -> Result<OpResults, StoreError> {
     let (leader, addr) = {
         let m = raft.metrics().borrow().clone();
@@ -140,7 +172,7 @@ async fn commit(
         });
         (m.current_leader, addr)
     };
-    if leader.is_some() && leader != Some(me) {
+    if leader.is_some() && leader != Some(me) && !local_only {
         let Some(addr) = addr else {
             return Err(StoreError::NotLeader { leader: None });
         };
@@ -255,15 +287,18 @@ impl Store {
         }
     }
 
-    /// Proposes operations and waits until they are committed and applied here.
+    /// Proposes operations and waits until they are committed and applied here. Inside a
+    /// [`FENCE`] scope they commit only through this server as that term's leader.
     #[tracing::instrument(level = "debug", skip_all, fields(ops = ops.len()))]
     pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<Result<Applied, OpError>>, StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let expected = ops.len();
+        let fence = FENCE.try_with(|t| *t).ok();
         self.proposals
             .send(Proposal {
                 ops,
                 expected,
+                fence,
                 reply,
             })
             .await
@@ -312,6 +347,12 @@ impl Store {
     /// How this server reaches its peers.
     pub fn peers(&self) -> &network::Peers {
         &self.peers
+    }
+
+    /// The current Raft term, if this server leads in it.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics().borrow().clone();
+        (m.current_leader == Some(self.node_id)).then_some(m.current_term)
     }
 
     /// Whether this server is the leader now.
