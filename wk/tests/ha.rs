@@ -347,9 +347,10 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
 }
 
 /// A follower that misses thousands of writes, while the leader compacts its log, comes
-/// back through a snapshot.
+/// back through a snapshot; then all three servers are killed at once and restarted, and
+/// every write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_down_for_thousands_of_writes_catches_up_from_a_snapshot() {
+async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everything() {
     let first = TestServer::spawn_with(&["--snapshot-every", "100"]);
     let args = [
         "--join".to_string(),
@@ -484,6 +485,43 @@ async fn a_follower_down_for_thousands_of_writes_catches_up_from_a_snapshot() {
         me["snapshotIndex"].as_u64().unwrap_or(0) > before,
         "it was sent a snapshot: {me}"
     );
+
+    // All three killed at once and restarted: the whole state comes back on each.
+    for srv in servers.iter_mut() {
+        srv.kill9();
+    }
+    for srv in servers.iter_mut() {
+        srv.restart();
+    }
+    for (i, c) in clients.iter().enumerate() {
+        wait_for(
+            &format!("server {i} to serve every write after a full restart"),
+            Duration::from_secs(60),
+            || {
+                let c = c.clone();
+                async move {
+                    match c
+                        .list(cms, Some("default"), false, &Default::default())
+                        .await
+                    {
+                        Ok(l) => {
+                            l["items"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .filter(|i| {
+                                    i["metadata"]["name"].as_str().unwrap().starts_with("bulk-")
+                                })
+                                .count()
+                                == writes
+                        }
+                        Err(_) => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
 }
 
 /// Clients and agents learn every server from the responses (`x-wk-servers`) and move to
