@@ -613,3 +613,118 @@ async fn clients_and_agents_fail_over_to_another_server() {
     )
     .await;
 }
+
+/// A server whose disk fills up stops acknowledging writes rather than lying; the other
+/// two carry on and hold every acknowledged write. (Its data directory is a small tmpfs;
+/// needs root.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_a_full_disk_stops_acknowledging() {
+    let first = TestServer::start_cluster();
+    let args = [
+        "--join".to_string(),
+        first.url.clone(),
+        "--token".into(),
+        peer_token(&first),
+        "--ca-file".into(),
+        first.ca_path().display().to_string(),
+        "--no-client-config".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut servers = vec![first];
+    servers.push(TestServer::spawn_with(&args));
+    // The third server's data directory: a 6 MiB file system.
+    let small = tempfile::tempdir().unwrap();
+    let data = small.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        mount.status.success(),
+        "mounting a tmpfs (needs root): {}",
+        String::from_utf8_lossy(&mount.stderr)
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .output();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    servers.push(TestServer::spawn_in(small, &args));
+    let clients: Vec<Client> = servers
+        .iter()
+        .map(|s| client_of(&servers[0], s.port))
+        .collect();
+    wait_for("three voters", Duration::from_secs(60), || {
+        let c = clients[0].clone();
+        async move {
+            members(&c).await["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter()
+                        .all(|x| x["role"] == "voter" && x["appliedIndex"].is_u64())
+            })
+        }
+    })
+    .await;
+    // Fill it: 8 writers with ~1 KiB objects through every server, until the small one
+    // has refused writes for a while.
+    let cms = lookup("cm").unwrap();
+    let big = "x".repeat(1024);
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refused_by_full = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (clients, acked, refused, next, big) = (
+            clients.clone(),
+            acked.clone(),
+            refused_by_full.clone(),
+            next.clone(),
+            big.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            while refused.load(std::sync::atomic::Ordering::Relaxed) < 20 && started.elapsed() < Duration::from_secs(60) {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = format!("fill-{i}");
+                let target = (w + i) % 3;
+                let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"big": big}});
+                match tokio::time::timeout(Duration::from_secs(5), clients[target].create(cms, Some("default"), &obj, &[])).await {
+                    Ok(Ok(_)) => acked.lock().unwrap().push(name),
+                    _ if target == 2 => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        refused_by_full.load(std::sync::atomic::Ordering::Relaxed) >= 20,
+        "the server on the full disk kept acknowledging"
+    );
+    // The two healthy servers still take writes and hold every acknowledged one.
+    clients[0]
+        .create(cms, Some("default"), &cm("after-full"), &[])
+        .await
+        .unwrap();
+    let acked = acked.lock().unwrap().clone();
+    for c in &clients[..2] {
+        let have = names(c).await;
+        let missing: Vec<&String> = acked.iter().filter(|n| !have.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "acknowledged writes missing: {missing:?}"
+        );
+    }
+    servers[2].kill9();
+}

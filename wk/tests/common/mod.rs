@@ -46,7 +46,11 @@ impl TestServer {
     }
 
     pub fn spawn_with(args: &[&str]) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(tempfile::tempdir().unwrap(), args)
+    }
+
+    /// A server whose data lives in `dir/data` (prepared by the caller, e.g. a mount).
+    pub fn spawn_in(dir: tempfile::TempDir, args: &[&str]) -> TestServer {
         let kubeconfig = dir.path().join("config");
         let mut s = TestServer {
             child: None,
