@@ -6,7 +6,7 @@
 //! - `GET members`: every member with its role and Raft progress (asked of each member);
 //! - `POST members` `{"id", "url"}`: on the leader, adds the server as a learner, waits
 //!   until it has caught up (snapshot and log), then makes it a voter (joint consensus);
-//! - `DELETE members/{id}`: on the leader, removes a voter.
+//! - `DELETE members/{id}`: removes a voter (a follower hands the request to the leader).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -203,7 +203,31 @@ async fn remove(
         return denied();
     }
     if !s.store.is_leader() {
-        return not_leader(&s.store);
+        // Handed to the leader, so `wk delete server` works against any member.
+        let Some(leader) = leader_url(&s.store) else {
+            return not_leader(&s.store);
+        };
+        let url = format!(
+            "{}/wk/v1/cluster/members/{id}",
+            leader.trim_end_matches('/')
+        );
+        return match s
+            .store
+            .peers()
+            .call(reqwest::Method::DELETE, &url, None)
+            .await
+        {
+            Ok((code, body)) => (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+                axum::Json(body),
+            )
+                .into_response(),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"message": format!("the leader: {e}")})),
+            )
+                .into_response(),
+        };
     }
     let known = s
         .store

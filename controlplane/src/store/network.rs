@@ -97,6 +97,27 @@ impl Peers {
         }
     }
 
+    /// Sends a cluster-management request to another member (with the peer token):
+    /// its status code and JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let mut req = self
+            .client
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(120));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| format!("unreachable: {e}"))?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.json().await.unwrap_or_default()))
+    }
+
     /// A member's Raft metrics (`GET /raft/metrics`), as JSON.
     pub async fn metrics(&self, addr: &str) -> Result<serde_json::Value, String> {
         let resp = self

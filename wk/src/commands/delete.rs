@@ -33,7 +33,37 @@ pub struct Args {
     wait: bool,
 }
 
+/// `wk delete server ID…`: removes control-plane members (on the leader, through joint
+/// consensus; `wk get servers` shows the ids).
+async fn servers(args: &Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    let client = super::client(kubeconfig)?;
+    if args.names.is_empty() {
+        anyhow::bail!("name the servers to remove by id (see `wk get servers`)");
+    }
+    let mut code = ExitCode::SUCCESS;
+    for id in &args.names {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{id:?} is not a server id (see `wk get servers`)"))?;
+        let path = format!("/wk/v1/cluster/members/{id}");
+        match client
+            .request(wk_client::Method::DELETE, &path, &[], None, None)
+            .await
+        {
+            Ok(_) => println!("server {id} removed"),
+            Err(e) => {
+                eprintln!("error: removing server {id}: {e}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
 pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    if matches!(args.kind.as_deref(), Some("server" | "servers")) {
+        return servers(&args, kubeconfig).await;
+    }
     let client = super::client(kubeconfig)?;
     let mut targets: Vec<(&'static wk_api::ResourceType, Option<String>, String)> = Vec::new();
     if !args.files.is_empty() {
