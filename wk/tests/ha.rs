@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::{Client, ClientConfig};
 
+use common::linearizable::{self, Op};
 use common::{TestServer, stdout, wait_for};
 
 fn peer_token(s: &TestServer) -> String {
@@ -719,4 +720,180 @@ async fn a_server_with_a_full_disk_stops_acknowledging() {
         );
     }
     servers[2].kill9();
+}
+
+/// The checker itself: it accepts linearizable histories and rejects the others.
+#[test]
+fn the_linearizability_checker_tells_histories_apart() {
+    let t0 = Instant::now();
+    let cas = |from, to| Op::Cas { from, to };
+    let ok = |ops: &[(Op, u64, i64)]| linearizable::check(&linearizable::history(t0, ops), 0);
+    // Overlapping: the read may come after the CAS.
+    assert!(ok(&[(cas(0, 1), 0, 10), (Op::Read(1), 5, 15)]));
+    // A read of a value before anyone wrote it.
+    assert!(!ok(&[(Op::Read(1), 0, 1), (cas(0, 1), 2, 3)]));
+    // A stale read after the write completed.
+    assert!(!ok(&[(cas(0, 1), 0, 1), (Op::Read(0), 2, 3)]));
+    // Two CAS from the same value cannot both succeed.
+    assert!(!ok(&[(cas(0, 1), 0, 5), (cas(0, 2), 0, 5)]));
+    // An unknown CAS may have happened...
+    assert!(ok(&[(cas(0, 1), 0, -1), (Op::Read(1), 5, 6)]));
+    // ...or not, but not both ways round.
+    assert!(ok(&[
+        (cas(0, 1), 0, -1),
+        (Op::Read(0), 5, 6),
+        (Op::Read(1), 7, 8)
+    ]));
+    assert!(!ok(&[
+        (cas(0, 1), 0, -1),
+        (Op::Read(1), 5, 6),
+        (Op::Read(0), 7, 8)
+    ]));
+}
+
+/// Clients read and compare-and-set one register (a ConfigMap, CAS by resourceVersion)
+/// through all three servers while the leader is killed; the recorded history must be
+/// linearizable (operations whose outcome is unknown may or may not have happened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cas_register_stays_linearizable_through_a_leader_kill() {
+    let first = TestServer::start_cluster();
+    let args = [
+        "--join".to_string(),
+        first.url.clone(),
+        "--token".into(),
+        peer_token(&first),
+        "--ca-file".into(),
+        first.ca_path().display().to_string(),
+        "--no-client-config".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut servers = vec![first];
+    servers.push(TestServer::spawn_with(&args));
+    servers.push(TestServer::spawn_with(&args));
+    let clients: Vec<Client> = servers
+        .iter()
+        .map(|s| client_of(&servers[0], s.port))
+        .collect();
+    wait_for("three voters", Duration::from_secs(60), || {
+        let c = clients[0].clone();
+        async move {
+            members(&c).await["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter()
+                        .all(|x| x["role"] == "voter" && x["appliedIndex"].is_u64())
+            })
+        }
+    })
+    .await;
+    let cms = lookup("cm").unwrap();
+    let register = |v: i64| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "register"}, "data": {"v": v.to_string()}});
+    clients[0]
+        .create(cms, Some("default"), &register(0), &[])
+        .await
+        .unwrap();
+    let value = |o: &Value| o["data"]["v"].as_str().and_then(|v| v.parse::<i64>().ok());
+
+    let history: Arc<Mutex<Vec<linearizable::Entry>>> = Arc::default();
+    let dead = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4usize {
+        let (clients, history, dead, stop) =
+            (clients.clone(), history.clone(), dead.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut k = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let mut target = (w + k as usize) % 3;
+                if target == dead.load(std::sync::atomic::Ordering::Relaxed) {
+                    target = (target + 1) % 3;
+                }
+                let c = &clients[target];
+                let call = Instant::now();
+                let got = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    c.get(cms, Some("default"), "register"),
+                )
+                .await;
+                let Ok(Ok(obj)) = got else { continue }; // a failed read changes nothing
+                let Some(current) = value(&obj) else { continue };
+                if k % 2 == 0 {
+                    history.lock().unwrap().push(linearizable::Entry {
+                        op: Op::Read(current),
+                        call,
+                        ret: Some(Instant::now()),
+                    });
+                    continue;
+                }
+                let new = (w as i64 + 1) * 1_000_000 + k;
+                let mut next = register(new);
+                next["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"].clone();
+                let op = Op::Cas {
+                    from: current,
+                    to: new,
+                };
+                match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    c.replace(cms, Some("default"), "register", &next),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => history.lock().unwrap().push(linearizable::Entry {
+                        op,
+                        call,
+                        ret: Some(Instant::now()),
+                    }),
+                    // The register changed in between: the CAS did not apply.
+                    Ok(Err(e)) if e.code() == Some(409) => {}
+                    // No answer, or an error after which it may have applied.
+                    _ => history.lock().unwrap().push(linearizable::Entry {
+                        op,
+                        call,
+                        ret: None,
+                    }),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = members(&clients[0]).await;
+    let leader_url = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == m["leader"])
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let l = servers
+        .iter()
+        .position(|s| leader_url.ends_with(&format!(":{}", s.port)))
+        .unwrap();
+    dead.store(l, std::sync::atomic::Ordering::Relaxed);
+    servers[l].kill9();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let history = history.lock().unwrap().clone();
+    let cas_ok = history
+        .iter()
+        .filter(|e| matches!(e.op, Op::Cas { .. }) && e.ret.is_some())
+        .count();
+    let unknown = history.iter().filter(|e| e.ret.is_none()).count();
+    println!(
+        "{} operations: {} reads, {cas_ok} successful CAS, {unknown} of unknown outcome",
+        history.len(),
+        history
+            .iter()
+            .filter(|e| matches!(e.op, Op::Read(_)))
+            .count()
+    );
+    assert!(cas_ok > 10, "the workload made progress");
+    assert!(
+        linearizable::check(&history, 0),
+        "the history is not linearizable"
+    );
 }
