@@ -49,7 +49,7 @@ pub fn check(history: &[Entry], initial: i64) -> bool {
             events.push((r, 1, Event::Return(i)));
         }
     }
-    events.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    events.sort_by_key(|e| (e.0, e.1));
     let n = events.len();
     // A doubly linked list over the events, so linearised operations can be lifted out
     // and put back.
