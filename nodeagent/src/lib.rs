@@ -248,56 +248,74 @@ impl Agent {
     }
 
     /// Routes every other node's pod range via its InternalIP, when pod ranges are not
-    /// loopback; repeats every few seconds so nodes that join are routed too.
+    /// loopback: lists the Nodes, then follows their watch, so a node that joins (or
+    /// changes address) is routed as soon as it registers.
     async fn route_pod_ranges(self: Arc<Self>) {
         let nodes = lookup("nodes").expect("nodes registered");
-        let mut routed: std::collections::HashMap<String, Ipv4Addr> = Default::default();
+        let mut routed: HashMap<String, Ipv4Addr> = HashMap::new();
         loop {
             if let Ok(list) = self
                 .client
-                .list(nodes, None, true, &ListParams::default())
+                .list(nodes, None, false, &ListParams::default())
                 .await
             {
                 for n in list["items"].as_array().into_iter().flatten() {
-                    if n.pointer("/metadata/name").and_then(Value::as_str)
-                        == Some(self.cfg.name.as_str())
-                    {
-                        continue;
-                    }
-                    let range = n
-                        .pointer("/spec/podCIDR")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let Ok(range) = range.parse::<wk_api::net::Cidr>() else {
-                        continue;
-                    };
-                    let via = n
-                        .pointer("/status/addresses")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                        .find(|a| a["type"] == "InternalIP")
-                        .and_then(|a| a["address"].as_str())
-                        .and_then(|a| a.parse::<Ipv4Addr>().ok());
-                    let Some(via) = via else { continue };
-                    if range.is_loopback()
-                        || via == self.cfg.node_ip
-                        || routed.get(&range.to_string()) == Some(&via)
-                    {
-                        continue;
-                    }
-                    match hostnet::route(range, via) {
-                        Ok(()) => {
-                            tracing::info!(%range, %via, "routing another node's pods");
-                            routed.insert(range.to_string(), via);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%range, %via, error = %e, "cannot route another node's pods")
+                    self.route_node(n, &mut routed);
+                }
+                let p = ListParams {
+                    resource_version: list["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(String::from),
+                    ..Default::default()
+                };
+                if let Ok(events) = self.client.watch(nodes, None, false, &p, false).await {
+                    let mut events = Box::pin(events);
+                    while let Some(Ok(ev)) = events.next().await {
+                        if matches!(ev.kind.as_str(), "ADDED" | "MODIFIED") {
+                            self.route_node(&ev.object, &mut routed);
                         }
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Routes one other node's pod range (once per range and next hop).
+    fn route_node(&self, n: &Value, routed: &mut HashMap<String, Ipv4Addr>) {
+        if n.pointer("/metadata/name").and_then(Value::as_str) == Some(self.cfg.name.as_str()) {
+            return;
+        }
+        let range = n
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let Ok(range) = range.parse::<wk_api::net::Cidr>() else {
+            return;
+        };
+        let via = n
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == "InternalIP")
+            .and_then(|a| a["address"].as_str())
+            .and_then(|a| a.parse::<Ipv4Addr>().ok());
+        let Some(via) = via else { return };
+        if range.is_loopback()
+            || via == self.cfg.node_ip
+            || routed.get(&range.to_string()) == Some(&via)
+        {
+            return;
+        }
+        match hostnet::route(range, via) {
+            Ok(()) => {
+                tracing::info!(%range, %via, "routing another node's pods");
+                routed.insert(range.to_string(), via);
+            }
+            Err(e) => {
+                tracing::warn!(%range, %via, error = %e, "cannot route another node's pods")
+            }
         }
     }
 

@@ -258,8 +258,8 @@ spec:
         "caller on node-a's range: {caller_ip}"
     );
 
-    // Pod to pod across the hosts, from host A (once node A has routed node B's range:
-    // agents re-check other nodes' ranges every 2 s).
+    // Pod to pod across the hosts, from host A (once node A has routed node B's range,
+    // which it does when it sees node B register).
     let mut body = String::new();
     wait("a pod on host B to answer from host A", || {
         let mut curl = Hosts::exec(&hosts.a, "curl");
