@@ -146,28 +146,44 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
     // Fencing: writes carrying the leader's term (as the controllers' do) commit only
     // through the leader of exactly that term; a follower does not forward them, and a
     // stale term is refused.
-    let now = members(&clients[0]).await;
-    let term = now["term"].as_u64().unwrap();
-    let leader_port: u16 = now["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == now["leader"])
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let li = servers.iter().position(|s| s.port == leader_port).unwrap();
-    let fi = (li + 1) % 3;
     let fenced = |i: usize, t: u64| clients[i].with_header("x-wk-fence-term", &t.to_string());
-    fenced(li, term)
-        .create(cms, Some("default"), &cm("fenced-ok"), &[])
-        .await
-        .unwrap();
+    // The leader and its term, read again if an election slips in between (a loaded
+    // machine can miss heartbeats).
+    let mut fence = None;
+    for attempt in 0..5 {
+        let now = members(&clients[0]).await;
+        let (Some(term), Some(url)) = (
+            now["term"].as_u64(),
+            now["members"]
+                .as_array()
+                .and_then(|ms| ms.iter().find(|m| m["id"] == now["leader"]))
+                .and_then(|m| m["url"].as_str()),
+        ) else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let li = servers.iter().position(|s| s.port == port).unwrap();
+        match fenced(li, term)
+            .create(
+                cms,
+                Some("default"),
+                &cm(&format!("fenced-ok-{attempt}")),
+                &[],
+            )
+            .await
+        {
+            Ok(_) => {
+                fence = Some((li, term));
+                break;
+            }
+            Err(e) => {
+                println!("fenced write in term {term} refused ({e}); reading the leader again")
+            }
+        }
+    }
+    let (li, term) = fence.expect("a fenced write through the leader of its term");
+    let fi = (li + 1) % 3;
     for (i, t, why) in [(fi, term, "a follower"), (li, term - 1, "a stale term")] {
         let err = fenced(i, t)
             .create(cms, Some("default"), &cm("fenced-no"), &[])
