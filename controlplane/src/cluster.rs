@@ -6,7 +6,8 @@
 //! - `GET members`: every member with its role and Raft progress (asked of each member);
 //! - `POST members` `{"id", "url"}`: on the leader, adds the server as a learner, waits
 //!   until it has caught up (snapshot and log), then makes it a voter (joint consensus);
-//! - `DELETE members/{id}`: removes a voter (a follower hands the request to the leader).
+//! - `DELETE members/{id}`: removes a voter (a follower hands the request to the leader),
+//!   then tells the removed server (`POST leave`), which stops.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ pub struct ClusterState {
     pub pki_dir: PathBuf,
     /// The highest node id this leader has handed out (joins can overlap).
     pub assigned: Arc<std::sync::Mutex<u64>>,
+    /// Notified when the cluster has removed this server (`POST leave`): it stops.
+    pub removed: Arc<tokio::sync::Notify>,
 }
 
 fn allowed(state: &ClusterState, headers: &HeaderMap) -> bool {
@@ -245,13 +248,41 @@ async fn remove(
         )
             .into_response();
     }
+    let addr = s
+        .store
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone());
     match s
         .store
         .raft
         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
         .await
     {
-        Ok(_) => axum::Json(json!({"removed": id})).into_response(),
+        Ok(_) => {
+            // Tell it, so it stops instead of running on alone (best effort: it may be
+            // down; a removed server that comes back is refused by its peers' lease).
+            let told = match addr {
+                Some(a) if id != s.store.node_id => {
+                    let url = format!("{}/wk/v1/cluster/leave", a.trim_end_matches('/'));
+                    s.store
+                        .peers()
+                        .call(reqwest::Method::POST, &url, None)
+                        .await
+                        .is_ok_and(|(code, _)| code == 200)
+                }
+                _ => false,
+            };
+            if id == s.store.node_id {
+                s.removed.notify_one();
+                let _ = std::fs::write(s.pki_dir.with_file_name("removed"), b"");
+            }
+            axum::Json(json!({"removed": id, "told": told})).into_response()
+        }
         Err(e) => (
             StatusCode::CONFLICT,
             axum::Json(json!({"message": format!("removing server {id}: {e}")})),
@@ -260,11 +291,24 @@ async fn remove(
     }
 }
 
+/// `POST leave`: the cluster has removed this server; it marks its data directory (a
+/// restart with it is refused) and stops.
+async fn leave(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
+    if !allowed(&s, &headers) {
+        return denied();
+    }
+    let _ = std::fs::write(s.pki_dir.with_file_name("removed"), b"");
+    tracing::warn!("removed from the cluster; stopping");
+    s.removed.notify_one();
+    axum::Json(json!({"leaving": s.store.node_id})).into_response()
+}
+
 /// The `/wk/v1/cluster` routes.
 pub fn router(state: ClusterState) -> Router {
     Router::new()
         .route("/wk/v1/cluster/join", get(join))
         .route("/wk/v1/cluster/members", get(members).post(add))
         .route("/wk/v1/cluster/members/{id}", delete(remove))
+        .route("/wk/v1/cluster/leave", axum::routing::post(leave))
         .with_state(state)
 }

@@ -71,6 +71,10 @@ pub enum ServerError {
     },
     #[error("joining the cluster at {url}: {message}")]
     Join { url: String, message: String },
+    #[error(
+        "{path} belongs to a server removed from its cluster; start with a fresh data directory (and --join) to take part again"
+    )]
+    Removed { path: PathBuf },
 }
 
 /// A started server.
@@ -211,6 +215,11 @@ impl Server {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(dd)?;
+        if cfg.data_dir.join("removed").exists() {
+            return Err(ServerError::Removed {
+                path: cfg.data_dir.clone(),
+            });
+        }
         // The node id is chosen once (given, or assigned by the cluster when joining) and
         // kept with the data.
         let id_path = cfg.data_dir.join("node-id");
@@ -316,11 +325,13 @@ impl Server {
             raft: self.store.raft.clone(),
             token: self.tokens.peer.clone(),
         };
+        let removed = Arc::new(tokio::sync::Notify::new());
         let cluster = crate::cluster::ClusterState {
             store: self.store.clone(),
             tokens: self.tokens.clone(),
             pki_dir: self.data_dir.join("pki"),
             assigned: Default::default(),
+            removed: removed.clone(),
         };
         let app = apiserver::router(state)
             .merge(network::router(rpc))
@@ -357,6 +368,7 @@ impl Server {
                     }
                 },
                 _ = &mut shutdown => break,
+                _ = removed.notified() => break,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();

@@ -326,6 +326,49 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
     let removed = out.status.success();
     assert!(removed, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(removed, "the leader removed server {victim}");
+    // The removed server was told, and stopped; its data directory is not reused.
+    let victim_url = now["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"].as_u64() == Some(victim))
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vi = servers
+        .iter()
+        .position(|s| victim_url.ends_with(&format!(":{}", s.port)))
+        .unwrap();
+    wait_for(
+        "the removed server to stop",
+        Duration::from_secs(30),
+        || {
+            let exited = servers[vi]
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            async move { exited }
+        },
+    )
+    .await;
+    let again = std::process::Command::new(common::WK)
+        .args([
+            "server",
+            "--no-client-config",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(servers[vi].data_dir())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("removed from its cluster"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     // Asked of the leader (a removed server stops hearing about membership).
     let leader = now["members"]
         .as_array()
