@@ -120,7 +120,7 @@ fn terminated(p: &Value) -> &Value {
 async fn container_jobs_oom_exec_probes_and_graceful_stop() {
     let server = TestServer::start_cluster();
     let dir = tempfile::tempdir().unwrap();
-    let _agent = start_agent_with(&server, "oci-a", dir.path(), &["--pod-cidr", POD_CIDRS[0]]);
+    let agent = start_agent_with(&server, "oci-a", dir.path(), &["--pod-cidr", POD_CIDRS[0]]);
     let c = server.client();
     wait_for(
         "the node to offer containers",
@@ -299,6 +299,7 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
         started.elapsed() < Duration::from_secs(25),
         "stopped by SIGTERM, not by the grace period's SIGKILL"
     );
+    agent.stop();
 }
 
 /// A registry process, killed when dropped (also when a test fails).
@@ -376,7 +377,7 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
     let (registry, reg) = start_registry(dirs[2].path(), None);
     let image = format!("{reg}/wk/busybox:1");
     push_busybox(&reg, &image, &wk_runtime_oci::RegistryAuth::Anonymous).await;
-    let _a1 = start_agent_with(
+    let a1 = start_agent_with(
         &server,
         "oci-b",
         dirs[0].path(),
@@ -545,6 +546,7 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
         .unwrap();
     assert!(body.contains("ctr web-ctr-"), "{body}");
     drop(registry);
+    a1.stop();
     let _: Vec<PathBuf> = Vec::new();
 }
 
@@ -556,7 +558,7 @@ async fn private_registries_need_image_pull_secrets() {
     let image = format!("{reg}/private/busybox:1");
     let basic = wk_runtime_oci::RegistryAuth::Basic("wk".into(), "s3cret".into());
     push_busybox(&reg, &image, &basic).await;
-    let _agent = start_agent_with(
+    let agent = start_agent_with(
         &server,
         "oci-d",
         dirs[0].path(),
@@ -660,4 +662,5 @@ async fn private_registries_need_image_pull_secrets() {
         String::from_utf8_lossy(&bad.stderr)
     );
     drop(registry);
+    agent.stop();
 }

@@ -226,8 +226,30 @@ async fn nodeport_udp_and_client_affinity() {
         }
     })
     .await;
-    // ClientIP affinity: one client, one pod.
+    // ClientIP affinity: one client, one pod. Both agents listen on the VIP (the kernel
+    // spreads connections over them); wait until both have the endpoints.
     let url = format!("http://{vip}:8000/");
+    wait_for(
+        "both agents to serve the VIP",
+        Duration::from_secs(20),
+        || {
+            let (http, u) = (http.clone(), url.clone());
+            async move {
+                for _ in 0..10 {
+                    if !http
+                        .get(&u)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
     let mut pods = BTreeSet::new();
     for _ in 0..10 {
         let body = http.get(&url).send().await.unwrap().text().await.unwrap();

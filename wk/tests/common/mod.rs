@@ -203,12 +203,13 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// A `wk agent` process, stopped when dropped: SIGTERM first, so it removes its
-/// containers (runc processes, mounts, network namespaces), then SIGKILL after 10 s.
+/// A `wk agent` process, killed (SIGKILL) when dropped: to the cluster, the node dies.
 pub struct AgentProc(pub Child);
 
-impl Drop for AgentProc {
-    fn drop(&mut self) {
+impl AgentProc {
+    /// Stops the agent the way an operator would (SIGTERM), so it removes its containers
+    /// (runc processes, mounts, network namespaces); SIGKILL after 10 s.
+    pub fn stop(mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = Command::new("kill")
                 .args(["-TERM", &self.0.id().to_string()])
@@ -221,6 +222,11 @@ impl Drop for AgentProc {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
