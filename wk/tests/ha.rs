@@ -460,7 +460,7 @@ async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everythi
         .map(|i| clients[i].clone())
         .collect();
     let cms = lookup("cm").unwrap();
-    let writes = 3000;
+    let writes = 10_000;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..16 {

@@ -380,6 +380,11 @@ async fn metrics(State(s): State<RaftRpcState>, headers: HeaderMap) -> axum::res
     axum::Json(m).into_response()
 }
 
+/// Largest Raft RPC body accepted: appends carry up to `max_payload_entries` entries of
+/// up to 1,024 operations each, and snapshots come in chunks (axum's default limit is
+/// 2 MiB, which a busy cluster's append or a snapshot chunk exceeds).
+const MAX_RPC_BODY: usize = 512 << 20;
+
 /// The `/raft/*` routes.
 pub fn router(state: RaftRpcState) -> Router {
     Router::new()
@@ -389,5 +394,6 @@ pub fn router(state: RaftRpcState) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/write", post(write))
         .route("/raft/read-index", post(read_index))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(state)
 }
