@@ -713,6 +713,41 @@ async fn a_server_with_a_full_disk_stops_acknowledging() {
         .iter()
         .map(|s| client_of(&servers[0], s.port))
         .collect();
+    faulty_third_server_stops_acknowledging(&mut servers, &clients).await;
+}
+
+/// A server whose log fsync fails (injected with `WK_FAILPOINT_LOG_FSYNC`) stops
+/// acknowledging rather than lying; the other two hold every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_fsync_fails_stops_acknowledging() {
+    let first = TestServer::start_cluster();
+    let args = [
+        "--join".to_string(),
+        first.url.clone(),
+        "--token".into(),
+        peer_token(&first),
+        "--ca-file".into(),
+        first.ca_path().display().to_string(),
+        "--no-client-config".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut servers = vec![first];
+    servers.push(TestServer::spawn_with(&args));
+    // Its log commits start failing after 200.
+    servers.push(TestServer::spawn_with_env(
+        &args,
+        &[("WK_FAILPOINT_LOG_FSYNC", "200")],
+    ));
+    let clients: Vec<Client> = servers
+        .iter()
+        .map(|s| client_of(&servers[0], s.port))
+        .collect();
+    faulty_third_server_stops_acknowledging(&mut servers, &clients).await;
+}
+
+/// Writes through all three servers until the third (whose storage fails) has refused
+/// 20; then the other two must take writes and hold every acknowledged one.
+async fn faulty_third_server_stops_acknowledging(servers: &mut [TestServer], clients: &[Client]) {
     wait_for("three voters", Duration::from_secs(60), || {
         let c = clients[0].clone();
         async move {
@@ -724,19 +759,19 @@ async fn a_server_with_a_full_disk_stops_acknowledging() {
         }
     })
     .await;
-    // Fill it: 8 writers with ~1 KiB objects through every server, until the small one
-    // has refused writes for a while.
+    // 8 writers with ~1 KiB objects through every server, until the faulty one has
+    // refused writes for a while.
     let cms = lookup("cm").unwrap();
     let big = "x".repeat(1024);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let refused_by_full = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused_by_faulty = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..8 {
         let (clients, acked, refused, next, big) = (
-            clients.clone(),
+            clients.to_vec(),
             acked.clone(),
-            refused_by_full.clone(),
+            refused_by_faulty.clone(),
             next.clone(),
             big.clone(),
         );
@@ -761,8 +796,8 @@ async fn a_server_with_a_full_disk_stops_acknowledging() {
         t.await.unwrap();
     }
     assert!(
-        refused_by_full.load(std::sync::atomic::Ordering::Relaxed) >= 20,
-        "the server on the full disk kept acknowledging"
+        refused_by_faulty.load(std::sync::atomic::Ordering::Relaxed) >= 20,
+        "the server with failing storage kept acknowledging"
     );
     // The two healthy servers still take writes and hold every acknowledged one.
     clients[0]

@@ -90,6 +90,22 @@ impl Drop for Writer {
 /// Upper bound of appends grouped into one transaction.
 const MAX_GROUP: usize = 4096;
 
+/// Fault injection for tests: with `WK_FAILPOINT_LOG_FSYNC=N`, every log commit after the
+/// first N fails as a failed fsync would (nothing is written, the caller gets an I/O
+/// error), so tests can check that a server whose disk fails stops acknowledging.
+fn injected_fsync_failure() -> bool {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+    static COMMITS: AtomicU64 = AtomicU64::new(0);
+    let after = *AFTER.get_or_init(|| {
+        std::env::var("WK_FAILPOINT_LOG_FSYNC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    after.is_some_and(|n| COMMITS.fetch_add(1, Ordering::Relaxed) >= n)
+}
+
 fn writer_loop(
     db: Arc<Database>,
     pending: Arc<Mutex<BTreeMap<u64, Entry<TypeConfig>>>>,
@@ -141,6 +157,12 @@ fn writer_loop(
                                 table.insert(*index, bytes.as_slice()).map_err(io_err)?;
                             }
                         }
+                    }
+                    if injected_fsync_failure() {
+                        drop(tx);
+                        return Err(io_err(std::io::Error::other(
+                            "fsync failed (injected by WK_FAILPOINT_LOG_FSYNC)",
+                        )));
                     }
                     tx.commit().map_err(io_err)
                 })();

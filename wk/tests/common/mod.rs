@@ -19,6 +19,8 @@ pub struct TestServer {
     pub url: String,
     pub kubeconfig: PathBuf,
     pub extra_args: Vec<String>,
+    /// Environment of the server process (fault injection).
+    pub envs: Vec<(String, String)>,
     pub port: u16,
 }
 
@@ -51,8 +53,17 @@ impl TestServer {
         Self::spawn_in(tempfile::tempdir().unwrap(), args)
     }
 
+    /// A server started with extra environment variables (fault injection).
+    pub fn spawn_with_env(args: &[&str], envs: &[(&str, &str)]) -> TestServer {
+        Self::spawn_inner(tempfile::tempdir().unwrap(), args, envs)
+    }
+
     /// A server whose data lives in `dir/data` (prepared by the caller, e.g. a mount).
     pub fn spawn_in(dir: tempfile::TempDir, args: &[&str]) -> TestServer {
+        Self::spawn_inner(dir, args, &[])
+    }
+
+    fn spawn_inner(dir: tempfile::TempDir, args: &[&str], envs: &[(&str, &str)]) -> TestServer {
         let kubeconfig = dir.path().join("config");
         let mut s = TestServer {
             child: None,
@@ -60,6 +71,10 @@ impl TestServer {
             kubeconfig,
             dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             port: free_port(),
         };
         s.spawn();
@@ -81,6 +96,7 @@ impl TestServer {
             ])
             .arg(&self.kubeconfig)
             .args(&self.extra_args)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
