@@ -404,3 +404,29 @@ async fn default_seccomp_filter() {
     env.rt.release_pod(&env.uid);
     env.rt.shutdown().await;
 }
+
+/// Image GC by disk threshold: above the high mark, images no container uses go (least
+/// recently used first) until under the low mark; a leased image stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_gc_spares_images_in_use() {
+    let env = env(7).await;
+    let other = busybox_archive(&env.dir, "wk.test/other:1");
+    env.rt.store().import(&other, None).unwrap();
+    env.rt.store().lease("keeper", "wk.test/busybox:1").unwrap();
+    // Below a 100 % mark nothing happens.
+    assert!(env.rt.collect_images(100, 100).unwrap().is_empty());
+    // Any disk is fuller than 1 %: everything not in use goes.
+    let removed = env.rt.collect_images(1, 0).unwrap();
+    assert_eq!(removed, ["wk.test/other:1"]);
+    let left: Vec<String> = env
+        .rt
+        .store()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.reference)
+        .collect();
+    assert_eq!(left, ["wk.test/busybox:1"]);
+    env.rt.store().release("keeper");
+    env.rt.shutdown().await;
+}
