@@ -24,6 +24,10 @@ use serde_json::{Value, json};
 use crate::auth::{Identity, Tokens};
 use crate::store::Store;
 
+/// How long a membership request handed to another member may take (adding a learner
+/// waits for it to catch up).
+const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Clone)]
 pub struct ClusterState {
     pub store: Store,
@@ -52,22 +56,12 @@ fn denied() -> Response {
         .into_response()
 }
 
-fn leader_url(store: &Store) -> Option<String> {
-    let m = store.raft.metrics().borrow().clone();
-    m.current_leader.and_then(|l| {
-        m.membership_config
-            .membership()
-            .get_node(&l)
-            .map(|n| n.addr.clone())
-    })
-}
-
 /// Answered by a follower to a request only the leader can serve.
 fn not_leader(store: &Store) -> Response {
     (
         StatusCode::MISDIRECTED_REQUEST,
         axum::Json(
-            json!({"message": "this server is not the leader", "leader": leader_url(store)}),
+            json!({"message": "this server is not the leader", "leader": store.leadership().leader_url}),
         ),
     )
         .into_response()
@@ -107,7 +101,7 @@ async fn join(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
         "caCert": cert,
         "caKey": key,
         "tokens": {"admin": s.tokens.admin, "node": s.tokens.node, "peer": s.tokens.peer},
-        "leader": leader_url(&s.store),
+        "leader": s.store.leadership().leader_url,
     }))
     .into_response()
 }
@@ -207,7 +201,7 @@ async fn remove(
     }
     if !s.store.is_leader() {
         // Handed to the leader, so `wk delete server` works against any member.
-        let Some(leader) = leader_url(&s.store) else {
+        let Some(leader) = s.store.leadership().leader_url else {
             return not_leader(&s.store);
         };
         let url = format!(
@@ -217,7 +211,7 @@ async fn remove(
         return match s
             .store
             .peers()
-            .call(reqwest::Method::DELETE, &url, None)
+            .call(reqwest::Method::DELETE, &url, None, MEMBERSHIP_TIMEOUT)
             .await
         {
             Ok((code, body)) => (
@@ -232,22 +226,6 @@ async fn remove(
                 .into_response(),
         };
     }
-    let known = s
-        .store
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .is_some();
-    if !known {
-        return (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"message": format!("server {id} is not a member")})),
-        )
-            .into_response();
-    }
     let addr = s
         .store
         .raft
@@ -257,6 +235,13 @@ async fn remove(
         .membership()
         .get_node(&id)
         .map(|n| n.addr.clone());
+    let Some(addr) = addr else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": format!("server {id} is not a member")})),
+        )
+            .into_response();
+    };
     match s
         .store
         .raft
@@ -266,21 +251,17 @@ async fn remove(
         Ok(_) => {
             // Tell it, so it stops instead of running on alone (best effort: it may be
             // down; a removed server that comes back is refused by its peers' lease).
-            let told = match addr {
-                Some(a) if id != s.store.node_id => {
-                    let url = format!("{}/wk/v1/cluster/leave", a.trim_end_matches('/'));
-                    s.store
-                        .peers()
-                        .call(reqwest::Method::POST, &url, None)
-                        .await
-                        .is_ok_and(|(code, _)| code == 200)
-                }
-                _ => false,
+            let told = if id == s.store.node_id {
+                leave_cluster(&s);
+                true
+            } else {
+                let url = format!("{}/wk/v1/cluster/leave", addr.trim_end_matches('/'));
+                s.store
+                    .peers()
+                    .call(reqwest::Method::POST, &url, None, MEMBERSHIP_TIMEOUT)
+                    .await
+                    .is_ok_and(|(code, _)| code == 200)
             };
-            if id == s.store.node_id {
-                s.removed.notify_one();
-                let _ = std::fs::write(s.pki_dir.with_file_name("removed"), b"");
-            }
             axum::Json(json!({"removed": id, "told": told})).into_response()
         }
         Err(e) => (
@@ -297,10 +278,15 @@ async fn leave(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
     if !allowed(&s, &headers) {
         return denied();
     }
+    leave_cluster(&s);
+    axum::Json(json!({"leaving": s.store.node_id})).into_response()
+}
+
+/// Marks the data directory as removed (a restart with it is refused) and stops.
+fn leave_cluster(s: &ClusterState) {
     let _ = std::fs::write(s.pki_dir.with_file_name("removed"), b"");
     tracing::warn!("removed from the cluster; stopping");
     s.removed.notify_one();
-    axum::Json(json!({"leaving": s.store.node_id})).into_response()
 }
 
 /// The `/wk/v1/cluster` routes.

@@ -101,8 +101,6 @@ async fn batcher(
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        // Fenced proposals go only while this server leads in their term; a batch that
-        // holds any is committed here or not at all.
         let mut count = batch[0].ops.len();
         while count < MAX_BATCH_OPS {
             match rx.try_recv() {
@@ -113,10 +111,10 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        let (term, leads) = {
-            let m = raft.metrics().borrow().clone();
-            (m.current_term, m.current_leader == Some(me))
-        };
+        // Fenced proposals go only while this server leads in their term; a batch that
+        // holds any is committed here or not at all.
+        let lead = leadership(&raft);
+        let (term, leads) = (lead.term, lead.leader == Some(me));
         let (fenced_out, kept): (Vec<Proposal>, Vec<Proposal>) = batch
             .into_iter()
             .partition(|p| p.fence.is_some_and(|f| f != term || !leads));
@@ -133,7 +131,8 @@ async fn batcher(
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.ops))
             .collect();
-        let result = commit(&raft, me, &peers, Command { ops }, local_only).await;
+        let forward_to = (!local_only && lead.leader.is_some() && !leads).then_some(lead);
+        let result = commit(&raft, &peers, Command { ops }, forward_to).await;
         match result {
             Ok(results) => {
                 let mut results = results.into_iter();
@@ -152,28 +151,41 @@ async fn batcher(
     }
 }
 
-/// Commits a command: through Raft on the leader; on a follower, by forwarding it to the
-/// leader and then waiting until this member has applied it too (so what a client wrote
-/// here, it reads and watches here).
-async fn commit(
-    raft: &Raft,
-    me: NodeId,
-    peers: &network::Peers,
-    cmd: Command,
-    local_only: bool,
-) -> Result<OpResults, StoreError> {
-    let (leader, addr) = {
-        let m = raft.metrics().borrow().clone();
-        let addr = m.current_leader.and_then(|l| {
+/// Who leads, as this member knows it.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// The leader's URL (from the membership).
+    pub leader_url: Option<String>,
+}
+
+fn leadership(raft: &Raft) -> Leadership {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    Leadership {
+        term: m.current_term,
+        leader: m.current_leader,
+        leader_url: m.current_leader.and_then(|l| {
             m.membership_config
                 .membership()
                 .get_node(&l)
                 .map(|n| n.addr.clone())
-        });
-        (m.current_leader, addr)
-    };
-    if leader.is_some() && leader != Some(me) && !local_only {
-        let Some(addr) = addr else {
+        }),
+    }
+}
+
+/// Commits a command: through Raft on the leader; on a follower (`forward_to` another
+/// member's leadership), by forwarding it to the leader and then waiting until this
+/// member has applied it too (so what a client wrote here, it reads and watches here).
+async fn commit(
+    raft: &Raft,
+    peers: &network::Peers,
+    cmd: Command,
+    forward_to: Option<Leadership>,
+) -> Result<OpResults, StoreError> {
+    if let Some(lead) = forward_to {
+        let Some(addr) = lead.leader_url else {
             return Err(StoreError::NotLeader { leader: None });
         };
         let (results, index) = peers.forward_write(&addr, &cmd).await?;
@@ -349,10 +361,15 @@ impl Store {
         &self.peers
     }
 
+    /// Who leads, as this member knows it.
+    pub fn leadership(&self) -> Leadership {
+        leadership(&self.raft)
+    }
+
     /// The current Raft term, if this server leads in it.
     pub fn leader_term(&self) -> Option<u64> {
-        let m = self.raft.metrics().borrow().clone();
-        (m.current_leader == Some(self.node_id)).then_some(m.current_term)
+        let lead = self.leadership();
+        (lead.leader == Some(self.node_id)).then_some(lead.term)
     }
 
     /// Whether this server is the leader now.

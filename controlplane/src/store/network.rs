@@ -104,12 +104,13 @@ impl Peers {
         method: reqwest::Method,
         url: &str,
         body: Option<&serde_json::Value>,
+        timeout: std::time::Duration,
     ) -> Result<(u16, serde_json::Value), String> {
         let mut req = self
             .client
             .request(method, url)
             .bearer_auth(&self.token)
-            .timeout(std::time::Duration::from_secs(120));
+            .timeout(timeout);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -120,15 +121,16 @@ impl Peers {
 
     /// A member's Raft metrics (`GET /raft/metrics`), as JSON.
     pub async fn metrics(&self, addr: &str) -> Result<serde_json::Value, String> {
-        let resp = self
-            .client
-            .get(format!("{}/raft/metrics", addr.trim_end_matches('/')))
-            .bearer_auth(&self.token)
-            .timeout(std::time::Duration::from_secs(2))
-            .send()
-            .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        resp.json().await.map_err(|e| e.to_string())
+        let url = format!("{}/raft/metrics", addr.trim_end_matches('/'));
+        let (_, v) = self
+            .call(
+                reqwest::Method::GET,
+                &url,
+                None,
+                std::time::Duration::from_secs(2),
+            )
+            .await?;
+        Ok(v)
     }
 
     /// The leader's read index (it has confirmed its leadership with a quorum).
