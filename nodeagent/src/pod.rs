@@ -49,6 +49,15 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
+/// The key of a container in the agent's exec table: `namespace/pod/container`.
+fn running_key(pod: &Value, container: &str) -> String {
+    format!(
+        "{}/{}/{container}",
+        s(pod, "/metadata/namespace"),
+        s(pod, "/metadata/name")
+    )
+}
+
 fn ts(t: &jiff::Timestamp) -> String {
     rfc3339(*t)
 }
@@ -978,40 +987,12 @@ impl Agent {
                     let _ =
                         std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
                 }
-                if !c.pulled {
-                    // The kubelet's Pulled event; a failure waits for the back-off.
-                    let began = Instant::now();
-                    match rt.prepare(&cfg.image, &c.pull).await {
-                        Ok(p) => {
-                            c.pulled = true;
-                            let message = if p.compiled {
-                                format!(
-                                    "Successfully pulled image \"{}\" in {} ms ({})",
-                                    c.image,
-                                    began.elapsed().as_millis(),
-                                    p.digest
-                                )
-                            } else {
-                                format!(
-                                    "Container image \"{}\" already present on machine",
-                                    c.image
-                                )
-                            };
-                            self.event(&pod, "Normal", "Pulled", &message);
-                        }
-                        Err(e) => {
-                            c.state = ContainerState::Waiting {
-                                reason: e.reason().into(),
-                                message: e.to_string(),
-                            };
-                            self.event(&pod, "Warning", "Failed", &format!("Error: {e}"));
-                            pending_retry = Some(backoff[i]);
-                            backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
-                            continue;
-                        }
-                    }
-                }
-                match rt.start(cfg).await {
+                // Pull (once), then start; either failing waits for the back-off.
+                let result = match self.pull(rt, &pod, c).await {
+                    Ok(()) => rt.start(cfg).await,
+                    Err(e) => Err(e),
+                };
+                match result {
                     Ok(()) => {
                         self.event(
                             &pod,
@@ -1021,15 +1002,10 @@ impl Agent {
                         );
                         c.started = true;
                         c.killing = None;
-                        self.running.lock().expect("running lock").insert(
-                            format!(
-                                "{}/{}/{}",
-                                s(&pod, "/metadata/namespace"),
-                                s(&pod, "/metadata/name"),
-                                c.name
-                            ),
-                            (rt.clone(), c.id.clone()),
-                        );
+                        self.running
+                            .lock()
+                            .expect("running lock")
+                            .insert(running_key(&pod, &c.name), (rt.clone(), c.id.clone()));
                         c.running_since = Some(Instant::now());
                         c.state = rt.state(&c.id).unwrap_or(ContainerState::Waiting {
                             reason: "Unknown".into(),
@@ -1045,29 +1021,26 @@ impl Agent {
                         c.ready = c.probes.readiness.is_none();
                         if !c.probes.is_empty() {
                             let (ptx, id) = (probe_tx.clone(), c.id.clone());
-                            let exec: Option<probe::Exec> = match rt {
-                                PodRuntime::Oci(_) => {
-                                    let (rt, id) = (rt.clone(), c.id.clone());
-                                    Some(Arc::new(move |cmd: Vec<String>, timeout| {
-                                        let (rt, id) = (rt.clone(), id.clone());
-                                        Box::pin(async move {
-                                            let out = rt
-                                                .exec(&id, &cmd, timeout)
-                                                .await
-                                                .map_err(|e| e.to_string())?;
-                                            let mut text =
-                                                String::from_utf8_lossy(&out.stdout).into_owned();
-                                            text.push_str(&String::from_utf8_lossy(&out.stderr));
-                                            Ok((out.exit_code, text))
-                                        })
-                                    }))
-                                }
-                                PodRuntime::Wasm(_) => None,
-                            };
+                            // Exec probes run in the container (a Wasm container with one
+                            // was refused before it started).
+                            let (rt, exec_id) = (rt.clone(), c.id.clone());
+                            let exec: probe::Exec = Arc::new(move |cmd: Vec<String>, timeout| {
+                                let (rt, id) = (rt.clone(), exec_id.clone());
+                                Box::pin(async move {
+                                    let out = rt
+                                        .exec(&id, &cmd, timeout)
+                                        .await
+                                        .map_err(|e| e.to_string())?;
+                                    let mut text =
+                                        String::from_utf8_lossy(&out.stdout).into_owned();
+                                    text.push_str(&String::from_utf8_lossy(&out.stderr));
+                                    Ok((out.exit_code, text))
+                                })
+                            });
                             c.prober = Some(tokio::spawn(probe::run(
                                 c.probes.clone(),
                                 http.clone(),
-                                exec,
+                                Some(exec),
                                 move |ev| {
                                     let _ = ptx.send((i, id.clone(), ev));
                                 },
@@ -1209,13 +1182,36 @@ impl Agent {
         }
     }
 
+    /// Prepares a container's image once, recording the kubelet's Pulled event.
+    async fn pull(
+        &self,
+        rt: &PodRuntime,
+        pod: &Value,
+        c: &mut ContainerSlot,
+    ) -> Result<(), wk_api::runtime::RuntimeError> {
+        if c.pulled {
+            return Ok(());
+        }
+        let began = Instant::now();
+        let p = rt.prepare(&c.image, &c.pull).await?;
+        c.pulled = true;
+        let message = if p.compiled {
+            format!(
+                "Successfully pulled image \"{}\" in {} ms ({})",
+                c.image,
+                began.elapsed().as_millis(),
+                p.digest
+            )
+        } else {
+            format!("Container image \"{}\" already present on machine", c.image)
+        };
+        self.event(pod, "Normal", "Pulled", &message);
+        Ok(())
+    }
+
     /// Drops a container instance from the exec table (if it is still the current one).
     fn forget_running(&self, pod: &Value, container: &str, id: &str) {
-        let key = format!(
-            "{}/{}/{container}",
-            s(pod, "/metadata/namespace"),
-            s(pod, "/metadata/name")
-        );
+        let key = running_key(pod, container);
         let mut running = self.running.lock().expect("running lock");
         if running.get(&key).is_some_and(|(_, i)| i == id) {
             running.remove(&key);
