@@ -302,19 +302,9 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
     agent.stop();
 }
 
-/// A registry process, killed when dropped (also when a test fails).
-struct Registry(std::process::Child);
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts Debian's `docker-registry` on a loopback port (with `user:password` basic auth,
 /// if given).
-fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (Registry, String) {
+fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (common::Proc, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -345,7 +335,7 @@ fn start_registry(dir: &Path, auth: Option<(&str, &str)>) -> (Registry, String) 
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("docker-registry is installed (apt-get install docker-registry)");
-    (Registry(child), format!("127.0.0.1:{port}"))
+    (common::Proc(child), format!("127.0.0.1:{port}"))
 }
 
 async fn push_busybox(registry: &str, reference: &str, auth: &wk_runtime_oci::RegistryAuth) {

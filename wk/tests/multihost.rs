@@ -7,12 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use common::{WK, sample};
+use common::{Proc, WK, sample, wait_blocking};
 
 /// Two namespaces and the veth between them, removed on drop.
 struct Hosts {
@@ -58,15 +57,6 @@ impl Drop for Hosts {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn run(mut c: Command) -> Output {
     let out = c.output().unwrap();
     assert!(
@@ -92,17 +82,6 @@ fn get_json(ns: &str, kubeconfig: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// How agents join: the server URL, join token, CA file and a data directory root.
 struct Join<'a> {
     server: &'a str,
@@ -111,7 +90,7 @@ struct Join<'a> {
     dir: &'a Path,
 }
 
-fn agent(ns: &str, join: &Join, name: &str, ip: &str, range: &str) -> Killed {
+fn agent(ns: &str, join: &Join, name: &str, ip: &str, range: &str) -> Proc {
     let (dir, server, token, ca) = (join.dir, join.server, join.token, join.ca);
     let mut c = Hosts::exec(ns, WK);
     c.args(["agent", "--server", server, "--token", token, "--ca-file"])
@@ -130,7 +109,7 @@ fn agent(ns: &str, join: &Join, name: &str, ip: &str, range: &str) -> Killed {
         .arg(dir.join(name))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
-    Killed(c.spawn().unwrap())
+    Proc(c.spawn().unwrap())
 }
 
 #[test]
@@ -147,8 +126,8 @@ fn a_pod_reaches_a_service_on_another_host_by_name() {
         .arg(&kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
-    let _server = Killed(server.spawn().unwrap());
-    wait("the server", || {
+    let _server = Proc(server.spawn().unwrap());
+    wait_blocking("the server", || {
         kubeconfig.exists()
             && wk(&hosts.a, &kubeconfig, &["get", "nodes"])
                 .status
@@ -167,7 +146,7 @@ fn a_pod_reaches_a_service_on_another_host_by_name() {
     };
     let _a = agent(&hosts.a, &join, "node-a", "10.201.0.1", "10.244.1.0/24");
     let _b = agent(&hosts.b, &join, "node-b", "10.201.0.2", "10.244.2.0/24");
-    wait("both nodes", || {
+    wait_blocking("both nodes", || {
         get_json(&hosts.a, &kubeconfig, &["nodes"])["items"]
             .as_array()
             .is_some_and(|n| n.len() == 2)
@@ -239,7 +218,7 @@ spec:
         })
     };
     let (mut backend_ip, mut caller_ip) = (String::new(), String::new());
-    wait("both pods running", || {
+    wait_blocking("both pods running", || {
         let pods = get_json(&hosts.a, &kubeconfig, &["pods"]);
         match (running(&pods, "backend-"), running(&pods, "caller")) {
             (Some(b), Some(c)) => {
@@ -261,7 +240,7 @@ spec:
     // Pod to pod across the hosts, from host A (once node A has routed node B's range,
     // which it does when it sees node B register).
     let mut body = String::new();
-    wait("a pod on host B to answer from host A", || {
+    wait_blocking("a pod on host B to answer from host A", || {
         let mut curl = Hosts::exec(&hosts.a, "curl");
         curl.args([
             "-sS",
@@ -278,7 +257,7 @@ spec:
     // The caller on host A fetches http://backend/ : its node's DNS data gives the VIP,
     // node A's balancer forwards to the pod on host B.
     let mut last = String::new();
-    wait("the caller to reach the backend by name", || {
+    wait_blocking("the caller to reach the backend by name", || {
         let mut curl = Hosts::exec(&hosts.a, "curl");
         curl.args([
             "-sS",

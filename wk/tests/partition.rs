@@ -7,12 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use common::WK;
+use common::{Proc, WK, wait_blocking};
 
 /// A router namespace and three server namespaces, each linked to the router.
 struct Net {
@@ -87,15 +86,6 @@ impl Drop for Net {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn ip_of(i: usize) -> String {
     format!("10.9.{}.2", i + 1)
 }
@@ -109,17 +99,6 @@ fn wk(net: &Net, i: usize, config: &Path, secs: u64, args: &[&str]) -> Output {
         .arg(config)
         .args(args);
     c.output().unwrap()
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn servers(net: &Net, config: &Path) -> Value {
@@ -174,8 +153,8 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
         .arg(&configs[0])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null());
-    procs.push(Killed(first.spawn().unwrap()));
-    wait("the first server", || {
+    procs.push(Proc(first.spawn().unwrap()));
+    wait_blocking("the first server", || {
         configs[0].exists() && wk(&net, 0, &configs[0], 5, &["get", "ns"]).status.success()
     });
     let tokens: Value =
@@ -196,13 +175,13 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
             .arg(&ca)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null());
-        procs.push(Killed(s.spawn().unwrap()));
+        procs.push(Proc(s.spawn().unwrap()));
         let text = std::fs::read_to_string(&configs[0])
             .unwrap()
             .replace(&ip_of(0), &ip_of(i));
         std::fs::write(&configs[i], text).unwrap();
     }
-    wait("three voters", || {
+    wait_blocking("three voters", || {
         servers(&net, &configs[0])["members"]
             .as_array()
             .is_some_and(|m| {
@@ -238,7 +217,7 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
         "the minority acknowledged a write"
     );
     // The majority elects a leader among themselves and takes writes.
-    wait("the majority to take writes", || {
+    wait_blocking("the majority to take writes", || {
         create(&net, majority[0], &configs[majority[0]], "majority-0", 5)
     });
     assert!(create(
@@ -262,7 +241,7 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
     .map(|s| s.to_string())
     .collect();
     for (i, config) in configs.iter().enumerate() {
-        wait(&format!("server {i} to converge"), || {
+        wait_blocking(&format!("server {i} to converge"), || {
             names(&net, i, config).is_some_and(|have| {
                 want.iter().all(|w| have.contains(w)) && !have.contains(&"minority".to_string())
             })

@@ -80,20 +80,21 @@ pub fn check(history: &[Entry], initial: i64) -> bool {
     let words = history.len().div_ceil(64);
     let mut done = vec![0u64; words];
     let mut cache: HashSet<(Vec<u64>, i64)> = HashSet::new();
-    let mut stack: Vec<(usize, i64)> = Vec::new();
+    let mut stack: Vec<(usize, usize, i64)> = Vec::new();
     let mut state = initial;
     let mut x = next[head];
     loop {
         if returns_left == 0 {
             return true;
         }
-        if x == head {
-            // Nothing more to try at this level: undo the last choice.
-            let Some((call_pos, old)) = stack.pop() else {
+        // At the end of the list, or at the completion of an operation not yet placed:
+        // nothing more fits at this level, so undo the last choice.
+        let Some(Event::Call(i)) = (x != head)
+            .then(|| events[x].2)
+            .filter(|e| matches!(e, Event::Call(_)))
+        else {
+            let Some((call_pos, i, old)) = stack.pop() else {
                 return false;
-            };
-            let Event::Call(i) = events[call_pos].2 else {
-                unreachable!()
             };
             state = old;
             done[i / 64] &= !(1 << (i % 64));
@@ -104,45 +105,24 @@ pub fn check(history: &[Entry], initial: i64) -> bool {
             relink(&mut next, &mut prev, call_pos);
             x = next[call_pos];
             continue;
-        }
-        match events[x].2 {
-            Event::Call(i) => {
-                if let Some(s) = step(history[i].op, state) {
-                    let mut d = done.clone();
-                    d[i / 64] |= 1 << (i % 64);
-                    if cache.insert((d.clone(), s)) {
-                        stack.push((x, state));
-                        state = s;
-                        done = d;
-                        unlink(&mut next, &mut prev, x);
-                        if ret_pos[i] != usize::MAX {
-                            unlink(&mut next, &mut prev, ret_pos[i]);
-                            returns_left -= 1;
-                        }
-                        x = next[head];
-                        continue;
-                    }
-                }
-                x = next[x];
-            }
-            Event::Return(_) => {
-                // An operation completed before it could be placed: backtrack.
-                let Some((call_pos, old)) = stack.pop() else {
-                    return false;
-                };
-                let Event::Call(i) = events[call_pos].2 else {
-                    unreachable!()
-                };
-                state = old;
-                done[i / 64] &= !(1 << (i % 64));
+        };
+        if let Some(s) = step(history[i].op, state) {
+            let mut d = done.clone();
+            d[i / 64] |= 1 << (i % 64);
+            if cache.insert((d.clone(), s)) {
+                stack.push((x, i, state));
+                state = s;
+                done = d;
+                unlink(&mut next, &mut prev, x);
                 if ret_pos[i] != usize::MAX {
-                    relink(&mut next, &mut prev, ret_pos[i]);
-                    returns_left += 1;
+                    unlink(&mut next, &mut prev, ret_pos[i]);
+                    returns_left -= 1;
                 }
-                relink(&mut next, &mut prev, call_pos);
-                x = next[call_pos];
+                x = next[head];
+                continue;
             }
         }
+        x = next[x];
     }
 }
 

@@ -200,6 +200,18 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Waits (blocking the thread) for a condition, up to 60 s.
+pub fn wait_blocking(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits for a condition with a bounded timeout.
 pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut f: F)
 where
@@ -219,12 +231,13 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// A `wk agent` process, killed (SIGKILL) when dropped: to the cluster, the node dies.
-pub struct AgentProc(pub Child);
+/// A child process (an agent, a registry, a server in a namespace), killed (SIGKILL)
+/// when dropped: for an agent, to the cluster, the node dies.
+pub struct Proc(pub Child);
 
-impl AgentProc {
-    /// Stops the agent the way an operator would (SIGTERM), so it removes its containers
-    /// (runc processes, mounts, network namespaces); SIGKILL after 10 s.
+impl Proc {
+    /// Stops the process the way an operator would (SIGTERM): an agent removes its
+    /// containers (runc processes, mounts, network namespaces); SIGKILL after 10 s.
     pub fn stop(mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = Command::new("kill")
@@ -241,7 +254,7 @@ impl AgentProc {
     }
 }
 
-impl Drop for AgentProc {
+impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -271,8 +284,8 @@ pub fn sample(name: &str) -> String {
 
 /// Starts `wk agent` joined to `server` with the join token, extra flags appended. It runs
 /// in the repository root, where the sample manifests' relative image paths point.
-pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&str]) -> AgentProc {
-    AgentProc(
+pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&str]) -> Proc {
+    Proc(
         Command::new(WK)
             .args([
                 "agent",
@@ -300,7 +313,7 @@ pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&s
     )
 }
 
-pub fn start_agent(server: &TestServer, name: &str, dir: &Path) -> AgentProc {
+pub fn start_agent(server: &TestServer, name: &str, dir: &Path) -> Proc {
     start_agent_with(server, name, dir, &[])
 }
 
@@ -326,7 +339,7 @@ pub fn is_ready(p: &serde_json::Value) -> bool {
 }
 
 /// A server with `n` agents (`node-1`…), once their Nodes are registered.
-pub async fn cluster(n: usize) -> (TestServer, Vec<(String, AgentProc)>, Vec<tempfile::TempDir>) {
+pub async fn cluster(n: usize) -> (TestServer, Vec<(String, Proc)>, Vec<tempfile::TempDir>) {
     let server = TestServer::start_cluster();
     let mut agents = Vec::new();
     let mut dirs = Vec::new();
