@@ -13,7 +13,6 @@
 //! Service VIPs need nothing: every agent listens on them locally.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use wk_api::net::Cidr;
 
@@ -21,19 +20,7 @@ use wk_api::net::Cidr;
 pub const DEVICE: &str = "lo";
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("running `ip` (iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    wk_runtime_oci::netns::ip(args, None)
 }
 
 fn exists_ok(r: Result<(), String>) -> Result<(), String> {

@@ -13,12 +13,25 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-fn append(b: &mut tar::Builder<std::fs::File>, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+/// A tar header owned by root, dated 0 (reproducible archives).
+fn header(kind: tar::EntryType, mode: u32, size: usize) -> tar::Header {
     let mut h = tar::Header::new_gnu();
-    h.set_size(bytes.len() as u64);
-    h.set_mode(0o644);
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size as u64);
     h.set_mtime(0);
-    h.set_entry_type(tar::EntryType::Regular);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut h = header(tar::EntryType::Regular, mode, bytes.len());
     b.append_data(&mut h, path, bytes)
 }
 
@@ -90,13 +103,19 @@ pub fn write_oci_archive(
     blobs.push(&parts.config);
     blobs.push(&manifest);
     let mut b = tar::Builder::new(std::fs::File::create(path)?);
-    append(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    append(&mut b, "index.json", &index)?;
+    append(
+        &mut b,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    append(&mut b, "index.json", 0o644, &index)?;
     for bytes in blobs {
         let d = digest(bytes);
         append(
             &mut b,
             &format!("blobs/sha256/{}", &d["sha256:".len()..]),
+            0o644,
             bytes,
         )?;
     }
@@ -108,54 +127,30 @@ pub fn write_oci_archive(
 /// basics: enough for small test and sample containers.
 pub fn busybox_layer(busybox: &Path, applets: &[&str]) -> std::io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
-    let dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_mode(mode);
-        h.set_size(0);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        b.append_data(&mut h, p, &[][..])
-    };
-    for d in ["bin", "etc", "proc", "sys", "dev", "www", "root"] {
-        dir(&mut b, d, 0o755)?;
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("etc", 0o755),
+        ("proc", 0o755),
+        ("sys", 0o755),
+        ("dev", 0o755),
+        ("www", 0o755),
+        ("root", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        b.append_data(&mut h, d, &[][..])?;
     }
-    dir(&mut b, "tmp", 0o1777)?;
-    let bytes = std::fs::read(busybox)?;
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(0o755);
-    h.set_size(bytes.len() as u64);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    b.append_data(&mut h, "bin/busybox", &bytes[..])?;
+    append(&mut b, "bin/busybox", 0o755, &std::fs::read(busybox)?)?;
     for a in applets {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_mode(0o777);
-        h.set_size(0);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{a}"), "busybox")?;
     }
-    for (p, text) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-        ),
-        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(text.len() as u64);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        b.append_data(&mut h, p, text.as_bytes())?;
-    }
+    append(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    append(&mut b, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
     b.into_inner()
 }

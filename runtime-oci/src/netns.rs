@@ -23,7 +23,9 @@ pub struct PodNetwork {
     pub ip: Ipv4Addr,
 }
 
-fn run(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
+/// Runs `ip` (iproute2) with `args`, feeding it `stdin` (for `-batch -`); its error
+/// output becomes the error. The node agent routes pod ranges with it too.
+pub fn ip(args: &[&str], stdin: Option<&str>) -> Result<(), String> {
     let mut cmd = Command::new("ip");
     cmd.args(args)
         .stdout(Stdio::null())
@@ -82,7 +84,7 @@ impl PodNetwork {
     /// Creates the namespace, the veth pair, the address and both routes.
     pub fn create(&self) -> Result<(), String> {
         self.delete();
-        run(&["netns", "add", &self.namespace], None)?;
+        ip(&["netns", "add", &self.namespace], None)?;
         let r = self.configure();
         if r.is_err() {
             self.delete();
@@ -91,8 +93,8 @@ impl PodNetwork {
     }
 
     fn configure(&self) -> Result<(), String> {
-        let (ns, veth, ip) = (&self.namespace, &self.host_veth, self.ip);
-        let loopback = ip.is_loopback();
+        let (ns, veth, addr) = (&self.namespace, &self.host_veth, self.ip);
+        let loopback = addr.is_loopback();
         // Inside the namespace, in one `ip` process. `scope global` and `src`: iproute2
         // gives 127/8 addresses host scope, which the kernel never picks as the source of
         // a packet leaving through eth0.
@@ -102,15 +104,15 @@ impl PodNetwork {
             inside.push_str("addr del 127.0.0.1/8 dev lo\naddr add 127.0.0.1/32 dev lo\n");
         }
         inside.push_str(&format!(
-            "addr add {ip}/32 dev eth0 scope global\nlink set eth0 up\nroute add default dev eth0 src {ip}\n"
+            "addr add {addr}/32 dev eth0 scope global\nlink set eth0 up\nroute add default dev eth0 src {addr}\n"
         ));
         host.push_str(&format!("link set {veth} up\n"));
         if loopback {
-            host.push_str(&format!("route replace {ip}/32 dev {veth} table local\n"));
+            host.push_str(&format!("route replace {addr}/32 dev {veth} table local\n"));
         } else {
-            host.push_str(&format!("route replace {ip}/32 dev {veth}\n"));
+            host.push_str(&format!("route replace {addr}/32 dev {veth}\n"));
         }
-        run(&["-batch", "-"], Some(&host))?;
+        ip(&["-batch", "-"], Some(&host))?;
         sysctl(&format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"), "1")?;
         if loopback {
             sysctl(
@@ -122,7 +124,7 @@ impl PodNetwork {
                 sysctl("/proc/sys/net/ipv4/conf/eth0/route_localnet", "1")
             })?;
         }
-        run(&["-n", ns, "-batch", "-"], Some(&inside))
+        ip(&["-n", ns, "-batch", "-"], Some(&inside))
     }
 
     /// Runs `f` on a thread that has joined the pod's network namespace (per-namespace
@@ -143,14 +145,14 @@ impl PodNetwork {
 
     /// Removes the namespace and the veth pair (and with it the routes); best effort.
     pub fn delete(&self) {
-        let _ = run(&["link", "del", &self.host_veth], None);
+        let _ = ip(&["link", "del", &self.host_veth], None);
         if Path::new(&self.path()).exists() {
-            let _ = run(&["netns", "del", &self.namespace], None);
+            let _ = ip(&["netns", "del", &self.namespace], None);
         }
     }
 }
 
 /// Checks that this host can give pods their own network (iproute2 with netns support).
 pub fn check() -> Result<(), String> {
-    run(&["netns", "list"], None)
+    ip(&["netns", "list"], None)
 }
