@@ -22,16 +22,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{WK, percentile, start_server};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+use common::{WK, percentile_ms, rss_kib, start_server};
 
 /// Bytes charged to the memory cgroups of the agent's containers (`/wk/<id>`).
 fn container_cgroups_bytes() -> u64 {
@@ -49,11 +40,6 @@ fn container_cgroups_bytes() -> u64 {
         }
     }
     total
-}
-
-fn ms(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    percentile(v, p).as_secs_f64() * 1000.0
 }
 
 /// A `wk agent`, stopped with SIGTERM (so it removes its containers) when dropped.
@@ -304,15 +290,15 @@ fn main() {
         println!("| runtime | one at a time ({seq} pods): create → Running p50 / p99 | one at a time: create → serving p50 / p99 | burst of {n}, 4 creators: create → serving p50 / p99 | memory per idle pod ({n} pods) |");
         println!("|---|---|---|---|---|");
         println!("| Wasm (hello-http) | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} KiB (agent RSS) |",
-            ms(&mut ws.running, 0.5), ms(&mut ws.running, 0.99), ms(&mut ws.serving, 0.5), ms(&mut ws.serving, 0.99),
-            ms(&mut wb.serving, 0.5), ms(&mut wb.serving, 0.99), wb.agent_kib_per_pod);
+            percentile_ms(&mut ws.running, 0.5), percentile_ms(&mut ws.running, 0.99), percentile_ms(&mut ws.serving, 0.5), percentile_ms(&mut ws.serving, 0.99),
+            percentile_ms(&mut wb.serving, 0.5), percentile_ms(&mut wb.serving, 0.99), wb.agent_kib_per_pod);
         println!("| container (busybox httpd, runc) | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} KiB ({:.1} KiB cgroup + {:.1} KiB agent RSS) |",
-            ms(&mut cs.running, 0.5), ms(&mut cs.running, 0.99), ms(&mut cs.serving, 0.5), ms(&mut cs.serving, 0.99),
-            ms(&mut cb.serving, 0.5), ms(&mut cb.serving, 0.99),
+            percentile_ms(&mut cs.running, 0.5), percentile_ms(&mut cs.running, 0.99), percentile_ms(&mut cs.serving, 0.5), percentile_ms(&mut cs.serving, 0.99),
+            percentile_ms(&mut cb.serving, 0.5), percentile_ms(&mut cb.serving, 0.99),
             cb.cgroup_kib_per_pod + cb.agent_kib_per_pod, cb.cgroup_kib_per_pod, cb.agent_kib_per_pod);
         println!("| container / Wasm | {:.1}× | {:.1}× | {:.1}× | {:.1}× |",
-            ms(&mut cs.running, 0.5) / ms(&mut ws.running, 0.5), ms(&mut cs.serving, 0.5) / ms(&mut ws.serving, 0.5),
-            ms(&mut cb.serving, 0.5) / ms(&mut wb.serving, 0.5),
+            percentile_ms(&mut cs.running, 0.5) / percentile_ms(&mut ws.running, 0.5), percentile_ms(&mut cs.serving, 0.5) / percentile_ms(&mut ws.serving, 0.5),
+            percentile_ms(&mut cb.serving, 0.5) / percentile_ms(&mut wb.serving, 0.5),
             (cb.cgroup_kib_per_pod + cb.agent_kib_per_pod) / wb.agent_kib_per_pod.max(0.1));
     });
     drop(agent);

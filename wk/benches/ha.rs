@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::writes::{Etcd, Stats, Wk, fmt_ms, run_writers, which};
+use common::writes::{Stats, Wk, etcd_ready, fmt_ms, run_writers, start_etcd};
 use common::{Proc, WK, free_port, percentile, start_server};
 
 /// Starts `n` wk servers (the first, then `n - 1` joining it); returns them and a
@@ -114,82 +114,6 @@ async fn wait_settled(c: &wk_client::Client, n: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the cluster did not settle with {n} voters");
-}
-
-/// Starts an etcd cluster of `n` members (TLS for clients with the wk certificate).
-fn start_etcd(dir: &Path, pki: &Path, n: usize) -> Option<(Vec<Proc>, Etcd)> {
-    let etcd = which("etcd")?;
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-    let cluster: Vec<String> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
-        .collect();
-    let mut procs = Vec::new();
-    let mut urls = Vec::new();
-    for (i, (cport, pport)) in ports.iter().enumerate() {
-        let url = format!("https://127.0.0.1:{cport}");
-        let child = Command::new(&etcd)
-            .args(["--name", &format!("m{i}"), "--data-dir"])
-            .arg(dir.join(format!("etcd-{n}-{i}")))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{pport}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &cluster.join(","),
-                "--initial-cluster-state",
-                "new",
-            ])
-            .arg("--cert-file")
-            .arg(pki.join("server.crt"))
-            .arg("--key-file")
-            .arg(pki.join("server.key"))
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        procs.push(Proc(child));
-        urls.push(url);
-    }
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).ok()?).ok()?;
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(ca)
-        .build()
-        .ok()?;
-    Some((procs, Etcd { http, urls }))
-}
-
-async fn etcd_ready(etcd: &Etcd) {
-    for _ in 0..200 {
-        let mut ok = 0;
-        for u in &etcd.urls {
-            if let Ok(r) = etcd.http.get(format!("{u}/health")).send().await {
-                if r.text()
-                    .await
-                    .unwrap_or_default()
-                    .contains("\"health\":\"true\"")
-                {
-                    ok += 1;
-                }
-            }
-        }
-        if ok == etcd.urls.len() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("etcd did not become healthy");
 }
 
 fn main() {

@@ -16,21 +16,7 @@ use serde_json::json;
 
 mod common;
 
-use common::{Proc, WK, percentile, start_server};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    percentile(v, p).as_secs_f64() * 1000.0
-}
+use common::{Proc, WK, percentile_ms, rss_kib, start_server};
 
 fn main() {
     let n: usize = std::env::var("WK_BENCH_PODS")
@@ -138,8 +124,8 @@ fn main() {
         println!("| metric | value |");
         println!("|---|---|");
         println!("| pods | {n} hello-http pods, 8 concurrent creators, one agent |");
-        println!("| create → Running | p50 {:.1} ms, p99 {:.1} ms |", pct(&mut run, 0.5), pct(&mut run, 0.99));
-        println!("| create → Ready | p50 {:.1} ms, p99 {:.1} ms |", pct(&mut rdy, 0.5), pct(&mut rdy, 0.99));
+        println!("| create → Running | p50 {:.1} ms, p99 {:.1} ms |", percentile_ms(&mut run, 0.5), percentile_ms(&mut run, 0.99));
+        println!("| create → Ready | p50 {:.1} ms, p99 {:.1} ms |", percentile_ms(&mut rdy, 0.5), percentile_ms(&mut rdy, 0.99));
         println!("| all {n} Ready after | {:.2} s ({:.0} pods/s) |", all_ready.as_secs_f64(), n as f64 / all_ready.as_secs_f64());
         println!("| agent RSS, 0 pods | {:.1} MiB |", idle as f64 / 1024.0);
         println!("| agent RSS, {n} pods Ready | {:.1} MiB ({:.1} KiB per pod) |", full as f64 / 1024.0, (full.saturating_sub(idle)) as f64 / n as f64);

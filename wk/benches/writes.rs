@@ -14,17 +14,19 @@
 //! for 64 writers).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 mod common;
 
-use common::writes::{Etcd, Stats, Target, Wk, b64, fmt_ms, object, run_writers, stats, which};
-use common::{Proc, free_port, start_server};
+use common::writes::{
+    Etcd, Stats, Target, Wk, b64, etcd_ready, fmt_ms, object, run_writers, start_etcd, stats,
+};
+use common::{Proc, start_server};
 
 /// Watch latency on wk: create → ADDED event received.
 async fn wk_watch_latency(client: &wk_client::Client, n: usize, offset: usize) -> Stats {
@@ -145,52 +147,6 @@ fn start_wk(dir: &Path) -> (Proc, wk_client::Client, PathBuf) {
     (child, client, dir.join("wk").join("pki"))
 }
 
-fn start_etcd(dir: &Path, pki: &Path) -> Option<(Proc, Etcd)> {
-    let etcd = which("etcd")?;
-    let (cport, pport) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{cport}");
-    let child = Command::new(etcd)
-        .args(["--name", "bench", "--data-dir"])
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{pport}"),
-        ])
-        .args([
-            "--initial-cluster",
-            &format!("bench=http://127.0.0.1:{pport}"),
-        ])
-        .arg("--cert-file")
-        .arg(pki.join("server.crt"))
-        .arg("--key-file")
-        .arg(pki.join("server.key"))
-        .args(["--log-level", "error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).ok()?).ok()?;
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(ca)
-        .build()
-        .ok()?;
-    Some((
-        Proc(child),
-        Etcd {
-            http,
-            urls: vec![url],
-        },
-    ))
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let n1: usize = std::env::var("WK_BENCH_N")
@@ -213,23 +169,15 @@ fn main() {
         let wk64 = run_writers(wk.clone(), 64, n64, 1_000_000).await;
         let wkw = wk_watch_latency(&client, 500, 2_000_000).await;
 
-        let etcd = start_etcd(dir.path(), &pki);
+        let etcd = start_etcd(dir.path(), &pki, 1);
         let mut rows = vec![
             ("creates/s, 1 writer", wk1, None::<Stats>),
             ("creates/s, 64 writers", wk64, None),
             ("watch event latency (create → event)", wkw, None),
         ];
-        if let Some((_etcd_proc, etcd)) = etcd {
+        if let Some((_etcd_procs, etcd)) = etcd {
             let etcd = Arc::new(etcd);
-            let mut up = false;
-            for _ in 0..100 {
-                if etcd.http.get(format!("{}/health", etcd.urls[0])).send().await.is_ok() {
-                    up = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(up, "etcd did not start");
+            etcd_ready(&etcd).await;
             run_writers(etcd.clone(), 16, 500, 10_000_000).await;
             rows[0].2 = Some(run_writers(etcd.clone(), 1, n1, 0).await);
             rows[1].2 = Some(run_writers(etcd.clone(), 64, n64, 1_000_000).await);

@@ -38,6 +38,22 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
+/// The `p` quantile of durations in milliseconds (sorts them first).
+pub fn percentile_ms(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    percentile(v, p).as_secs_f64() * 1000.0
+}
+
+/// A process's resident memory (`VmRSS`), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Starts the release `wk server` on a free loopback port, with `extra` flags, and waits
 /// until it listens. Its log level is `WK_BENCH_SERVER_LOG` (default `error`).
 pub fn start_server(data_dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Proc {

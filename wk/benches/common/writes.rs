@@ -2,6 +2,7 @@
 //! puts through its gRPC gateway, with the same client library.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,4 +124,84 @@ pub fn which(bin: &str) -> Option<PathBuf> {
 
 pub fn fmt_ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Starts an etcd 3.4 cluster of `n` members on loopback (client TLS with the wk
+/// server's certificate), if `etcd` is on PATH.
+pub fn start_etcd(dir: &Path, pki: &Path, n: usize) -> Option<(Vec<super::Proc>, Etcd)> {
+    let etcd = which("etcd")?;
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| (super::free_port(), super::free_port()))
+        .collect();
+    let cluster: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (cport, pport)) in ports.iter().enumerate() {
+        let url = format!("https://127.0.0.1:{cport}");
+        let child = Command::new(&etcd)
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.join(format!("etcd-{n}-{i}")))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pport}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{pport}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster.join(","),
+                "--initial-cluster-state",
+                "new",
+            ])
+            .arg("--cert-file")
+            .arg(pki.join("server.crt"))
+            .arg("--key-file")
+            .arg(pki.join("server.key"))
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        procs.push(super::Proc(child));
+        urls.push(url);
+    }
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).ok()?).ok()?;
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .ok()?;
+    Some((procs, Etcd { http, urls }))
+}
+
+/// Waits until every member reports itself healthy.
+pub async fn etcd_ready(etcd: &Etcd) {
+    for _ in 0..200 {
+        let mut ok = 0;
+        for u in &etcd.urls {
+            if let Ok(r) = etcd.http.get(format!("{u}/health")).send().await {
+                if r.text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("\"health\":\"true\"")
+                {
+                    ok += 1;
+                }
+            }
+        }
+        if ok == etcd.urls.len() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("etcd did not become healthy");
 }
