@@ -7,13 +7,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pod name
-    pod: String,
-    /// Container (defaults to the pod's only container)
-    #[arg(short, long)]
-    container: Option<String>,
-    #[arg(short, long)]
-    namespace: Option<String>,
+    #[command(flatten)]
+    target: super::PodContainer,
     /// Kill the command after this many seconds
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -24,20 +19,8 @@ pub struct Args {
 
 pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     let client = super::client(kubeconfig)?;
-    let rt = super::resource("pods")?;
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.config.namespace.clone());
-    let path = format!("{}/exec", rt.object_path(Some(&ns), &args.pod));
-    let mut q: Vec<(&str, String)> = args
-        .command
-        .iter()
-        .map(|c| ("command", c.clone()))
-        .collect();
-    if let Some(c) = args.container {
-        q.push(("container", c));
-    }
+    let (path, mut q) = args.target.subresource(&client, "exec")?;
+    q.extend(args.command.iter().map(|c| ("command", c.clone())));
     q.push(("timeoutSeconds", args.timeout.to_string()));
     let resp = client
         .request(wk_client::Method::POST, &path, &q, None, None)

@@ -8,13 +8,8 @@ use futures::StreamExt;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Pod name
-    pod: String,
-    /// Container (defaults to the pod's only container)
-    #[arg(short, long)]
-    container: Option<String>,
-    #[arg(short, long)]
-    namespace: Option<String>,
+    #[command(flatten)]
+    target: super::PodContainer,
     /// Keep streaming new output
     #[arg(short, long)]
     follow: bool,
@@ -34,16 +29,7 @@ pub struct Args {
 
 pub async fn run(args: Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     let client = super::client(kubeconfig)?;
-    let rt = super::resource("pods")?;
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.config.namespace.clone());
-    let path = format!("{}/log", rt.object_path(Some(&ns), &args.pod));
-    let mut q: Vec<(&str, String)> = Vec::new();
-    if let Some(c) = args.container {
-        q.push(("container", c));
-    }
+    let (path, mut q) = args.target.subresource(&client, "log")?;
     if args.follow {
         q.push(("follow", "true".into()));
     }

@@ -24,6 +24,40 @@ pub fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
 }
 
 /// Resolves a kind typed by the user.
+/// A container of a pod, as `wk logs` and `wk exec` name it.
+#[derive(clap::Args)]
+pub struct PodContainer {
+    /// Pod name
+    pod: String,
+    /// Container (defaults to the pod's only container)
+    #[arg(short, long)]
+    container: Option<String>,
+    #[arg(short, long)]
+    namespace: Option<String>,
+}
+
+impl PodContainer {
+    /// The path of the pod's `sub`resource, and the query naming the container.
+    pub fn subresource(
+        &self,
+        client: &Client,
+        sub: &str,
+    ) -> anyhow::Result<(String, Vec<(&'static str, String)>)> {
+        let rt = resource("pods")?;
+        let ns = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.config.namespace.clone());
+        let path = format!("{}/{sub}", rt.object_path(Some(&ns), &self.pod));
+        let query = self
+            .container
+            .iter()
+            .map(|c| ("container", c.clone()))
+            .collect();
+        Ok((path, query))
+    }
+}
+
 pub fn resource(kind: &str) -> anyhow::Result<&'static wk_api::ResourceType> {
     wk_api::resource::lookup(kind)
         .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type \"{kind}\""))
