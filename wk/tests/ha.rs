@@ -109,7 +109,8 @@ async fn three_servers(
     (servers, clients)
 }
 
-async fn names(c: &Client) -> BTreeSet<String> {
+/// The ConfigMaps a server lists, or `None` if it does not answer.
+async fn names(c: &Client) -> Option<BTreeSet<String>> {
     let l = c
         .list(
             lookup("cm").unwrap(),
@@ -118,13 +119,19 @@ async fn names(c: &Client) -> BTreeSet<String> {
             &Default::default(),
         )
         .await
-        .unwrap();
-    l["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
+        .ok()?;
+    Some(
+        l["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+/// How many of `names` start with `prefix`.
+fn count_prefixed(names: &BTreeSet<String>, prefix: &str) -> usize {
+    names.iter().filter(|n| n.starts_with(prefix)).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +287,7 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         if i == leader_idx {
             continue;
         }
-        let have = names(c).await;
+        let have = names(c).await.expect("a healthy server answers");
         let missing: Vec<&String> = acked
             .iter()
             .map(|(n, _)| n)
@@ -300,23 +307,7 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         Duration::from_secs(60),
         || {
             let (back, want) = (back.clone(), want.clone());
-            async move {
-                match back
-                    .list(cms, Some("default"), false, &Default::default())
-                    .await
-                {
-                    Ok(l) => {
-                        let have: BTreeSet<String> = l["items"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
-                            .collect();
-                        want.is_subset(&have)
-                    }
-                    Err(_) => false,
-                }
-            }
+            async move { names(&back).await.is_some_and(|have| want.is_subset(&have)) }
         },
     )
     .await;
@@ -488,23 +479,9 @@ async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everythi
         || {
             let back = back.clone();
             async move {
-                match back
-                    .list(cms, Some("default"), false, &Default::default())
+                names(&back)
                     .await
-                {
-                    Ok(l) => {
-                        l["items"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .filter(|i| {
-                                i["metadata"]["name"].as_str().unwrap().starts_with("bulk-")
-                            })
-                            .count()
-                            == writes
-                    }
-                    Err(_) => false,
-                }
+                    .is_some_and(|have| count_prefixed(&have, "bulk-") == writes)
             }
         },
     )
@@ -536,23 +513,9 @@ async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everythi
             || {
                 let c = c.clone();
                 async move {
-                    match c
-                        .list(cms, Some("default"), false, &Default::default())
+                    names(&c)
                         .await
-                    {
-                        Ok(l) => {
-                            l["items"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .filter(|i| {
-                                    i["metadata"]["name"].as_str().unwrap().starts_with("bulk-")
-                                })
-                                .count()
-                                == writes
-                        }
-                        Err(_) => false,
-                    }
+                        .is_some_and(|have| count_prefixed(&have, "bulk-") == writes)
                 }
             },
         )
@@ -718,7 +681,7 @@ async fn faulty_third_server_stops_acknowledging(servers: &mut [TestServer], cli
         .unwrap();
     let acked = acked.lock().unwrap().clone();
     for c in &clients[..2] {
-        let have = names(c).await;
+        let have = names(c).await.expect("a healthy server answers");
         let missing: Vec<&String> = acked.iter().filter(|n| !have.contains(*n)).collect();
         assert!(
             missing.is_empty(),
