@@ -7,7 +7,8 @@
 //! - `POST members` `{"id", "url"}`: on the leader, adds the server as a learner, waits
 //!   until it has caught up (snapshot and log), then makes it a voter (joint consensus);
 //! - `DELETE members/{id}`: removes a voter (a follower hands the request to the leader),
-//!   then tells the removed server (`POST leave`), which stops.
+//!   then tells the removed server (`POST leave`), which stops. A server removed while
+//!   it was down notices when it comes back (`notice_removal`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -287,6 +288,75 @@ fn leave_cluster(s: &ClusterState) {
     let _ = std::fs::write(s.pki_dir.with_file_name("removed"), b"");
     tracing::warn!("removed from the cluster; stopping");
     s.removed.notify_one();
+}
+
+/// How long a member may know no leader before it asks its peers whether it is still a
+/// member.
+const LEADERLESS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Notices a removal this server missed: it was down when it was removed, so `POST
+/// leave` never reached it, and the leader no longer sends it anything. While it knows
+/// no leader, it asks the other members of its last membership for their Raft state; one
+/// that follows a leader under a later membership without this server means it was
+/// removed, and it leaves as if told.
+pub async fn notice_removal(s: ClusterState) {
+    let me = s.store.node_id;
+    let mut leaderless_since: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let (leader, known, others) = {
+            let m = s.store.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            let others: Vec<String> = membership
+                .nodes()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, n)| n.addr.clone())
+                .collect();
+            let member = membership.get_node(&me).is_some();
+            (
+                m.current_leader,
+                member.then(|| m.membership_config.log_id().map(|l| l.index)),
+                others,
+            )
+        };
+        // A server still joining is in no membership yet: nothing to notice.
+        let Some(known) = known else {
+            leaderless_since = None;
+            continue;
+        };
+        if leader.is_some() {
+            leaderless_since = None;
+            continue;
+        }
+        let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < LEADERLESS {
+            continue;
+        }
+        for addr in others {
+            let Ok(v) = s.store.peers().metrics(&addr).await else {
+                continue;
+            };
+            let Ok(theirs) = serde_json::from_value::<openraft::RaftMetrics<u64, BasicNode>>(v)
+            else {
+                continue;
+            };
+            let later = theirs.membership_config.log_id().map(|l| l.index) > known;
+            if theirs.current_leader.is_some()
+                && later
+                && theirs
+                    .membership_config
+                    .membership()
+                    .get_node(&me)
+                    .is_none()
+            {
+                tracing::warn!(peer = %addr, "the cluster removed this server while it was away");
+                leave_cluster(&s);
+                return;
+            }
+        }
+        leaderless_since = None;
+    }
 }
 
 /// The `/wk/v1/cluster` routes.

@@ -333,6 +333,7 @@ impl Server {
             assigned: Default::default(),
             removed: removed.clone(),
         };
+        tokio::spawn(crate::cluster::notice_removal(cluster.clone()));
         let app = apiserver::router(state)
             .merge(network::router(rpc))
             .merge(crate::cluster::router(cluster))

@@ -8,7 +8,8 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftSnapshotBuilder};
 use wk_controlplane::store::{
-    Command, LogStore, NodeId, Op, OpError, Precondition, StateMachine, StorageError, TypeConfig,
+    Command, Fence, LogStore, NodeId, Op, OpError, Precondition, StateMachine, StorageError,
+    TypeConfig,
 };
 
 struct Builder;
@@ -34,7 +35,7 @@ fn openraft_conformance_suite() -> Result<(), StorageError> {
 fn entry(index: u64, ops: Vec<Op>) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::<NodeId>::new(1, 0), index),
-        payload: EntryPayload::Normal(Command { ops }),
+        payload: EntryPayload::Normal(Command { ops, fence: None }),
     }
 }
 
@@ -163,4 +164,50 @@ async fn log_survives_reopen_and_purges() {
     );
     let state = log.get_log_state().await.unwrap();
     assert!(state.last_log_id.is_none());
+}
+
+/// Fenced operations apply only in an entry proposed in their term; the unfenced rest of
+/// the entry applies either way.
+#[tokio::test]
+async fn fenced_operations_apply_only_in_their_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachine::open(
+        &dir.path().join("sm.redb"),
+        dir.path().join("snap.bin"),
+        100,
+    )
+    .unwrap();
+    let fenced = |index: u64, term: u64, fence: u64, key: &str| Entry {
+        log_id: LogId::new(CommittedLeaderId::<NodeId>::new(term, 0), index),
+        payload: EntryPayload::Normal(Command {
+            ops: vec![
+                put(key, r#"{"metadata":{"name":"f"}}"#, Precondition::None),
+                put(
+                    &format!("{key}-free"),
+                    r#"{"metadata":{"name":"u"}}"#,
+                    Precondition::None,
+                ),
+            ],
+            fence: Some(Fence {
+                term: fence,
+                ops: 1,
+            }),
+        }),
+    };
+    // Proposed in term 5 for a pass fenced to term 3: a leader that lost term 3 and
+    // won term 5 must not commit the old pass's write.
+    let out = sm
+        .apply(vec![fenced(1, 5, 3, "/stale"), fenced(2, 5, 5, "/current")])
+        .await
+        .unwrap();
+    assert_eq!(
+        out[0].results[0],
+        Err(OpError::Fenced { fence: 3, term: 5 })
+    );
+    assert!(out[0].results[1].is_ok(), "{:?}", out[0].results[1]);
+    assert!(out[1].results.iter().all(Result::is_ok), "{:?}", out[1]);
+    let state = sm.shared.clone();
+    assert!(state.get("/stale").unwrap().is_none());
+    assert!(state.get("/stale-free").unwrap().is_some());
+    assert!(state.get("/current").unwrap().is_some());
 }

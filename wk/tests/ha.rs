@@ -402,6 +402,74 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         .unwrap();
 }
 
+/// A server removed while it was down (nobody could tell it) notices when it comes back
+/// and stops, without disturbing the two that remain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_removed_while_down_stops_when_it_comes_back() {
+    let (mut servers, clients) = three_servers(&[], TestServer::spawn_with).await;
+    let cms = lookup("cm").unwrap();
+    let m = members(&clients[0]).await;
+    // A follower other than the first server (whose client config `wk` uses).
+    let index_of = |x: &Value| {
+        servers
+            .iter()
+            .position(|s| {
+                x["url"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!(":{}", s.port))
+            })
+            .unwrap()
+    };
+    let follower = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"].as_u64() != m["leader"].as_u64() && index_of(x) != 0)
+        .unwrap()
+        .clone();
+    let victim = follower["id"].as_u64().unwrap();
+    let vi = index_of(&follower);
+    let other = 0;
+    servers[vi].kill9();
+    let out = servers[other].wk(&["delete", "server", &victim.to_string()]);
+    assert!(
+        out.status.success(),
+        "removing server {victim}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    clients[other]
+        .create(cms, Some("default"), &cm("while-away"), &[])
+        .await
+        .unwrap();
+
+    servers[vi].restart();
+    wait_for(
+        "the server removed while away to stop",
+        Duration::from_secs(30),
+        || {
+            let exited = servers[vi]
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            async move { exited }
+        },
+    )
+    .await;
+    assert!(servers[vi].data_dir().join("removed").exists());
+    assert!(
+        names(&clients[vi]).await.is_none(),
+        "the removed server no longer serves"
+    );
+    // The remaining two still form a cluster of two that takes writes.
+    clients[other]
+        .create(cms, Some("default"), &cm("after-it-left"), &[])
+        .await
+        .unwrap();
+    let left = members(&clients[other]).await;
+    assert_eq!(left["members"].as_array().map(Vec::len), Some(2), "{left}");
+}
+
 /// A follower that misses thousands of writes, while the leader compacts its log, comes
 /// back through a snapshot; then all three servers are killed at once and restarted, and
 /// every write is there.

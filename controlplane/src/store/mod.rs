@@ -126,13 +126,25 @@ async fn batcher(
         if batch.is_empty() {
             continue;
         }
-        let local_only = batch.iter().any(|p| p.fence.is_some());
+        // Fenced operations first: the state machine checks them against the term the
+        // entry was proposed in, which closes the gap between this check and the
+        // proposal (leadership lost and won back in a later term).
+        batch.sort_by_key(|p| p.fence.is_none());
+        let fenced_ops: usize = batch
+            .iter()
+            .filter(|p| p.fence.is_some())
+            .map(|p| p.ops.len())
+            .sum();
+        let fence = (fenced_ops > 0).then_some(types::Fence {
+            term,
+            ops: fenced_ops,
+        });
         let ops: Vec<Op> = batch
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.ops))
             .collect();
-        let forward_to = (!local_only && lead.leader.is_some() && !leads).then_some(lead);
-        let result = commit(&raft, &peers, Command { ops }, forward_to).await;
+        let forward_to = (fence.is_none() && lead.leader.is_some() && !leads).then_some(lead);
+        let result = commit(&raft, &peers, Command { ops, fence }, forward_to).await;
         match result {
             Ok(results) => {
                 let mut results = results.into_iter();
@@ -235,11 +247,13 @@ impl Store {
         let config = Config {
             cluster_name: "wk".into(),
             // openraft 0.9 starts an election only after the leader lease (the maximum
-            // election timeout) plus a random election timeout without a heartbeat: with
-            // these, a dead leader is replaced 0.9–1.2 s after its last heartbeat.
-            heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            // election timeout) plus this node's random election timeout (drawn once)
+            // without a heartbeat: a dead leader is replaced 450–600 ms after its last
+            // heartbeat. A split or log-rejected first round costs one more timeout; with
+            // 300–600 ms that tail reached 2.4 s.
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             // Keep enough of the log for a slow follower, never more than a snapshot's worth.
             max_in_snapshot_log_to_keep: cfg.snapshot_every.min(1000),

@@ -488,7 +488,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     match &entry.payload {
                         EntryPayload::Blank => {}
                         EntryPayload::Normal(cmd) => {
-                            for op in &cmd.ops {
+                            let term = entry.log_id.leader_id.term;
+                            for (i, op) in cmd.ops.iter().enumerate() {
+                                if let Some(f) = cmd.fence.filter(|f| i < f.ops && f.term != term) {
+                                    result.results.push(Err(OpError::Fenced {
+                                        fence: f.term,
+                                        term,
+                                    }));
+                                    continue;
+                                }
                                 let (r, ev) = apply_op(&mut objects, &mut revision, op)?;
                                 result.results.push(r);
                                 events.extend(ev);

@@ -66,6 +66,16 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     pub ops: Vec<Op>,
+    /// The first `fence.ops` operations belong to the leader of term `fence.term` (see
+    /// `store::FENCE`): applied only if this entry was proposed in that term.
+    pub fence: Option<Fence>,
+}
+
+/// Fences a command's leading operations to a Raft term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub term: u64,
+    pub ops: usize,
 }
 
 /// Why an operation did not apply.
@@ -79,6 +89,8 @@ pub enum OpError {
     Conflict { current: u64 },
     #[error("object is not valid JSON: {0}")]
     BadObject(String),
+    #[error("fenced: written for the leader of term {fence}, but committed in term {term}")]
+    Fenced { fence: u64, term: u64 },
 }
 
 /// The outcome of one operation: the stored object (for a delete, its last state) with
