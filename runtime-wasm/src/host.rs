@@ -206,12 +206,14 @@ impl HostTemplate {
         }
         b.stdout(crate::logs::stream(&self.log, "stdout"));
         b.stderr(crate::logs::stream(&self.log, "stderr"));
-        if self.config.allow_outbound {
+        // wasmtime-wasi turns TCP, UDP and name lookups off unless asked.
+        let outbound = self.config.allow_outbound;
+        if outbound {
             b.inherit_network();
-            b.allow_ip_name_lookup(true);
-        } else {
-            b.allow_ip_name_lookup(false);
         }
+        b.allow_tcp(outbound)
+            .allow_udp(outbound)
+            .allow_ip_name_lookup(outbound);
         Ok(Host {
             table: ResourceTable::new(),
             wasi: b.build(),

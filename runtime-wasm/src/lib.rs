@@ -20,6 +20,7 @@ pub mod engine;
 pub mod host;
 pub mod image;
 pub mod logs;
+mod names;
 mod service;
 pub use service::LocalService;
 
@@ -214,6 +215,8 @@ impl WasmRuntime {
         // proxy), plus wasi:http.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // Cluster names for raw sockets too (wasmtime-wasi asks only the host's resolver).
+        names::add_to_linker(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone(), cfg.engine.epoch_tick);
         Ok(WasmRuntime {
             commands: CommandPool::new()?,

@@ -557,6 +557,9 @@ async fn serve_bytes(body: Vec<u8>) -> u16 {
 async fn outbound_requests_only_where_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime(dir.path());
+    rt.set_resolver(std::sync::Arc::new(|name: &str, _ns: &str| {
+        (name == "upstream").then_some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }));
     let upstream = serve_bytes(b"upstream says hi".to_vec()).await;
     let http = reqwest::Client::new();
     for (id, allow) in [("closed", false), ("open", true)] {
@@ -581,9 +584,33 @@ async fn outbound_requests_only_where_allowed() {
         let text = r.text().await.unwrap();
         if allow {
             assert_eq!((status.as_u16(), text.as_str()), (200, "upstream says hi"));
+            // Raw TCP by address, by a host name (the host's resolver) and by a cluster
+            // name (the runtime's resolver shadows wasi:sockets ip-name-lookup).
+            for host in ["127.0.0.1", "localhost", "upstream"] {
+                let r = http
+                    .get(format!(
+                        "http://127.0.0.1:{port}/tcp?addr={host}:{upstream}"
+                    ))
+                    .send()
+                    .await
+                    .unwrap();
+                let text = r.text().await.unwrap();
+                assert!(
+                    text.starts_with("HTTP/1.1 200 OK") && text.ends_with("upstream says hi"),
+                    "{host}: {text}"
+                );
+            }
         } else {
             assert_eq!(status, 502, "{text}");
             assert!(text.starts_with("outbound request failed"), "{text}");
+            let r = http
+                .get(format!(
+                    "http://127.0.0.1:{port}/tcp?addr=127.0.0.1:{upstream}"
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 502, "raw sockets are closed too");
         }
         rt.stop(id, Duration::from_secs(1)).await.unwrap();
     }

@@ -413,6 +413,31 @@ async fn cluster_dns_names_services_pods_and_ports() {
             .unwrap();
         assert!(body.starts_with("hello from hello-"), "{target}: {body}");
     }
+    // Raw sockets by name: the component's `std::net` resolves the name with wasi:sockets
+    // ip-name-lookup, which the runtime answers from the node's DNS data.
+    for target in ["hello:80", "hello.default.svc.cluster.local:80"] {
+        let body = http
+            .get(format!("http://{caller_ip}:8080/tcp?addr={target}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            body.starts_with("HTTP/1.") && body.contains("\r\n\r\nhello from hello-"),
+            "{target}: {body}"
+        );
+    }
+    // A name neither the cluster nor the host knows fails as a lookup error.
+    let r = http
+        .get(format!("http://{caller_ip}:8080/tcp?addr=nope.invalid:80"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("connecting to nope.invalid:80"), "{body}");
 
     // Headless: the ready pods' addresses.
     let mut pod_ips: Vec<String> = list(&c, "pods", "app=hello")

@@ -7,6 +7,8 @@
 //!   and CPU-bound load)
 //! - `GET /fetch?url=http://host:port/path` → fetches the URL with an outgoing wasi:http
 //!   request and answers with its body (502 with the error when outbound is not allowed)
+//! - `GET /tcp?addr=host:port` → sends `GET /` over a plain TCP socket (`std::net`, the
+//!   host name resolved with wasi:sockets ip-name-lookup) and answers with the raw reply
 //! - anything else → its pod name (`POD_NAME`), the `GREETING` env value and the content of
 //!   `/content/greeting.txt` (a mounted volume), one per line.
 
@@ -65,6 +67,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
                 Err(e) => respond(out, 502, format!("outbound request failed: {e}\n").as_bytes()),
             };
         }
+        if let Some(addr) = path.strip_prefix("/tcp?addr=") {
+            return match tcp_get(addr) {
+                Ok(reply) => respond(out, 200, &reply),
+                Err(e) => respond(out, 502, format!("tcp request failed: {e}\n").as_bytes()),
+            };
+        }
         let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "unknown".into());
         let greeting = std::env::var("GREETING").unwrap_or_else(|_| "<unset>".into());
         let content = std::fs::read_to_string("/content/greeting.txt")
@@ -73,6 +81,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
         let body = format!("hello from {pod}\ngreeting: {greeting}\ncontent: {content}\n");
         respond(out, 200, body.as_bytes());
     }
+}
+
+/// `GET /` over a TCP connection to `addr` (`host:port`); the whole reply.
+fn tcp_get(addr: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: tcp\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).map_err(|e| format!("reading: {e}"))?;
+    Ok(reply)
 }
 
 /// GET `url` (`http://authority/path`) with wasi:http's outgoing handler.

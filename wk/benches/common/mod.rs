@@ -54,16 +54,23 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts the release `wk server` on a free loopback port, with `extra` flags, and waits
-/// until it listens. Its log level is `WK_BENCH_SERVER_LOG` (default `error`).
+/// Starts the release `wk server` on a free loopback port (unless `extra` has
+/// `--listen`), with `extra` flags, and waits until it listens. Its log level is
+/// `WK_BENCH_SERVER_LOG` (default `error`).
 pub fn start_server(data_dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Proc {
-    let port = free_port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let listen: &[&str] = if extra.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", &listen]
+    };
     let child = Command::new(WK)
         .arg("server")
         .args(extra)
+        .args(listen)
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--kubeconfig"])
+        .arg("--kubeconfig")
         .arg(kubeconfig)
         .env(
             "RUST_LOG",
@@ -74,10 +81,13 @@ pub fn start_server(data_dir: &Path, kubeconfig: &Path, extra: &[&str]) -> Proc 
         .expect("start wk server");
     let mut child = Proc(child);
     let stdout = child.0.stdout.take().unwrap();
-    for line in std::io::BufReader::new(stdout).lines() {
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         if line.unwrap().starts_with("wk server listening") {
             break;
         }
     }
+    // Keep reading: a server printing into a closed pipe dies of it.
+    std::thread::spawn(move || lines.for_each(drop));
     child
 }
