@@ -15,6 +15,7 @@
 //! the agent restarts they restart with it (same pod IP, `restartCount` + 1), and nothing
 //! is left running behind it.
 
+mod forward;
 mod hostnet;
 mod logs;
 mod pod;
@@ -76,6 +77,9 @@ pub struct AgentConfig {
     pub proxy_short_circuit: bool,
     /// Most connections the balancer proxies at once per Service port; more are refused.
     pub proxy_max_connections: usize,
+    /// Bulk transfers through the balancer are spliced (kernel to kernel) rather than
+    /// copied.
+    pub proxy_splice: bool,
     /// The runc binary for container pods (`runtimeClassName: oci`); `None`, or a runc
     /// that does not work here, leaves the node offering Wasm only.
     pub runc: Option<PathBuf>,
@@ -104,6 +108,7 @@ impl AgentConfig {
             dns_upstream: Vec::new(),
             proxy_short_circuit: true,
             proxy_max_connections: proxy::MAX_CONNECTIONS,
+            proxy_splice: true,
             runc: Some("runc".into()),
             insecure_registries: Vec::new(),
             image_gc_high: 85,
@@ -551,6 +556,11 @@ impl Agent {
                 dns,
                 local,
                 self.cfg.proxy_max_connections,
+                if self.cfg.proxy_splice {
+                    forward::Splice::Auto
+                } else {
+                    forward::Splice::Off
+                },
             )
             .run(),
         );

@@ -19,7 +19,9 @@
 //!   flows per listener; beyond that new ones are refused.
 //!
 //! Listeners use `SO_REUSEPORT`, so several agents on one host (tests, `wk up` with more
-//! nodes) all serve the same VIPs and the kernel spreads connections among them.
+//! nodes) all serve the same VIPs and the kernel spreads connections among them. Bytes
+//! move as `forward` describes: copied through a pooled buffer, spliced through a pooled
+//! pipe once a transfer is bulk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,11 +31,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use socket2::{Domain, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use wk_api::resource::lookup;
 use wk_client::{Client, ListParams};
+
+use crate::forward;
 
 /// How long an endpoint that refused a connection is skipped.
 const DOWN_FOR: Duration = Duration::from_secs(2);
@@ -44,8 +50,6 @@ const ATTEMPTS: usize = 3;
 pub const MAX_CONNECTIONS: usize = 16_384;
 const MAX_UDP_SESSIONS: usize = 4_096;
 const UDP_IDLE: Duration = Duration::from_secs(30);
-/// Bytes buffered per direction of a forwarded connection.
-const COPY_BUFFER: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
@@ -196,12 +200,45 @@ impl Drop for Active {
     }
 }
 
-fn reuse_port_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = TcpSocket::new_v4()?;
-    s.set_reuseaddr(true)?;
-    s.set_reuseport(true)?;
-    s.bind(addr)?;
-    s.listen(1024)
+fn reuse_port_tcp(addr: SocketAddr) -> std::io::Result<AsyncFd<Socket>> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    register(s)
+}
+
+/// Registers a socket with the current event loop.
+#[allow(unsafe_code)]
+pub(crate) fn register(s: Socket) -> std::io::Result<AsyncFd<Socket>> {
+    // SAFETY: a `Socket` owns its descriptor and always reports that same one, so it
+    // stays open and unchanged for as long as the `AsyncFd` holds the socket.
+    unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)
+}
+
+/// A non-blocking connect to `addr`, registered with the event loop once it completes.
+pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<AsyncFd<Socket>> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let s = register(s)?;
+    drop(s.writable().await?);
+    match s.get_ref().take_error()? {
+        Some(e) => Err(e),
+        None => Ok(s),
+    }
 }
 
 fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -222,19 +259,32 @@ pub type LocalServices =
 /// Accepts TCP connections on `listener` and forwards each to an endpoint of `table`.
 /// `limit` is shared by the listeners of one Service port.
 pub async fn serve_tcp(
-    listener: TcpListener,
+    listener: AsyncFd<Socket>,
     table: Arc<Table>,
     local: Option<LocalServices>,
     limit: Arc<Semaphore>,
+    splice: forward::Splice,
 ) {
     loop {
-        let (inbound, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
+        let accepted = match listener.readable().await {
+            Ok(mut ready) => ready.try_io(|l| {
+                l.get_ref()
+                    .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            }),
+            Err(e) => Ok(Err(e)),
+        };
+        let (inbound, peer) = match accepted {
+            Ok(Ok((s, a))) => match a.as_socket() {
+                Some(peer) => (s, peer),
+                None => continue,
+            },
+            Ok(Err(e)) => {
+                // Out of descriptors, for one: back off rather than spin.
                 tracing::debug!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+            Err(_would_block) => continue,
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             // Over the bound: refuse rather than queue without limit.
@@ -243,7 +293,7 @@ pub async fn serve_tcp(
         };
         let (table, local) = (table.clone(), local.clone());
         tokio::spawn(async move {
-            forward_tcp(inbound, peer, &table, local.as_ref()).await;
+            forward_tcp(inbound, peer, &table, local.as_ref(), splice).await;
             drop(permit);
         });
     }
@@ -252,10 +302,11 @@ pub async fn serve_tcp(
 /// Forwards one connection: to a Wasm service of this agent directly (the runtime serves
 /// the accepted socket itself), else over a new connection to the endpoint.
 async fn forward_tcp(
-    mut inbound: TcpStream,
+    inbound: Socket,
     peer: SocketAddr,
     table: &Table,
     local: Option<&LocalServices>,
+    splice: forward::Splice,
 ) {
     let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
     for attempt in 0..ATTEMPTS {
@@ -264,21 +315,19 @@ async fn forward_tcp(
         };
         if let Some(service) = local.and_then(|l| l(backend.addr)) {
             let _active = Active::new(backend);
-            service.serve(inbound).await;
+            if let Ok(inbound) = TcpStream::from_std(std::net::TcpStream::from(inbound)) {
+                service.serve(inbound).await;
+            }
             return;
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(mut outbound)) => {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(backend.addr)).await {
+            Ok(Ok(outbound)) => {
                 let addr = backend.addr;
                 let _active = Active::new(backend);
-                match tokio::io::copy_bidirectional_with_sizes(
-                    &mut inbound,
-                    &mut outbound,
-                    COPY_BUFFER,
-                    COPY_BUFFER,
-                )
-                .await
-                {
+                let Ok(inbound) = register(inbound) else {
+                    return;
+                };
+                match forward::bidirectional(&inbound, &outbound, splice).await {
                     Ok((sent, 0)) if sent > 0 => {
                         tracing::debug!(endpoint = %addr, sent, "endpoint closed without answering");
                     }
@@ -483,6 +532,7 @@ pub struct Proxy {
     workers: Vec<tokio::runtime::Handle>,
     local: Option<LocalServices>,
     max_connections: usize,
+    splice: forward::Splice,
     /// The node's DNS server, fed from the same Services and Endpoints.
     dns: Option<Arc<wk_dns::ClusterDns>>,
 }
@@ -496,6 +546,7 @@ impl Proxy {
         dns: Option<Arc<wk_dns::ClusterDns>>,
         local: Option<LocalServices>,
         max_connections: usize,
+        splice: forward::Splice,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             client,
@@ -507,6 +558,7 @@ impl Proxy {
             workers: worker_threads(),
             local,
             max_connections: max_connections.max(1),
+            splice,
             dns,
         })
     }
@@ -625,6 +677,7 @@ impl Proxy {
                         table.clone(),
                         self.local.clone(),
                         limit.clone(),
+                        self.splice,
                     )));
                 }),
                 Proto::Tcp => self.workers.iter().try_for_each(|w| {
@@ -635,6 +688,7 @@ impl Proxy {
                         table.clone(),
                         self.local.clone(),
                         limit.clone(),
+                        self.splice,
                     )));
                     Ok(())
                 }),

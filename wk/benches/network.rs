@@ -35,7 +35,11 @@ fn seconds() -> u64 {
         .unwrap_or(8)
 }
 
-/// A minimal keep-alive HTTP/1.1 server: answers every request with "ok".
+/// The body of `GET /big`.
+static BIG: [u8; 256 * 1024] = [b'x'; 256 * 1024];
+
+/// A minimal keep-alive HTTP/1.1 server: answers `GET /big` with 256 KiB and every
+/// other request with "ok".
 async fn backend(addr: SocketAddr) {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     loop {
@@ -59,12 +63,18 @@ async fn backend(addr: SocketAddr) {
                     let close = req
                         .windows(17)
                         .any(|w| w.eq_ignore_ascii_case(b"connection: close"));
-                    let resp: &[u8] = if close {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                    let big = req.starts_with(b"GET /big ");
+                    let resp: &[u8] = match (big, close) {
+                        (true, _) => b"HTTP/1.1 200 OK\r\ncontent-length: 262144\r\n\r\n",
+                        (false, true) => {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n"
+                        }
+                        (false, false) => b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n",
                     };
                     if s.write_all(resp).await.is_err() || close {
+                        return;
+                    }
+                    if big && s.write_all(&BIG).await.is_err() {
                         return;
                     }
                     buf.copy_within(end + 4..have, 0);
@@ -244,7 +254,12 @@ fn main() {
                 .unwrap(),
         )
     };
-    let agent = start_agent(&[]);
+    // `WK_BENCH_PROXY_SPLICE=false`: the balancer copies bulk transfers too.
+    let splice = format!(
+        "--proxy-splice={}",
+        std::env::var("WK_BENCH_PROXY_SPLICE").unwrap_or_else(|_| "true".into())
+    );
+    let agent = start_agent(&[splice.as_str()]);
     // Backends on their own runtime thread.
     let port = free_port();
     let backends: Vec<SocketAddr> = (1..=3)
@@ -333,13 +348,19 @@ fn main() {
         "| load | direct req/s | direct p99 | wk req/s | wk p99 | HAProxy req/s | HAProxy p99 | wk/HAProxy | wk/direct |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (label, conns, close) in [
-        ("keep-alive, 64 connections", 64, false),
-        ("new connection per request, 16 connections", 16, true),
+    for (label, conns, close, path) in [
+        ("keep-alive, 64 connections", 64, false, "/"),
+        ("new connection per request, 16 connections", 16, true, "/"),
+        (
+            "keep-alive, 256 KiB responses, 16 connections",
+            16,
+            false,
+            "/big",
+        ),
     ] {
-        let direct = wrk(&format!("http://{}/", backends[0]), conns, close);
-        let wk = wrk(&format!("http://{vip}/"), conns, close);
-        let hap = wrk(&format!("http://127.0.0.1:{hap_port}/"), conns, close);
+        let direct = wrk(&format!("http://{}{path}", backends[0]), conns, close);
+        let wk = wrk(&format!("http://{vip}{path}"), conns, close);
+        let hap = wrk(&format!("http://127.0.0.1:{hap_port}{path}"), conns, close);
         println!(
             "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.2}× | {:.2}× |",
             direct.0,

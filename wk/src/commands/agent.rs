@@ -48,6 +48,9 @@ pub struct Args {
     /// Most connections the balancer proxies at once per Service port (more are refused)
     #[arg(long, default_value_t = wk_nodeagent::proxy::MAX_CONNECTIONS)]
     proxy_max_connections: usize,
+    /// Splice bulk transfers through the balancer (kernel to kernel) instead of copying
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    proxy_splice: bool,
     /// This node's address (InternalIP): where other nodes route its pods and NodePorts
     /// listen
     #[arg(long, default_value = "127.0.0.1")]
@@ -126,6 +129,7 @@ pub async fn run(args: Args, kubeconfig: &std::path::Path) -> anyhow::Result<Exi
     cfg.dns_upstream = args.dns_upstream;
     cfg.proxy_short_circuit = args.proxy_short_circuit;
     cfg.proxy_max_connections = args.proxy_max_connections;
+    cfg.proxy_splice = args.proxy_splice;
     cfg.node_ip = args.node_ip;
     if let Some(range) = args.pod_cidr {
         cfg.pod_cidr = range;

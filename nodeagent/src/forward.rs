@@ -1,0 +1,287 @@
+//! Moving a proxied connection's bytes between its two sockets.
+//!
+//! Each direction starts by copying through a small buffer; as soon as one read fills
+//! the buffer (a bulk transfer, not a request/response exchange), it switches to
+//! splice(2) through a pipe and the bytes stay in the kernel from then on (HAProxy's
+//! `splice-auto`). Small messages stay on the copy path because there it is cheaper: a
+//! short read shows the socket is drained and saves the next read, which a splice
+//! cannot show (it also stops at the pipe's slot count), so splicing small messages
+//! costs one more system call each.
+//!
+//! Buffers and pipes come from a per-thread pool and go back to it when the connection
+//! ends, so forwarding allocates neither per connection.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use socket2::Socket;
+use tokio::io::unix::AsyncFd;
+
+/// Bytes buffered per direction on the copy path.
+pub const COPY_BUFFER: usize = 4096;
+/// Bytes asked of one splice (a pipe holds 64 KiB by default).
+const SPLICE_CHUNK: usize = 64 * 1024;
+/// Pooled buffers and pipes kept per thread.
+const POOL_MAX: usize = 1024;
+
+/// Bytes moved by splice(2), over the process's life.
+pub static SPLICED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether directions may switch to splice(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    /// Once a read fills the copy buffer.
+    Auto,
+    /// Never: always copy through the buffer.
+    Off,
+}
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; COPY_BUFFER].into_boxed_slice())
+}
+
+fn give_buffer(b: Box<[u8]>) {
+    BUFFERS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(b);
+        }
+    });
+}
+
+fn take_pipe() -> io::Result<Pipe> {
+    if let Some(p) = PIPES.with(|p| p.borrow_mut().pop()) {
+        return Ok(p);
+    }
+    let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    Ok(Pipe { read, write })
+}
+
+fn give_pipe(p: Pipe) {
+    PIPES.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(p);
+        }
+    });
+}
+
+/// One direction's staging area: bytes read from the source and not yet written on,
+/// in the buffer (`start..end`) or in the pipe (`in_pipe`). A fill only happens once
+/// both are empty, so bytes leave in the order they came.
+struct Hop {
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    splice: Splice,
+}
+
+impl Hop {
+    fn new(splice: Splice) -> Hop {
+        Hop {
+            buffer: take_buffer(),
+            start: 0,
+            end: 0,
+            pipe: None,
+            in_pipe: 0,
+            splice,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.end - self.start + self.in_pipe
+    }
+
+    /// Reads from `src` into the pipe (once splicing) or the buffer: the byte count, and
+    /// whether `src` is known to be drained.
+    fn fill(&mut self, src: &Socket) -> io::Result<(usize, bool)> {
+        if let Some(pipe) = &self.pipe {
+            let n = splice(
+                src,
+                None,
+                &pipe.write,
+                None,
+                SPLICE_CHUNK,
+                SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+            )?;
+            self.in_pipe = n;
+            // A short splice may only mean the pipe ran out of slots.
+            return Ok((n, false));
+        }
+        let n = (&*src).read(&mut self.buffer)?;
+        (self.start, self.end) = (0, n);
+        let full = n == self.buffer.len();
+        if full && self.splice == Splice::Auto {
+            // A bulk transfer: later reads go through a pipe.
+            match take_pipe() {
+                Ok(p) => self.pipe = Some(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no pipe for splice; copying");
+                    self.splice = Splice::Off;
+                }
+            }
+        }
+        Ok((n, !full))
+    }
+
+    /// Writes pending bytes to `dst`, buffered ones first.
+    fn drain(&mut self, dst: &Socket) -> io::Result<usize> {
+        if self.start < self.end {
+            let n = (&*dst).write(&self.buffer[self.start..self.end])?;
+            self.start += n;
+            return Ok(n);
+        }
+        let pipe = self.pipe.as_ref().expect("pending bytes are in the pipe");
+        let n = splice(
+            &pipe.read,
+            None,
+            dst,
+            None,
+            self.in_pipe,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        )?;
+        self.in_pipe -= n;
+        SPLICED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Returns the buffer, and the pipe if it is empty, to the pool.
+    fn release(self) {
+        give_buffer(self.buffer);
+        if let Some(p) = self.pipe
+            && self.in_pipe == 0
+        {
+            give_pipe(p);
+        }
+    }
+}
+
+/// Moves bytes from `src` to `dst` until `src` ends (then shuts `dst` for writing).
+async fn pump(src: &AsyncFd<Socket>, dst: &AsyncFd<Socket>, hop: &mut Hop) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = loop {
+            let mut ready = src.readable().await?;
+            match ready.try_io(|s| hop.fill(s.get_ref())) {
+                Ok(Ok((n, drained))) => {
+                    // A short read empties the socket's queue: wait for the next edge
+                    // instead of reading again only to be told to wait.
+                    if drained && n > 0 {
+                        ready.clear_ready();
+                    }
+                    break n;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        };
+        if n == 0 {
+            let _ = dst.get_ref().shutdown(Shutdown::Write);
+            return Ok(total);
+        }
+        total += n as u64;
+        while hop.pending() > 0 {
+            let mut ready = dst.writable().await?;
+            match ready.try_io(|s| hop.drain(s.get_ref())) {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Forwards between `a` and `b` in both directions until both have ended or one fails;
+/// returns the bytes moved each way.
+pub async fn bidirectional(
+    a: &AsyncFd<Socket>,
+    b: &AsyncFd<Socket>,
+    splice: Splice,
+) -> io::Result<(u64, u64)> {
+    let (mut up, mut down) = (Hop::new(splice), Hop::new(splice));
+    let r = tokio::try_join!(pump(a, b, &mut up), pump(b, a, &mut down));
+    up.release();
+    down.release();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client, through `bidirectional`, to an echo server over real loopback sockets:
+    /// 8 MiB come back intact, spliced in `Auto` and copied in `Off`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn bulk_transfers_arrive_intact_spliced_or_copied() {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = echo.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.shutdown().await.unwrap();
+                });
+            }
+        });
+        let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let data: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for mode in [Splice::Auto, Splice::Off] {
+            let before = SPLICED.load(Ordering::Relaxed);
+            let mut client = tokio::net::TcpStream::connect(front_addr).await.unwrap();
+            let (inbound, _) = front.accept().unwrap();
+            inbound.set_nonblocking(true).unwrap();
+            let inbound = crate::proxy::register(Socket::from(inbound)).unwrap();
+            let outbound = crate::proxy::connect(echo_addr).await.unwrap();
+            let proxy =
+                tokio::spawn(
+                    async move { bidirectional(&inbound, &outbound, mode).await.unwrap() },
+                );
+            let (mut r, mut w) = client.split();
+            let send = async {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let recv = r.read_to_end(&mut back);
+            let ((), n) = tokio::join!(send, recv);
+            n.unwrap();
+            assert!(
+                back == data,
+                "{mode:?}: {} bytes back of {}",
+                back.len(),
+                data.len()
+            );
+            let (up, down) = proxy.await.unwrap();
+            assert_eq!((up, down), (data.len() as u64, data.len() as u64));
+            let spliced = SPLICED.load(Ordering::Relaxed) - before;
+            match mode {
+                Splice::Auto => assert!(spliced > data.len() as u64, "spliced {spliced}"),
+                Splice::Off => assert_eq!(spliced, 0),
+            }
+        }
+    }
+}
