@@ -91,6 +91,8 @@ struct Hop {
     pipe: Option<Pipe>,
     in_pipe: usize,
     splice: Splice,
+    /// A read has filled the buffer: this direction carries a bulk transfer.
+    bulk: bool,
 }
 
 impl Hop {
@@ -102,6 +104,7 @@ impl Hop {
             pipe: None,
             in_pipe: 0,
             splice,
+            bulk: false,
         }
     }
 
@@ -128,6 +131,7 @@ impl Hop {
         let n = (&*src).read(&mut self.buffer)?;
         (self.start, self.end) = (0, n);
         let full = n == self.buffer.len();
+        self.bulk |= full;
         if full && self.splice == Splice::Auto {
             // A bulk transfer: later reads go through a pipe.
             match take_pipe() {
@@ -174,22 +178,43 @@ impl Hop {
 }
 
 /// Moves bytes from `src` to `dst` until `src` ends (then shuts `dst` for writing).
-async fn pump(src: &AsyncFd<Socket>, dst: &AsyncFd<Socket>, hop: &mut Hop) -> io::Result<u64> {
+/// `eager`: the first read is tried before waiting for readiness (a client's request is
+/// usually there by the time the endpoint has accepted).
+async fn pump(
+    src: &AsyncFd<Socket>,
+    dst: &AsyncFd<Socket>,
+    hop: &mut Hop,
+    mut eager: bool,
+) -> io::Result<u64> {
     let mut total = 0u64;
+    let mut nodelay = false;
     loop {
-        let n = loop {
-            let mut ready = src.readable().await?;
-            match ready.try_io(|s| hop.fill(s.get_ref())) {
-                Ok(Ok((n, drained))) => {
-                    // A short read empties the socket's queue: wait for the next edge
-                    // instead of reading again only to be told to wait.
-                    if drained && n > 0 {
-                        ready.clear_ready();
+        let first = if std::mem::take(&mut eager) {
+            match hop.fill(src.get_ref()) {
+                Ok((n, _)) => Some(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let n = if let Some(n) = first {
+            n
+        } else {
+            loop {
+                let mut ready = src.readable().await?;
+                match ready.try_io(|s| hop.fill(s.get_ref())) {
+                    Ok(Ok((n, drained))) => {
+                        // A short read empties the socket's queue: wait for the next edge
+                        // instead of reading again only to be told to wait.
+                        if drained && n > 0 {
+                            ready.clear_ready();
+                        }
+                        break n;
                     }
-                    break n;
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => continue,
                 }
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
             }
         };
         if n == 0 {
@@ -197,7 +222,22 @@ async fn pump(src: &AsyncFd<Socket>, dst: &AsyncFd<Socket>, hop: &mut Hop) -> io
             return Ok(total);
         }
         total += n as u64;
+        if hop.bulk && !nodelay {
+            // A bulk transfer goes out in pieces of whatever arrived: without this,
+            // Nagle holds a short last piece until the previous ones are acknowledged,
+            // and a delayed ACK stalls it ~40 ms. Small exchanges leave Nagle on (each
+            // goes out in one write) and skip the system call.
+            let _ = dst.get_ref().set_tcp_nodelay(true);
+            nodelay = true;
+        }
         while hop.pending() > 0 {
+            // Straight away first: a socket's send buffer almost always has room, and a
+            // just-registered socket has not been reported writable yet.
+            match hop.drain(dst.get_ref()) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
             let mut ready = dst.writable().await?;
             match ready.try_io(|s| hop.drain(s.get_ref())) {
                 Ok(Ok(_)) => {}
@@ -216,7 +256,7 @@ pub async fn bidirectional(
     splice: Splice,
 ) -> io::Result<(u64, u64)> {
     let (mut up, mut down) = (Hop::new(splice), Hop::new(splice));
-    let r = tokio::try_join!(pump(a, b, &mut up), pump(b, a, &mut down));
+    let r = tokio::try_join!(pump(a, b, &mut up, true), pump(b, a, &mut down, false));
     up.release();
     down.release();
     r

@@ -234,11 +234,16 @@ pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<AsyncFd<Socket>
         Err(e) => return Err(e),
     }
     let s = register(s)?;
-    drop(s.writable().await?);
-    match s.get_ref().take_error()? {
-        Some(e) => Err(e),
-        None => Ok(s),
+    // A failed connect shows as an error or hang-up with the writability; only then is
+    // the socket asked why (one system call saved per connection).
+    let ready = s.writable().await?.ready();
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(s
+            .get_ref()
+            .take_error()?
+            .unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
     }
+    Ok(s)
 }
 
 fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
