@@ -250,12 +250,27 @@ async fn nodeport_udp_and_client_affinity() {
         },
     )
     .await;
-    let mut pods = BTreeSet::new();
-    for _ in 0..10 {
-        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-        pods.insert(pod_of(&body));
-    }
-    assert_eq!(pods.len(), 1, "one client stays on one pod: {pods:?}");
+    // An agent may still hold one endpoint while the other has both (the Endpoints
+    // update reaches them at different times): wait for 20 requests in a row on one pod.
+    // Without affinity, 20 in a row on one of two pods has a chance of 2^-19.
+    wait_for(
+        "one client to stay on one pod",
+        Duration::from_secs(20),
+        || {
+            let (http, u) = (http.clone(), url.clone());
+            async move {
+                let mut pods = BTreeSet::new();
+                for _ in 0..20 {
+                    let Ok(r) = http.get(&u).send().await else {
+                        return false;
+                    };
+                    pods.insert(pod_of(&r.text().await.unwrap_or_default()));
+                }
+                pods.len() == 1
+            }
+        },
+    )
+    .await;
 
     // UDP: a Service without a selector, with Endpoints naming a UDP echo server.
     let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
