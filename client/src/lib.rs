@@ -226,12 +226,20 @@ impl ListParams {
     }
 }
 
+/// How long a connection attempt to a server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The Accept header asking for server-side tables.
 pub const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
 
 impl Client {
     pub fn new(config: ClientConfig) -> Result<Client> {
-        let mut b = reqwest::Client::builder().use_rustls_tls();
+        // A server that drops connection attempts (partitioned, host down) counts as
+        // unreachable after this, so the request moves to another server instead of
+        // waiting out the kernel's connect timeout (about two minutes).
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(CONNECT_TIMEOUT);
         if let Some(pem) = &config.ca_pem {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ClientError::Config {
                 path: PathBuf::new(),
@@ -340,6 +348,8 @@ impl Client {
     ) -> Result<reqwest::Response> {
         let attempts = self.servers.lock().expect("servers lock").all.len();
         let mut attempt = 0;
+        // Shared, not copied, by each attempt.
+        let body = body.map(|(ct, b)| (ct, bytes::Bytes::from(b)));
         let resp = loop {
             let server = self.server();
             let mut req = self
@@ -459,6 +469,15 @@ impl Client {
         };
         let resp = self
             .request(Method::GET, &rt.collection_path(ns), &p.query(), None, None)
+            .await?;
+        self.json(resp).await
+    }
+
+    /// The control plane's members (`GET /wk/v1/cluster/members`): the leader, its term,
+    /// and each member's role and Raft progress.
+    pub async fn cluster_members(&self) -> Result<Value> {
+        let resp = self
+            .request(Method::GET, "/wk/v1/cluster/members", &[], None, None)
             .await?;
         self.json(resp).await
     }

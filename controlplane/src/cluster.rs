@@ -33,9 +33,7 @@ const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 pub struct ClusterState {
     pub store: Store,
     pub tokens: Arc<Tokens>,
-    pub pki_dir: PathBuf,
-    /// The highest node id this leader has handed out (joins can overlap).
-    pub assigned: Arc<std::sync::Mutex<u64>>,
+    pub data_dir: PathBuf,
     /// Notified when the cluster has removed this server (`POST leave`): it stops.
     pub removed: Arc<tokio::sync::Notify>,
 }
@@ -72,24 +70,20 @@ async fn join(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
     if !allowed(&s, &headers) {
         return denied();
     }
-    // Ids come from the leader alone, so two servers joining at once get different ones.
     if !s.store.is_leader() {
         return not_leader(&s.store);
     }
-    let m = s.store.raft.metrics().borrow().clone();
-    let highest = m
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(id, _)| *id)
-        .max()
-        .unwrap_or(0);
-    let next_id = {
-        let mut assigned = s.assigned.lock().expect("assigned lock");
-        *assigned = (*assigned).max(highest) + 1;
-        *assigned
+    let next_id = match reserve_node_id(&s.store).await {
+        Ok(id) => id,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"message": format!("reserving a node id: {e}")})),
+            )
+                .into_response();
+        }
     };
-    let read = |f: &str| std::fs::read_to_string(s.pki_dir.join(f));
+    let read = |f: &str| std::fs::read_to_string(s.data_dir.join("pki").join(f));
     let (Ok(cert), Ok(key)) = (read("ca.crt"), read("ca.key")) else {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -105,6 +99,38 @@ async fn join(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
         "leader": s.store.leadership().leader_url,
     }))
     .into_response()
+}
+
+/// Where handed-out node ids are recorded, one key per id.
+const NODE_ID_PREFIX: &str = "/registry/wk/servernodeids/";
+
+/// A node id no member has and no earlier join was given: each id is a store key
+/// written "must not exist" (as Service addresses are), so joins that overlap, or are
+/// served by different leaders, never get the same one.
+async fn reserve_node_id(store: &Store) -> Result<u64, crate::store::StoreError> {
+    use crate::store::{Op, OpError, Precondition};
+    let highest = store
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or(0);
+    let mut id = highest + 1;
+    loop {
+        let op = Op::Put {
+            key: format!("{NODE_ID_PREFIX}{id}"),
+            object: json!({"nodeId": id}).to_string(),
+            precondition: Precondition::Absent,
+        };
+        match store.write_one(op).await? {
+            Err(OpError::AlreadyExists) => id += 1,
+            _ => return Ok(id),
+        }
+    }
 }
 
 async fn members(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
@@ -227,15 +253,15 @@ async fn remove(
                 .into_response(),
         };
     }
-    let addr = s
-        .store
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&id)
-        .map(|n| n.addr.clone());
+    let (addr, voter) = {
+        let m = s.store.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        (
+            membership.get_node(&id).map(|n| n.addr.clone()),
+            membership.voter_ids().any(|v| v == id),
+        )
+    };
     let Some(addr) = addr else {
         return (
             StatusCode::NOT_FOUND,
@@ -246,7 +272,15 @@ async fn remove(
     match s
         .store
         .raft
-        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+        // A learner (a join that never got promoted) is no voter to remove: drop the node.
+        .change_membership(
+            if voter {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            },
+            false,
+        )
         .await
     {
         Ok(_) => {
@@ -285,9 +319,14 @@ async fn leave(State(s): State<ClusterState>, headers: HeaderMap) -> Response {
 
 /// Marks the data directory as removed (a restart with it is refused) and stops.
 fn leave_cluster(s: &ClusterState) {
-    let _ = std::fs::write(s.pki_dir.with_file_name("removed"), b"");
+    let _ = std::fs::write(removed_marker(&s.data_dir), b"");
     tracing::warn!("removed from the cluster; stopping");
     s.removed.notify_one();
+}
+
+/// The file that marks a data directory as a removed server's.
+pub fn removed_marker(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("removed")
 }
 
 /// How long a member may know no leader before it asks its peers whether it is still a

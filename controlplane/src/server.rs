@@ -90,7 +90,8 @@ pub struct Server {
     acceptor: TlsAcceptor,
     data_dir: PathBuf,
     /// Set when this server still has to ask the leader to add it.
-    joining: Option<(Join, u64)>,
+    /// Set while this server is not yet in its cluster's membership: it asks to be added.
+    joining: Option<Join>,
 }
 
 /// What a joining server is given by the cluster.
@@ -103,16 +104,39 @@ struct JoinInfo {
     tokens: Tokens,
 }
 
-fn https_client(ca_pem: &[u8]) -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cert = reqwest::Certificate::from_pem(ca_pem).map_err(|e| format!("the CA file: {e}"))?;
-    reqwest::Client::builder()
-        .no_proxy()
-        .add_root_certificate(cert)
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| e.to_string())
+/// Sends a membership request to the cluster's leader: to `start` first, then wherever a
+/// follower points (421 with `leader`). The status code and JSON body.
+async fn to_leader(
+    peers: &network::Peers,
+    start: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, serde_json::Value), String> {
+    let mut target = start.trim_end_matches('/').to_string();
+    for _ in 0..5 {
+        let (code, v) = peers
+            .call(
+                method.clone(),
+                &format!("{target}{path}"),
+                body,
+                JOIN_TIMEOUT,
+            )
+            .await
+            .map_err(|e| format!("{target}: {e}"))?;
+        if code != 421 {
+            return Ok((code, v));
+        }
+        match v["leader"].as_str() {
+            Some(l) => target = l.trim_end_matches('/').to_string(),
+            None => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    Err("no leader answered".into())
 }
+
+/// How long a join request may take (adding a learner waits for it to catch up).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Fetches the cluster's CA, tokens and a node id, and writes them into `data_dir`.
 async fn fetch_join_info(join: &Join, data_dir: &std::path::Path) -> Result<u64, ServerError> {
@@ -120,39 +144,23 @@ async fn fetch_join_info(join: &Join, data_dir: &std::path::Path) -> Result<u64,
         url: join.url.clone(),
         message,
     };
-    let client = https_client(&join.ca_pem).map_err(err)?;
-    let mut target = join.url.trim_end_matches('/').to_string();
-    let mut resp = None;
-    // A follower points at the leader, which alone hands out node ids.
-    for _ in 0..5 {
-        let r = client
-            .get(format!("{target}/wk/v1/cluster/join"))
-            .bearer_auth(&join.token)
-            .send()
-            .await
-            .map_err(|e| err(format!("cannot reach {target}: {e}")))?;
-        if r.status() == reqwest::StatusCode::MISDIRECTED_REQUEST {
-            let body: serde_json::Value = r.json().await.unwrap_or_default();
-            match body["leader"].as_str() {
-                Some(l) => target = l.trim_end_matches('/').to_string(),
-                None => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-            continue;
-        }
-        resp = Some(r);
-        break;
-    }
-    let resp = resp.ok_or_else(|| err("no leader answered".into()))?;
-    if !resp.status().is_success() {
+    let peers = network::Peers::new(join.token.clone(), Some(&join.ca_pem)).map_err(err)?;
+    let (code, body) = to_leader(
+        &peers,
+        &join.url,
+        reqwest::Method::GET,
+        "/wk/v1/cluster/join",
+        None,
+    )
+    .await
+    .map_err(err)?;
+    if code != 200 {
         return Err(err(format!(
-            "it answered {} (is the token the cluster's admin or peer token?)",
-            resp.status()
+            "it answered {code} (is the token the cluster's admin or peer token?)"
         )));
     }
-    let info: JoinInfo = resp
-        .json()
-        .await
-        .map_err(|e| err(format!("its answer: {e}")))?;
+    let info: JoinInfo =
+        serde_json::from_value(body).map_err(|e| err(format!("its answer: {e}")))?;
     let dd = |source| ServerError::DataDir {
         path: data_dir.to_path_buf(),
         source,
@@ -169,39 +177,36 @@ async fn fetch_join_info(join: &Join, data_dir: &std::path::Path) -> Result<u64,
     Ok(info.node_id)
 }
 
-/// Asks the leader (found through `join.url`) to add this server, until it has.
-async fn request_membership(join: Join, id: u64, url: String, peer_token: String) {
-    let Ok(client) = https_client(&join.ca_pem) else {
+/// Asks the leader (found through `join.url`) to add this server, until it has; if the
+/// cluster never does, notifies `stop` (a server outside its cluster serves nothing).
+async fn request_membership(
+    join: Join,
+    id: u64,
+    url: String,
+    peer_token: String,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let Ok(peers) = network::Peers::new(peer_token, Some(&join.ca_pem)) else {
+        stop.notify_one();
         return;
     };
-    let mut target = join.url.trim_end_matches('/').to_string();
+    let body = json!({"id": id, "url": url});
     for attempt in 0..120 {
-        let r = client
-            .post(format!("{target}/wk/v1/cluster/members"))
-            .bearer_auth(&peer_token)
-            .json(&json!({"id": id, "url": url}))
-            .send()
-            .await;
-        match r {
-            Ok(resp) if resp.status().is_success() => {
+        let path = "/wk/v1/cluster/members";
+        match to_leader(&peers, &join.url, reqwest::Method::POST, path, Some(&body)).await {
+            Ok((200, _)) => {
                 tracing::info!(id, "joined the cluster as a voter");
                 return;
             }
-            Ok(resp) if resp.status() == reqwest::StatusCode::MISDIRECTED_REQUEST => {
-                let body: serde_json::Value = resp.json().await.unwrap_or_default();
-                if let Some(l) = body["leader"].as_str() {
-                    target = l.trim_end_matches('/').to_string();
-                }
-            }
-            Ok(resp) => {
-                let text = resp.text().await.unwrap_or_default();
-                tracing::warn!(attempt, %text, "the cluster did not add this server yet");
+            Ok((code, answer)) => {
+                tracing::warn!(attempt, code, %answer, "the cluster did not add this server yet")
             }
             Err(e) => tracing::warn!(attempt, error = %e, "cannot reach the cluster to join"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    tracing::error!(id, "gave up joining the cluster");
+    tracing::error!(id, "gave up joining the cluster; stopping");
+    stop.notify_one();
 }
 
 /// Namespaces every cluster has.
@@ -215,7 +220,7 @@ impl Server {
             source,
         };
         std::fs::create_dir_all(&cfg.data_dir).map_err(dd)?;
-        if cfg.data_dir.join("removed").exists() {
+        if crate::cluster::removed_marker(&cfg.data_dir).exists() {
             return Err(ServerError::Removed {
                 path: cfg.data_dir.clone(),
             });
@@ -227,13 +232,10 @@ impl Server {
         let saved_id = std::fs::read_to_string(&id_path)
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok());
-        let (node_id, joining) = match (&cfg.join, saved_id, member) {
-            (Some(j), None, false) => {
-                let id = fetch_join_info(j, &cfg.data_dir).await?;
-                (id, Some((j.clone(), id)))
-            }
-            (_, Some(id), _) => (id, None),
-            _ => (cfg.node_id, None),
+        let node_id = match (&cfg.join, saved_id, member) {
+            (Some(j), None, false) => fetch_join_info(j, &cfg.data_dir).await?,
+            (_, Some(id), _) => id,
+            _ => cfg.node_id,
         };
         std::fs::write(&id_path, node_id.to_string()).map_err(dd)?;
         let tokens = Arc::new(Tokens::load_or_create(&cfg.data_dir).map_err(dd)?);
@@ -291,6 +293,21 @@ impl Server {
         if store.is_leader() {
             bootstrap(&store).await?;
         }
+        // Decided from the membership, not from the first start: a server that stopped
+        // before the cluster added it asks again when it comes back.
+        // (Raft's own state: its metrics start out empty until the core first reports.)
+        let member_now = store
+            .raft
+            .with_raft_state(move |st| {
+                st.membership_state
+                    .effective()
+                    .membership()
+                    .get_node(&node_id)
+                    .is_some()
+            })
+            .await
+            .map_err(|e| StoreError::Raft(e.to_string()))?;
+        let joining = cfg.join.clone().filter(|_| !member_now);
         if let Some(path) = &cfg.client_config {
             auth::write_client_config(path, &url, &tokens.admin, &pki.ca_pem()?).map_err(
                 |source| ServerError::ClientConfig {
@@ -325,28 +342,31 @@ impl Server {
             raft: self.store.raft.clone(),
             token: self.tokens.peer.clone(),
         };
-        let removed = Arc::new(tokio::sync::Notify::new());
+        // Stops the server: it was removed from its cluster, or its join was never accepted.
+        let stop = Arc::new(tokio::sync::Notify::new());
         let cluster = crate::cluster::ClusterState {
             store: self.store.clone(),
             tokens: self.tokens.clone(),
-            pki_dir: self.data_dir.join("pki"),
-            assigned: Default::default(),
-            removed: removed.clone(),
+            data_dir: self.data_dir.clone(),
+            removed: stop.clone(),
         };
         tokio::spawn(crate::cluster::notice_removal(cluster.clone()));
+        // Clients learn the members from API responses; Raft and membership traffic
+        // between servers does not need the header.
         let app = apiserver::router(state)
-            .merge(network::router(rpc))
-            .merge(crate::cluster::router(cluster))
             .layer(axum::middleware::map_response_with_state(
                 self.store.clone(),
                 list_servers,
-            ));
-        if let Some((join, id)) = self.joining.clone() {
+            ))
+            .merge(network::router(rpc))
+            .merge(crate::cluster::router(cluster));
+        if let Some(join) = self.joining.clone() {
             tokio::spawn(request_membership(
                 join,
-                id,
+                self.store.node_id,
                 self.url.clone(),
                 self.tokens.peer.clone(),
+                stop.clone(),
             ));
         }
         if self.controllers {
@@ -369,7 +389,7 @@ impl Server {
                     }
                 },
                 _ = &mut shutdown => break,
-                _ = removed.notified() => break,
+                _ = stop.notified() => break,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();

@@ -81,26 +81,10 @@ fn client_of(base: &wk_client::Client, port: u16) -> wk_client::Client {
     .pinned()
 }
 
-async fn members(c: &wk_client::Client) -> serde_json::Value {
-    match c
-        .request(
-            wk_client::Method::GET,
-            "/wk/v1/cluster/members",
-            &[],
-            None,
-            None,
-        )
-        .await
-    {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => serde_json::Value::Null,
-    }
-}
-
 /// Waits until `n` voters have applied the same index.
 async fn wait_settled(c: &wk_client::Client, n: usize) {
     for _ in 0..600 {
-        let m = members(c).await;
+        let m = c.cluster_members().await.unwrap_or_default();
         let ms = m["members"].as_array().cloned().unwrap_or_default();
         if ms.len() == n
             && ms
@@ -151,183 +135,177 @@ fn main() {
 
 /// Write throughput and latency, wk against etcd, with 1 and 3 members.
 async fn writes(dir: &Path, n: usize) {
-    {
-        let mut rows: Vec<(String, Stats, Option<Stats>)> = Vec::new();
-        for members_n in [1usize, 3] {
-            let sub = dir.join(format!("run-{members_n}"));
-            std::fs::create_dir_all(&sub).unwrap();
-            let (procs, clients) = start_wk(&sub, members_n);
-            wait_settled(&clients[0], members_n).await;
-            let wk = Arc::new(Wk {
-                clients: clients.clone(),
-            });
-            run_writers(wk.clone(), 16, 500, 10_000_000).await;
-            let w = run_writers(wk.clone(), 64, n, 0).await;
-            let pki = sub.join("wk-0/pki");
-            drop(procs);
-            let e = match start_etcd(&sub, &pki, members_n) {
-                Some((eprocs, etcd)) => {
-                    let etcd = Arc::new(etcd);
-                    etcd_ready(&etcd).await;
-                    run_writers(etcd.clone(), 16, 500, 10_000_000).await;
-                    let e = run_writers(etcd.clone(), 64, n, 0).await;
-                    drop(eprocs);
-                    Some(e)
-                }
-                None => {
-                    eprintln!(
-                        "etcd not found on PATH (apt-get install etcd-server): wk figures only"
-                    );
-                    None
-                }
-            };
-            rows.push((format!("{members_n} member(s), 64 writers"), w, e));
-        }
-        println!(
-            "| cluster | wk creates/s | wk p50 | wk p99 | etcd puts/s | etcd p50 | etcd p99 | wk/etcd |"
-        );
-        println!("|---|---|---|---|---|---|---|---|");
-        for (name, w, e) in &rows {
-            match e {
-                Some(e) => println!(
-                    "| {name} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}× |",
-                    w.per_sec,
-                    fmt_ms(w.p50),
-                    fmt_ms(w.p99),
-                    e.per_sec,
-                    fmt_ms(e.p50),
-                    fmt_ms(e.p99),
-                    w.per_sec / e.per_sec
-                ),
-                None => println!(
-                    "| {name} | {:.0} | {} | {} | – | – | – | – |",
-                    w.per_sec,
-                    fmt_ms(w.p50),
-                    fmt_ms(w.p99)
-                ),
+    let mut rows: Vec<(String, Stats, Option<Stats>)> = Vec::new();
+    for members_n in [1usize, 3] {
+        let sub = dir.join(format!("run-{members_n}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let (procs, clients) = start_wk(&sub, members_n);
+        wait_settled(&clients[0], members_n).await;
+        let wk = Arc::new(Wk {
+            clients: clients.clone(),
+        });
+        run_writers(wk.clone(), 16, 500, 10_000_000).await;
+        let w = run_writers(wk.clone(), 64, n, 0).await;
+        let pki = sub.join("wk-0/pki");
+        drop(procs);
+        let e = match start_etcd(&sub, &pki, members_n) {
+            Some((eprocs, etcd)) => {
+                let etcd = Arc::new(etcd);
+                etcd_ready(&etcd).await;
+                run_writers(etcd.clone(), 16, 500, 10_000_000).await;
+                let e = run_writers(etcd.clone(), 64, n, 0).await;
+                drop(eprocs);
+                Some(e)
             }
+            None => {
+                eprintln!("etcd not found on PATH (apt-get install etcd-server): wk figures only");
+                None
+            }
+        };
+        rows.push((format!("{members_n} member(s), 64 writers"), w, e));
+    }
+    println!(
+        "| cluster | wk creates/s | wk p50 | wk p99 | etcd puts/s | etcd p50 | etcd p99 | wk/etcd |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, w, e) in &rows {
+        match e {
+            Some(e) => println!(
+                "| {name} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}× |",
+                w.per_sec,
+                fmt_ms(w.p50),
+                fmt_ms(w.p99),
+                e.per_sec,
+                fmt_ms(e.p50),
+                fmt_ms(e.p99),
+                w.per_sec / e.per_sec
+            ),
+            None => println!(
+                "| {name} | {:.0} | {} | {} | – | – | – | – |",
+                w.per_sec,
+                fmt_ms(w.p50),
+                fmt_ms(w.p99)
+            ),
         }
     }
 }
 
 /// Fail-over: kill the leader under load, `kills` times.
 async fn failover(dir: &Path, kills: usize) {
-    {
-        let sub = dir.join("failover");
-        std::fs::create_dir_all(&sub).unwrap();
-        let (mut procs, clients) = start_wk(&sub, 3);
-        wait_settled(&clients[0], 3).await;
-        let mut gaps = Vec::new();
-        let counter = Arc::new(std::sync::atomic::AtomicUsize::new(50_000_000));
-        for k in 0..kills {
-            let m = members(&clients[0]).await;
-            let m = if m["leader"].is_u64() {
-                m
-            } else {
-                members(&clients[1]).await
-            };
-            let leader_url = m["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["id"] == m["leader"])
-                .unwrap()["url"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let idx = procs
-                .iter()
-                .position(|(_, p)| leader_url.ends_with(&format!(":{p}")))
-                .unwrap();
-            let live: Vec<wk_client::Client> = (0..3)
-                .filter(|i| *i != idx)
-                .map(|i| clients[i].clone())
-                .collect();
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            // (sent, acknowledged) of every acknowledged write.
-            let acks: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>> = Arc::default();
-            let mut writers = Vec::new();
-            for w in 0..8 {
-                let (live, stop, acks, counter) =
-                    (live.clone(), stop.clone(), acks.clone(), counter.clone());
-                writers.push(tokio::spawn(async move {
-                    let rt = wk_api::resource::lookup("cm").unwrap();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let obj = common::writes::object(i);
-                        let sent = Instant::now();
-                        if let Ok(Ok(_)) = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            live[(w + i) % live.len()].create(rt, Some("default"), &obj, &[]),
-                        )
-                        .await
-                        {
-                            acks.lock().unwrap().push((sent, Instant::now()));
-                        } else {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
+    let sub = dir.join("failover");
+    std::fs::create_dir_all(&sub).unwrap();
+    let (mut procs, clients) = start_wk(&sub, 3);
+    wait_settled(&clients[0], 3).await;
+    let mut gaps = Vec::new();
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(50_000_000));
+    for k in 0..kills {
+        let m = clients[0].cluster_members().await.unwrap_or_default();
+        let m = if m["leader"].is_u64() {
+            m
+        } else {
+            clients[1].cluster_members().await.unwrap_or_default()
+        };
+        let leader_url = m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == m["leader"])
+            .unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let idx = procs
+            .iter()
+            .position(|(_, p)| leader_url.ends_with(&format!(":{p}")))
+            .unwrap();
+        let live: Vec<wk_client::Client> = (0..3)
+            .filter(|i| *i != idx)
+            .map(|i| clients[i].clone())
+            .collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // (sent, acknowledged) of every acknowledged write.
+        let acks: Arc<std::sync::Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let (live, stop, acks, counter) =
+                (live.clone(), stop.clone(), acks.clone(), counter.clone());
+            writers.push(tokio::spawn(async move {
+                let rt = wk_api::resource::lookup("cm").unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let obj = common::writes::object(i);
+                    let sent = Instant::now();
+                    if let Ok(Ok(_)) = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        live[(w + i) % live.len()].create(rt, Some("default"), &obj, &[]),
+                    )
+                    .await
+                    {
+                        acks.lock().unwrap().push((sent, Instant::now()));
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                }));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let killed = Instant::now();
-            let _ = procs[idx].0.0.kill();
-            let _ = procs[idx].0.0.wait();
-            // A write sent after the kill: one the old leader cannot have committed.
-            while !acks.lock().unwrap().iter().any(|(sent, _)| *sent > killed) {
-                assert!(
-                    killed.elapsed() < Duration::from_secs(30),
-                    "no write after kill {k}"
-                );
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            let gap = acks
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(sent, _)| *sent > killed)
-                .map(|(_, done)| *done)
-                .min()
-                .unwrap()
-                .duration_since(killed);
-            gaps.push(gap);
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            for w in writers {
-                w.await.unwrap();
-            }
-            // Restart the killed server; it rejoins with its data.
-            let port = procs[idx].1;
-            let child = Command::new(WK)
-                .args(["server", "--data-dir"])
-                .arg(sub.join(format!("wk-{idx}")))
-                .args([
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--no-client-config",
-                ])
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            procs[idx].0 = Proc(child);
-            wait_settled(&live[0], 3).await;
+                }
+            }));
         }
-        gaps.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!(
-            "\nleader killed {kills} times under load: kill → first acknowledged write: min {:.0} ms, p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
-            ms(gaps[0]),
-            ms(percentile(&gaps, 0.5)),
-            ms(percentile(&gaps, 0.9)),
-            ms(*gaps.last().unwrap())
-        );
-        println!(
-            "all: {:?}",
-            gaps.iter()
-                .map(|g| format!("{:.0}", ms(*g)))
-                .collect::<Vec<_>>()
-        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let killed = Instant::now();
+        let _ = procs[idx].0.0.kill();
+        let _ = procs[idx].0.0.wait();
+        // A write sent after the kill: one the old leader cannot have committed.
+        while !acks.lock().unwrap().iter().any(|(sent, _)| *sent > killed) {
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "no write after kill {k}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let gap = acks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(sent, _)| *sent > killed)
+            .map(|(_, done)| *done)
+            .min()
+            .unwrap()
+            .duration_since(killed);
+        gaps.push(gap);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        // Restart the killed server; it rejoins with its data.
+        let port = procs[idx].1;
+        let child = Command::new(WK)
+            .args(["server", "--data-dir"])
+            .arg(sub.join(format!("wk-{idx}")))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-client-config",
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        procs[idx].0 = Proc(child);
+        wait_settled(&live[0], 3).await;
     }
+    gaps.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "\nleader killed {kills} times under load: kill → first acknowledged write: min {:.0} ms, p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms",
+        ms(gaps[0]),
+        ms(percentile(&gaps, 0.5)),
+        ms(percentile(&gaps, 0.9)),
+        ms(*gaps.last().unwrap())
+    );
+    println!(
+        "all: {:?}",
+        gaps.iter()
+            .map(|g| format!("{:.0}", ms(*g)))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Objects alive at once in the compaction run.
@@ -379,7 +357,7 @@ async fn compaction(dir: &Path) {
             t.await.unwrap();
         }
         next = end;
-        let m = members(&client).await;
+        let m = client.cluster_members().await.unwrap_or_default();
         let me = &m["members"][0];
         let size = |name: &str| {
             std::fs::metadata(data.join(name))

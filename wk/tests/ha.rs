@@ -34,20 +34,37 @@ fn client_of(first: &TestServer, port: u16) -> Client {
     .pinned()
 }
 
-async fn members(c: &Client) -> Value {
-    match c
-        .request(
-            wk_client::Method::GET,
-            "/wk/v1/cluster/members",
-            &[],
-            None,
-            None,
-        )
-        .await
-    {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => Value::Null,
-    }
+/// The entries of a `cluster_members` answer.
+fn entries(m: &Value) -> impl Iterator<Item = &Value> {
+    m["members"].as_array().into_iter().flatten()
+}
+
+/// The leader's entry in a `cluster_members` answer.
+fn leader_of(m: &Value) -> &Value {
+    entries(m)
+        .find(|x| x["id"] == m["leader"])
+        .unwrap_or_else(|| panic!("no leader in {m}"))
+}
+
+/// Which of `servers` runs the member `entry` (of a `cluster_members` answer).
+fn server_index(servers: &[TestServer], entry: &Value) -> usize {
+    let url = entry["url"].as_str().unwrap_or_default();
+    servers
+        .iter()
+        .position(|s| url.ends_with(&format!(":{}", s.port)))
+        .unwrap_or_else(|| panic!("no server runs {entry}"))
+}
+
+/// Waits until the server's process has exited on its own.
+async fn wait_exited(server: &mut TestServer, what: &str) {
+    wait_for(what, Duration::from_secs(30), || {
+        let exited = server
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        async move { exited }
+    })
+    .await;
 }
 
 fn cm(name: &str) -> Value {
@@ -90,7 +107,7 @@ async fn three_servers(
         || {
             let c = clients[0].clone();
             async move {
-                let m = members(&c).await;
+                let m = c.cluster_members().await.unwrap_or_default();
                 let ms = m["members"].as_array().cloned().unwrap_or_default();
                 ms.len() == 3
                     && ms
@@ -172,19 +189,15 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
     // machine can miss heartbeats).
     let mut fence = None;
     for attempt in 0..5 {
-        let now = members(&clients[0]).await;
-        let (Some(term), Some(url)) = (
+        let now = clients[0].cluster_members().await.unwrap_or_default();
+        let (Some(term), Some(leader)) = (
             now["term"].as_u64(),
-            now["members"]
-                .as_array()
-                .and_then(|ms| ms.iter().find(|m| m["id"] == now["leader"]))
-                .and_then(|m| m["url"].as_str()),
+            entries(&now).find(|m| m["id"] == now["leader"]),
         ) else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-        let li = servers.iter().position(|s| s.port == port).unwrap();
+        let li = server_index(&servers, leader);
         match fenced(li, term)
             .create(
                 cms,
@@ -221,20 +234,8 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
     );
 
     // A steady write load on all members; the leader is killed with SIGKILL meanwhile.
-    let leader_id = members(&clients[0]).await["leader"].as_u64().unwrap();
-    let leader_url = members(&clients[0]).await["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"].as_u64() == Some(leader_id))
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let leader_idx = servers
-        .iter()
-        .position(|s| leader_url.ends_with(&format!(":{}", s.port)))
-        .unwrap();
+    let m = clients[0].cluster_members().await.unwrap_or_default();
+    let leader_idx = server_index(&servers, leader_of(&m));
     let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let failed = Arc::new(Mutex::new(0usize));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -313,15 +314,9 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
     .await;
 
     // A member is removed; the other two carry on.
-    let now = members(&clients[0]).await;
-    let victim = now["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"].as_u64() != now["leader"].as_u64())
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let now = clients[0].cluster_members().await.unwrap_or_default();
+    let follower = entries(&now).find(|x| x["id"] != now["leader"]).unwrap();
+    let victim = follower["id"].as_u64().unwrap();
     // `wk delete server` through the first server, which hands it to the leader if it
     // is not the leader itself.
     let out = servers[0].wk(&["delete", "server", &victim.to_string()]);
@@ -331,31 +326,8 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The removed server was told, and stopped; its data directory is not reused.
-    let victim_url = now["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"].as_u64() == Some(victim))
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let vi = servers
-        .iter()
-        .position(|s| victim_url.ends_with(&format!(":{}", s.port)))
-        .unwrap();
-    wait_for(
-        "the removed server to stop",
-        Duration::from_secs(30),
-        || {
-            let exited = servers[vi]
-                .child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-            async move { exited }
-        },
-    )
-    .await;
+    let vi = server_index(&servers, follower);
+    wait_exited(&mut servers[vi], "the removed server to stop").await;
     let again = std::process::Command::new(common::WK)
         .args([
             "server",
@@ -374,23 +346,11 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
         String::from_utf8_lossy(&again.stderr)
     );
     // Asked of the leader (a removed server stops hearing about membership).
-    let leader = now["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"].as_u64() == now["leader"].as_u64())
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let leader_client = client_of(
-        &servers[0],
-        leader.rsplit(':').next().unwrap().parse().unwrap(),
-    );
+    let leader_client = clients[server_index(&servers, leader_of(&now))].clone();
     wait_for("two members", Duration::from_secs(30), || {
         let c = leader_client.clone();
         async move {
-            members(&c).await["members"]
+            c.cluster_members().await.unwrap_or_default()["members"]
                 .as_array()
                 .is_some_and(|m| m.len() == 2)
         }
@@ -408,28 +368,13 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
 async fn a_server_removed_while_down_stops_when_it_comes_back() {
     let (mut servers, clients) = three_servers(&[], TestServer::spawn_with).await;
     let cms = lookup("cm").unwrap();
-    let m = members(&clients[0]).await;
+    let m = clients[0].cluster_members().await.unwrap_or_default();
     // A follower other than the first server (whose client config `wk` uses).
-    let index_of = |x: &Value| {
-        servers
-            .iter()
-            .position(|s| {
-                x["url"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(&format!(":{}", s.port))
-            })
-            .unwrap()
-    };
-    let follower = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"].as_u64() != m["leader"].as_u64() && index_of(x) != 0)
-        .unwrap()
-        .clone();
+    let follower = entries(&m)
+        .find(|x| x["id"] != m["leader"] && server_index(&servers, x) != 0)
+        .unwrap();
     let victim = follower["id"].as_u64().unwrap();
-    let vi = index_of(&follower);
+    let vi = server_index(&servers, follower);
     let other = 0;
     servers[vi].kill9();
     let out = servers[other].wk(&["delete", "server", &victim.to_string()]);
@@ -444,18 +389,7 @@ async fn a_server_removed_while_down_stops_when_it_comes_back() {
         .unwrap();
 
     servers[vi].restart();
-    wait_for(
-        "the server removed while away to stop",
-        Duration::from_secs(30),
-        || {
-            let exited = servers[vi]
-                .child
-                .as_mut()
-                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-            async move { exited }
-        },
-    )
-    .await;
+    wait_exited(&mut servers[vi], "the server removed while away to stop").await;
     assert!(servers[vi].data_dir().join("removed").exists());
     assert!(
         names(&clients[vi]).await.is_none(),
@@ -466,7 +400,7 @@ async fn a_server_removed_while_down_stops_when_it_comes_back() {
         .create(cms, Some("default"), &cm("after-it-left"), &[])
         .await
         .unwrap();
-    let left = members(&clients[other]).await;
+    let left = clients[other].cluster_members().await.unwrap_or_default();
     assert_eq!(left["members"].as_array().map(Vec::len), Some(2), "{left}");
 }
 
@@ -478,24 +412,12 @@ async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everythi
     let (mut servers, clients) =
         three_servers(&["--snapshot-every", "100"], TestServer::spawn_with).await;
     // Stop a follower.
-    let m = members(&clients[0]).await;
-    let leader = m["leader"].as_u64().unwrap();
-    let follower = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"].as_u64() != Some(leader))
+    let m = clients[0].cluster_members().await.unwrap_or_default();
+    let follower = entries(&m)
+        .find(|x| x["id"] != m["leader"])
         .unwrap()
         .clone();
-    let idx = servers
-        .iter()
-        .position(|s| {
-            follower["url"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!(":{}", s.port))
-        })
-        .unwrap();
+    let idx = server_index(&servers, &follower);
     let before = follower["appliedIndex"].as_u64().unwrap();
     servers[idx].kill9();
     let live: Vec<Client> = (0..3)
@@ -526,13 +448,8 @@ async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everythi
     }
     // The leader has compacted its log (it keeps 100 entries before its snapshot) past
     // what the follower has.
-    let leader_metrics = members(&live[0]).await;
-    let leader_snapshot = leader_metrics["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"].as_u64() == leader_metrics["leader"].as_u64())
-        .unwrap()["snapshotIndex"]
+    let leader_metrics = live[0].cluster_members().await.unwrap_or_default();
+    let leader_snapshot = leader_of(&leader_metrics)["snapshotIndex"]
         .as_u64()
         .unwrap_or(0);
     assert!(
@@ -554,11 +471,8 @@ async fn a_follower_catches_up_from_a_snapshot_and_a_full_restart_keeps_everythi
         },
     )
     .await;
-    let after = members(&live[0]).await;
-    let me = after["members"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let after = live[0].cluster_members().await.unwrap_or_default();
+    let me = entries(&after)
         .find(|x| x["id"] == follower["id"])
         .unwrap()
         .clone();
@@ -865,20 +779,8 @@ async fn a_cas_register_stays_linearizable_through_a_leader_kill() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let m = members(&clients[0]).await;
-    let leader_url = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == m["leader"])
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let l = servers
-        .iter()
-        .position(|s| leader_url.ends_with(&format!(":{}", s.port)))
-        .unwrap();
+    let m = clients[0].cluster_members().await.unwrap_or_default();
+    let l = server_index(&servers, leader_of(&m));
     dead.store(l, std::sync::atomic::Ordering::Relaxed);
     servers[l].kill9();
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -1255,6 +1255,19 @@ async fn pod_agent(state: &ApiState, target: &Target, params: &Params) -> Result
     Ok((container, format!("http://{ip}:{port}")))
 }
 
+/// The error for a node agent's failed answer: what it says of the request (no such
+/// container, a conflict, a bad request) passes through; anything else (its token
+/// refused, its own failure) is the node's trouble, not the caller's.
+fn agent_failure(code: u16, text: &str) -> ApiError {
+    let text = text.trim().to_string();
+    ApiError(match code {
+        404 => Status::new(404, "NotFound", text),
+        409 => Status::new(409, "Conflict", text),
+        400 => Status::bad_request(text),
+        _ => Status::unavailable(format!("the pod's node agent answered {code}: {text}")),
+    })
+}
+
 /// `GET pods/{name}/log`: proxied to the agent of the pod's node (its `containerLogs`
 /// endpoint), streamed back as text.
 pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Response> {
@@ -1270,19 +1283,9 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
         .send()
         .await
         .map_err(|e| Status::unavailable(format!("cannot reach the pod's node agent: {e}")))?;
-    let code = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    if !code.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(Status::new(
-            code.as_u16(),
-            if code == StatusCode::NOT_FOUND {
-                "NotFound"
-            } else {
-                "BadRequest"
-            },
-            text.trim().to_string(),
-        )
-        .into());
+    if !resp.status().is_success() {
+        let code = resp.status().as_u16();
+        return Err(agent_failure(code, &resp.text().await.unwrap_or_default()));
     }
     let body = axum::body::Body::from_stream(resp.bytes_stream());
     let mut r = (StatusCode::OK, body).into_response();
@@ -1332,12 +1335,7 @@ pub async fn exec(state: ApiState, target: Target, req: Request) -> Result<Respo
     let code = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     if code != 200 {
-        let reason = match code {
-            404 => "NotFound",
-            409 => "Conflict",
-            _ => "BadRequest",
-        };
-        return Err(Status::new(code, reason, text.trim().to_string()).into());
+        return Err(agent_failure(code, &text));
     }
     let mut r = (StatusCode::OK, text).into_response();
     r.headers_mut().insert(

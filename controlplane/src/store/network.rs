@@ -51,35 +51,52 @@ impl Peers {
         })
     }
 
-    async fn post<T: DeserializeOwned>(
+    /// POSTs postcard bytes to `/raft/{path}` on the member at `addr`; its answer's bytes.
+    async fn post_raw(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, PostError> {
+        let resp = self
+            .client
+            .post(format!("{}/raft/{path}", addr.trim_end_matches('/')))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(PostError::Send)?;
+        if !resp.status().is_success() {
+            return Err(PostError::Status(resp.status()));
+        }
+        resp.bytes().await.map_err(PostError::Read)
+    }
+
+    /// A forwarded request to the leader at `addr`, and its decoded answer.
+    async fn forward<T: DeserializeOwned>(
         &self,
         addr: &str,
         path: &str,
         body: Vec<u8>,
     ) -> Result<T, StoreError> {
-        let resp = self
-            .client
-            .post(format!("{}/raft/{path}", addr.trim_end_matches('/')))
-            .bearer_auth(&self.token)
-            .timeout(std::time::Duration::from_secs(30))
-            .body(body)
-            .send()
+        let bytes = self
+            .post_raw(addr, path, body, std::time::Duration::from_secs(30))
             .await
-            .map_err(|e| StoreError::NotLeader {
-                leader: Some(format!("{addr} (unreachable: {e})")),
+            .map_err(|e| match e {
+                PostError::Send(e) => StoreError::NotLeader {
+                    leader: Some(format!("{addr} (unreachable: {e})")),
+                },
+                PostError::Status(code) => StoreError::Raft(format!("the leader answered {code}")),
+                PostError::Read(e) => StoreError::Raft(format!("reading the leader's answer: {e}")),
             })?;
-        if !resp.status().is_success() {
-            return Err(StoreError::Raft(format!(
-                "the leader answered {}",
-                resp.status()
-            )));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| StoreError::Raft(format!("reading the leader's answer: {e}")))?;
-        postcard::from_bytes(&bytes)
-            .map_err(|e| StoreError::Raft(format!("the leader's answer: {e}")))
+        let r: Result<T, ForwardError> = postcard::from_bytes(&bytes)
+            .map_err(|e| StoreError::Raft(format!("the leader's answer: {e}")))?;
+        r.map_err(|e| match e {
+            ForwardError::NotLeader(leader) => StoreError::NotLeader { leader },
+            ForwardError::Raft(m) => StoreError::Raft(m),
+        })
     }
 
     /// Has the leader at `addr` commit `cmd`; returns the results and the entry's index.
@@ -89,12 +106,8 @@ impl Peers {
         cmd: &Command,
     ) -> Result<(Vec<Result<Applied, OpError>>, u64), StoreError> {
         let body = postcard::to_allocvec(cmd).map_err(|e| StoreError::Raft(e.to_string()))?;
-        let r: Result<(CommandResult, u64), ForwardError> = self.post(addr, "write", body).await?;
-        match r {
-            Ok((res, index)) => Ok((res.results, index)),
-            Err(ForwardError::NotLeader(leader)) => Err(StoreError::NotLeader { leader }),
-            Err(ForwardError::Raft(m)) => Err(StoreError::Raft(m)),
-        }
+        let (res, index): (CommandResult, u64) = self.forward(addr, "write", body).await?;
+        Ok((res.results, index))
     }
 
     /// Sends a cluster-management request to another member (with the peer token):
@@ -135,14 +148,15 @@ impl Peers {
 
     /// The leader's read index (it has confirmed its leadership with a quorum).
     pub async fn read_index(&self, addr: &str) -> Result<Option<u64>, StoreError> {
-        let r: Result<Option<u64>, ForwardError> =
-            self.post(addr, "read-index", Vec::new()).await?;
-        match r {
-            Ok(i) => Ok(i),
-            Err(ForwardError::NotLeader(leader)) => Err(StoreError::NotLeader { leader }),
-            Err(ForwardError::Raft(m)) => Err(StoreError::Raft(m)),
-        }
+        self.forward(addr, "read-index", Vec::new()).await
     }
+}
+
+/// Why a POST to a peer failed.
+enum PostError {
+    Send(reqwest::Error),
+    Status(reqwest::StatusCode),
+    Read(reqwest::Error),
 }
 
 /// Why the leader did not take a forwarded request.
@@ -169,8 +183,7 @@ impl HttpNetwork {
 pub struct PeerClient {
     target: NodeId,
     addr: String,
-    client: reqwest::Client,
-    token: String,
+    peers: Peers,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -179,9 +192,8 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
             target,
-            addr: node.addr.trim_end_matches('/').to_string(),
-            client: self.peers.client.clone(),
-            token: self.peers.token.clone(),
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -200,29 +212,17 @@ impl PeerClient {
     {
         let body =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let resp = self
-            .client
-            .post(format!("{}/raft/{path}", self.addr))
-            .bearer_auth(&self.token)
-            .timeout(option.hard_ttl())
-            .body(body)
-            .send()
+        let bytes = self
+            .peers
+            .post_raw(&self.addr, path, body, option.hard_ttl())
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                }
+            .map_err(|e| match e {
+                PostError::Send(e) if e.is_connect() => RPCError::Unreachable(Unreachable::new(&e)),
+                PostError::Send(e) | PostError::Read(e) => RPCError::Network(NetworkError::new(&e)),
+                PostError::Status(code) => RPCError::Network(NetworkError::new(
+                    &std::io::Error::other(format!("peer answered {code}")),
+                )),
             })?;
-        if !resp.status().is_success() {
-            let err = std::io::Error::other(format!("peer answered {}", resp.status()));
-            return Err(RPCError::Network(NetworkError::new(&err)));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

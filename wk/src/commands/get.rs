@@ -41,17 +41,7 @@ pub struct Args {
 
 /// `wk get servers`: the control plane's members, their roles and Raft progress.
 async fn servers(args: &Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
-    let client = super::client(kubeconfig)?;
-    let resp = client
-        .request(
-            wk_client::Method::GET,
-            "/wk/v1/cluster/members",
-            &[],
-            None,
-            None,
-        )
-        .await?;
-    let v: Value = resp.json().await?;
+    let v = super::client(kubeconfig)?.cluster_members().await?;
     match args.output.as_deref() {
         Some("json") => println!("{}", serde_json::to_string_pretty(&v)?),
         Some("yaml") => print!("{}", serde_yaml::to_string(&v)?),
@@ -62,58 +52,36 @@ async fn servers(args: &Args, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            let rows: Vec<Vec<String>> = v["members"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| {
-                    let id = m["id"].as_u64().unwrap_or(0);
-                    let state = if m["error"].is_string() {
-                        "Unreachable".to_string()
-                    } else {
-                        cell(&m["state"])
-                    };
-                    vec![
-                        id.to_string(),
-                        cell(&m["url"]),
-                        cell(&m["role"]),
-                        if Some(id) == leader {
-                            "yes".into()
-                        } else {
-                            "".into()
-                        },
-                        state,
-                        cell(&m["term"]),
-                        cell(&m["lastLogIndex"]),
-                        cell(&m["appliedIndex"]),
-                    ]
-                })
-                .collect();
             let header = [
                 "ID", "URL", "ROLE", "LEADER", "STATE", "TERM", "LAST LOG", "APPLIED",
             ];
-            let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-            for r in &rows {
-                for (i, c) in r.iter().enumerate() {
-                    widths[i] = widths[i].max(c.len());
-                }
-            }
-            let line = |cells: Vec<String>| {
-                cells
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-                    .collect::<Vec<_>>()
-                    .join("   ")
-                    .trim_end()
-                    .to_string()
-            };
+            let mut rows: Vec<Vec<String>> = Vec::new();
             if !args.no_headers {
-                println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+                rows.push(header.iter().map(|h| h.to_string()).collect());
             }
-            for r in rows {
-                println!("{}", line(r));
-            }
+            rows.extend(v["members"].as_array().into_iter().flatten().map(|m| {
+                let id = m["id"].as_u64().unwrap_or(0);
+                let state = if m["error"].is_string() {
+                    "Unreachable".to_string()
+                } else {
+                    cell(&m["state"])
+                };
+                vec![
+                    id.to_string(),
+                    cell(&m["url"]),
+                    cell(&m["role"]),
+                    if Some(id) == leader {
+                        "yes".into()
+                    } else {
+                        "".into()
+                    },
+                    state,
+                    cell(&m["term"]),
+                    cell(&m["lastLogIndex"]),
+                    cell(&m["appliedIndex"]),
+                ]
+            }));
+            crate::output::print_rows(&rows);
         }
     }
     Ok(ExitCode::SUCCESS)
