@@ -15,6 +15,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodIdentity {
     pub name: String,
+    /// `spec.hostname`, or the pod's name: what `hostname` says inside (empty: the name).
+    pub hostname: String,
     pub namespace: String,
     pub uid: String,
     pub node_name: String,

@@ -27,9 +27,6 @@ const SPLICE_CHUNK: usize = 64 * 1024;
 /// Pooled buffers and pipes kept per thread.
 const POOL_MAX: usize = 1024;
 
-/// Bytes moved by splice(2), over the process's life.
-pub static SPLICED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Whether directions may switch to splice(2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Splice {
@@ -93,6 +90,8 @@ struct Hop {
     splice: Splice,
     /// A read has filled the buffer: this direction carries a bulk transfer.
     bulk: bool,
+    /// Bytes that went through the pipe.
+    spliced: u64,
 }
 
 impl Hop {
@@ -105,6 +104,7 @@ impl Hop {
             in_pipe: 0,
             splice,
             bulk: false,
+            spliced: 0,
         }
     }
 
@@ -162,7 +162,7 @@ impl Hop {
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
         )?;
         self.in_pipe -= n;
-        SPLICED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.spliced += n as u64;
         Ok(n)
     }
 
@@ -248,24 +248,34 @@ async fn pump(
     }
 }
 
-/// Forwards between `a` and `b` in both directions until both have ended or one fails;
-/// returns the bytes moved each way.
+/// What a forwarded connection moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// Bytes from `a` to `b`, and back.
+    pub up: u64,
+    pub down: u64,
+    /// Of those, the bytes that went through a pipe.
+    pub spliced: u64,
+}
+
+/// Forwards between `a` and `b` in both directions until both have ended or one fails.
 pub async fn bidirectional(
     a: &AsyncFd<Socket>,
     b: &AsyncFd<Socket>,
     splice: Splice,
-) -> io::Result<(u64, u64)> {
+) -> io::Result<Moved> {
     let (mut up, mut down) = (Hop::new(splice), Hop::new(splice));
     let r = tokio::try_join!(pump(a, b, &mut up, true), pump(b, a, &mut down, false));
+    let spliced = up.spliced + down.spliced;
     up.release();
     down.release();
-    r
+    let (up, down) = r?;
+    Ok(Moved { up, down, spliced })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A client, through `bidirectional`, to an echo server over real loopback sockets:
@@ -290,7 +300,6 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for mode in [Splice::Auto, Splice::Off] {
-            let before = SPLICED.load(Ordering::Relaxed);
             let mut client = tokio::net::TcpStream::connect(front_addr).await.unwrap();
             let (inbound, _) = front.accept().unwrap();
             inbound.set_nonblocking(true).unwrap();
@@ -315,12 +324,12 @@ mod tests {
                 back.len(),
                 data.len()
             );
-            let (up, down) = proxy.await.unwrap();
-            assert_eq!((up, down), (data.len() as u64, data.len() as u64));
-            let spliced = SPLICED.load(Ordering::Relaxed) - before;
+            let moved = proxy.await.unwrap();
+            let n = data.len() as u64;
+            assert_eq!((moved.up, moved.down), (n, n));
             match mode {
-                Splice::Auto => assert!(spliced > data.len() as u64, "spliced {spliced}"),
-                Splice::Off => assert_eq!(spliced, 0),
+                Splice::Auto => assert!(moved.spliced > n, "{moved:?}"),
+                Splice::Off => assert_eq!(moved.spliced, 0),
             }
         }
     }

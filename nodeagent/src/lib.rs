@@ -236,13 +236,20 @@ impl Agent {
                 tracing::warn!(%ip, error = %e, "cannot add a pod address");
                 continue;
             }
-            match port {
-                Some(p) if std::net::TcpListener::bind((ip, p)).is_err() => continue,
-                _ => return ip,
+            if port.is_none_or(|p| self.port_free(ip, p, on_host)) {
+                return ip;
             }
         }
         tracing::error!(range = %range, "no free pod address");
         range.nth(0)
+    }
+
+    /// Whether a pod at `ip` can take `port`: tried by binding it where the address is
+    /// the host's (a loopback range, or a Wasm pod's address); a container's address off
+    /// loopback lives only in its own namespace, where nothing holds it yet.
+    pub(crate) fn port_free(&self, ip: Ipv4Addr, port: u16, on_host: bool) -> bool {
+        !(on_host || self.cfg.pod_cidr.is_loopback())
+            || std::net::TcpListener::bind((ip, port)).is_ok()
     }
 
     /// Gives back a pod's address (off loopback: removes it from the interface).
@@ -535,12 +542,15 @@ impl Agent {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(300)).await;
-                    match oci.collect_images(high, low) {
-                        Ok(removed) if !removed.is_empty() => {
+                    // File system work under the store's lock: off the async threads.
+                    let oci = oci.clone();
+                    match tokio::task::spawn_blocking(move || oci.collect_images(high, low)).await {
+                        Ok(Ok(removed)) if !removed.is_empty() => {
                             tracing::info!(?removed, "image GC removed images")
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "image GC failed"),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "image GC failed"),
+                        Err(e) => tracing::warn!(error = %e, "image GC panicked"),
                     }
                 }
             })

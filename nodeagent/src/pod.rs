@@ -58,6 +58,14 @@ fn running_key(pod: &Value, container: &str) -> String {
     )
 }
 
+/// The pod's host name: `spec.hostname`, or its name.
+fn pod_hostname(pod: &Value) -> &str {
+    match s(pod, "/spec/hostname") {
+        "" => s(pod, "/metadata/name"),
+        h => h,
+    }
+}
+
 fn ts(t: &jiff::Timestamp) -> String {
     rfc3339(*t)
 }
@@ -272,7 +280,7 @@ impl Agent {
                     && (self.cfg.pod_cidr.is_loopback()
                         || !on_host
                         || crate::hostnet::add_addr(*ip).is_ok())
-                    && first_port.is_none_or(|p| std::net::TcpListener::bind((*ip, p)).is_ok())
+                    && first_port.is_none_or(|p| self.port_free(*ip, p, on_host))
             });
         let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port, on_host));
         tokio::spawn(async move {
@@ -589,11 +597,7 @@ impl Agent {
     ) -> Result<Vec<Mount>, String> {
         let etc = dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
-        let name = s(pod, "/metadata/name");
-        let hostname = match s(pod, "/spec/hostname") {
-            "" => name,
-            h => h,
-        };
+        let hostname = pod_hostname(pod);
         let domain = &self.cfg.cluster_domain;
         let ns = s(pod, "/metadata/namespace");
         let nameserver = self
@@ -737,6 +741,7 @@ impl Agent {
                 id: String::new(),
                 pod: PodIdentity {
                     name: s(pod, "/metadata/name").into(),
+                    hostname: pod_hostname(pod).into(),
                     namespace: s(pod, "/metadata/namespace").into(),
                     uid: s(pod, "/metadata/uid").into(),
                     node_name: self.cfg.name.clone(),
@@ -791,10 +796,10 @@ impl Agent {
         Ok(slots)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Sends the pod's status; `runtime` names the container IDs' scheme (`wasm://…`).
     async fn report(
         &self,
-        rt: &PodRuntime,
+        runtime: &str,
         tx: &watch::Sender<Option<Value>>,
         ip: Ipv4Addr,
         slots: &[ContainerSlot],
@@ -811,7 +816,7 @@ impl Agent {
                 let mut st = json!({"name": c.name, "image": c.image, "imageID": "", "ready": c.is_ready(),
                     "restartCount": c.restarts, "started": running && c.startup_passed, "state": state_json(&c.state)});
                 if !c.id.is_empty() {
-                    st["containerID"] = json!(format!("{}://{}", rt.name(), c.id));
+                    st["containerID"] = json!(format!("{runtime}://{}", c.id));
                 }
                 if let Some(l) = &c.last {
                     st["lastState"] = state_json(l);
@@ -856,9 +861,8 @@ impl Agent {
                         .into(),
                 );
                 let started = ts(&jiff::Timestamp::now());
-                let rt = PodRuntime::Wasm(self.runtime.clone());
                 self.report(
-                    &rt,
+                    "oci",
                     &reporter,
                     ip,
                     std::slice::from_ref(&slot),
@@ -922,7 +926,7 @@ impl Agent {
                 Err(message) => {
                     let slot = Self::config_error_slot(&pod, message);
                     self.report(
-                        rt,
+                        rt.name(),
                         &tx,
                         ip,
                         std::slice::from_ref(&slot),
@@ -1082,7 +1086,8 @@ impl Agent {
             } else {
                 "Pending"
             };
-            self.report(rt, &tx, ip, &slots, phase, &started).await;
+            self.report(rt.name(), &tx, ip, &slots, phase, &started)
+                .await;
             if all_done {
                 return;
             }
@@ -1146,7 +1151,7 @@ impl Agent {
                         c.restarts += 1;
                         c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container={} pod={}", backoff[i].as_secs(), c.name, s(&pod, "/metadata/name")) };
                         self.event(&pod, "Warning", "BackOff", "Back-off restarting failed container");
-                        self.report(rt, &tx, ip, &slots, "Running", &started).await;
+                        self.report(rt.name(), &tx, ip, &slots, "Running", &started).await;
                         tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(rt, &mut slots, grace).await; return; } }
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     } else {

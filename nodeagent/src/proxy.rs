@@ -171,17 +171,26 @@ impl Table {
 }
 
 /// FNV-1a over a client address and an endpoint: the weight of `endpoint` for `client`.
+/// (Every agent computes the same weights, so the bytes hashed must not depend on the
+/// agent: the addresses' octets and the port.)
 fn affinity_hash(client: IpAddr, endpoint: SocketAddr) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let client = match client {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    let endpoint = endpoint.to_string();
-    for b in client.iter().chain(endpoint.as_bytes()) {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    fn octets(ip: &IpAddr) -> ([u8; 16], usize) {
+        let mut b = [0u8; 16];
+        match ip {
+            IpAddr::V4(a) => {
+                b[..4].copy_from_slice(&a.octets());
+                (b, 4)
+            }
+            IpAddr::V6(a) => (a.octets(), 16),
+        }
     }
-    h
+    let (c, cn) = octets(&client);
+    let (e, en) = octets(&endpoint.ip());
+    let port = endpoint.port().to_be_bytes();
+    let bytes = c[..cn].iter().chain(&e[..en]).chain(&port);
+    bytes.fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Counts a connection as active on a backend while alive.
@@ -333,8 +342,8 @@ async fn forward_tcp(
                     return;
                 };
                 match forward::bidirectional(&inbound, &outbound, splice).await {
-                    Ok((sent, 0)) if sent > 0 => {
-                        tracing::debug!(endpoint = %addr, sent, "endpoint closed without answering");
+                    Ok(forward::Moved { up, down: 0, .. }) if up > 0 => {
+                        tracing::debug!(endpoint = %addr, sent = up, "endpoint closed without answering");
                     }
                     Err(e) => {
                         tracing::debug!(endpoint = %addr, error = %e, "forwarding ended with an error")

@@ -4,14 +4,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::store::{ImageConfig, digest, host_arch};
 use serde_json::json;
-use sha2::{Digest, Sha256};
-
-use crate::store::ImageConfig;
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
 
 /// A tar header owned by root, dated 0 (reproducible archives).
 fn header(kind: tar::EntryType, mode: u32, size: usize) -> tar::Header {
@@ -57,11 +51,7 @@ pub fn image_parts(config: &ImageConfig, layers: &[Vec<u8>]) -> std::io::Result<
         gz.write_all(l)?;
         gz_layers.push(gz.finish()?);
     }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        a => a,
-    };
+    let arch = host_arch();
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux",
         "config": {"Entrypoint": config.entrypoint, "Cmd": config.cmd, "Env": config.env,

@@ -224,15 +224,7 @@ fn start_err(id: &str, message: impl Into<String>) -> RuntimeError {
 
 /// A container id runc accepts, from ours (`<pod uid>/<name>/<restart>`).
 fn runc_id(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    store::file_safe(id)
 }
 
 /// How many times the OOM killer acted in a container's memory cgroup.
@@ -303,10 +295,9 @@ fn make_rootfs(
     Ok((rootfs, false))
 }
 
-/// Removes a container: kills what is left of it, deletes it from runc, unmounts and
-/// removes its bundle, and ends its image lease.
+/// Removes a container: deletes it from runc (`--force` kills what is left of it, its
+/// own pid namespace with it), unmounts and removes its bundle, and ends its image lease.
 async fn teardown(runc: &Runc, store: &ImageStore, runc_id: &str, bundle: &Path, overlay: bool) {
-    let _ = runc.kill(runc_id, "KILL", true).await;
     let _ = runc.delete(runc_id).await;
     if overlay {
         let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
@@ -374,7 +365,6 @@ impl OciRuntime {
 
     async fn clear_leftovers(&self) {
         for id in self.runc.list().await.unwrap_or_default() {
-            let _ = self.runc.kill(&id, "KILL", true).await;
             let _ = self.runc.delete(&id).await;
         }
         if let Ok(rd) = std::fs::read_dir(self.dir.join("containers")) {
@@ -450,6 +440,32 @@ impl OciRuntime {
     }
 }
 
+/// The image `reference` as its pull policy wants it: the one in `store`, or pulled
+/// (with the pod's credentials); and whether it was pulled. Both runtimes' images.
+pub async fn ensure_image(
+    store: &ImageStore,
+    clients: &RegistryClients,
+    reference: &str,
+    pull: &PullOptions,
+) -> Result<(store::Image, bool), RuntimeError> {
+    let present = store.get(reference).map_err(|e| store_err(reference, e))?;
+    match (pull.policy, present) {
+        (PullPolicy::Never, None) => Err(RuntimeError::Pull {
+            image: reference.into(),
+            message: "the image is not present on the node and its pull policy is Never".into(),
+        }),
+        (PullPolicy::IfNotPresent | PullPolicy::Never, Some(img)) => Ok((img, false)),
+        _ => {
+            let auth = auth_for(reference, pull);
+            let img = store
+                .pull(&clients.get(&auth), reference, &auth, &|_| {})
+                .await
+                .map_err(|e| store_err(reference, e))?;
+            Ok((img, true))
+        }
+    }
+}
+
 fn store_err(image: &str, e: StoreError) -> RuntimeError {
     match e {
         StoreError::Invalid(m) => RuntimeError::InvalidImage {
@@ -481,26 +497,7 @@ impl Runtime for OciRuntime {
             .or_default()
             .clone();
         let _one = gate.lock().await;
-        let present = self.store.get(image).map_err(|e| store_err(image, e))?;
-        let (img, pulled) = match (pull.policy, present) {
-            (PullPolicy::Never, None) => {
-                return Err(RuntimeError::Pull {
-                    image: image.into(),
-                    message: "the image is not present on the node and its pull policy is Never"
-                        .into(),
-                });
-            }
-            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(img)) => (img, false),
-            _ => {
-                let auth = auth_for(image, pull);
-                let img = self
-                    .store
-                    .pull(&self.clients.get(&auth), image, &auth, &|_| {})
-                    .await
-                    .map_err(|e| store_err(image, e))?;
-                (img, true)
-            }
-        };
+        let (img, pulled) = ensure_image(&self.store, &self.clients, image, pull).await?;
         if img.kind == ImageKind::Wasm {
             return Err(RuntimeError::InvalidImage {
                 image: image.into(),

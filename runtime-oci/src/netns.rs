@@ -83,7 +83,10 @@ impl PodNetwork {
 
     /// Creates the namespace, the veth pair, the address and both routes.
     pub fn create(&self) -> Result<(), String> {
-        self.delete();
+        // What an earlier run of this pod left (the agent clears its own at start).
+        if std::path::Path::new(&self.path()).exists() {
+            self.delete();
+        }
         ip(&["netns", "add", &self.namespace], None)?;
         let r = self.configure();
         if r.is_err() {

@@ -145,8 +145,13 @@ impl Runc {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, String> {
+        static EXECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid_file = self.root.join(format!("exec-{n}.pid"));
         let mut c = self.command(None);
         c.arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(id)
             .args(command)
             .stdout(Stdio::piped())
@@ -154,8 +159,30 @@ impl Runc {
         let child = c
             .spawn()
             .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(Ok(out)) => {
+        let done = child.wait_with_output();
+        tokio::pin!(done);
+        let result = match tokio::time::timeout(timeout, &mut done).await {
+            Ok(r) => r,
+            Err(_) => {
+                // runc cannot pass on a SIGKILL of its own: the command would run on, its
+                // runc orphaned. Kill the command; runc then reaps it and exits.
+                if let Some(pid) = std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut done).await;
+                let _ = std::fs::remove_file(&pid_file);
+                return Err(format!("command timed out after {timeout:?}"));
+            }
+        };
+        let _ = std::fs::remove_file(&pid_file);
+        match result {
+            Ok(out) => {
                 let exit_code = out.status.code().unwrap_or(137);
                 // runc's own failures (no such container, no such binary) exit 255 with a
                 // message and are errors, not the command's result.
@@ -171,8 +198,7 @@ impl Runc {
                     stderr: out.stderr,
                 })
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("command timed out after {timeout:?}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 }

@@ -56,6 +56,14 @@ pub fn argv(config: &ContainerConfig, image: &ImageConfig) -> Vec<String> {
     }
 }
 
+/// The container's host name: the pod's `spec.hostname`, or its name.
+fn hostname(config: &ContainerConfig) -> &str {
+    match config.pod.hostname.as_str() {
+        "" => &config.pod.name,
+        h => h,
+    }
+}
+
 /// The environment: the image's, then the container's (which wins), plus `HOSTNAME`.
 pub fn environment(config: &ContainerConfig, image: &ImageConfig) -> Vec<String> {
     let mut env: Vec<(String, String)> = Vec::new();
@@ -71,7 +79,7 @@ pub fn environment(config: &ContainerConfig, image: &ImageConfig) -> Vec<String>
         let (k, v) = e.split_once('=').unwrap_or((e, ""));
         set(k, v);
     }
-    set("HOSTNAME", &config.pod.name);
+    set("HOSTNAME", hostname(config));
     for (k, v) in &config.env {
         set(k, v);
     }
@@ -361,7 +369,7 @@ pub fn build(
     linux.set_seccomp(seccomp);
     let mut spec = Spec::default();
     spec.set_process(Some(process));
-    spec.set_hostname(Some(config.pod.name.clone()));
+    spec.set_hostname(Some(hostname(config).to_string()));
     spec.set_root(Some(
         RootBuilder::default()
             .path(&at.rootfs)
@@ -410,6 +418,10 @@ mod tests {
         assert!(env.contains(&"B=pod".to_string()));
         assert!(env.contains(&"HOSTNAME=p".to_string()));
         assert!(env.iter().any(|e| e.starts_with("PATH=")));
+        // `spec.hostname` wins over the pod's name, as in /etc/hostname.
+        c.pod.hostname = "h".into();
+        assert!(environment(&c, &image()).contains(&"HOSTNAME=h".to_string()));
+        c.pod.hostname.clear();
         assert_eq!(
             user(&c, &image(), Path::new("/nonexistent")).unwrap(),
             (1000, 1000)

@@ -165,6 +165,34 @@ fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
+/// `sha256:<hex>` of some bytes: a content digest.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// This host's architecture as OCI platforms name it (`amd64`, `arm64`, …).
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+/// `id` with every character but ASCII letters, digits, `-` and `.` replaced by `_`: a
+/// file name (and a runc container id) of one path component.
+pub(crate) fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 fn hex_of(digest: &str) -> Result<&str, StoreError> {
     match digest.strip_prefix("sha256:") {
         Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(h),
@@ -227,7 +255,7 @@ impl ImageStore {
 
     /// Stores bytes that must have `digest`.
     pub fn put_blob(&self, digest: &str, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let actual = self::digest(bytes);
         if actual != digest {
             return Err(StoreError::Digest {
                 what: "blob".into(),
@@ -347,17 +375,7 @@ impl ImageStore {
     }
 
     fn lease_path(&self, container: &str) -> PathBuf {
-        let key: String = container
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.root.join("leases").join(key)
+        self.root.join("leases").join(file_safe(container))
     }
 
     /// Leased references, with one container using each.
@@ -411,10 +429,16 @@ impl ImageStore {
                 }
             }
         }
-        for dir in ["blobs/sha256", "layers"] {
+        for dir in ["blobs/sha256", "layers", "images"] {
             let d = self.root.join(dir);
             for e in std::fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
+                // In `images`, only the `.refs` of digests no record has any more.
+                let name = match (dir, name.strip_suffix(".refs")) {
+                    ("images", Some(digest)) => digest.to_string(),
+                    ("images", None) => continue,
+                    _ => name,
+                };
                 if !keep.contains(&name) {
                     let p = e.path();
                     let r = if p.is_dir() {
@@ -460,12 +484,16 @@ impl ImageStore {
     /// Records an image whose blobs are all stored; `extra` are other blobs it owns
     /// (manifest, config) kept alive with it.
     fn commit(&self, mut image: Image, extra: &[String]) -> Result<Image, StoreError> {
-        for l in &image.layers {
-            if !self.has_blob(&l.digest) {
-                return Err(StoreError::Invalid(format!("layer {} missing", l.digest)));
-            }
-        }
+        // Under the lock: a prune (image GC, `wk image rm`) running while the blobs came
+        // in may have swept them, as no record held them yet; then this pull fails
+        // instead of recording an image with missing layers.
         let _lock = self.lock()?;
+        let blobs = image.layers.iter().map(|l| &l.digest).chain(extra);
+        if let Some(missing) = blobs.into_iter().find(|d| !self.has_blob(d)) {
+            return Err(StoreError::Invalid(format!(
+                "blob {missing} is missing (removed while the image was pulled?)"
+            )));
+        }
         if let Some(old) = self.get(&image.reference)? {
             image.last_used = old.last_used;
         }
@@ -518,11 +546,7 @@ impl ImageStore {
 
 /// Picks the manifest for this host's platform from an image index.
 fn pick_platform(index: &Value) -> Option<&Value> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        a => a,
-    };
+    let arch = host_arch();
     let manifests = index.get("manifests")?.as_array()?;
     manifests
         .iter()
@@ -868,10 +892,6 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn sha(bytes: &[u8]) -> String {
-        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-    }
-
     /// Writes a tar of `files` (name → bytes).
     fn tar_of(path: &Path, files: &[(String, Vec<u8>)]) {
         let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
@@ -919,12 +939,12 @@ mod tests {
         let img = store.get("example/app:1").unwrap().unwrap();
         assert_eq!(
             img.digest,
-            sha(&cfg),
+            digest(&cfg),
             "a docker save image is known by its config digest"
         );
         assert_eq!(img.config.cmd, ["sh"]);
         assert_eq!(img.config.user, "7:8");
-        assert_eq!(img.layers[0].digest, sha(&layer));
+        assert_eq!(img.layers[0].digest, digest(&layer));
         // The layer unpacks, and applies.
         let unpacked = store.layer_dir(&img.layers[0]).unwrap();
         assert_eq!(std::fs::read(unpacked.join("hello.txt")).unwrap(), b"hi");
@@ -940,31 +960,27 @@ mod tests {
     fn oci_layouts_pick_this_platform_and_verify_digests() {
         let dir = tempfile::tempdir().unwrap();
         let store = ImageStore::open(dir.path().join("store")).unwrap();
-        let here = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            a => a,
-        };
+        let here = host_arch();
         let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
         let mut entries = Vec::new();
         for arch in ["s390x", here] {
             let layer = layer_tar("arch", arch.as_bytes());
             let cfg = config(arch);
             let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&cfg), "size": cfg.len()},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(&layer), "size": layer.len()}]})).unwrap();
-            entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&manifest), "size": manifest.len(),
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&cfg), "size": cfg.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest(&layer), "size": layer.len()}]})).unwrap();
+            entries.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(&manifest), "size": manifest.len(),
                 "platform": {"os": "linux", "architecture": arch}}));
             blobs.extend([
-                (sha(&layer), layer),
-                (sha(&cfg), cfg),
-                (sha(&manifest), manifest),
+                (digest(&layer), layer),
+                (digest(&cfg), cfg),
+                (digest(&manifest), manifest),
             ]);
         }
         let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})).unwrap();
-        let top = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": sha(&index), "size": index.len(),
+        let top = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest(&index), "size": index.len(),
             "annotations": {"org.opencontainers.image.ref.name": "2.0"}}]});
-        blobs.push((sha(&index), index));
+        blobs.push((digest(&index), index));
         let mut files: Vec<(String, Vec<u8>)> = vec![
             (
                 "oci-layout".into(),
@@ -1055,5 +1071,14 @@ mod tests {
         store.release("c-old");
         store.remove("example/old:1").unwrap();
         assert!(store.list().unwrap().is_empty());
+        // Nothing of the images is left: no blobs, and no records or their `.refs`.
+        for d in ["blobs/sha256", "images"] {
+            let left: Vec<_> = std::fs::read_dir(dir.path().join("store").join(d))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(left.is_empty(), "{d}: {left:?}");
+        }
     }
 }

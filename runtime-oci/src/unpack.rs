@@ -35,6 +35,23 @@ fn relative(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Whether `dir` (a directory under the layer root) resolves inside `root` (canonical).
+/// A symlink an entry planted, or an absolute one a lower layer holds (`lib -> /usr/lib`),
+/// would otherwise lead a removal, an opaque directory's emptying or a device node onto
+/// the host's files. What does not exist yet resolves as its deepest existing ancestor.
+fn resolves_inside(root: &Path, dir: &Path) -> bool {
+    let mut p = dir;
+    loop {
+        match p.canonicalize() {
+            Ok(c) => return c.starts_with(root),
+            Err(_) => match p.parent() {
+                Some(up) => p = up,
+                None => return false,
+            },
+        }
+    }
+}
+
 fn remove_any(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
@@ -63,6 +80,7 @@ pub fn unpack(reader: impl Read, dst: &Path, form: Form) -> std::io::Result<()> 
 
 fn unpack_tar(reader: impl Read, dst: &Path, form: Form) -> std::io::Result<()> {
     std::fs::create_dir_all(dst)?;
+    let root = dst.canonicalize()?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -81,6 +99,11 @@ fn unpack_tar(reader: impl Read, dst: &Path, form: Form) -> std::io::Result<()> 
             continue; // the root itself
         };
         let parent = dst.join(rel.parent().unwrap_or(Path::new("")));
+        if !resolves_inside(&root, &parent) {
+            // tar's own unpacking refuses these paths too.
+            tracing::debug!(path = %rel.display(), "layer entry through a symlink leaving the root; skipped");
+            continue;
+        }
         if name == OPAQUE {
             std::fs::create_dir_all(&parent)?;
             match form {
@@ -203,6 +226,35 @@ mod tests {
         assert_eq!(std::fs::read(root.join("var/new")).unwrap(), b"new");
         assert!(!root.join("gone").exists());
         assert!(!dir.path().parent().unwrap().join("escape").exists());
+    }
+
+    /// Entries that go through a symlink to outside the root touch nothing there:
+    /// neither a whiteout, nor an opaque marker, nor a file replacing what is there.
+    #[test]
+    fn symlinks_out_of_the_root_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, host) = (dir.path().join("root"), dir.path().join("host"));
+        std::fs::create_dir_all(&host).unwrap();
+        for f in ["shadow", "passwd", "kept"] {
+            std::fs::write(host.join(f), b"host").unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("etc")).unwrap();
+        let hostile = layer(&[
+            ("etc/.wh.shadow", Some(b"")),
+            ("etc/passwd", Some(b"mine")),
+            ("etc/.wh..wh..opq", Some(b"")),
+        ]);
+        for form in [Form::Apply, Form::Overlay] {
+            let _ = unpack(&hostile[..], &root, form);
+            for f in ["shadow", "passwd", "kept"] {
+                assert_eq!(
+                    std::fs::read(host.join(f)).unwrap(),
+                    b"host",
+                    "{form:?}: {f}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -244,6 +244,23 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
         .await
         .unwrap();
     assert_eq!(out.exit_code, 4);
+    // A command that outlives its timeout is killed, not left running in the container.
+    let err = env
+        .rt
+        .exec(
+            &c.id,
+            &["sleep".into(), "731".into()],
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+    let still = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmd| cmd == b"sleep\x00731\x00");
+    assert!(!still, "the timed-out command still runs");
 
     // A second container of the same pod shares its network: it reaches the server on
     // localhost.

@@ -9,9 +9,8 @@
 //!   image has a `application/vnd.wasm.content.layer.v1+wasm` layer, pulled with
 //!   oci-client (registries listed as insecure are reached over plain HTTP).
 
-use sha2::{Digest, Sha256};
-use wk_api::runtime::{PullOptions, PullPolicy, RuntimeError};
-use wk_runtime_oci::store::{ImageStore, StoreError, WASM_LAYER};
+use wk_api::runtime::{PullOptions, RuntimeError};
+use wk_runtime_oci::store::{ImageStore, WASM_LAYER};
 
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +81,7 @@ impl ImageRef {
     }
 }
 
-/// `sha256:<hex>` of some bytes.
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
+pub use wk_runtime_oci::store::digest;
 
 /// Clients for fetching images, and the node's image store that OCI references are pulled
 /// into (the one the container runtime uses, so `wk image ls` lists Wasm images too).
@@ -106,42 +102,20 @@ impl Fetcher {
     }
 }
 
-/// The component of an OCI image: from the store unless the pull policy says to pull, or
-/// it is not there yet.
+/// The component of an OCI image and its digest (the store verified it): from the store
+/// unless the pull policy says to pull, or it is not there yet.
 async fn pull_oci(
     fetcher: &Fetcher,
     image: &str,
     reference: &str,
     pull: &PullOptions,
-) -> Result<Vec<u8>, RuntimeError> {
+) -> Result<(Vec<u8>, String), RuntimeError> {
     let failed = |message: String| RuntimeError::Pull {
         image: image.to_string(),
         message,
     };
-    let store_err = |e: StoreError| match e {
-        StoreError::Invalid(message) => RuntimeError::InvalidImage {
-            image: image.to_string(),
-            message,
-        },
-        other => failed(other.to_string()),
-    };
-    let present = fetcher.store.get(reference).map_err(store_err)?;
-    let img = match (pull.policy, present) {
-        (PullPolicy::IfNotPresent | PullPolicy::Never, Some(img)) => img,
-        (PullPolicy::Never, None) => {
-            return Err(failed(
-                "the image is not present on the node and its pull policy is Never".into(),
-            ));
-        }
-        _ => {
-            let auth = wk_runtime_oci::auth_for(reference, pull);
-            fetcher
-                .store
-                .pull(&fetcher.oci.get(&auth), reference, &auth, &|_| {})
-                .await
-                .map_err(store_err)?
-        }
-    };
+    let (img, _) =
+        wk_runtime_oci::ensure_image(&fetcher.store, &fetcher.oci, reference, pull).await?;
     let layer = img
         .layers
         .iter()
@@ -152,10 +126,14 @@ async fn pull_oci(
                 "the image has no {WASM_LAYER} layer (a container image? use runtimeClassName: oci)"
             ),
         })?;
-    let path = fetcher.store.blob_path(&layer.digest).map_err(store_err)?;
-    tokio::fs::read(&path)
+    let path = fetcher
+        .store
+        .blob_path(&layer.digest)
+        .map_err(|e| failed(e.to_string()))?;
+    let bytes = tokio::fs::read(&path)
         .await
-        .map_err(|e| failed(format!("{}: {e}", path.display())))
+        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+    Ok((bytes, layer.digest.clone()))
 }
 
 /// Fetches the bytes of an image and checks the digest if one was given.
@@ -171,6 +149,8 @@ pub async fn fetch(
         message,
     };
     let bytes = match &r.source {
+        // Blobs in the store were verified when they were stored.
+        ImageSource::Oci(reference) => return pull_oci(fetcher, image, reference, pull).await,
         ImageSource::File(path) => tokio::fs::read(path)
             .await
             .map_err(|e| failed(format!("{}: {e}", path.display())))?,
@@ -188,7 +168,6 @@ pub async fn fetch(
                 .map_err(|e| failed(e.to_string()))?
                 .to_vec()
         }
-        ImageSource::Oci(reference) => pull_oci(fetcher, image, reference, pull).await?,
     };
     let d = digest(&bytes);
     if let Some(want) = &r.digest {

@@ -146,7 +146,7 @@ pub struct WasmRuntime {
     /// Cluster names for outgoing wasi:http requests (set by the node agent).
     resolver: std::sync::RwLock<Option<host::NameResolver>>,
     /// Running wasi:http services by listening address, for the node's balancer.
-    local: Arc<Mutex<HashMap<std::net::SocketAddr, Arc<LocalService>>>>,
+    local: Arc<std::sync::RwLock<HashMap<std::net::SocketAddr, Arc<LocalService>>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     _ticker: EpochTicker,
 }
@@ -189,7 +189,7 @@ impl WasmRuntime {
     /// balancer hands it connections directly instead of connecting to it.
     pub fn local_service(&self, addr: std::net::SocketAddr) -> Option<Arc<LocalService>> {
         self.local
-            .lock()
+            .read()
             .expect("local lock")
             .get(&addr)
             .filter(|s| s.is_open())
@@ -270,7 +270,9 @@ impl WasmRuntime {
             image::ImageRef::parse(image)?.source,
             image::ImageSource::File(_)
         );
-        if !local {
+        // By reference from memory, unless the policy asks to resolve the reference again
+        // (`Always`: a re-pushed tag); the by-digest entry below still spares compiling.
+        if !local && pull.policy != wk_api::runtime::PullPolicy::Always {
             if let Some(p) = self.images.lock().expect("images lock").get(image) {
                 return Ok((p.clone(), false));
             }

@@ -283,7 +283,7 @@ pub async fn start(
     // The node's balancer may hand connections for these addresses straight in.
     for a in &addrs {
         rt.local
-            .lock()
+            .write()
             .expect("local lock")
             .insert(*a, service.clone());
     }
@@ -310,7 +310,7 @@ pub async fn start(
             t.abort();
         }
         {
-            let mut local = local.lock().expect("local lock");
+            let mut local = local.write().expect("local lock");
             for a in &addrs {
                 if local.get(a).is_some_and(|s| Arc::ptr_eq(s, &service)) {
                     local.remove(a);

@@ -496,7 +496,7 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
         p.digest
     );
     let port = free_port();
-    let mut c = config_for(dir.path(), "oci-hello", image);
+    let mut c = config_for(dir.path(), "oci-hello", image.clone());
     c.env = vec![("POD_NAME".into(), "from-oci".into())];
     c.ports = vec![PortBinding {
         container_port: 8080,
@@ -518,6 +518,39 @@ async fn pulls_wasm_artifacts_from_an_oci_registry() {
         rt.prepare(&missing, &Default::default()).await,
         Err(RuntimeError::Pull { .. })
     ));
+    // The tag is pushed again with another component: `IfNotPresent` keeps what this
+    // node has, `Always` resolves the tag again.
+    let pi = std::fs::read(sample("pi.wasm")).unwrap();
+    let layer = oci_client::client::ImageLayer::new(
+        pi.clone(),
+        oci_client::manifest::WASM_LAYER_MEDIA_TYPE.to_string(),
+        None,
+    );
+    pusher
+        .push(
+            &reference,
+            &[layer],
+            config,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            None,
+        )
+        .await
+        .unwrap();
+    let again = rt.prepare(&image, &Default::default()).await.unwrap();
+    assert_eq!(
+        again.digest, p.digest,
+        "IfNotPresent: the image already here"
+    );
+    let always = wk_api::runtime::PullOptions {
+        policy: wk_api::runtime::PullPolicy::Always,
+        ..Default::default()
+    };
+    let again = rt.prepare(&image, &always).await.unwrap();
+    assert_eq!(
+        again.digest,
+        wk_runtime_wasm::image::digest(&pi),
+        "Always: the new push"
+    );
     rt.stop("oci-hello", Duration::from_secs(1)).await.unwrap();
     let _ = registry.kill();
     let _ = registry.wait();
