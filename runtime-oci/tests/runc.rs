@@ -302,15 +302,27 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
     wait_log(&env, "web", "got-term").await;
     env.rt.remove(&c.id).unwrap();
     env.rt.release_pod(&env.uid);
-    // The pod's network is gone with it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The pod's network is gone with it: namespace, host veth and route.
+    let net = wk_runtime_oci::netns::PodNetwork::for_pod(&env.uid, ip);
     assert!(
-        client
-            .get(format!("http://{ip}:8080/"))
-            .timeout(Duration::from_secs(1))
-            .send()
-            .await
-            .is_err()
+        !std::path::Path::new(&net.path()).exists(),
+        "{}",
+        net.path()
+    );
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains(&net.host_veth));
+    let routes = std::process::Command::new("ip")
+        .args(["route", "show", "table", "all"])
+        .arg(ip.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        routes.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&routes.stdout)
     );
     env.rt.shutdown().await;
 }

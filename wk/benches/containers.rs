@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{WK, percentile_ms, rss_kib, start_server};
+use common::{Proc, WK, percentile_ms, rss_kib, start_agent, start_server};
 
 /// Bytes charged to the memory cgroups of the agent's containers (`/wk/<id>`).
 fn container_cgroups_bytes() -> u64 {
@@ -43,21 +43,20 @@ fn container_cgroups_bytes() -> u64 {
 }
 
 /// A `wk agent`, stopped with SIGTERM (so it removes its containers) when dropped.
-struct Agent(std::process::Child);
+struct Agent(Proc);
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        let child = &mut self.0.0;
         let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status();
         for _ in 0..500 {
-            if let Ok(Some(_)) = self.0.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -235,29 +234,17 @@ fn main() {
         .status()
         .unwrap();
     assert!(st.success());
-    let agent = Agent(
-        Command::new(WK)
-            .args(["agent", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args([
-                "--name",
-                "bench",
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--max-pods",
-                &(n + 10).to_string(),
-                "--data-dir",
-            ])
-            .arg(&agent_dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("WK_BENCH_AGENT_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let pid = agent.0.id();
+    let agent = Agent(start_agent(
+        &kubeconfig,
+        &agent_dir,
+        &[
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--max-pods",
+            &(n + 10).to_string(),
+        ],
+    ));
+    let pid = agent.0.0.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,14 +15,13 @@
 //! `writes,failover,compaction`) picks the parts.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::writes::{Stats, Wk, etcd_ready, fmt_ms, run_writers, start_etcd};
-use common::{Proc, WK, free_port, percentile, start_server};
+use common::{Proc, free_port, percentile, start_server};
 
 /// Starts `n` wk servers (the first, then `n - 1` joining it); returns them and a
 /// pinned client of each.
@@ -42,27 +41,22 @@ fn start_wk(dir: &Path, n: usize) -> (Vec<(Proc, u16)>, Vec<wk_client::Client>) 
     let tokens: serde_json::Value =
         serde_json::from_slice(&std::fs::read(first_dir.join("tokens.json")).unwrap()).unwrap();
     let mut procs = vec![(first, first_port)];
+    let ca = first_dir.join("pki/ca.crt").display().to_string();
     for i in 1..n {
         let port = free_port();
-        let child = Command::new(WK)
-            .args(["server", "--data-dir"])
-            .arg(dir.join(format!("wk-{i}")))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--no-client-config",
-                "--join",
-                &base.config.server,
-                "--token",
-                tokens["peer"].as_str().unwrap(),
-                "--ca-file",
-            ])
-            .arg(first_dir.join("pki/ca.crt"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        procs.push((Proc(child), port));
+        let listen = format!("127.0.0.1:{port}");
+        let flags = [
+            "--listen",
+            listen.as_str(),
+            "--join",
+            &base.config.server,
+            "--token",
+            tokens["peer"].as_str().unwrap(),
+            "--ca-file",
+            ca.as_str(),
+        ];
+        let (data, config) = (dir.join(format!("wk-{i}")), dir.join(format!("config-{i}")));
+        procs.push((start_server(&data, &config, &flags), port));
     }
     let clients = procs
         .iter()
@@ -276,19 +270,12 @@ async fn failover(dir: &Path, kills: usize) {
         }
         // Restart the killed server; it rejoins with its data.
         let port = procs[idx].1;
-        let child = Command::new(WK)
-            .args(["server", "--data-dir"])
-            .arg(sub.join(format!("wk-{idx}")))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--no-client-config",
-            ])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        procs[idx].0 = Proc(child);
+        let listen = format!("127.0.0.1:{port}");
+        procs[idx].0 = start_server(
+            &sub.join(format!("wk-{idx}")),
+            &sub.join(format!("config-{idx}")),
+            &["--listen", listen.as_str()],
+        );
         wait_settled(&live[0], 3).await;
     }
     gaps.sort();

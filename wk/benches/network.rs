@@ -6,12 +6,15 @@
 //! `apt-get install wrk haproxy dnsmasq-base dnsperf`). `WK_BENCH_SECONDS` (default 8) per
 //! point.
 //!
-//! - Backends: three minimal HTTP/1.1 servers (keep-alive, a fixed 200 "ok") in this
-//!   process, on 127.0.1.{1,2,3}. wk reaches them through a selector-less Service with
-//!   hand-written Endpoints; HAProxy 2.6 (`mode tcp`, `balance leastconn`, its default
-//!   thread count) through the same three.
-//! - Load: `wrk -t2 --latency`, with keep-alive (64 connections) and with a new
-//!   connection per request (`Connection: close`, 16 connections).
+//! - Backends: three minimal HTTP/1.1 servers (keep-alive, a fixed 200 "ok", 256 KiB for
+//!   `GET /big`) in this process, on 127.0.1.{1,2,3}. wk reaches them through a
+//!   selector-less Service with hand-written Endpoints; HAProxy 2.6 (`mode tcp`, `balance
+//!   leastconn`, its default thread count) through the same three, once plain and once
+//!   with `option splice-auto`.
+//! - Load: `wrk -t2 --latency`, with keep-alive (64 connections), with a new connection
+//!   per request (`Connection: close`, 16 connections), and 256 KiB responses (16
+//!   keep-alive connections). `WK_BENCH_PROXY_SPLICE=false` makes the balancer copy bulk
+//!   transfers too.
 //! - DNS: 100 Services; dnsmasq serves the same 100 names as `--host-record`s. `dnsperf`
 //!   (16 clients, 2 threads) measures queries/s; a UDP prober here (8 askers in turn)
 //!   measures p50/p99.
@@ -26,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-use common::{Proc, WK, free_port, percentile, start_server};
+use common::{Proc, free_port, percentile, start_agent, start_server};
 
 fn seconds() -> u64 {
     std::env::var("WK_BENCH_SECONDS")
@@ -234,32 +237,20 @@ fn main() {
     let kubeconfig = dir.path().join("config");
     let _server = start_server(&dir.path().join("server"), &kubeconfig, &[]);
     let dns_port = free_port();
-    let start_agent = |extra: &[&str]| {
-        Proc(
-            Command::new(WK)
-                .args(["agent", "--kubeconfig"])
-                .arg(&kubeconfig)
-                .args([
-                    "--name",
-                    "bench",
-                    "--dns-listen",
-                    &format!("127.0.0.1:{dns_port}"),
-                    "--data-dir",
-                ])
-                .arg(dir.path().join("agent"))
-                .args(extra)
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
+    let dns = format!("127.0.0.1:{dns_port}");
+    let agent_with = |extra: &[&str]| {
+        let flags: Vec<&str> = ["--dns-listen", dns.as_str()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        start_agent(&kubeconfig, &dir.path().join("agent"), &flags)
     };
     // `WK_BENCH_PROXY_SPLICE=false`: the balancer copies bulk transfers too.
     let splice = format!(
         "--proxy-splice={}",
         std::env::var("WK_BENCH_PROXY_SPLICE").unwrap_or_else(|_| "true".into())
     );
-    let agent = start_agent(&[splice.as_str()]);
+    let agent = agent_with(&[splice.as_str()]);
     // Backends on their own runtime thread.
     let port = free_port();
     let backends: Vec<SocketAddr> = (1..=3)
@@ -328,26 +319,35 @@ fn main() {
     let hap_port = free_port();
     let cfg = dir.path().join("haproxy.cfg");
     let mut f = std::fs::File::create(&cfg).unwrap();
-    writeln!(f, "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend fe\n  bind 127.0.0.1:{hap_port}\n  default_backend be\nbackend be\n  balance leastconn").unwrap();
+    writeln!(f, "global\n  maxconn 8000\n  maxpipes 1024\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\nfrontend fe\n  bind 127.0.0.1:{hap_port}\n  default_backend be\nbackend be\n  balance leastconn").unwrap();
+    for (i, b) in backends.iter().enumerate() {
+        writeln!(f, "  server s{i} {b}").unwrap();
+    }
+    // The same, with HAProxy's own splice (as the balancer splices bulk transfers).
+    let hap_splice_port = free_port();
+    writeln!(f, "frontend fe_splice\n  bind 127.0.0.1:{hap_splice_port}\n  option splice-auto\n  default_backend be_splice\nbackend be_splice\n  balance leastconn\n  option splice-auto").unwrap();
     for (i, b) in backends.iter().enumerate() {
         writeln!(f, "  server s{i} {b}").unwrap();
     }
     drop(f);
-    let _haproxy = Proc(
+    let mut haproxy = Proc(
         Command::new("haproxy")
             .args(["-db", "-f"])
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("haproxy is installed"),
     );
     std::thread::sleep(Duration::from_millis(500));
+    if let Ok(Some(st)) = haproxy.0.try_wait() {
+        panic!("haproxy exited ({st}); its messages are above");
+    }
 
     println!(
-        "| load | direct req/s | direct p99 | wk req/s | wk p99 | HAProxy req/s | HAProxy p99 | wk/HAProxy | wk/direct |"
+        "| load | direct req/s | direct p99 | wk req/s | wk p99 | HAProxy req/s | HAProxy p99 | HAProxy splice-auto req/s | wk/HAProxy | wk/HAProxy splice-auto | wk/direct |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, conns, close, path) in [
         ("keep-alive, 64 connections", 64, false, "/"),
         ("new connection per request, 16 connections", 16, true, "/"),
@@ -361,15 +361,22 @@ fn main() {
         let direct = wrk(&format!("http://{}{path}", backends[0]), conns, close);
         let wk = wrk(&format!("http://{vip}{path}"), conns, close);
         let hap = wrk(&format!("http://127.0.0.1:{hap_port}{path}"), conns, close);
+        let hap_splice = wrk(
+            &format!("http://127.0.0.1:{hap_splice_port}{path}"),
+            conns,
+            close,
+        );
         println!(
-            "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.2}× | {:.2}× |",
+            "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2}× | {:.2}× | {:.2}× |",
             direct.0,
             direct.1,
             wk.0,
             wk.1,
             hap.0,
             hap.1,
+            hap_splice.0,
             wk.0 / hap.0,
+            wk.0 / hap_splice.0,
             wk.0 / direct.0
         );
     }
@@ -476,7 +483,7 @@ fn main() {
         .map(|(_, c, close)| wrk(&format!("http://{hello_vip}/"), *c, *close))
         .collect();
     drop(agent);
-    let _agent = start_agent(&["--proxy-short-circuit=false"]);
+    let _agent = agent_with(&["--proxy-short-circuit=false"]);
     rt.block_on(async {
         let http = reqwest::Client::new();
         let start = Instant::now();

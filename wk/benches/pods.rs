@@ -7,7 +7,6 @@
 //! (default 1000) pods are created by 8 concurrent clients; latencies come from a watch.
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use serde_json::json;
 
 mod common;
 
-use common::{Proc, WK, percentile_ms, rss_kib, start_server};
+use common::{percentile_ms, rss_kib, start_agent, start_server};
 
 fn main() {
     let n: usize = std::env::var("WK_BENCH_PODS")
@@ -34,22 +33,10 @@ fn main() {
         &kubeconfig,
         &["--no-controllers"],
     );
-    let agent = Proc(
-        Command::new(WK)
-            .args(["agent", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args([
-                "--name",
-                "bench",
-                "--max-pods",
-                &(n + 10).to_string(),
-                "--data-dir",
-            ])
-            .arg(dir.path().join("agent"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let agent = start_agent(
+        &kubeconfig,
+        &dir.path().join("agent"),
+        &["--max-pods", &(n + 10).to_string()],
     );
     let agent_pid = agent.0.id();
     let rt = tokio::runtime::Builder::new_multi_thread()

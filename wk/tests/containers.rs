@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -443,8 +445,13 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
             p["metadata"]["name"].as_str().unwrap(),
         ])));
     }
+    assert_eq!(
+        described.matches("Successfully pulled image").count(),
+        1,
+        "{described}"
+    );
     assert!(
-        described.contains("Successfully pulled image"),
+        described.contains("already present on machine"),
         "{described}"
     );
 
@@ -462,22 +469,23 @@ async fn mixed_fleet_services_dns_and_registry_pull() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("http://{vip}/")).send().await {
-            let body = r.text().await.unwrap();
-            assert!(body.starts_with("ctr web-ctr-"), "{body}");
-            seen.insert(body.trim().to_string());
-        }
-        if seen.len() == 2 {
-            break;
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        2,
-        "both replicas answer through the VIP: {seen:?}"
-    );
+    let seen: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    wait_for(
+        "both replicas to answer through the VIP",
+        Duration::from_secs(30),
+        || {
+            let (http, seen, url) = (http.clone(), seen.clone(), format!("http://{vip}/"));
+            async move {
+                if let Ok(r) = http.get(url).send().await {
+                    let body = r.text().await.unwrap_or_default();
+                    assert!(body.starts_with("ctr web-ctr-"), "{body}");
+                    seen.lock().unwrap().insert(body.trim().to_string());
+                }
+                seen.lock().unwrap().len() == 2
+            }
+        },
+    )
+    .await;
 
     // A container calls the Wasm Service by its short name, resolved by the node's DNS
     // through the resolv.conf search path. (A static glibc busybox cannot resolve names in

@@ -16,12 +16,6 @@ use wk_client::{Client, ClientConfig};
 use common::linearizable::{self, Op};
 use common::{TestServer, stdout, wait_for};
 
-fn peer_token(s: &TestServer) -> String {
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(s.data_dir().join("tokens.json")).unwrap()).unwrap();
-    v["peer"].as_str().unwrap().to_string()
-}
-
 /// A client of one particular server.
 fn client_of(first: &TestServer, port: u16) -> Client {
     let base = first.client();
@@ -81,7 +75,7 @@ async fn three_servers(
     let first = TestServer::spawn_with(extra);
     let (url, token, ca) = (
         first.url.clone(),
-        peer_token(&first),
+        first.token_of("peer"),
         first.ca_path().display().to_string(),
     );
     let mut args = vec![
@@ -265,10 +259,36 @@ async fn three_servers_join_fail_over_and_lose_no_acknowledged_write() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked_after = |since: Instant, n: usize| {
+        let acked = acked.clone();
+        move || {
+            let done = acked
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, t)| *t > since)
+                .count()
+                >= n;
+            async move { done }
+        }
+    };
+    let started = Instant::now();
+    wait_for(
+        "writes before the kill",
+        Duration::from_secs(60),
+        acked_after(started, 300),
+    )
+    .await;
     let killed_at = Instant::now();
     servers[leader_idx].kill9();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Load goes on until the survivors have taken a good number of writes sent after
+    // the kill (bounded; how fast is the benchmark's question, not this test's).
+    wait_for(
+        "writes sent after the kill to be acknowledged",
+        Duration::from_secs(60),
+        acked_after(killed_at, 300),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -555,7 +575,24 @@ async fn clients_and_agents_fail_over_to_another_server() {
     assert_ne!(roaming.server(), dead);
     // The agent keeps renewing its lease through another server.
     let live = pinned[1].clone();
-    let before = renewed(live.clone()).await;
+    // The renewal time as a live server reads it now (once it can: an election may be
+    // running), then a later one.
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    wait_for(
+        "the lease to be readable after the kill",
+        Duration::from_secs(30),
+        || {
+            let (live, seen) = (live.clone(), seen.clone());
+            async move {
+                let t = renewed(live).await;
+                let found = t.is_some();
+                *seen.lock().unwrap() = t;
+                found
+            }
+        },
+    )
+    .await;
+    let before = seen.lock().unwrap().clone();
     wait_for(
         "the agent to renew its lease after its server died",
         Duration::from_secs(30),
@@ -749,6 +786,8 @@ async fn a_cas_register_stays_linearizable_through_a_leader_kill() {
                     continue;
                 }
                 let new = (w as i64 + 1) * 1_000_000 + k;
+                // The CAS is its own operation, from when it is sent.
+                let call = Instant::now();
                 let mut next = register(new);
                 next["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"].clone();
                 let op = Op::Cas {
@@ -778,12 +817,37 @@ async fn a_cas_register_stays_linearizable_through_a_leader_kill() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cas_done_after = |since: Instant| {
+        let history = history.clone();
+        move || {
+            let n = history
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e.op, Op::Cas { .. }) && e.ret.is_some() && e.call > since)
+                .count();
+            async move { n >= 200 }
+        }
+    };
+    let started = Instant::now();
+    wait_for(
+        "CAS operations before the kill",
+        Duration::from_secs(60),
+        cas_done_after(started),
+    )
+    .await;
     let m = clients[0].cluster_members().await.unwrap_or_default();
     let l = server_index(&servers, leader_of(&m));
     dead.store(l, std::sync::atomic::Ordering::Relaxed);
+    let killed = Instant::now();
     servers[l].kill9();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The survivors serve again: CAS operations sent after the kill succeed.
+    wait_for(
+        "CAS operations after the kill",
+        Duration::from_secs(60),
+        cas_done_after(killed),
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();

@@ -127,11 +127,26 @@ async fn service_vip_balances_follows_endpoints_and_survives_a_rollout() {
         "the deleted pod left the Endpoints {} ms after the delete",
         deleted_at.elapsed().as_millis()
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for _ in 0..20 {
-        let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-        assert_ne!(pod_of(&body), victim, "traffic went to a deleted pod");
-    }
+    // Once the balancer has the update, 20 requests in a row miss the deleted pod.
+    wait_for(
+        "no traffic to the deleted pod",
+        Duration::from_secs(30),
+        || {
+            let (http, url, victim) = (http.clone(), url.clone(), victim.clone());
+            async move {
+                for _ in 0..20 {
+                    let Ok(r) = http.get(&url).send().await else {
+                        return false;
+                    };
+                    if pod_of(&r.text().await.unwrap_or_default()) == victim {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
 
     // A rolling update under a steady client loses no request.
     wait_for("3 ready replicas again", Duration::from_secs(30), || {
@@ -208,9 +223,18 @@ async fn nodeport_udp_and_client_affinity() {
     let created = c.create(svc_rt, None, &sticky, &[]).await.unwrap();
     let node_port = created["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     let vip = created["spec"]["clusterIP"].as_str().unwrap().to_string();
-    wait_for("2 ready replicas", Duration::from_secs(60), || {
+    // Both in the Endpoints (the affinity check below needs two to choose from).
+    wait_for("2 ready endpoints", Duration::from_secs(60), || {
         let c = c.clone();
-        async move { ready_pods(&c, "sticky").await.len() == 2 }
+        async move {
+            c.get(lookup("endpoints").unwrap(), None, "sticky")
+                .await
+                .is_ok_and(|ep| {
+                    ep["subsets"][0]["addresses"]
+                        .as_array()
+                        .is_some_and(|a| a.len() == 2)
+                })
+        }
     })
     .await;
     let http = fresh_client();
@@ -654,13 +678,13 @@ async fn dns_forwards_and_unready_pods_get_no_traffic() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let only = answered_by(http.clone(), url.clone()).await;
-    assert_eq!(
-        only,
-        BTreeSet::from(["nr-b".to_string()]),
-        "an unready pod gets no traffic"
-    );
+    // Once the balancer has the update (the Endpoints reach it by a watch), only nr-b
+    // answers: 20 requests in a row.
+    wait_for("only nr-b behind the VIP", Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { answered_by(http, url).await == BTreeSet::from(["nr-b".to_string()]) }
+    })
+    .await;
     std::fs::remove_file(content[0].path().join("not-ready")).unwrap();
     wait_for("nr-a back behind the VIP", Duration::from_secs(30), || {
         let (http, url) = (http.clone(), url.clone());
@@ -731,7 +755,12 @@ async fn connection_floods_are_bounded() {
         }
     }
     println!("{closed} of 200 idle connections refused by a balancer bounded at 40");
-    assert!(closed >= 160, "at most 40 are held: {closed} closed");
+    // At most 40 held, and the bound is not hit early: the 40 stay open (a little slack
+    // for an endpoint closing an idle connection during the ~12 s of reads).
+    assert!(
+        (160..=170).contains(&closed),
+        "40 are held, the rest refused: {closed} closed"
+    );
     assert!(
         agent.0.try_wait().unwrap().is_none(),
         "the agent is still running"

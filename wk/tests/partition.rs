@@ -124,6 +124,43 @@ fn create(net: &Net, i: usize, config: &Path, name: &str, secs: u64) -> bool {
     child.wait_with_output().unwrap().status.success()
 }
 
+/// A create POSTed straight to host `i`'s server (curl, no read first: `wk apply` reads
+/// before it writes, and a cut-off leader cannot serve that linearizable read, so the
+/// write would never reach its log). Whether it was acknowledged within `secs`.
+fn post(net: &Net, i: usize, token: &str, ca: &Path, name: &str, secs: u64) -> bool {
+    let body = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"{name}\"}}}}"
+    );
+    let out = net
+        .exec(i, "curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        .arg(secs.to_string())
+        .arg("--cacert")
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json", "-d", &body])
+        .arg(format!(
+            "https://{}:6443/api/v1/namespaces/default/configmaps",
+            ip_of(i)
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout) == "201"
+}
+
+/// The last log index of host `i`'s server (its `/raft/metrics`, with the peer token).
+fn last_log_index(net: &Net, i: usize, token: &str, ca: &Path) -> Option<u64> {
+    let out = net
+        .exec(i, "curl")
+        .args(["-s", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("https://{}:6443/raft/metrics", ip_of(i)))
+        .output()
+        .unwrap();
+    serde_json::from_slice::<Value>(&out.stdout).ok()?["last_log_index"].as_u64()
+}
+
 fn names(net: &Net, i: usize, config: &Path) -> Option<Vec<String>> {
     let out = wk(net, i, config, 5, &["get", "cm", "-o", "json"]);
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -209,12 +246,22 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
     let l = (0..3).find(|i| leader_url.contains(&ip_of(*i))).unwrap();
     let majority: Vec<usize> = (0..3).filter(|i| *i != l).collect();
 
-    // Cut the leader off.
+    // A direct POST to the leader works while it leads a quorum...
+    let admin = tokens["admin"].as_str().unwrap();
+    assert!(post(&net, l, admin, &ca, "direct", 10), "a direct POST");
+    // ...then the leader is cut off: the write it takes into its log is never
+    // acknowledged, and healing must drop it.
     net.link(l, false);
-    // The cut-off leader cannot commit: the write it takes is never acknowledged.
+    let peer = tokens["peer"].as_str().unwrap();
+    let before = last_log_index(&net, l, peer, &ca).expect("the leader's metrics");
     assert!(
-        !create(&net, l, &configs[l], "minority", 5),
+        !post(&net, l, admin, &ca, "minority", 5),
         "the minority acknowledged a write"
+    );
+    let after = last_log_index(&net, l, peer, &ca).expect("the leader's metrics");
+    assert!(
+        after > before,
+        "the write reached the cut-off leader's log ({before} → {after})"
     );
     // The majority elects a leader among themselves and takes writes.
     wait_blocking("the majority to take writes", || {
@@ -234,6 +281,7 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
         "before-0",
         "before-1",
         "before-2",
+        "direct",
         "majority-0",
         "majority-1",
     ]

@@ -21,6 +21,27 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the release `wk agent` named `bench` against `kubeconfig`, its data in
+/// `data_dir`, with `extra` flags. Its log level is `WK_BENCH_AGENT_LOG` (default
+/// `error`).
+pub fn start_agent(kubeconfig: &Path, data_dir: &Path, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(WK)
+            .args(["agent", "--name", "bench", "--kubeconfig"])
+            .arg(kubeconfig)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("WK_BENCH_AGENT_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start wk agent"),
+    )
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

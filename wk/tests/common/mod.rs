@@ -174,11 +174,17 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The admin token.
     pub fn token(&self) -> String {
+        self.token_of("admin")
+    }
+
+    /// One of the server's tokens (`admin`, `node`, `peer`).
+    pub fn token_of(&self, kind: &str) -> String {
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.data_dir().join("tokens.json")).unwrap())
                 .unwrap();
-        v["admin"].as_str().unwrap().to_string()
+        v[kind].as_str().unwrap().to_string()
     }
 
     pub fn ca_path(&self) -> PathBuf {
@@ -263,10 +269,7 @@ impl Drop for Proc {
 
 /// The server's node join token.
 pub fn node_token(server: &TestServer) -> String {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(server.data_dir().join("tokens.json")).unwrap())
-            .unwrap();
-    v["node"].as_str().unwrap().to_string()
+    server.token_of("node")
 }
 
 /// The path of a sample component built by `scripts/build-samples.sh`.
