@@ -14,7 +14,7 @@ use wk_api::resource::lookup;
 use wk_client::{Client, ClientConfig};
 
 use common::linearizable::{self, Op};
-use common::{TestServer, stdout, wait_for};
+use common::{TestServer, entries, leader_of, stdout, wait_for};
 
 /// A client of one particular server.
 fn client_of(first: &TestServer, port: u16) -> Client {
@@ -26,18 +26,6 @@ fn client_of(first: &TestServer, port: u16) -> Client {
     })
     .unwrap()
     .pinned()
-}
-
-/// The entries of a `cluster_members` answer.
-fn entries(m: &Value) -> impl Iterator<Item = &Value> {
-    m["members"].as_array().into_iter().flatten()
-}
-
-/// The leader's entry in a `cluster_members` answer.
-fn leader_of(m: &Value) -> &Value {
-    entries(m)
-        .find(|x| x["id"] == m["leader"])
-        .unwrap_or_else(|| panic!("no leader in {m}"))
 }
 
 /// Which of `servers` runs the member `entry` (of a `cluster_members` answer).

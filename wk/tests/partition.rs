@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use common::{Proc, WK, wait_blocking};
+use common::{Proc, WK, leader_of, wait_blocking};
 
 /// A router namespace and three server namespaces, each linked to the router.
 struct Net {
@@ -234,15 +234,7 @@ fn a_partitioned_leader_stops_and_the_majority_carries_on() {
         );
     }
     let m = servers(&net, &configs[0]);
-    let leader_url = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == m["leader"])
-        .unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let leader_url = leader_of(&m)["url"].as_str().unwrap().to_string();
     let l = (0..3).find(|i| leader_url.contains(&ip_of(*i))).unwrap();
     let majority: Vec<usize> = (0..3).filter(|i| *i != l).collect();
 

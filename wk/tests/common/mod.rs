@@ -268,6 +268,18 @@ impl Drop for Proc {
 }
 
 /// The server's node join token.
+/// The entries of a `cluster_members` answer (`wk get servers -o json`).
+pub fn entries(m: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    m["members"].as_array().into_iter().flatten()
+}
+
+/// The leader's entry in a `cluster_members` answer.
+pub fn leader_of(m: &serde_json::Value) -> &serde_json::Value {
+    entries(m)
+        .find(|x| x["id"] == m["leader"])
+        .unwrap_or_else(|| panic!("no leader in {m}"))
+}
+
 pub fn node_token(server: &TestServer) -> String {
     server.token_of("node")
 }
