@@ -1,4 +1,5 @@
-//! Moving a proxied connection's bytes between its two sockets.
+//! Moving a proxied connection's bytes between its two sockets, one step at a time
+//! (the forwarding threads in `workers` call [`step`] when epoll reports a socket).
 //!
 //! Each direction starts by copying through a small buffer; as soon as one read fills
 //! the buffer (a bulk transfer, not a request/response exchange), it switches to
@@ -13,12 +14,10 @@
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use socket2::Socket;
-use tokio::io::unix::AsyncFd;
 
 /// Bytes buffered per direction on the copy path.
 pub const COPY_BUFFER: usize = 4096;
@@ -81,7 +80,7 @@ fn give_pipe(p: Pipe) {
 /// One direction's staging area: bytes read from the source and not yet written on,
 /// in the buffer (`start..end`) or in the pipe (`in_pipe`). A fill only happens once
 /// both are empty, so bytes leave in the order they came.
-struct Hop {
+pub(crate) struct Hop {
     buffer: Box<[u8]>,
     start: usize,
     end: usize,
@@ -91,11 +90,15 @@ struct Hop {
     /// A read has filled the buffer: this direction carries a bulk transfer.
     bulk: bool,
     /// Bytes that went through the pipe.
-    spliced: u64,
+    pub spliced: u64,
+    /// Bytes read from the source.
+    pub total: u64,
+    /// `TCP_NODELAY` has been set on the destination.
+    nodelay: bool,
 }
 
 impl Hop {
-    fn new(splice: Splice) -> Hop {
+    pub fn new(splice: Splice) -> Hop {
         Hop {
             buffer: take_buffer(),
             start: 0,
@@ -105,10 +108,12 @@ impl Hop {
             splice,
             bulk: false,
             spliced: 0,
+            total: 0,
+            nodelay: false,
         }
     }
 
-    fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.end - self.start + self.in_pipe
     }
 
@@ -167,7 +172,7 @@ impl Hop {
     }
 
     /// Returns the buffer, and the pipe if it is empty, to the pool.
-    fn release(self) {
+    pub fn release(self) {
         give_buffer(self.buffer);
         if let Some(p) = self.pipe
             && self.in_pipe == 0
@@ -177,160 +182,107 @@ impl Hop {
     }
 }
 
-/// Moves bytes from `src` to `dst` until `src` ends (then shuts `dst` for writing).
-/// `eager`: the first read is tried before waiting for readiness (a client's request is
-/// usually there by the time the endpoint has accepted).
-async fn pump(
-    src: &AsyncFd<Socket>,
-    dst: &AsyncFd<Socket>,
-    hop: &mut Hop,
-    mut eager: bool,
-) -> io::Result<u64> {
-    let mut total = 0u64;
-    let mut nodelay = false;
-    loop {
-        let first = if std::mem::take(&mut eager) {
-            match hop.fill(src.get_ref()) {
-                Ok((n, _)) => Some(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                Err(e) => return Err(e),
-            }
-        } else {
-            None
-        };
-        let n = if let Some(n) = first {
-            n
-        } else {
-            loop {
-                let mut ready = src.readable().await?;
-                match ready.try_io(|s| hop.fill(s.get_ref())) {
-                    Ok(Ok((n, drained))) => {
-                        // A short read empties the socket's queue: wait for the next edge
-                        // instead of reading again only to be told to wait.
-                        if drained && n > 0 {
-                            ready.clear_ready();
-                        }
-                        break n;
-                    }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_would_block) => continue,
-                }
-            }
-        };
-        if n == 0 {
-            let _ = dst.get_ref().shutdown(Shutdown::Write);
-            return Ok(total);
-        }
-        total += n as u64;
-        if hop.bulk && !nodelay {
-            // A bulk transfer goes out in pieces of whatever arrived: without this,
-            // Nagle holds a short last piece until the previous ones are acknowledged,
-            // and a delayed ACK stalls it ~40 ms. Small exchanges leave Nagle on (each
-            // goes out in one write) and skip the system call.
-            let _ = dst.get_ref().set_tcp_nodelay(true);
-            nodelay = true;
-        }
-        while hop.pending() > 0 {
-            // Straight away first: a socket's send buffer almost always has room, and a
-            // just-registered socket has not been reported writable yet.
-            match hop.drain(dst.get_ref()) {
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-            let mut ready = dst.writable().await?;
-            match ready.try_io(|s| hop.drain(s.get_ref())) {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
-            }
+/// One socket of a proxied connection and what epoll last said of it (edge-triggered:
+/// a flag stays set until a system call finds the socket would block).
+pub(crate) struct Side {
+    pub socket: Socket,
+    pub readable: bool,
+    pub writable: bool,
+    /// A hang-up or an error has been reported: read until it shows, even after a
+    /// short read.
+    pub closing: bool,
+    /// The peer's FIN has been reported: once a read comes back short, everything the
+    /// peer sent has been read and the next read would only say so.
+    pub peer_shut: bool,
+    /// The source has nothing more to give.
+    ended: bool,
+}
+
+impl Side {
+    /// A socket not yet reported on. Writing is tried before waiting (speculative I/O: a
+    /// loopback connect has usually completed by the time `connect` returns); so is
+    /// reading where `read_first` (a client's request is usually there by the time it
+    /// is accepted; an endpoint's answer is not).
+    pub fn new(socket: Socket, read_first: bool) -> Side {
+        Side {
+            socket,
+            readable: read_first,
+            writable: true,
+            closing: false,
+            peer_shut: false,
+            ended: false,
         }
     }
 }
 
-/// What a forwarded connection moved.
+/// Why [`step`] stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moved {
-    /// Bytes from `a` to `b`, and back.
-    pub up: u64,
-    pub down: u64,
-    /// Of those, the bytes that went through a pipe.
-    pub spliced: u64,
+pub(crate) enum Flow {
+    /// Waiting for the source to be readable or the destination writable.
+    Blocked,
+    /// The source has ended and everything it sent has been passed on.
+    Ended,
+    /// `budget` reads done and more may be ready: come back after the other connections.
+    Budget,
 }
 
-/// Forwards between `a` and `b` in both directions until both have ended or one fails.
-pub async fn bidirectional(
-    a: &AsyncFd<Socket>,
-    b: &AsyncFd<Socket>,
-    splice: Splice,
-) -> io::Result<Moved> {
-    let (mut up, mut down) = (Hop::new(splice), Hop::new(splice));
-    let r = tokio::try_join!(pump(a, b, &mut up, true), pump(b, a, &mut down, false));
-    let spliced = up.spliced + down.spliced;
-    up.release();
-    down.release();
-    let (up, down) = r?;
-    Ok(Moved { up, down, spliced })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A client, through `bidirectional`, to an echo server over real loopback sockets:
-    /// 8 MiB come back intact, spliced in `Auto` and copied in `Off`.
-    #[tokio::test(flavor = "current_thread")]
-    async fn bulk_transfers_arrive_intact_spliced_or_copied() {
-        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let echo_addr = echo.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = echo.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    tokio::io::copy(&mut r, &mut w).await.unwrap();
-                    w.shutdown().await.unwrap();
-                });
+/// Moves bytes from `src` to `dst` through `hop` until one of them would block, the source
+/// ends, or `budget` reads have been done. Errors are the sockets' own.
+pub(crate) fn step(src: &mut Side, dst: &mut Side, hop: &mut Hop, budget: u32) -> io::Result<Flow> {
+    let mut reads = 0;
+    loop {
+        while hop.pending() > 0 {
+            if !dst.writable {
+                return Ok(Flow::Blocked);
             }
-        });
-        let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let front_addr = front.local_addr().unwrap();
-        let data: Vec<u8> = (0..8u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        for mode in [Splice::Auto, Splice::Off] {
-            let mut client = tokio::net::TcpStream::connect(front_addr).await.unwrap();
-            let (inbound, _) = front.accept().unwrap();
-            inbound.set_nonblocking(true).unwrap();
-            let inbound = crate::proxy::register(Socket::from(inbound)).unwrap();
-            let outbound = crate::proxy::connect(echo_addr).await.unwrap();
-            let proxy =
-                tokio::spawn(
-                    async move { bidirectional(&inbound, &outbound, mode).await.unwrap() },
-                );
-            let (mut r, mut w) = client.split();
-            let send = async {
-                w.write_all(&data).await.unwrap();
-                w.shutdown().await.unwrap();
-            };
-            let mut back = Vec::new();
-            let recv = r.read_to_end(&mut back);
-            let ((), n) = tokio::join!(send, recv);
-            n.unwrap();
-            assert!(
-                back == data,
-                "{mode:?}: {} bytes back of {}",
-                back.len(),
-                data.len()
-            );
-            let moved = proxy.await.unwrap();
-            let n = data.len() as u64;
-            assert_eq!((moved.up, moved.down), (n, n));
-            match mode {
-                Splice::Auto => assert!(moved.spliced > n, "{moved:?}"),
-                Splice::Off => assert_eq!(moved.spliced, 0),
+            match hop.drain(&dst.socket) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable = false;
+                    return Ok(Flow::Blocked);
+                }
+                Err(e) => return Err(e),
             }
+        }
+        if src.ended {
+            return Ok(Flow::Ended);
+        }
+        if !src.readable {
+            return Ok(Flow::Blocked);
+        }
+        if reads == budget {
+            return Ok(Flow::Budget);
+        }
+        reads += 1;
+        match hop.fill(&src.socket) {
+            Ok((0, _)) => {
+                src.ended = true;
+                return Ok(Flow::Ended);
+            }
+            Ok((n, drained)) => {
+                hop.total += n as u64;
+                // A short read empties the socket's queue: wait for the next edge
+                // instead of reading again only to be told to wait, or, once the FIN
+                // was in before the read, to be told it ended.
+                if drained && src.peer_shut && !src.closing {
+                    src.ended = true;
+                } else if drained && !src.closing {
+                    src.readable = false;
+                }
+                if hop.bulk && !hop.nodelay {
+                    // A bulk transfer goes out in pieces of whatever arrived: without
+                    // this, Nagle holds a short last piece until the previous ones are
+                    // acknowledged, and a delayed ACK stalls it ~40 ms. Small exchanges
+                    // leave Nagle on (each goes out in one write) and skip the call.
+                    let _ = dst.socket.set_tcp_nodelay(true);
+                    hop.nodelay = true;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                src.readable = false;
+                return Ok(Flow::Blocked);
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -22,6 +22,7 @@ mod pod;
 mod probe;
 pub mod proxy;
 mod runtimes;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;

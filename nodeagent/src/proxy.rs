@@ -31,21 +31,20 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
-use tokio::io::unix::AsyncFd;
-use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::{Notify, Semaphore};
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use wk_api::resource::lookup;
 use wk_client::{Client, ListParams};
 
 use crate::forward;
+use crate::workers::{self, ServicePort};
 
 /// How long an endpoint that refused a connection is skipped.
 const DOWN_FOR: Duration = Duration::from_secs(2);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Endpoints tried for one connection before giving up.
-const ATTEMPTS: usize = 3;
+pub(crate) const ATTEMPTS: usize = 3;
 /// Default bound on proxied TCP connections per Service port.
 pub const MAX_CONNECTIONS: usize = 16_384;
 const MAX_UDP_SESSIONS: usize = 4_096;
@@ -62,12 +61,12 @@ pub struct Backend {
     pub addr: SocketAddr,
     active: AtomicUsize,
     /// Milliseconds since the table's epoch until which it is skipped (0 = healthy).
-    down_until: AtomicU64,
+    pub(crate) down_until: AtomicU64,
 }
 
 /// The endpoints behind one listener; swapped in place on updates.
 pub struct Table {
-    backends: RwLock<Arc<Vec<Arc<Backend>>>>,
+    pub(crate) backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     /// `sessionAffinity: ClientIP`.
     client_affinity: std::sync::atomic::AtomicBool,
     turn: AtomicUsize,
@@ -120,7 +119,7 @@ impl Table {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn mark_down(&self, b: &Backend) {
+    pub(crate) fn mark_down(&self, b: &Backend) {
         b.down_until.store(
             self.now_ms() + DOWN_FOR.as_millis() as u64,
             Ordering::Relaxed,
@@ -194,10 +193,10 @@ fn affinity_hash(client: IpAddr, endpoint: SocketAddr) -> u64 {
 }
 
 /// Counts a connection as active on a backend while alive.
-struct Active(Arc<Backend>);
+pub(crate) struct Active(pub Arc<Backend>);
 
 impl Active {
-    fn new(b: Arc<Backend>) -> Active {
+    pub(crate) fn new(b: Arc<Backend>) -> Active {
         b.active.fetch_add(1, Ordering::Relaxed);
         Active(b)
     }
@@ -207,52 +206,6 @@ impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-fn reuse_port_tcp(addr: SocketAddr) -> std::io::Result<AsyncFd<Socket>> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.bind(&addr.into())?;
-    s.listen(1024)?;
-    register(s)
-}
-
-/// Registers a socket with the current event loop.
-#[allow(unsafe_code)]
-pub(crate) fn register(s: Socket) -> std::io::Result<AsyncFd<Socket>> {
-    // SAFETY: a `Socket` owns its descriptor and always reports that same one, so it
-    // stays open and unchanged for as long as the `AsyncFd` holds the socket.
-    unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)
-}
-
-/// A non-blocking connect to `addr`, registered with the event loop once it completes.
-pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<AsyncFd<Socket>> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
-    match s.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    let s = register(s)?;
-    // A failed connect shows as an error or hang-up with the writability; only then is
-    // the socket asked why (one system call saved per connection).
-    let ready = s.writable().await?.ready();
-    if ready.is_error() || ready.is_write_closed() {
-        return Err(s
-            .get_ref()
-            .take_error()?
-            .unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
-    }
-    Ok(s)
 }
 
 fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -266,100 +219,9 @@ fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Wasi:http services running in this process, by address: connections for them skip the
-/// socket hop (see `forward_tcp`).
+/// socket hop (see `workers`).
 pub type LocalServices =
     Arc<dyn Fn(SocketAddr) -> Option<Arc<wk_runtime_wasm::LocalService>> + Send + Sync>;
-
-/// Accepts TCP connections on `listener` and forwards each to an endpoint of `table`.
-/// `limit` is shared by the listeners of one Service port.
-pub async fn serve_tcp(
-    listener: AsyncFd<Socket>,
-    table: Arc<Table>,
-    local: Option<LocalServices>,
-    limit: Arc<Semaphore>,
-    splice: forward::Splice,
-) {
-    loop {
-        let accepted = match listener.readable().await {
-            Ok(mut ready) => ready.try_io(|l| {
-                l.get_ref()
-                    .accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
-            }),
-            Err(e) => Ok(Err(e)),
-        };
-        let (inbound, peer) = match accepted {
-            Ok(Ok((s, a))) => match a.as_socket() {
-                Some(peer) => (s, peer),
-                None => continue,
-            },
-            Ok(Err(e)) => {
-                // Out of descriptors, for one: back off rather than spin.
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-            Err(_would_block) => continue,
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            // Over the bound: refuse rather than queue without limit.
-            drop(inbound);
-            continue;
-        };
-        let (table, local) = (table.clone(), local.clone());
-        tokio::spawn(async move {
-            forward_tcp(inbound, peer, &table, local.as_ref(), splice).await;
-            drop(permit);
-        });
-    }
-}
-
-/// Forwards one connection: to a Wasm service of this agent directly (the runtime serves
-/// the accepted socket itself), else over a new connection to the endpoint.
-async fn forward_tcp(
-    inbound: Socket,
-    peer: SocketAddr,
-    table: &Table,
-    local: Option<&LocalServices>,
-    splice: forward::Splice,
-) {
-    let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
-    for attempt in 0..ATTEMPTS {
-        let Some(backend) = table.pick(peer.ip(), &tried[..attempt]) else {
-            return;
-        };
-        if let Some(service) = local.and_then(|l| l(backend.addr)) {
-            let _active = Active::new(backend);
-            if let Ok(inbound) = TcpStream::from_std(std::net::TcpStream::from(inbound)) {
-                service.serve(inbound).await;
-            }
-            return;
-        }
-        match tokio::time::timeout(CONNECT_TIMEOUT, connect(backend.addr)).await {
-            Ok(Ok(outbound)) => {
-                let addr = backend.addr;
-                let _active = Active::new(backend);
-                let Ok(inbound) = register(inbound) else {
-                    return;
-                };
-                match forward::bidirectional(&inbound, &outbound, splice).await {
-                    Ok(forward::Moved { up, down: 0, .. }) if up > 0 => {
-                        tracing::debug!(endpoint = %addr, sent = up, "endpoint closed without answering");
-                    }
-                    Err(e) => {
-                        tracing::debug!(endpoint = %addr, error = %e, "forwarding ended with an error")
-                    }
-                    _ => {}
-                }
-                return;
-            }
-            _ => {
-                tracing::debug!(endpoint = %backend.addr, "endpoint refused a connection; skipping it");
-                table.mark_down(&backend);
-                tried[attempt] = backend.addr;
-            }
-        }
-    }
-}
 
 /// Forwards UDP datagrams on `socket`: one flow per client address, each with its own
 /// upstream socket to the endpoint picked for it; replies go back from the service
@@ -503,36 +365,21 @@ pub fn routes(
 
 struct Listener {
     table: Arc<Table>,
-    tasks: Vec<JoinHandle<()>>,
+    /// TCP: the forwarding threads' listeners.
+    tcp: Option<workers::Listening>,
+    /// UDP: the flow task.
+    udp: Option<JoinHandle<()>>,
 }
 
-/// Event-loop threads for TCP forwarding, one per core, like HAProxy's threads: each has
-/// its own `SO_REUSEPORT` listener per VIP, so a connection stays on the thread that
-/// accepted it (no work stealing, no cross-thread wakeups).
-fn worker_threads() -> Vec<tokio::runtime::Handle> {
+/// TCP forwarding threads, one per core like HAProxy's threads (see `workers`).
+fn forwarding_threads() -> Option<workers::Workers> {
     let n = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 16);
-    (0..n)
-        .filter_map(|i| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new()
-                .name(format!("wk-proxy-{i}"))
-                .spawn(move || {
-                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    else {
-                        return;
-                    };
-                    let _ = tx.send(rt.handle().clone());
-                    rt.block_on(std::future::pending::<()>());
-                })
-                .ok()?;
-            rx.recv().ok()
-        })
-        .collect()
+    workers::Workers::start(n)
+        .inspect_err(|e| tracing::error!(error = %e, "cannot start the forwarding threads; TCP services are not served"))
+        .ok()
 }
 
 /// The balancer: follows Services and Endpoints and keeps one listener per route.
@@ -543,7 +390,8 @@ pub struct Proxy {
     endpoints: Mutex<BTreeMap<String, Value>>,
     changed: Notify,
     listeners: Mutex<HashMap<(SocketAddr, Proto), Listener>>,
-    workers: Vec<tokio::runtime::Handle>,
+    /// TCP forwarding threads, one per core.
+    workers: Option<workers::Workers>,
     local: Option<LocalServices>,
     max_connections: usize,
     splice: forward::Splice,
@@ -569,7 +417,7 @@ impl Proxy {
             endpoints: Mutex::default(),
             changed: Notify::new(),
             listeners: Mutex::default(),
-            workers: worker_threads(),
+            workers: forwarding_threads(),
             local,
             max_connections: max_connections.max(1),
             splice,
@@ -664,7 +512,10 @@ impl Proxy {
             let keep = wanted.contains(k);
             if !keep {
                 // Established connections keep running; only new ones stop.
-                for t in &l.tasks {
+                if let (Some(w), Some(t)) = (&self.workers, l.tcp.take()) {
+                    w.unlisten(t);
+                }
+                if let Some(t) = &l.udp {
                     t.abort();
                 }
                 tracing::info!(listen = %k.0, "service listener removed");
@@ -682,43 +533,32 @@ impl Proxy {
             }
             let table = Table::new();
             table.update(&r.endpoints, r.client_affinity);
-            let mut tasks = Vec::new();
-            let limit = Arc::new(Semaphore::new(self.max_connections));
-            let bound: std::io::Result<()> = match r.proto {
-                Proto::Tcp if self.workers.is_empty() => reuse_port_tcp(r.listen).map(|l| {
-                    tasks.push(tokio::spawn(serve_tcp(
-                        l,
-                        table.clone(),
+            let mut listener = Listener {
+                table: table.clone(),
+                tcp: None,
+                udp: None,
+            };
+            let bound: std::io::Result<()> = match (r.proto, &self.workers) {
+                (Proto::Tcp, Some(w)) => {
+                    let port = ServicePort::new(
+                        table,
                         self.local.clone(),
-                        limit.clone(),
                         self.splice,
-                    )));
-                }),
-                Proto::Tcp => self.workers.iter().try_for_each(|w| {
-                    let _entered = w.enter();
-                    let l = reuse_port_tcp(r.listen)?;
-                    tasks.push(w.spawn(serve_tcp(
-                        l,
-                        table.clone(),
-                        self.local.clone(),
-                        limit.clone(),
-                        self.splice,
-                    )));
-                    Ok(())
-                }),
-                Proto::Udp => reuse_port_udp(r.listen).map(|u| {
-                    tasks.push(tokio::spawn(serve_udp(u, table.clone())));
+                        self.max_connections,
+                    );
+                    w.listen(r.listen, port).map(|l| listener.tcp = Some(l))
+                }
+                (Proto::Tcp, None) => Err(std::io::Error::other("no forwarding threads")),
+                (Proto::Udp, _) => reuse_port_udp(r.listen).map(|u| {
+                    listener.udp = Some(tokio::spawn(serve_udp(u, table)));
                 }),
             };
             if let Err(e) = bound {
                 tracing::warn!(listen = %r.listen, error = %e, "cannot listen for a service");
-                for t in &tasks {
-                    t.abort();
-                }
                 continue;
             }
             tracing::info!(listen = %r.listen, proto = ?r.proto, endpoints = r.endpoints.len(), "service listener added");
-            listeners.insert(key, Listener { table, tasks });
+            listeners.insert(key, listener);
         }
     }
 }

@@ -1,0 +1,849 @@
+//! The balancer's TCP forwarding threads: one epoll loop per core, in the manner of
+//! HAProxy's threads, with no async runtime in between.
+//!
+//! Each thread has its own `SO_REUSEPORT` listener per Service port, so the kernel spreads
+//! new connections over the threads and a connection stays on the thread that accepted
+//! it. A thread keeps its connections in a slab (slots are reused, so a connection
+//! allocates nothing once the slab has grown), registers both sockets of a connection
+//! once, edge-triggered for reading and writing, and never deregisters them: closing a
+//! socket takes it out of the epoll set. Listeners are level-triggered and accept one
+//! connection per report, so an accept never comes back empty-handed.
+//!
+//! Per connection: the endpoint is picked, connected without blocking, and the client's
+//! first bytes are sent as soon as the connect completes (a loopback connect usually
+//! has by the time `connect` returns). An endpoint that refuses, fails or times out the
+//! connect is marked down and the connection moves to another one with the bytes it
+//! has buffered. When one direction ends, the other socket is shut for writing; when
+//! both have, the sockets are closed (the second shutdown is left to `close`).
+//! Connections for a Wasm service of this agent are handed to the async runtime, which
+//! serves the accepted socket itself.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use socket2::{Domain, Socket, Type};
+
+use crate::forward::{self, Flow, Hop, Side, Splice};
+use crate::proxy::{ATTEMPTS, Active, Backend, CONNECT_TIMEOUT, LocalServices, Table};
+
+/// Reads per direction before a connection yields to the others.
+const BUDGET: u32 = 16;
+/// Events taken from epoll at once.
+const EVENTS: usize = 256;
+
+/// Token of a thread's wake-up eventfd.
+const WAKE: u64 = u64::MAX;
+/// Listener tokens have this bit; connection tokens carry the slot, its generation and
+/// the side.
+const LISTENER: u64 = 1 << 63;
+const GEN_MASK: u32 = (1 << 29) - 1;
+/// Connection sockets: registered once, edge-triggered, both ways.
+const CONN_FLAGS: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLOUT)
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLET);
+
+fn conn_token(index: u32, generation: u32, backend: bool) -> u64 {
+    (u64::from(generation & GEN_MASK) << 33) | (u64::from(index) << 1) | u64::from(backend)
+}
+
+/// What a Service port's listeners share across the threads.
+pub struct ServicePort {
+    pub table: Arc<Table>,
+    pub local: Option<LocalServices>,
+    pub splice: Splice,
+    /// Bound on open connections (`max_connections`).
+    limit: usize,
+    open: AtomicUsize,
+    /// Bytes moved through pipes by connections that have ended.
+    pub spliced: AtomicU64,
+}
+
+impl ServicePort {
+    pub fn new(
+        table: Arc<Table>,
+        local: Option<LocalServices>,
+        splice: Splice,
+        limit: usize,
+    ) -> Arc<ServicePort> {
+        Arc::new(ServicePort {
+            table,
+            local,
+            splice,
+            limit: limit.max(1),
+            open: AtomicUsize::new(0),
+            spliced: AtomicU64::new(0),
+        })
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection as open, if under the bound.
+    fn admit(self: &Arc<Self>) -> Option<Open> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Open(self.clone()))
+    }
+}
+
+/// One admitted connection of a Service port; uncounted when dropped.
+struct Open(Arc<ServicePort>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Command {
+    Listen(u64, Socket, Arc<ServicePort>),
+    Unlisten(u64),
+}
+
+struct Thread {
+    commands: Sender<Command>,
+    wake: Arc<EventFd>,
+}
+
+/// The forwarding threads.
+pub struct Workers {
+    threads: Vec<Thread>,
+    next_id: AtomicU64,
+    /// There is a runtime to serve local Wasm services on.
+    local_ok: bool,
+}
+
+/// The listeners of one Service port, one per thread.
+pub struct Listening(u64);
+
+impl Workers {
+    /// Starts `n` threads (at least one). Called within a tokio runtime, connections for
+    /// local Wasm services are handed to that runtime.
+    pub fn start(n: usize) -> io::Result<Workers> {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut threads = Vec::new();
+        for i in 0..n.max(1) {
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+            let wake = Arc::new(EventFd::from_flags(
+                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+            )?);
+            epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+            let (commands, rx) = channel();
+            let (w, rt) = (wake.clone(), runtime.clone());
+            std::thread::Builder::new()
+                .name(format!("wk-proxy-{i}"))
+                .spawn(move || Loop::new(epoll, w, rx, rt).run())?;
+            threads.push(Thread { commands, wake });
+        }
+        Ok(Workers {
+            threads,
+            next_id: AtomicU64::new(1),
+            local_ok: runtime.is_some(),
+        })
+    }
+
+    /// Listens on `addr` on every thread for `port`.
+    pub fn listen(&self, addr: SocketAddr, port: Arc<ServicePort>) -> io::Result<Listening> {
+        let sockets = self
+            .threads
+            .iter()
+            .map(|_| reuse_port_listener(addr))
+            .collect::<io::Result<Vec<_>>>()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let port = if port.local.is_some() && !self.local_ok {
+            tracing::warn!("no async runtime to hand local Wasm connections to");
+            ServicePort::new(port.table.clone(), None, port.splice, port.limit)
+        } else {
+            port
+        };
+        for (t, s) in self.threads.iter().zip(sockets) {
+            self.send(t, Command::Listen(id, s, port.clone()));
+        }
+        Ok(Listening(id))
+    }
+
+    /// Stops accepting for a Service port; its established connections run to their end.
+    pub fn unlisten(&self, l: Listening) {
+        for t in &self.threads {
+            self.send(t, Command::Unlisten(l.0));
+        }
+    }
+
+    fn send(&self, t: &Thread, c: Command) {
+        if t.commands.send(c).is_ok() {
+            let _ = t.wake.write(1);
+        }
+    }
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s)
+}
+
+/// A non-blocking connect to `addr`: the socket, its connect under way or done.
+fn start_connect(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    match s.connect(&addr.into()) {
+        Ok(()) => Ok(s),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+        Err(e) => Err(e),
+    }
+}
+
+/// A connection whose endpoint has not yet answered the connect.
+struct Connecting {
+    attempt: usize,
+    tried: [SocketAddr; ATTEMPTS],
+}
+
+struct Conn {
+    port: Arc<ServicePort>,
+    peer: SocketAddr,
+    client: Side,
+    backend: Side,
+    /// The endpoint, counted as busy with this connection.
+    active: Active,
+    /// Client to endpoint, and back.
+    up: Hop,
+    down: Hop,
+    up_ended: bool,
+    down_ended: bool,
+    /// The endpoint has been shut for writing (the client ended).
+    backend_shut: bool,
+    connecting: Option<Connecting>,
+    _open: Open,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// What to do with a connection after a step.
+enum Next {
+    Wait,
+    Again,
+    Retry,
+    Close,
+}
+
+struct Loop {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    commands: Receiver<Command>,
+    listeners: Vec<Option<(u64, Socket, Arc<ServicePort>)>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Connect deadlines, in order (all are `CONNECT_TIMEOUT` after their start).
+    deadlines: VecDeque<(Instant, u32, u32)>,
+    again: Vec<(u32, u32)>,
+    handoff: Option<tokio::runtime::Handle>,
+}
+
+impl Loop {
+    fn new(
+        epoll: Epoll,
+        wake: Arc<EventFd>,
+        commands: Receiver<Command>,
+        handoff: Option<tokio::runtime::Handle>,
+    ) -> Loop {
+        Loop {
+            epoll,
+            wake,
+            commands,
+            listeners: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            deadlines: VecDeque::new(),
+            again: Vec::new(),
+            handoff,
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); EVENTS];
+        let mut again = Vec::new();
+        loop {
+            let timeout = if !self.again.is_empty() {
+                EpollTimeout::ZERO
+            } else if let Some((at, ..)) = self.deadlines.front() {
+                let ms = at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .clamp(1, 1000);
+                EpollTimeout::from(ms as u16)
+            } else {
+                EpollTimeout::NONE
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll failed; the forwarding thread stops");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                let (token, flags) = (ev.data(), ev.events());
+                if token == WAKE {
+                    let _ = self.wake.read();
+                    self.commands();
+                } else if token & LISTENER != 0 {
+                    self.accept((token & !LISTENER) as usize);
+                } else {
+                    self.event(token, flags);
+                }
+            }
+            std::mem::swap(&mut again, &mut self.again);
+            for (index, generation) in again.drain(..) {
+                self.run_conn(index, generation);
+            }
+            self.expire();
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(c) = self.commands.try_recv() {
+            match c {
+                Command::Listen(id, socket, port) => {
+                    let index = match self.listeners.iter().position(Option::is_none) {
+                        Some(i) => i,
+                        None => {
+                            self.listeners.push(None);
+                            self.listeners.len() - 1
+                        }
+                    };
+                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, LISTENER | index as u64);
+                    if let Err(e) = self.epoll.add(&socket, ev) {
+                        tracing::warn!(error = %e, "cannot watch a service listener");
+                        continue;
+                    }
+                    self.listeners[index] = Some((id, socket, port));
+                }
+                Command::Unlisten(id) => {
+                    for l in &mut self.listeners {
+                        if l.as_ref().is_some_and(|(i, ..)| *i == id) {
+                            // Closing the socket takes it out of the epoll set.
+                            *l = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        let Some(Some((_, listener, port))) = self.listeners.get(index) else {
+            return;
+        };
+        let (client, peer) = match listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
+            Ok((s, a)) => match a.as_socket() {
+                Some(peer) => (s, peer),
+                None => return,
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                // Out of descriptors, for one: the listener stays reported, so back
+                // off rather than spin.
+                tracing::debug!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+        };
+        let port = port.clone();
+        let Some(open) = port.admit() else {
+            // Over the bound: refuse rather than queue without limit.
+            return;
+        };
+        let Some(backend) = port.table.pick(peer.ip(), &[]) else {
+            return;
+        };
+        if let Some(service) = port.local.as_ref().and_then(|l| l(backend.addr)) {
+            self.hand_off(client, backend, service, open);
+            return;
+        }
+        self.open(port, client, peer, backend, open);
+    }
+
+    /// Serves a connection for a Wasm service of this agent on the async runtime, with
+    /// no socket hop to the pod.
+    fn hand_off(
+        &self,
+        client: Socket,
+        backend: Arc<Backend>,
+        service: Arc<wk_runtime_wasm::LocalService>,
+        open: Open,
+    ) {
+        let Some(rt) = &self.handoff else {
+            return;
+        };
+        rt.spawn(async move {
+            let _active = Active::new(backend);
+            let _open = open;
+            if let Ok(s) = tokio::net::TcpStream::from_std(std::net::TcpStream::from(client)) {
+                service.serve(s).await;
+            }
+        });
+    }
+
+    /// Starts forwarding a new connection: a slot, the connect, the first steps.
+    fn open(
+        &mut self,
+        port: Arc<ServicePort>,
+        client: Socket,
+        peer: SocketAddr,
+        mut backend: Arc<Backend>,
+        open: Open,
+    ) {
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
+        let mut attempt = 0;
+        let outbound = loop {
+            match start_connect(backend.addr) {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::debug!(endpoint = %backend.addr, error = %e, "connect failed; skipping the endpoint");
+                    port.table.mark_down(&backend);
+                    tried[attempt] = backend.addr;
+                    attempt += 1;
+                    match port.table.pick(peer.ip(), &tried[..attempt]) {
+                        Some(b) if attempt < ATTEMPTS => backend = b,
+                        _ => return,
+                    }
+                }
+            }
+        };
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[index as usize].generation;
+        let added = self
+            .epoll
+            .add(
+                &client,
+                EpollEvent::new(CONN_FLAGS, conn_token(index, generation, false)),
+            )
+            .and_then(|()| {
+                self.epoll.add(
+                    &outbound,
+                    EpollEvent::new(CONN_FLAGS, conn_token(index, generation, true)),
+                )
+            });
+        if let Err(e) = added {
+            tracing::debug!(error = %e, "cannot watch a proxied connection");
+            self.free.push(index);
+            return;
+        }
+        self.deadlines
+            .push_back((Instant::now() + CONNECT_TIMEOUT, index, generation));
+        self.slots[index as usize].conn = Some(Conn {
+            active: Active::new(backend),
+            _open: open,
+            peer,
+            client: Side::new(client, true),
+            backend: Side::new(outbound, false),
+            up: Hop::new(port.splice),
+            down: Hop::new(port.splice),
+            up_ended: false,
+            down_ended: false,
+            backend_shut: false,
+            connecting: Some(Connecting { attempt, tried }),
+            port,
+        });
+        self.run_conn(index, generation);
+    }
+
+    fn event(&mut self, token: u64, flags: EpollFlags) {
+        let index = ((token >> 1) & u64::from(u32::MAX)) as u32;
+        let generation = (token >> 33) as u32;
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if slot.generation & GEN_MASK != generation {
+            return;
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        let side = if token & 1 == 1 {
+            &mut conn.backend
+        } else {
+            &mut conn.client
+        };
+        let failed = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let gone = EpollFlags::EPOLLRDHUP | failed;
+        side.readable |= flags.intersects(EpollFlags::EPOLLIN | gone);
+        side.writable |= flags.intersects(EpollFlags::EPOLLOUT | failed);
+        side.peer_shut |= flags.contains(EpollFlags::EPOLLRDHUP);
+        side.closing |= flags.intersects(failed);
+        if token & 1 == 1 && conn.connecting.is_some() {
+            if flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
+                self.retry(index);
+                return;
+            }
+            if flags.contains(EpollFlags::EPOLLOUT) {
+                conn.connecting = None;
+            }
+        }
+        self.run_conn(index, generation);
+    }
+
+    /// Steps a connection both ways and acts on the outcome.
+    fn run_conn(&mut self, index: u32, generation: u32) {
+        let slot = &mut self.slots[index as usize];
+        if slot.generation & GEN_MASK != generation & GEN_MASK {
+            return;
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        match conn.step() {
+            Next::Wait => {}
+            Next::Again => self.again.push((index, generation)),
+            Next::Retry => self.retry(index),
+            Next::Close => self.close(index),
+        }
+    }
+
+    /// The endpoint refused, failed or timed out the connect: mark it down and try
+    /// another one with what the client has sent so far.
+    fn retry(&mut self, index: u32) {
+        let Some(mut conn) = self.slots[index as usize].conn.take() else {
+            return;
+        };
+        let reconnected = self.reconnect(index, &mut conn);
+        self.slots[index as usize].conn = Some(conn);
+        match reconnected {
+            Some(generation) => {
+                self.deadlines
+                    .push_back((Instant::now() + CONNECT_TIMEOUT, index, generation));
+                self.run_conn(index, generation);
+            }
+            None => self.close(index),
+        }
+    }
+
+    /// Connects `conn` (in slot `index`) to the next endpoint: the slot's new generation,
+    /// or `None` when none is left to try.
+    fn reconnect(&mut self, index: u32, conn: &mut Conn) -> Option<u32> {
+        let c = conn.connecting.as_mut()?;
+        let table = conn.port.table.clone();
+        loop {
+            let failed = &conn.active.0;
+            tracing::debug!(endpoint = %failed.addr, "endpoint refused a connection; skipping it");
+            table.mark_down(failed);
+            c.tried[c.attempt] = failed.addr;
+            c.attempt += 1;
+            if c.attempt == ATTEMPTS {
+                return None;
+            }
+            let backend = table.pick(conn.peer.ip(), &c.tried[..c.attempt])?;
+            let addr = backend.addr;
+            // Counted on the new endpoint, no longer on the old.
+            conn.active = Active::new(backend);
+            let Ok(outbound) = start_connect(addr) else {
+                continue;
+            };
+            // A new generation, so that reports about the old socket still in this batch
+            // are not taken for the new one's.
+            let slot = &mut self.slots[index as usize];
+            slot.generation = slot.generation.wrapping_add(1);
+            let generation = slot.generation;
+            let mut ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, false));
+            self.epoll.modify(&conn.client.socket, &mut ev).ok()?;
+            let ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, true));
+            self.epoll.add(&outbound, ev).ok()?;
+            conn.backend = Side::new(outbound, false);
+            // The client may have had news meanwhile: look again.
+            conn.client.readable = true;
+            return Some(generation);
+        }
+    }
+
+    fn close(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        let Some(conn) = slot.conn.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(index);
+        if conn.up.total > 0 && conn.down.total == 0 && conn.connecting.is_none() {
+            tracing::debug!(endpoint = %conn.active.0.addr, sent = conn.up.total, "endpoint closed without answering");
+        }
+        conn.port
+            .spliced
+            .fetch_add(conn.up.spliced + conn.down.spliced, Ordering::Relaxed);
+        conn.up.release();
+        conn.down.release();
+        // Dropping the sockets closes them, which also takes them out of the epoll set.
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, index, generation)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let slot = &self.slots[index as usize];
+            if slot.generation & GEN_MASK == generation & GEN_MASK
+                && slot.conn.as_ref().is_some_and(|c| c.connecting.is_some())
+            {
+                self.retry(index);
+            }
+        }
+    }
+}
+
+impl Conn {
+    fn step(&mut self) -> Next {
+        let mut again = false;
+        if !self.up_ended {
+            match forward::step(&mut self.client, &mut self.backend, &mut self.up, BUDGET) {
+                Ok(flow) => {
+                    if self.connecting.is_some() && self.up.total > 0 && self.up.pending() == 0 {
+                        // A write went through: the connect has completed.
+                        self.connecting = None;
+                    }
+                    match flow {
+                        Flow::Blocked => {}
+                        Flow::Budget => again = true,
+                        Flow::Ended => self.up_ended = true,
+                    }
+                }
+                Err(_) if self.connecting.is_some() => return Next::Retry,
+                Err(e) => return self.failed(&e),
+            }
+        }
+        if self.connecting.is_some() {
+            // Nothing comes back, and nothing may be shut, before the connect completes.
+            return if again { Next::Again } else { Next::Wait };
+        }
+        if self.up_ended && !self.backend_shut {
+            if self.down_ended {
+                // Both ways are done: closing sends the FIN.
+                return Next::Close;
+            }
+            let _ = self.backend.socket.shutdown(Shutdown::Write);
+            self.backend_shut = true;
+        }
+        if !self.down_ended {
+            match forward::step(&mut self.backend, &mut self.client, &mut self.down, BUDGET) {
+                Ok(Flow::Blocked) => {}
+                Ok(Flow::Budget) => again = true,
+                Ok(Flow::Ended) => {
+                    self.down_ended = true;
+                    if self.up_ended {
+                        return Next::Close;
+                    }
+                    let _ = self.client.socket.shutdown(Shutdown::Write);
+                }
+                Err(e) => return self.failed(&e),
+            }
+        }
+        if again { Next::Again } else { Next::Wait }
+    }
+
+    fn failed(&self, e: &io::Error) -> Next {
+        tracing::debug!(endpoint = %self.active.0.addr, error = %e, "forwarding ended with an error");
+        Next::Close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn free_addr() -> SocketAddr {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    /// An echo server that shuts its side once the client has.
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    tokio::io::copy(&mut r, &mut w).await.unwrap();
+                    w.shutdown().await.unwrap();
+                });
+            }
+        });
+        addr
+    }
+
+    async fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Through a forwarding thread to an echo server, over real loopback sockets: 8 MiB
+    /// come back intact after the client half-closes, spliced in `Auto` and copied in
+    /// `Off`, and the connection is closed once both ways have ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_transfers_arrive_intact_spliced_or_copied() {
+        let workers = Workers::start(1).unwrap();
+        let echo = echo().await;
+        let data: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for mode in [Splice::Auto, Splice::Off] {
+            let table = Table::new();
+            table.update(&[echo], false);
+            let port = ServicePort::new(table, None, mode, 16);
+            let front = free_addr();
+            let l = workers.listen(front, port.clone()).unwrap();
+            let mut client = connect_when_listening(front).await;
+            let (mut r, mut w) = client.split();
+            let send = async {
+                w.write_all(&data).await.unwrap();
+                w.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let ((), n) = tokio::join!(send, r.read_to_end(&mut back));
+            n.unwrap();
+            assert!(
+                back == data,
+                "{mode:?}: {} bytes back of {}",
+                back.len(),
+                data.len()
+            );
+            wait_for("the connection closes", || port.open_connections() == 0).await;
+            let spliced = port.spliced.load(Ordering::Relaxed);
+            match mode {
+                Splice::Auto => assert!(spliced > data.len() as u64, "{spliced}"),
+                Splice::Off => assert_eq!(spliced, 0),
+            }
+            workers.unlisten(l);
+        }
+    }
+
+    async fn connect_when_listening(addr: SocketAddr) -> TcpStream {
+        let start = Instant::now();
+        loop {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return s,
+                Err(e) => {
+                    assert!(start.elapsed() < Duration::from_secs(5), "{addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    /// An endpoint that refuses is skipped and the bytes the client sent meanwhile go to
+    /// the next one; an endpoint that speaks first is heard before the client says
+    /// anything; beyond the bound, connections are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refused_endpoints_are_retried_servers_speak_first_and_the_bound_holds() {
+        let workers = Workers::start(1).unwrap();
+        let echo = echo().await;
+        let refusing = free_addr();
+        let table = Table::new();
+        table.update(&[refusing, echo], false);
+        let port = ServicePort::new(table.clone(), None, Splice::Auto, 64);
+        let front = free_addr();
+        let _l = workers.listen(front, port.clone()).unwrap();
+        for i in 0..6 {
+            let mut c = connect_when_listening(front).await;
+            let msg = format!("hello {i}");
+            c.write_all(msg.as_bytes()).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut back = String::new();
+            c.read_to_string(&mut back).await.unwrap();
+            assert_eq!(back, msg);
+        }
+        let down = table
+            .backends
+            .read()
+            .unwrap()
+            .iter()
+            .find(|b| b.addr == refusing)
+            .unwrap()
+            .down_until
+            .load(Ordering::Relaxed);
+        assert!(down > 0, "the refusing endpoint is marked down");
+
+        // A server that greets first.
+        let greeter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let greeter_addr = greeter.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = greeter.accept().await.unwrap();
+                tokio::spawn(async move {
+                    s.write_all(b"220 ready\r\n").await.unwrap();
+                    let mut buf = [0u8; 64];
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let table = Table::new();
+        table.update(&[greeter_addr], false);
+        let port = ServicePort::new(table, None, Splice::Auto, 1);
+        let front = free_addr();
+        let _g = workers.listen(front, port.clone()).unwrap();
+        let mut first = connect_when_listening(front).await;
+        let mut buf = [0u8; 11];
+        tokio::time::timeout(Duration::from_secs(5), first.read_exact(&mut buf))
+            .await
+            .expect("the greeting arrives")
+            .unwrap();
+        assert_eq!(&buf, b"220 ready\r\n");
+        // The bound is one connection: a second one is closed unanswered.
+        let mut second = TcpStream::connect(front).await.unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut rest))
+            .await
+            .expect("the refused connection is closed");
+        assert!(n.is_err() || rest.is_empty(), "{rest:?}");
+        assert_eq!(port.open_connections(), 1);
+        drop(first);
+        wait_for("the first connection closes", || {
+            port.open_connections() == 0
+        })
+        .await;
+    }
+}
