@@ -1,13 +1,14 @@
 //! The balancer's TCP forwarding threads: one epoll loop per core, in the manner of
 //! HAProxy's threads, with no async runtime in between.
 //!
-//! Each thread has its own `SO_REUSEPORT` listener per Service port, so the kernel spreads
-//! new connections over the threads and a connection stays on the thread that accepted
-//! it. A thread keeps its connections in a slab (slots are reused, so a connection
-//! allocates nothing once the slab has grown), registers both sockets of a connection
-//! once, edge-triggered for reading and writing, and never deregisters them: closing a
-//! socket takes it out of the epoll set. Listeners are level-triggered and accept one
-//! connection per report, so an accept never comes back empty-handed.
+//! The threads share one listener per Service port, watched level-triggered with
+//! `EPOLLEXCLUSIVE`: the kernel wakes one idle thread per new connection (a busy thread
+//! is not woken), which accepts it; the connection then stays on that thread. (The
+//! socket has `SO_REUSEPORT` too, so several agents on one host share a VIP.) A thread
+//! keeps its connections in a slab (slots are reused, so a connection allocates nothing
+//! once the slab has grown), registers both sockets of a connection once,
+//! edge-triggered for reading and writing, and never deregisters them: closing a socket
+//! takes it out of the epoll set.
 //!
 //! Per connection: the endpoint is picked, connected without blocking, and the client's
 //! first bytes are sent as soon as the connect completes (a loopback connect usually
@@ -109,7 +110,7 @@ impl Drop for Open {
 }
 
 enum Command {
-    Listen(u64, Socket, Arc<ServicePort>),
+    Listen(u64, Arc<Socket>, Arc<ServicePort>),
     Unlisten(u64),
 }
 
@@ -126,7 +127,7 @@ pub struct Workers {
     local_ok: bool,
 }
 
-/// The listeners of one Service port, one per thread.
+/// The listener of one Service port.
 pub struct Listening(u64);
 
 impl Workers {
@@ -155,13 +156,9 @@ impl Workers {
         })
     }
 
-    /// Listens on `addr` on every thread for `port`.
+    /// Listens on `addr` for `port`, on every thread.
     pub fn listen(&self, addr: SocketAddr, port: Arc<ServicePort>) -> io::Result<Listening> {
-        let sockets = self
-            .threads
-            .iter()
-            .map(|_| reuse_port_listener(addr))
-            .collect::<io::Result<Vec<_>>>()?;
+        let socket = Arc::new(reuse_port_listener(addr)?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let port = if port.local.is_some() && !self.local_ok {
             tracing::warn!("no async runtime to hand local Wasm connections to");
@@ -169,8 +166,8 @@ impl Workers {
         } else {
             port
         };
-        for (t, s) in self.threads.iter().zip(sockets) {
-            self.send(t, Command::Listen(id, s, port.clone()));
+        for t in &self.threads {
+            self.send(t, Command::Listen(id, socket.clone(), port.clone()));
         }
         Ok(Listening(id))
     }
@@ -240,6 +237,9 @@ struct Conn {
     _open: Open,
 }
 
+/// A Service port's shared listener as one thread watches it: id, socket, port.
+type ListenerSlot = (u64, Arc<Socket>, Arc<ServicePort>);
+
 struct Slot {
     generation: u32,
     conn: Option<Conn>,
@@ -257,7 +257,7 @@ struct Loop {
     epoll: Epoll,
     wake: Arc<EventFd>,
     commands: Receiver<Command>,
-    listeners: Vec<Option<(u64, Socket, Arc<ServicePort>)>>,
+    listeners: Vec<Option<ListenerSlot>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Connect deadlines, in order (all are `CONNECT_TIMEOUT` after their start).
@@ -339,8 +339,11 @@ impl Loop {
                             self.listeners.len() - 1
                         }
                     };
-                    let ev = EpollEvent::new(EpollFlags::EPOLLIN, LISTENER | index as u64);
-                    if let Err(e) = self.epoll.add(&socket, ev) {
+                    let ev = EpollEvent::new(
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+                        LISTENER | index as u64,
+                    );
+                    if let Err(e) = self.epoll.add(&*socket, ev) {
                         tracing::warn!(error = %e, "cannot watch a service listener");
                         continue;
                     }
@@ -349,8 +352,10 @@ impl Loop {
                 Command::Unlisten(id) => {
                     for l in &mut self.listeners {
                         if l.as_ref().is_some_and(|(i, ..)| *i == id) {
-                            // Closing the socket takes it out of the epoll set.
-                            *l = None;
+                            if let Some((_, socket, _)) = l.take() {
+                                // The other threads hold the socket open a while longer.
+                                let _ = self.epoll.delete(&*socket);
+                            }
                         }
                     }
                 }

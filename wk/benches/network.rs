@@ -3,8 +3,10 @@
 //! and load tools, in one run.
 //!
 //! `cargo bench -p wk --bench network` (needs `wrk`, `haproxy`, `dnsmasq`, `dnsperf`:
-//! `apt-get install wrk haproxy dnsmasq-base dnsperf`). `WK_BENCH_SECONDS` (default 8) per
-//! point.
+//! `apt-get install wrk haproxy dnsmasq-base dnsperf`). `WK_BENCH_SECONDS` (default 5) per
+//! wrk run; `WK_BENCH_ROUNDS` (default 3) rounds per L4 point, the targets taking turns
+//! to go first; the table gives the medians, the per-round range of wk/HAProxy, and the
+//! CPU time (user + system) each proxy process spent per request.
 //!
 //! - Backends: three minimal HTTP/1.1 servers (keep-alive, a fixed 200 "ok", 256 KiB for
 //!   `GET /big`) in this process, on 127.0.1.{1,2,3}. wk reaches them through a
@@ -35,7 +37,7 @@ fn seconds() -> u64 {
     std::env::var("WK_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(5)
 }
 
 /// The body of `GET /big`.
@@ -88,6 +90,61 @@ async fn backend(addr: SocketAddr) {
                 }
             }
         });
+    }
+}
+
+/// Rounds per L4 point (`WK_BENCH_ROUNDS`, default 3); the table gives medians.
+fn rounds() -> usize {
+    std::env::var("WK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// CPU time (user + system, seconds) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the
+    // 12th and 13th of those, in clock ticks.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// One wrk run at one target, and the CPU its proxy used meanwhile.
+#[derive(Clone)]
+struct Run {
+    rps: f64,
+    p99: f64,
+    cpu: Option<f64>,
+}
+
+/// Medians over the rounds, and CPU per request over all of them.
+struct Summary {
+    rps: f64,
+    p99: f64,
+    cpu_us: f64,
+}
+
+impl Summary {
+    fn of(runs: &[Run]) -> Summary {
+        let median = |f: &dyn Fn(&Run) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let requests: f64 = runs.iter().map(|r| r.rps * seconds() as f64).sum();
+        let cpu: f64 = runs.iter().filter_map(|r| r.cpu).sum();
+        Summary {
+            rps: median(&|r| r.rps),
+            p99: median(&|r| r.p99),
+            cpu_us: cpu / requests * 1e6,
+        }
     }
 }
 
@@ -345,9 +402,10 @@ fn main() {
     }
 
     println!(
-        "| load | direct req/s | direct p99 | wk req/s | wk p99 | HAProxy req/s | HAProxy p99 | HAProxy splice-auto req/s | wk/HAProxy | wk/HAProxy splice-auto | wk/direct |"
+        "| load | direct req/s | direct p99 | wk req/s | wk p99 | wk CPU/req | HAProxy req/s | HAProxy p99 | HAProxy CPU/req | HAProxy splice-auto req/s | wk/HAProxy (rounds) | wk/HAProxy splice-auto | wk/direct |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let (wk_pid, hap_pid) = (agent.0.id(), haproxy.0.id());
     for (label, conns, close, path) in [
         ("keep-alive, 64 connections", 64, false, "/"),
         ("new connection per request, 16 connections", 16, true, "/"),
@@ -358,26 +416,51 @@ fn main() {
             "/big",
         ),
     ] {
-        let direct = wrk(&format!("http://{}{path}", backends[0]), conns, close);
-        let wk = wrk(&format!("http://{vip}{path}"), conns, close);
-        let hap = wrk(&format!("http://127.0.0.1:{hap_port}{path}"), conns, close);
-        let hap_splice = wrk(
-            &format!("http://127.0.0.1:{hap_splice_port}{path}"),
-            conns,
-            close,
-        );
+        let targets = [
+            (format!("http://{}{path}", backends[0]), None),
+            (format!("http://{vip}{path}"), Some(wk_pid)),
+            (format!("http://127.0.0.1:{hap_port}{path}"), Some(hap_pid)),
+            (
+                format!("http://127.0.0.1:{hap_splice_port}{path}"),
+                Some(hap_pid),
+            ),
+        ];
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+        // Rounds in turn, each starting with a different target, so that a slow
+        // moment of the machine does not land on one of them only.
+        for round in 0..rounds() {
+            for k in 0..targets.len() {
+                let t = (round + k) % targets.len();
+                let (url, pid) = &targets[t];
+                let cpu0 = pid.map(cpu_seconds);
+                let (rps, p99) = wrk(url, conns, close);
+                let cpu = pid.map(|p| cpu_seconds(p) - cpu0.unwrap_or(0.0));
+                runs[t].push(Run { rps, p99, cpu });
+            }
+        }
+        let [direct, wk, hap, hap_splice] = [0, 1, 2, 3].map(|t| Summary::of(&runs[t]));
+        let per_round: Vec<f64> = runs[1]
+            .iter()
+            .zip(&runs[2])
+            .map(|(w, h)| w.rps / h.rps)
+            .collect();
+        let (lo, hi) = per_round
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
         println!(
-            "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.0} | {:.2}× | {:.2}× | {:.2}× |",
-            direct.0,
-            direct.1,
-            wk.0,
-            wk.1,
-            hap.0,
-            hap.1,
-            hap_splice.0,
-            wk.0 / hap.0,
-            wk.0 / hap_splice.0,
-            wk.0 / direct.0
+            "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.1} µs | {:.0} | {:.2} ms | {:.1} µs | {:.0} | {:.2}× ({lo:.2}–{hi:.2}×) | {:.2}× | {:.2}× |",
+            direct.rps,
+            direct.p99,
+            wk.rps,
+            wk.p99,
+            wk.cpu_us,
+            hap.rps,
+            hap.p99,
+            hap.cpu_us,
+            hap_splice.rps,
+            wk.rps / hap.rps,
+            wk.rps / hap_splice.rps,
+            wk.rps / direct.rps
         );
     }
 
