@@ -226,9 +226,32 @@ pub(crate) enum Flow {
     Budget,
 }
 
+/// Which socket failed in a [`step`].
+#[derive(Debug)]
+pub(crate) enum StepError {
+    /// Reading from the source.
+    Read(io::Error),
+    /// Writing to the destination.
+    Write(io::Error),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Read(e) => write!(f, "reading: {e}"),
+            StepError::Write(e) => write!(f, "writing: {e}"),
+        }
+    }
+}
+
 /// Moves bytes from `src` to `dst` through `hop` until one of them would block, the source
-/// ends, or `budget` reads have been done. Errors are the sockets' own.
-pub(crate) fn step(src: &mut Side, dst: &mut Side, hop: &mut Hop, budget: u32) -> io::Result<Flow> {
+/// ends, or `budget` reads have been done.
+pub(crate) fn step(
+    src: &mut Side,
+    dst: &mut Side,
+    hop: &mut Hop,
+    budget: u32,
+) -> Result<Flow, StepError> {
     let mut reads = 0;
     loop {
         while hop.pending() > 0 {
@@ -241,7 +264,7 @@ pub(crate) fn step(src: &mut Side, dst: &mut Side, hop: &mut Hop, budget: u32) -
                     dst.writable = false;
                     return Ok(Flow::Blocked);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(StepError::Write(e)),
             }
         }
         if src.ended {
@@ -282,7 +305,7 @@ pub(crate) fn step(src: &mut Side, dst: &mut Side, hop: &mut Hop, budget: u32) -
                 src.readable = false;
                 return Ok(Flow::Blocked);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(StepError::Read(e)),
         }
     }
 }

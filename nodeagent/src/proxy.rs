@@ -19,9 +19,10 @@
 //!   flows per listener; beyond that new ones are refused.
 //!
 //! Listeners use `SO_REUSEPORT`, so several agents on one host (tests, `wk up` with more
-//! nodes) all serve the same VIPs and the kernel spreads connections among them. Bytes
-//! move as `forward` describes: copied through a pooled buffer, spliced through a pooled
-//! pipe once a transfer is bulk.
+//! nodes) all serve the same VIPs and the kernel spreads connections among them. TCP
+//! connections are forwarded on the epoll threads of `workers`, UDP flows on the agent's
+//! runtime. Bytes move as `forward` describes: copied through a pooled buffer, spliced
+//! through a pooled pipe once a transfer is bulk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

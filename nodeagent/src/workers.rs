@@ -31,7 +31,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use socket2::{Domain, Socket, Type};
 
-use crate::forward::{self, Flow, Hop, Side, Splice};
+use crate::forward::{self, Flow, Hop, Side, Splice, StepError};
 use crate::proxy::{ATTEMPTS, Active, Backend, CONNECT_TIMEOUT, LocalServices, Table};
 
 /// Reads per direction before a connection yields to the others.
@@ -615,17 +615,20 @@ impl Loop {
         // Dropping the sockets closes them, which also takes them out of the epoll set.
     }
 
+    /// Retries connects past their deadline, and drops the deadlines of connects that
+    /// have completed (so that an idle thread does not wake for them).
     fn expire(&mut self) {
         let now = Instant::now();
         while let Some(&(at, index, generation)) = self.deadlines.front() {
-            if at > now {
+            let slot = &self.slots[index as usize];
+            let pending = slot.generation & GEN_MASK == generation & GEN_MASK
+                && slot.conn.as_ref().is_some_and(|c| c.connecting.is_some());
+            if pending && at > now {
                 break;
             }
             self.deadlines.pop_front();
-            let slot = &self.slots[index as usize];
-            if slot.generation & GEN_MASK == generation & GEN_MASK
-                && slot.conn.as_ref().is_some_and(|c| c.connecting.is_some())
-            {
+            if pending {
+                tracing::debug!("connect timed out");
                 self.retry(index);
             }
         }
@@ -648,7 +651,8 @@ impl Conn {
                         Flow::Ended => self.up_ended = true,
                     }
                 }
-                Err(_) if self.connecting.is_some() => return Next::Retry,
+                // Writing to an endpoint still connecting fails when the connect does.
+                Err(StepError::Write(_)) if self.connecting.is_some() => return Next::Retry,
                 Err(e) => return self.failed(&e),
             }
         }
@@ -681,7 +685,7 @@ impl Conn {
         if again { Next::Again } else { Next::Wait }
     }
 
-    fn failed(&self, e: &io::Error) -> Next {
+    fn failed(&self, e: &StepError) -> Next {
         tracing::debug!(endpoint = %self.active.0.addr, error = %e, "forwarding ended with an error");
         Next::Close
     }
@@ -777,6 +781,84 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An endpoint whose accept queue is full never answers the connect: a client that
+    /// resets meanwhile does not count against the endpoint, and one that waits is moved
+    /// to the next endpoint after `CONNECT_TIMEOUT`, with what it sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connects_that_hang_time_out_and_client_resets_do_not_blame_the_endpoint() {
+        let workers = Workers::start(1).unwrap();
+        let echo = echo().await;
+        let full = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let full_addr = free_addr();
+        full.bind(&full_addr.into()).unwrap();
+        full.listen(0).unwrap();
+        // Fill the accept queue; later SYNs are dropped.
+        let fillers: Vec<Socket> = (0..4)
+            .map(|_| {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let _ = s.connect(&full_addr.into());
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let table = Table::new();
+        table.update(&[full_addr], false);
+        let port = ServicePort::new(table.clone(), None, Splice::Auto, 64);
+        let front = free_addr();
+        let _l = workers.listen(front, port.clone()).unwrap();
+        let down = |t: &Table| {
+            t.backends.read().unwrap()[0]
+                .down_until
+                .load(Ordering::Relaxed)
+        };
+
+        // A client that resets while the connect hangs.
+        let c = connect_when_listening(front).await.into_std().unwrap();
+        let c = Socket::from(c);
+        c.set_linger(Some(Duration::ZERO)).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(c);
+        wait_for("the reset connection closes", || {
+            port.open_connections() == 0
+        })
+        .await;
+        assert_eq!(
+            down(&table),
+            0,
+            "a client's reset is not the endpoint's fault"
+        );
+
+        // A client that waits: after the connect timeout, the echo endpoint answers.
+        table.update(&[full_addr, echo], false);
+        let mut waited = None;
+        for i in 0..4 {
+            let start = Instant::now();
+            let mut c = connect_when_listening(front).await;
+            let msg = format!("still there {i}");
+            c.write_all(msg.as_bytes()).await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut back = String::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut back))
+                .await
+                .expect("the connection is answered")
+                .unwrap();
+            assert_eq!(back, msg);
+            if start.elapsed() >= CONNECT_TIMEOUT {
+                waited = Some(start.elapsed());
+            }
+        }
+        assert!(
+            waited.is_some(),
+            "one connection went to the hanging endpoint first"
+        );
+        assert!(
+            down(&table) > 0,
+            "the endpoint that timed out is marked down"
+        );
+        drop(fillers);
     }
 
     /// An endpoint that refuses is skipped and the bytes the client sent meanwhile go to
