@@ -1,8 +1,9 @@
 //! Two hosts for real: two network namespaces joined by a veth pair, a server and an
 //! agent in one, an agent in the other, each node with a routable pod range. A pod on
 //! one node reaches, by name, a Service whose pod runs on the other; pods reach pods
-//! across the hosts; the second node's DNS answers for the Service. Needs root and
-//! iproute2 (the test hosts have both).
+//! across the hosts; the second node's DNS answers for the Service; a container on the
+//! second node gets an address from its range and is reached by name from the first.
+//! Needs root, iproute2, runc and busybox-static (`scripts/test.sh` installs them).
 
 mod common;
 
@@ -12,6 +13,8 @@ use std::process::{Command, Output, Stdio};
 use serde_json::Value;
 
 use common::{Proc, WK, sample, wait_blocking};
+use wk_runtime_oci::archive;
+use wk_runtime_oci::store::ImageConfig;
 
 /// Two namespaces and the veth between them, removed on drop.
 struct Hosts {
@@ -42,9 +45,13 @@ impl Hosts {
         hosts
     }
 
+    /// `program` in namespace `ns`'s network. Not `ip netns exec`: that also mounts a
+    /// fresh /sys, which hides the cgroup mount runc needs.
     fn exec(ns: &str, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, program]);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(program);
         c
     }
 }
@@ -291,4 +298,94 @@ spec:
         "backend.default.svc.cluster.local",
     ]);
     assert_eq!(String::from_utf8_lossy(&run(dig).stdout).trim(), vip);
+
+    // A container (runc) on host B gets an address from node B's routable range, not a
+    // loopback one, and the Wasm caller on host A reaches it by its Service's name.
+    let image = "wk.test/busybox:1";
+    let layer = archive::busybox_layer(Path::new("/bin/busybox"), &["sh", "echo", "httpd"])
+        .expect("a static busybox at /bin/busybox (apt-get install busybox-static)");
+    let config = ImageConfig {
+        cmd: vec!["sh".into()],
+        ..Default::default()
+    };
+    let tar = dir.path().join("busybox.tar");
+    archive::write_oci_archive(&tar, image, &config, &[layer]).unwrap();
+    let mut import = Command::new(WK);
+    import
+        .args(["image", "import"])
+        .arg(&tar)
+        .arg("--data-dir")
+        .arg(dir.path().join("node-b"));
+    assert!(run(import).status.success());
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ctr, labels: {{app: ctr}}}}
+spec:
+  runtimeClassName: oci
+  nodeSelector: {{kubernetes.io/hostname: node-b}}
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: httpd
+      image: {image}
+      ports: [{{containerPort: 8080}}]
+      command: [sh, -c, "echo hello from a container on $HOSTNAME > /www/index.html; exec httpd -f -p 8080 -h /www"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ctr}}
+spec:
+  selector: {{app: ctr}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    );
+    let mut apply = Hosts::exec(&hosts.a, WK);
+    apply
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), manifest.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ctr_ip = String::new();
+    let start = std::time::Instant::now();
+    while ctr_ip.is_empty() {
+        let pods = get_json(&hosts.a, &kubeconfig, &["pods"]);
+        match running(&pods, "ctr") {
+            Some(ip) => ctr_ip = ip,
+            None => {
+                let described = wk(&hosts.a, &kubeconfig, &["describe", "pod", "ctr"]);
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(60),
+                    "the container never ran: {}",
+                    String::from_utf8_lossy(&described.stdout)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+    assert!(
+        ctr_ip.starts_with("10.244.2."),
+        "the container on node-b's range: {ctr_ip}"
+    );
+    wait_blocking("the caller to reach the container by name", || {
+        let mut curl = Hosts::exec(&hosts.a, "curl");
+        curl.args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{caller_ip}:8080/fetch?url=http://ctr/"),
+        ]);
+        last = String::from_utf8_lossy(&curl.output().unwrap().stdout).into_owned();
+        last.starts_with("hello from a container on ctr")
+    });
 }
