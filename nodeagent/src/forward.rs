@@ -150,12 +150,14 @@ impl Hop {
         Ok((n, !full))
     }
 
-    /// Writes pending bytes to `dst`, buffered ones first.
-    fn drain(&mut self, dst: &Socket) -> io::Result<usize> {
+    /// Writes pending bytes to `dst`, buffered ones first: whether the socket took all
+    /// it was offered (a short write means its send buffer is full).
+    fn drain(&mut self, dst: &Socket) -> io::Result<bool> {
         if self.start < self.end {
+            let want = self.end - self.start;
             let n = (&*dst).write(&self.buffer[self.start..self.end])?;
             self.start += n;
-            return Ok(n);
+            return Ok(n == want);
         }
         let pipe = self.pipe.as_ref().expect("pending bytes are in the pipe");
         let n = splice(
@@ -166,9 +168,15 @@ impl Hop {
             self.in_pipe,
             SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
         )?;
+        let all = n == self.in_pipe;
         self.in_pipe -= n;
         self.spliced += n as u64;
-        Ok(n)
+        Ok(all)
+    }
+
+    /// The destination changed (a retry): `TCP_NODELAY` is to be set on the new one.
+    pub fn new_destination(&mut self) {
+        self.nodelay = false;
     }
 
     /// Returns the buffer, and the pipe if it is empty, to the pool.
@@ -199,15 +207,15 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    /// A socket not yet reported on. Writing is tried before waiting (speculative I/O: a
-    /// loopback connect has usually completed by the time `connect` returns); so is
-    /// reading where `read_first` (a client's request is usually there by the time it
-    /// is accepted; an endpoint's answer is not).
-    pub fn new(socket: Socket, read_first: bool) -> Side {
+    /// A socket not yet reported on, tried before waiting where `read_first` and
+    /// `write_first` say (speculative I/O: a client's request is usually there by the
+    /// time it is accepted, an endpoint's answer is not; a loopback connect has usually
+    /// completed by the time `connect` returns, one over a network has not).
+    pub fn new(socket: Socket, read_first: bool, write_first: bool) -> Side {
         Side {
             socket,
             readable: read_first,
-            writable: true,
+            writable: write_first,
             closing: false,
             peer_shut: false,
             ended: false,
@@ -259,7 +267,12 @@ pub(crate) fn step(
                 return Ok(Flow::Blocked);
             }
             match hop.drain(&dst.socket) {
-                Ok(_) => {}
+                Ok(true) => {}
+                Ok(false) => {
+                    // The send buffer is full: the next write would only say so.
+                    dst.writable = false;
+                    return Ok(Flow::Blocked);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     dst.writable = false;
                     return Ok(Flow::Blocked);

@@ -43,7 +43,9 @@ use crate::workers::{self, ServicePort};
 
 /// How long an endpoint that refused a connection is skipped.
 const DOWN_FOR: Duration = Duration::from_secs(2);
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longer than the first SYN retransmission (1 s), so one dropped SYN does not count
+/// against a busy endpoint.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Endpoints tried for one connection before giving up.
 pub(crate) const ATTEMPTS: usize = 3;
 /// Default bound on proxied TCP connections per Service port.
@@ -372,8 +374,21 @@ struct Listener {
     udp: Option<JoinHandle<()>>,
 }
 
+/// Lifts the soft limit on open descriptors to the hard one: every proxied connection
+/// holds two, and a bulk one a pipe too (the soft limit is often 1,024).
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "cannot raise the descriptor limit");
+    }
+}
+
 /// TCP forwarding threads, one per core like HAProxy's threads (see `workers`).
 fn forwarding_threads() -> Option<workers::Workers> {
+    raise_descriptor_limit();
     let n = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

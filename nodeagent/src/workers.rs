@@ -34,6 +34,8 @@ use socket2::{Domain, Socket, Type};
 use crate::forward::{self, Flow, Hop, Side, Splice, StepError};
 use crate::proxy::{ATTEMPTS, Active, Backend, CONNECT_TIMEOUT, LocalServices, Table};
 
+/// How long a listener is left alone after an accept ran out of descriptors or memory.
+const PAUSE: Duration = Duration::from_millis(100);
 /// Reads per direction before a connection yields to the others.
 const BUDGET: u32 = 16;
 /// Events taken from epoll at once.
@@ -128,7 +130,11 @@ pub struct Workers {
 }
 
 /// The listener of one Service port.
-pub struct Listening(u64);
+pub struct Listening {
+    id: u64,
+    /// Where it listens (the port chosen, if it was 0).
+    pub addr: SocketAddr,
+}
 
 impl Workers {
     /// Starts `n` threads (at least one). Called within a tokio runtime, connections for
@@ -159,6 +165,10 @@ impl Workers {
     /// Listens on `addr` for `port`, on every thread.
     pub fn listen(&self, addr: SocketAddr, port: Arc<ServicePort>) -> io::Result<Listening> {
         let socket = Arc::new(reuse_port_listener(addr)?);
+        let addr = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("a listener without an address"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let port = if port.local.is_some() && !self.local_ok {
             tracing::warn!("no async runtime to hand local Wasm connections to");
@@ -169,13 +179,14 @@ impl Workers {
         for t in &self.threads {
             self.send(t, Command::Listen(id, socket.clone(), port.clone()));
         }
-        Ok(Listening(id))
+        Ok(Listening { id, addr })
     }
 
     /// Stops accepting for a Service port; its established connections run to their end.
     pub fn unlisten(&self, l: Listening) {
+        tracing::debug!(listen = %l.addr, "stop accepting");
         for t in &self.threads {
-            self.send(t, Command::Unlisten(l.0));
+            self.send(t, Command::Unlisten(l.id));
         }
     }
 
@@ -199,16 +210,34 @@ fn reuse_port_listener(addr: SocketAddr) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// A non-blocking connect to `addr`: the socket, its connect under way or done.
-fn start_connect(addr: SocketAddr) -> io::Result<Socket> {
+/// Errors that say this process or host is short of something, not that a peer is bad.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Connect errors that are the endpoint's (or its network's) doing, and so count against
+/// it; others (no descriptors, no local ports) are ours.
+fn endpoint_fault(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ETIMEDOUT)
+    )
+}
+
+/// A non-blocking connect to `addr`: the socket, and whether the first write may be tried
+/// at once (the connect is done, or is over loopback, where it completes within the call).
+fn start_connect(addr: SocketAddr) -> io::Result<(Socket, bool)> {
     let s = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
     match s.connect(&addr.into()) {
-        Ok(()) => Ok(s),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+        Ok(()) => Ok((s, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, addr.ip().is_loopback())),
         Err(e) => Err(e),
     }
 }
@@ -263,6 +292,9 @@ struct Loop {
     /// Connect deadlines, in order (all are `CONNECT_TIMEOUT` after their start).
     deadlines: VecDeque<(Instant, u32, u32)>,
     again: Vec<(u32, u32)>,
+    /// Listeners taken out of the epoll set after running out of descriptors: when to
+    /// put them back, their index and id.
+    paused: Vec<(Instant, usize, u64)>,
     handoff: Option<tokio::runtime::Handle>,
 }
 
@@ -282,6 +314,7 @@ impl Loop {
             free: Vec::new(),
             deadlines: VecDeque::new(),
             again: Vec::new(),
+            paused: Vec::new(),
             handoff,
         }
     }
@@ -290,9 +323,16 @@ impl Loop {
         let mut events = vec![EpollEvent::empty(); EVENTS];
         let mut again = Vec::new();
         loop {
+            let next = self
+                .deadlines
+                .front()
+                .map(|d| d.0)
+                .into_iter()
+                .chain(self.paused.iter().map(|p| p.0))
+                .min();
             let timeout = if !self.again.is_empty() {
                 EpollTimeout::ZERO
-            } else if let Some((at, ..)) = self.deadlines.front() {
+            } else if let Some(at) = next {
                 let ms = at
                     .saturating_duration_since(Instant::now())
                     .as_millis()
@@ -325,6 +365,9 @@ impl Loop {
                 self.run_conn(index, generation);
             }
             self.expire();
+            if !self.paused.is_empty() {
+                self.resume();
+            }
         }
     }
 
@@ -364,7 +407,7 @@ impl Loop {
     }
 
     fn accept(&mut self, index: usize) {
-        let Some(Some((_, listener, port))) = self.listeners.get(index) else {
+        let Some(Some((id, listener, port))) = self.listeners.get(index) else {
             return;
         };
         let (client, peer) = match listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
@@ -373,11 +416,19 @@ impl Loop {
                 None => return,
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if out_of_resources(&e) => {
+                // The connection stays queued and the listener would be reported on
+                // every turn: stop watching it for a while (never sleep here, the
+                // thread's other connections would wait too).
+                tracing::warn!(error = %e, "accept failed; pausing the listener");
+                let _ = self.epoll.delete(&**listener);
+                let id = *id;
+                self.paused.push((Instant::now() + PAUSE, index, id));
+                return;
+            }
             Err(e) => {
-                // Out of descriptors, for one: the listener stays reported, so back
-                // off rather than spin.
+                // This connection's own trouble (e.g. aborted before it was accepted).
                 tracing::debug!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(10));
                 return;
             }
         };
@@ -428,9 +479,13 @@ impl Loop {
     ) {
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
         let mut attempt = 0;
-        let outbound = loop {
+        let (outbound, write_first) = loop {
             match start_connect(backend.addr) {
                 Ok(s) => break s,
+                Err(e) if !endpoint_fault(&e) => {
+                    tracing::warn!(endpoint = %backend.addr, error = %e, "cannot connect");
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(endpoint = %backend.addr, error = %e, "connect failed; skipping the endpoint");
                     port.table.mark_down(&backend);
@@ -477,8 +532,8 @@ impl Loop {
             active: Active::new(backend),
             _open: open,
             peer,
-            client: Side::new(client, true),
-            backend: Side::new(outbound, false),
+            client: Side::new(client, true, true),
+            backend: Side::new(outbound, false, write_first),
             up: Hop::new(port.splice),
             down: Hop::new(port.splice),
             up_ended: false,
@@ -502,18 +557,30 @@ impl Loop {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
-        let side = if token & 1 == 1 {
+        let failed = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+        let backend = token & 1 == 1;
+        let read_ended = if backend {
+            conn.down_ended
+        } else {
+            conn.up_ended
+        };
+        if read_ended && flags.intersects(failed) {
+            // A reset (or error) on a side that will not be read again: nothing else
+            // would notice it until the other side has something to say.
+            self.close(index);
+            return;
+        }
+        let side = if backend {
             &mut conn.backend
         } else {
             &mut conn.client
         };
-        let failed = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
         let gone = EpollFlags::EPOLLRDHUP | failed;
         side.readable |= flags.intersects(EpollFlags::EPOLLIN | gone);
         side.writable |= flags.intersects(EpollFlags::EPOLLOUT | failed);
         side.peer_shut |= flags.contains(EpollFlags::EPOLLRDHUP);
         side.closing |= flags.intersects(failed);
-        if token & 1 == 1 && conn.connecting.is_some() {
+        if backend && conn.connecting.is_some() {
             if flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
                 self.retry(index);
                 return;
@@ -578,8 +645,13 @@ impl Loop {
             let addr = backend.addr;
             // Counted on the new endpoint, no longer on the old.
             conn.active = Active::new(backend);
-            let Ok(outbound) = start_connect(addr) else {
-                continue;
+            let (outbound, write_first) = match start_connect(addr) {
+                Ok(s) => s,
+                Err(e) if endpoint_fault(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(endpoint = %addr, error = %e, "cannot connect");
+                    return None;
+                }
             };
             // A new generation, so that reports about the old socket still in this batch
             // are not taken for the new one's.
@@ -590,7 +662,8 @@ impl Loop {
             self.epoll.modify(&conn.client.socket, &mut ev).ok()?;
             let ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, true));
             self.epoll.add(&outbound, ev).ok()?;
-            conn.backend = Side::new(outbound, false);
+            conn.backend = Side::new(outbound, false, write_first);
+            conn.up.new_destination();
             // The client may have had news meanwhile: look again.
             conn.client.readable = true;
             return Some(generation);
@@ -613,6 +686,26 @@ impl Loop {
         conn.up.release();
         conn.down.release();
         // Dropping the sockets closes them, which also takes them out of the epoll set.
+    }
+
+    /// Watches paused listeners again once their pause is over.
+    fn resume(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.paused.drain(..).partition(|p| p.0 <= now);
+        self.paused = later;
+        for (_, index, id) in due {
+            if let Some(Some((i, socket, _))) = self.listeners.get(index)
+                && *i == id
+            {
+                let ev = EpollEvent::new(
+                    EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+                    LISTENER | index as u64,
+                );
+                if let Err(e) = self.epoll.add(&**socket, ev) {
+                    tracing::warn!(error = %e, "cannot watch a service listener again");
+                }
+            }
+        }
     }
 
     /// Retries connects past their deadline, and drops the deadlines of connects that
@@ -697,6 +790,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
     fn free_addr() -> SocketAddr {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -743,8 +840,8 @@ mod tests {
             let table = Table::new();
             table.update(&[echo], false);
             let port = ServicePort::new(table, None, mode, 16);
-            let front = free_addr();
-            let l = workers.listen(front, port.clone()).unwrap();
+            let l = workers.listen(any_port(), port.clone()).unwrap();
+            let front = l.addr;
             let mut client = connect_when_listening(front).await;
             let (mut r, mut w) = client.split();
             let send = async {
@@ -807,8 +904,8 @@ mod tests {
         let table = Table::new();
         table.update(&[full_addr], false);
         let port = ServicePort::new(table.clone(), None, Splice::Auto, 64);
-        let front = free_addr();
-        let _l = workers.listen(front, port.clone()).unwrap();
+        let l = workers.listen(any_port(), port.clone()).unwrap();
+        let front = l.addr;
         let down = |t: &Table| {
             t.backends.read().unwrap()[0]
                 .down_until
@@ -819,7 +916,10 @@ mod tests {
         let c = connect_when_listening(front).await.into_std().unwrap();
         let c = Socket::from(c);
         c.set_linger(Some(Duration::ZERO)).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_for("the connection to be admitted", || {
+            port.open_connections() == 1
+        })
+        .await;
         drop(c);
         wait_for("the reset connection closes", || {
             port.open_connections() == 0
@@ -861,6 +961,44 @@ mod tests {
         drop(fillers);
     }
 
+    /// A client that has sent everything (FIN) and then resets, while the endpoint keeps
+    /// quiet: the connection is closed at once, not when the endpoint next speaks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_after_the_clients_fin_closes_the_connection() {
+        let workers = Workers::start(1).unwrap();
+        let quiet = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let quiet_addr = quiet.local_addr().unwrap();
+        let (got_eof, mut eof) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let (mut s, _) = quiet.accept().await.unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await.unwrap();
+            got_eof.send(buf).await.unwrap();
+            // Holds the connection, saying nothing.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let table = Table::new();
+        table.update(&[quiet_addr], false);
+        let port = ServicePort::new(table, None, Splice::Auto, 16);
+        let l = workers.listen(any_port(), port.clone()).unwrap();
+        let mut c = connect_when_listening(l.addr).await;
+        c.write_all(b"request").await.unwrap();
+        c.shutdown().await.unwrap();
+        let sent = tokio::time::timeout(Duration::from_secs(5), eof.recv())
+            .await
+            .expect("the endpoint sees the client's FIN")
+            .unwrap();
+        assert_eq!(sent, b"request");
+        assert_eq!(port.open_connections(), 1);
+        let c = Socket::from(c.into_std().unwrap());
+        c.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(c);
+        wait_for("the reset connection to close", || {
+            port.open_connections() == 0
+        })
+        .await;
+    }
+
     /// An endpoint that refuses is skipped and the bytes the client sent meanwhile go to
     /// the next one; an endpoint that speaks first is heard before the client says
     /// anything; beyond the bound, connections are refused.
@@ -872,8 +1010,8 @@ mod tests {
         let table = Table::new();
         table.update(&[refusing, echo], false);
         let port = ServicePort::new(table.clone(), None, Splice::Auto, 64);
-        let front = free_addr();
-        let _l = workers.listen(front, port.clone()).unwrap();
+        let l = workers.listen(any_port(), port.clone()).unwrap();
+        let front = l.addr;
         for i in 0..6 {
             let mut c = connect_when_listening(front).await;
             let msg = format!("hello {i}");
@@ -910,8 +1048,8 @@ mod tests {
         let table = Table::new();
         table.update(&[greeter_addr], false);
         let port = ServicePort::new(table, None, Splice::Auto, 1);
-        let front = free_addr();
-        let _g = workers.listen(front, port.clone()).unwrap();
+        let g = workers.listen(any_port(), port.clone()).unwrap();
+        let front = g.addr;
         let mut first = connect_when_listening(front).await;
         let mut buf = [0u8; 11];
         tokio::time::timeout(Duration::from_secs(5), first.read_exact(&mut buf))
