@@ -97,6 +97,26 @@ struct Join<'a> {
     dir: &'a Path,
 }
 
+/// `wk apply -f -` of `manifest`, from namespace `ns`.
+fn apply(ns: &str, kubeconfig: &Path, manifest: &str) {
+    let mut apply = Hosts::exec(ns, WK);
+    apply
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = apply.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), manifest.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn agent(ns: &str, join: &Join, name: &str, ip: &str, range: &str) -> Proc {
     let (dir, server, token, ca) = (join.dir, join.server, join.token, join.ca);
     let mut c = Hosts::exec(ns, WK);
@@ -199,22 +219,7 @@ spec:
 "#,
         image = sample("hello-http.wasm")
     );
-    let mut apply = Hosts::exec(&hosts.a, WK);
-    apply
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = apply.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), manifest.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply(&hosts.a, &kubeconfig, &manifest);
 
     let running = |pods: &Value, prefix: &str| -> Option<String> {
         pods["items"].as_array()?.iter().find_map(|p| {
@@ -340,22 +345,7 @@ spec:
   ports: [{{port: 80, targetPort: 8080}}]
 "#
     );
-    let mut apply = Hosts::exec(&hosts.a, WK);
-    apply
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = apply.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), manifest.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply(&hosts.a, &kubeconfig, &manifest);
     let mut ctr_ip = String::new();
     let start = std::time::Instant::now();
     while ctr_ip.is_empty() {
