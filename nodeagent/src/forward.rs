@@ -120,6 +120,13 @@ impl Hop {
     /// Reads from `src` into the pipe (once splicing) or the buffer: the byte count, and
     /// whether `src` is known to be drained.
     fn fill(&mut self, src: &Socket) -> io::Result<(usize, bool)> {
+        if self.splice == Splice::Off
+            && let Some(p) = self.pipe.take()
+        {
+            // Splicing was stopped (urgent data); the pipe is empty, as fills only
+            // happen once everything pending has gone.
+            give_pipe(p);
+        }
         if let Some(pipe) = &self.pipe {
             let n = splice(
                 src,
@@ -129,9 +136,18 @@ impl Hop {
                 SPLICE_CHUNK,
                 SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
             )?;
-            self.in_pipe = n;
-            // A short splice may only mean the pipe ran out of slots.
-            return Ok((n, false));
+            if n > 0 {
+                self.in_pipe = n;
+                // A short splice may only mean the pipe ran out of slots.
+                return Ok((n, false));
+            }
+            // Nothing spliced: the end, or TCP urgent data, whose mark a splice cannot
+            // get past (it stops there, and says 0 once the FIN is in too). A read
+            // tells which, and this direction copies from now on.
+            self.splice = Splice::Off;
+            if let Some(p) = self.pipe.take() {
+                give_pipe(p);
+            }
         }
         let n = (&*src).read(&mut self.buffer)?;
         (self.start, self.end) = (0, n);
@@ -174,6 +190,12 @@ impl Hop {
         Ok(all)
     }
 
+    /// The source has TCP urgent data: a splice cannot get past its mark (it keeps
+    /// saying "try again"), so this direction copies from now on.
+    pub fn stop_splicing(&mut self) {
+        self.splice = Splice::Off;
+    }
+
     /// The destination changed (a retry): `TCP_NODELAY` is to be set on the new one.
     pub fn new_destination(&mut self) {
         self.nodelay = false;
@@ -196,8 +218,9 @@ pub(crate) struct Side {
     pub socket: Socket,
     pub readable: bool,
     pub writable: bool,
-    /// A hang-up or an error has been reported: read until it shows, even after a
-    /// short read.
+    /// A hang-up, an error or TCP urgent data has been reported: read until the socket
+    /// says it would block, even after a short read (a read also stops short at the
+    /// urgent mark, with more queued behind it).
     pub closing: bool,
     /// The peer's FIN has been reported: once a read comes back short, everything the
     /// peer sent has been read and the next read would only say so.

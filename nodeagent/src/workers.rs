@@ -51,6 +51,7 @@ const GEN_MASK: u32 = (1 << 29) - 1;
 const CONN_FLAGS: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLOUT)
     .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLPRI)
     .union(EpollFlags::EPOLLET);
 
 fn conn_token(index: u32, generation: u32, backend: bool) -> u64 {
@@ -570,16 +571,26 @@ impl Loop {
             self.close(index);
             return;
         }
+        let urgent = flags.contains(EpollFlags::EPOLLPRI);
+        if urgent {
+            // TCP urgent data: passed on in order without its urgent byte (which only
+            // a MSG_OOB read returns), as HAProxy does in TCP mode.
+            if backend {
+                conn.down.stop_splicing();
+            } else {
+                conn.up.stop_splicing();
+            }
+        }
         let side = if backend {
             &mut conn.backend
         } else {
             &mut conn.client
         };
-        let gone = EpollFlags::EPOLLRDHUP | failed;
+        let gone = EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLPRI | failed;
         side.readable |= flags.intersects(EpollFlags::EPOLLIN | gone);
         side.writable |= flags.intersects(EpollFlags::EPOLLOUT | failed);
         side.peer_shut |= flags.contains(EpollFlags::EPOLLRDHUP);
-        side.closing |= flags.intersects(failed);
+        side.closing |= urgent || flags.intersects(failed);
         if backend && conn.connecting.is_some() {
             if flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
                 self.retry(index);
@@ -997,6 +1008,58 @@ mod tests {
             port.open_connections() == 0
         })
         .await;
+    }
+
+    /// An endpoint sends 1 MiB, then TCP urgent data and more bytes, all queued before
+    /// the balancer reads past the first bytes (the client reads late): everything but
+    /// the urgent byte arrives, in order. Spliced with the endpoint's FIN after it (a
+    /// splice stops at the urgent mark and then says 0), and copied with the connection
+    /// left open (a read stops short at the mark although more is queued).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn urgent_data_neither_stalls_nor_cuts_the_stream() {
+        let workers = Workers::start(1).unwrap();
+        let filler: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        for (mode, fin) in [(Splice::Auto, true), (Splice::Off, false)] {
+            let sender = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let sender_addr = sender.local_addr().unwrap();
+            let sent = filler.clone();
+            std::thread::spawn(move || {
+                let (s, _) = sender.accept().unwrap();
+                let s = Socket::from(s);
+                let mut w = &s;
+                std::io::Write::write_all(&mut w, &sent).unwrap();
+                std::io::Write::write_all(&mut w, b"abc").unwrap();
+                s.send_out_of_band(b"!").unwrap();
+                std::io::Write::write_all(&mut w, b"def").unwrap();
+                if !fin {
+                    std::thread::sleep(Duration::from_secs(10));
+                }
+            });
+            let table = Table::new();
+            table.update(&[sender_addr], false);
+            let port = ServicePort::new(table, None, mode, 16);
+            let l = workers.listen(any_port(), port.clone()).unwrap();
+            let mut c = connect_when_listening(l.addr).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut want = filler.clone();
+            want.extend_from_slice(b"abcdef");
+            let mut got = vec![0u8; want.len()];
+            tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("{mode:?}: the stream stalls at the urgent mark"))
+                .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            assert!(got == want, "{mode:?}: the bytes arrive in order");
+            if fin {
+                let mut rest = Vec::new();
+                c.read_to_end(&mut rest).await.unwrap();
+                assert!(
+                    rest.is_empty(),
+                    "{mode:?}: {} bytes after the end",
+                    rest.len()
+                );
+            }
+            workers.unlisten(l);
+        }
     }
 
     /// An endpoint that refuses is skipped and the bytes the client sent meanwhile go to
