@@ -138,28 +138,32 @@ pub struct Listening {
 }
 
 impl Workers {
-    /// Starts `n` threads (at least one). Called within a tokio runtime, connections for
-    /// local Wasm services are handed to that runtime.
+    /// Starts `n` threads (at least one), each with a partner thread running a
+    /// single-threaded tokio runtime that serves the connections it hands to local Wasm
+    /// services (as the pod's own listener would, but without work stealing between
+    /// threads: measured faster in BENCHMARKS.md).
     pub fn start(n: usize) -> io::Result<Workers> {
-        let runtime = tokio::runtime::Handle::try_current().ok();
         let mut threads = Vec::new();
+        let mut local_ok = true;
         for i in 0..n.max(1) {
+            let runtime = handoff_runtime(i);
+            local_ok &= runtime.is_some();
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
             let wake = Arc::new(EventFd::from_flags(
                 EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
             )?);
             epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
             let (commands, rx) = channel();
-            let (w, rt) = (wake.clone(), runtime.clone());
+            let w = wake.clone();
             std::thread::Builder::new()
                 .name(format!("wk-proxy-{i}"))
-                .spawn(move || Loop::new(epoll, w, rx, rt).run())?;
+                .spawn(move || Loop::new(epoll, w, rx, runtime).run())?;
             threads.push(Thread { commands, wake });
         }
         Ok(Workers {
             threads,
             next_id: AtomicU64::new(1),
-            local_ok: runtime.is_some(),
+            local_ok,
         })
     }
 
@@ -196,6 +200,25 @@ impl Workers {
             let _ = t.wake.write(1);
         }
     }
+}
+
+/// A thread running a single-threaded tokio runtime for handed-over connections.
+fn handoff_runtime(i: usize) -> Option<tokio::runtime::Handle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("wk-handoff-{i}"))
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let _ = tx.send(rt.handle().clone());
+            rt.block_on(std::future::pending::<()>());
+        })
+        .ok()?;
+    rx.recv().ok()
 }
 
 fn reuse_port_listener(addr: SocketAddr) -> io::Result<Socket> {
