@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -126,8 +126,6 @@ struct Thread {
 pub struct Workers {
     threads: Vec<Thread>,
     next_id: AtomicU64,
-    /// There is a runtime to serve local Wasm services on.
-    local_ok: bool,
 }
 
 /// The listener of one Service port.
@@ -144,10 +142,8 @@ impl Workers {
     /// threads: measured faster in BENCHMARKS.md).
     pub fn start(n: usize) -> io::Result<Workers> {
         let mut threads = Vec::new();
-        let mut local_ok = true;
         for i in 0..n.max(1) {
-            let runtime = handoff_runtime(i);
-            local_ok &= runtime.is_some();
+            let runtime = handoff_runtime(i)?;
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
             let wake = Arc::new(EventFd::from_flags(
                 EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
@@ -163,7 +159,6 @@ impl Workers {
         Ok(Workers {
             threads,
             next_id: AtomicU64::new(1),
-            local_ok,
         })
     }
 
@@ -175,12 +170,6 @@ impl Workers {
             .as_socket()
             .ok_or_else(|| io::Error::other("a listener without an address"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let port = if port.local.is_some() && !self.local_ok {
-            tracing::warn!("no async runtime to hand local Wasm connections to");
-            ServicePort::new(port.table.clone(), None, port.splice, port.limit)
-        } else {
-            port
-        };
         for t in &self.threads {
             self.send(t, Command::Listen(id, socket.clone(), port.clone()));
         }
@@ -203,22 +192,15 @@ impl Workers {
 }
 
 /// A thread running a single-threaded tokio runtime for handed-over connections.
-fn handoff_runtime(i: usize) -> Option<tokio::runtime::Handle> {
-    let (tx, rx) = std::sync::mpsc::channel();
+fn handoff_runtime(i: usize) -> io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
     std::thread::Builder::new()
         .name(format!("wk-handoff-{i}"))
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            let _ = tx.send(rt.handle().clone());
-            rt.block_on(std::future::pending::<()>());
-        })
-        .ok()?;
-    rx.recv().ok()
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 fn reuse_port_listener(addr: SocketAddr) -> io::Result<Socket> {
@@ -272,6 +254,47 @@ struct Connecting {
     tried: [SocketAddr; ATTEMPTS],
 }
 
+impl Connecting {
+    fn new() -> Connecting {
+        Connecting {
+            attempt: 0,
+            tried: [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS],
+        }
+    }
+
+    /// Marks `failed` down and picks the next endpoint not yet tried, if attempts remain.
+    fn skip(&mut self, table: &Table, client: IpAddr, failed: &Backend) -> Option<Arc<Backend>> {
+        tracing::debug!(endpoint = %failed.addr, "endpoint refused a connection; skipping it");
+        table.mark_down(failed);
+        self.tried[self.attempt] = failed.addr;
+        self.attempt += 1;
+        if self.attempt == ATTEMPTS {
+            return None;
+        }
+        table.pick(client, &self.tried[..self.attempt])
+    }
+
+    /// Starts a connect to `backend`, moving on to the next endpoint while connects fail
+    /// by the endpoint's fault: the endpoint, its socket, and whether to write at once.
+    fn connect(
+        &mut self,
+        table: &Table,
+        client: IpAddr,
+        mut backend: Arc<Backend>,
+    ) -> Option<(Arc<Backend>, Socket, bool)> {
+        loop {
+            match start_connect(backend.addr) {
+                Ok((s, write_first)) => return Some((backend, s, write_first)),
+                Err(e) if endpoint_fault(&e) => backend = self.skip(table, client, &backend)?,
+                Err(e) => {
+                    tracing::warn!(endpoint = %backend.addr, error = %e, "cannot connect");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 struct Conn {
     port: Arc<ServicePort>,
     peer: SocketAddr,
@@ -319,7 +342,7 @@ struct Loop {
     /// Listeners taken out of the epoll set after running out of descriptors: when to
     /// put them back, their index and id.
     paused: Vec<(Instant, usize, u64)>,
-    handoff: Option<tokio::runtime::Handle>,
+    handoff: tokio::runtime::Handle,
 }
 
 impl Loop {
@@ -327,7 +350,7 @@ impl Loop {
         epoll: Epoll,
         wake: Arc<EventFd>,
         commands: Receiver<Command>,
-        handoff: Option<tokio::runtime::Handle>,
+        handoff: tokio::runtime::Handle,
     ) -> Loop {
         Loop {
             epoll,
@@ -480,10 +503,7 @@ impl Loop {
         service: Arc<wk_runtime_wasm::LocalService>,
         open: Open,
     ) {
-        let Some(rt) = &self.handoff else {
-            return;
-        };
-        rt.spawn(async move {
+        self.handoff.spawn(async move {
             let _active = Active::new(backend);
             let _open = open;
             if let Ok(s) = tokio::net::TcpStream::from_std(std::net::TcpStream::from(client)) {
@@ -498,29 +518,14 @@ impl Loop {
         port: Arc<ServicePort>,
         client: Socket,
         peer: SocketAddr,
-        mut backend: Arc<Backend>,
+        backend: Arc<Backend>,
         open: Open,
     ) {
-        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); ATTEMPTS];
-        let mut attempt = 0;
-        let (outbound, write_first) = loop {
-            match start_connect(backend.addr) {
-                Ok(s) => break s,
-                Err(e) if !endpoint_fault(&e) => {
-                    tracing::warn!(endpoint = %backend.addr, error = %e, "cannot connect");
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(endpoint = %backend.addr, error = %e, "connect failed; skipping the endpoint");
-                    port.table.mark_down(&backend);
-                    tried[attempt] = backend.addr;
-                    attempt += 1;
-                    match port.table.pick(peer.ip(), &tried[..attempt]) {
-                        Some(b) if attempt < ATTEMPTS => backend = b,
-                        _ => return,
-                    }
-                }
-            }
+        let mut connecting = Connecting::new();
+        let Some((backend, outbound, write_first)) =
+            connecting.connect(&port.table, peer.ip(), backend)
+        else {
+            return;
         };
         let index = match self.free.pop() {
             Some(i) => i,
@@ -533,25 +538,11 @@ impl Loop {
             }
         };
         let generation = self.slots[index as usize].generation;
-        let added = self
-            .epoll
-            .add(
-                &client,
-                EpollEvent::new(CONN_FLAGS, conn_token(index, generation, false)),
-            )
-            .and_then(|()| {
-                self.epoll.add(
-                    &outbound,
-                    EpollEvent::new(CONN_FLAGS, conn_token(index, generation, true)),
-                )
-            });
-        if let Err(e) = added {
+        if let Err(e) = self.watch(index, generation, &client, &outbound, true) {
             tracing::debug!(error = %e, "cannot watch a proxied connection");
             self.free.push(index);
             return;
         }
-        self.deadlines
-            .push_back((Instant::now() + CONNECT_TIMEOUT, index, generation));
         self.slots[index as usize].conn = Some(Conn {
             active: Active::new(backend),
             _open: open,
@@ -563,9 +554,36 @@ impl Loop {
             up_ended: false,
             down_ended: false,
             backend_shut: false,
-            connecting: Some(Connecting { attempt, tried }),
+            connecting: Some(connecting),
             port,
         });
+        self.connecting(index, generation);
+    }
+
+    /// Adds a connection's sockets to the epoll set under the slot's generation (the
+    /// client's is re-tagged when it is already there).
+    fn watch(
+        &self,
+        index: u32,
+        generation: u32,
+        client: &Socket,
+        outbound: &Socket,
+        new_client: bool,
+    ) -> nix::Result<()> {
+        let mut ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, false));
+        if new_client {
+            self.epoll.add(client, ev)?;
+        } else {
+            self.epoll.modify(client, &mut ev)?;
+        }
+        let ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, true));
+        self.epoll.add(outbound, ev)
+    }
+
+    /// A connect has started: it gets its deadline, and the connection its first steps.
+    fn connecting(&mut self, index: u32, generation: u32) {
+        self.deadlines
+            .push_back((Instant::now() + CONNECT_TIMEOUT, index, generation));
         self.run_conn(index, generation);
     }
 
@@ -652,11 +670,7 @@ impl Loop {
         let reconnected = self.reconnect(index, &mut conn);
         self.slots[index as usize].conn = Some(conn);
         match reconnected {
-            Some(generation) => {
-                self.deadlines
-                    .push_back((Instant::now() + CONNECT_TIMEOUT, index, generation));
-                self.run_conn(index, generation);
-            }
+            Some(generation) => self.connecting(index, generation),
             None => self.close(index),
         }
     }
@@ -665,43 +679,23 @@ impl Loop {
     /// or `None` when none is left to try.
     fn reconnect(&mut self, index: u32, conn: &mut Conn) -> Option<u32> {
         let c = conn.connecting.as_mut()?;
-        let table = conn.port.table.clone();
-        loop {
-            let failed = &conn.active.0;
-            tracing::debug!(endpoint = %failed.addr, "endpoint refused a connection; skipping it");
-            table.mark_down(failed);
-            c.tried[c.attempt] = failed.addr;
-            c.attempt += 1;
-            if c.attempt == ATTEMPTS {
-                return None;
-            }
-            let backend = table.pick(conn.peer.ip(), &c.tried[..c.attempt])?;
-            let addr = backend.addr;
-            // Counted on the new endpoint, no longer on the old.
-            conn.active = Active::new(backend);
-            let (outbound, write_first) = match start_connect(addr) {
-                Ok(s) => s,
-                Err(e) if endpoint_fault(&e) => continue,
-                Err(e) => {
-                    tracing::warn!(endpoint = %addr, error = %e, "cannot connect");
-                    return None;
-                }
-            };
-            // A new generation, so that reports about the old socket still in this batch
-            // are not taken for the new one's.
-            let slot = &mut self.slots[index as usize];
-            slot.generation = slot.generation.wrapping_add(1);
-            let generation = slot.generation;
-            let mut ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, false));
-            self.epoll.modify(&conn.client.socket, &mut ev).ok()?;
-            let ev = EpollEvent::new(CONN_FLAGS, conn_token(index, generation, true));
-            self.epoll.add(&outbound, ev).ok()?;
-            conn.backend = Side::new(outbound, false, write_first);
-            conn.up.new_destination();
-            // The client may have had news meanwhile: look again.
-            conn.client.readable = true;
-            return Some(generation);
-        }
+        let (table, client) = (&conn.port.table, conn.peer.ip());
+        let next = c.skip(table, client, &conn.active.0)?;
+        let (backend, outbound, write_first) = c.connect(table, client, next)?;
+        // Counted on the new endpoint, no longer on the old.
+        conn.active = Active::new(backend);
+        // A new generation, so that reports about the old socket still in this batch are
+        // not taken for the new one's.
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        let generation = slot.generation;
+        self.watch(index, generation, &conn.client.socket, &outbound, false)
+            .ok()?;
+        conn.backend = Side::new(outbound, false, write_first);
+        conn.up.new_destination();
+        // The client may have had news meanwhile: look again.
+        conn.client.readable = true;
+        Some(generation)
     }
 
     fn close(&mut self, index: u32) {
