@@ -10,7 +10,7 @@
 //!   then tells the removed server (`POST leave`), which stops. A server removed while
 //!   it was down notices when it comes back (`notice_removal`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use crate::store::Store;
 
 /// How long a membership request handed to another member may take (adding a learner
 /// waits for it to catch up).
-const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const MEMBERSHIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone)]
 pub struct ClusterState {
@@ -109,16 +109,7 @@ const NODE_ID_PREFIX: &str = "/registry/wk/servernodeids/";
 /// served by different leaders, never get the same one.
 async fn reserve_node_id(store: &Store) -> Result<u64, crate::store::StoreError> {
     use crate::store::{Op, OpError, Precondition};
-    let highest = store
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(id, _)| *id)
-        .max()
-        .unwrap_or(0);
+    let highest = store.members().iter().map(|m| m.id).max().unwrap_or(0);
     let mut id = highest + 1;
     loop {
         let op = Op::Put {
@@ -137,19 +128,18 @@ async fn members(State(s): State<ClusterState>, headers: HeaderMap) -> Response 
     if !allowed(&s, &headers) {
         return denied();
     }
-    let m = s.store.raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership().clone();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    let nodes: BTreeMap<u64, BasicNode> =
-        membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
-    let asks = nodes.iter().map(|(id, n)| {
+    let lead = s.store.leadership();
+    let asks = s.store.members().into_iter().map(|m| {
         let peers = s.store.peers().clone();
-        let (id, addr) = (*id, n.addr.clone());
-        async move { (id, addr.clone(), peers.metrics(&addr).await) }
+        async move {
+            let metrics = peers.metrics(&m.addr).await;
+            (m, metrics)
+        }
     });
     let mut out = Vec::new();
-    for (id, addr, metrics) in futures::future::join_all(asks).await {
-        let mut member = json!({"id": id, "url": addr, "role": if voters.contains(&id) { "voter" } else { "learner" }});
+    for (m, metrics) in futures::future::join_all(asks).await {
+        let role = if m.voter { "voter" } else { "learner" };
+        let mut member = json!({"id": m.id, "url": m.addr, "role": role});
         match metrics {
             Ok(v) => {
                 member["state"] = v["state"].clone();
@@ -166,8 +156,7 @@ async fn members(State(s): State<ClusterState>, headers: HeaderMap) -> Response 
         }
         out.push(member);
     }
-    axum::Json(json!({"leader": m.current_leader, "term": m.current_term, "members": out}))
-        .into_response()
+    axum::Json(json!({"leader": lead.leader, "term": lead.term, "members": out})).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -253,16 +242,9 @@ async fn remove(
                 .into_response(),
         };
     }
-    let (addr, voter) = {
-        let m = s.store.raft.metrics();
-        let m = m.borrow();
-        let membership = m.membership_config.membership();
-        (
-            membership.get_node(&id).map(|n| n.addr.clone()),
-            membership.voter_ids().any(|v| v == id),
-        )
-    };
-    let Some(addr) = addr else {
+    let Some(crate::store::Member { addr, voter, .. }) =
+        s.store.members().into_iter().find(|m| m.id == id)
+    else {
         return (
             StatusCode::NOT_FOUND,
             axum::Json(json!({"message": format!("server {id} is not a member")})),

@@ -120,7 +120,7 @@ async fn to_leader(
                 method.clone(),
                 &format!("{target}{path}"),
                 body,
-                JOIN_TIMEOUT,
+                crate::cluster::MEMBERSHIP_TIMEOUT,
             )
             .await
             .map_err(|e| format!("{target}: {e}"))?;
@@ -134,9 +134,6 @@ async fn to_leader(
     }
     Err("no leader answered".into())
 }
-
-/// How long a join request may take (adding a learner waits for it to catch up).
-const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Fetches the cluster's CA, tokens and a node id, and writes them into `data_dir`.
 async fn fetch_join_info(join: &Join, data_dir: &std::path::Path) -> Result<u64, ServerError> {
@@ -439,15 +436,7 @@ async fn list_servers(
     axum::extract::State(store): axum::extract::State<Store>,
     mut resp: axum::response::Response,
 ) -> axum::response::Response {
-    let urls: Vec<String> = store
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(_, n)| n.addr.clone())
-        .collect();
+    let urls: Vec<String> = store.members().into_iter().map(|m| m.addr).collect();
     if let Ok(v) = axum::http::HeaderValue::from_str(&urls.join(",")) {
         resp.headers_mut().insert(wk_client::SERVERS_HEADER, v);
     }

@@ -8,7 +8,9 @@
 //!   can bind it and the host accepts traffic for it from any interface (no dummy
 //!   interface: that needs a kernel module containers and small devices may lack);
 //! - the node publishes its range as `spec.podCIDR`, and every agent routes each other
-//!   node's range via that node's InternalIP (`ip route replace <podCIDR> via <nodeIP>`).
+//!   node's range via that node's InternalIP (`ip route replace <podCIDR> via <nodeIP>`);
+//! - with containers (whose addresses sit on their veths, not on `lo`), IPv4 forwarding
+//!   is turned on.
 //!
 //! Service VIPs need nothing: every agent listens on them locally.
 
@@ -43,6 +45,14 @@ pub fn add_addr(addr: Ipv4Addr) -> Result<(), String> {
 /// Removes a pod address (best effort).
 pub fn del_addr(addr: Ipv4Addr) {
     let _ = ip(&["addr", "del", &format!("{addr}/32"), "dev", DEVICE]);
+}
+
+/// Turns on IPv4 forwarding in this network namespace (as Kubernetes' network plugins
+/// do): a container's address is on its veth, and traffic for it from other hosts
+/// arrives on the uplink.
+pub fn enable_forwarding() -> Result<(), String> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    std::fs::write(path, "1").map_err(|e| format!("{path}: {e}"))
 }
 
 /// Routes another node's pod range via its address.

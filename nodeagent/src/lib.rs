@@ -529,6 +529,11 @@ impl Agent {
             None
         } else {
             hostnet::check().map_err(AgentError::Runtime)?;
+            if self.oci.get().is_some()
+                && let Err(e) = hostnet::enable_forwarding()
+            {
+                tracing::warn!(error = %e, "cannot turn on IPv4 forwarding; other hosts will not reach this node's containers");
+            }
             Some(tokio::spawn(self.clone().route_pod_ranges()))
         };
         let dns = match self.cfg.dns_listen {

@@ -9,8 +9,8 @@
 //! 127.0.0.1/32, so every other 127/8 address (Service VIPs, the node's DNS) leaves
 //! through `eth0` to the host. The host end answers ARP for everything (`proxy_arp`), so
 //! the pod's default route needs no gateway address. With a routable pod range, other
-//! hosts reach the container through this one, so the agent turns on IPv4 forwarding in
-//! its network namespace (`net.ipv4.ip_forward`), as Kubernetes' network plugins do.
+//! hosts reach the container through this one, which must forward between its uplink
+//! and the veth: the node agent turns that on when it starts (`hostnet`).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -119,12 +119,6 @@ impl PodNetwork {
         }
         ip(&["-batch", "-"], Some(&host))?;
         sysctl(&format!("/proc/sys/net/ipv4/conf/{veth}/proxy_arp"), "1")?;
-        if !loopback {
-            // A routable pod address is reached from other hosts through this one, which
-            // must forward between its uplink and the veth (Kubernetes' network plugins
-            // turn this on too).
-            sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-        }
         if loopback {
             sysctl(
                 &format!("/proc/sys/net/ipv4/conf/{veth}/route_localnet"),

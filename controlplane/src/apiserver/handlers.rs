@@ -203,7 +203,7 @@ fn store_op_error(target: &Target, name: &str, e: OpError) -> ApiError {
         OpError::AlreadyExists => Status::already_exists(target.rt, name),
         OpError::Conflict { .. } => Status::stale(target.rt, name),
         OpError::BadObject(m) => Status::internal(m),
-        f @ OpError::Fenced { .. } => Status::new(409, "Conflict", f.to_string()),
+        f @ OpError::Fenced { .. } => Status::conflict(target.rt, name, &f.to_string()),
     })
 }
 

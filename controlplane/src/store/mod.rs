@@ -163,6 +163,14 @@ async fn batcher(
     }
 }
 
+/// One member of the current Raft membership.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+}
+
 /// Who leads, as this member knows it.
 #[derive(Debug, Clone)]
 pub struct Leadership {
@@ -378,6 +386,21 @@ impl Store {
     /// Who leads, as this member knows it.
     pub fn leadership(&self) -> Leadership {
         leadership(&self.raft)
+    }
+
+    /// The members of the current membership, in id order.
+    pub fn members(&self) -> Vec<Member> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        membership
+            .nodes()
+            .map(|(id, n)| Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: membership.voter_ids().any(|v| v == *id),
+            })
+            .collect()
     }
 
     /// The current Raft term, if this server leads in it.

@@ -135,15 +135,18 @@ impl Peers {
     /// A member's Raft metrics (`GET /raft/metrics`), as JSON.
     pub async fn metrics(&self, addr: &str) -> Result<serde_json::Value, String> {
         let url = format!("{}/raft/metrics", addr.trim_end_matches('/'));
-        let (_, v) = self
+        match self
             .call(
                 reqwest::Method::GET,
                 &url,
                 None,
                 std::time::Duration::from_secs(2),
             )
-            .await?;
-        Ok(v)
+            .await?
+        {
+            (200, v) => Ok(v),
+            (code, _) => Err(format!("answered {code}")),
+        }
     }
 
     /// The leader's read index (it has confirmed its leadership with a quorum).

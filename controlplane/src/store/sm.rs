@@ -489,8 +489,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         EntryPayload::Blank => {}
                         EntryPayload::Normal(cmd) => {
                             let term = entry.log_id.leader_id.term;
+                            // The first `ops` operations of a command fenced to another
+                            // term fail.
+                            let fenced = cmd.fence.filter(|f| f.term != term);
+                            let fenced_ops = fenced.map_or(0, |f| f.ops);
                             for (i, op) in cmd.ops.iter().enumerate() {
-                                if let Some(f) = cmd.fence.filter(|f| i < f.ops && f.term != term) {
+                                if let Some(f) = fenced.filter(|_| i < fenced_ops) {
                                     result.results.push(Err(OpError::Fenced {
                                         fence: f.term,
                                         term,

@@ -23,7 +23,6 @@ pub fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
     Client::from_path(kubeconfig).context("cannot load the client config")
 }
 
-/// Resolves a kind typed by the user.
 /// A container of a pod, as `wk logs` and `wk exec` name it.
 #[derive(clap::Args)]
 pub struct PodContainer {
@@ -58,6 +57,7 @@ impl PodContainer {
     }
 }
 
+/// Resolves a kind typed by the user.
 pub fn resource(kind: &str) -> anyhow::Result<&'static wk_api::ResourceType> {
     wk_api::resource::lookup(kind)
         .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type \"{kind}\""))
