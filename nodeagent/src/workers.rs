@@ -1074,6 +1074,12 @@ mod tests {
                     "{mode:?}: {} bytes after the end",
                     rest.len()
                 );
+                drop(c);
+                wait_for("the connection closes", || port.open_connections() == 0).await;
+                assert!(
+                    port.spliced.load(Ordering::Relaxed) > 0,
+                    "the filler went through the pipe"
+                );
             }
             workers.unlisten(l);
         }

@@ -197,10 +197,7 @@ async fn batch(
 }
 
 fn main() {
-    let n: usize = std::env::var("WK_BENCH_PODS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    let n = common::env_usize("WK_BENCH_PODS", 50);
     let wasm = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../samples/dist/hello-http.wasm");
     assert!(wasm.exists(), "run scripts/build-samples.sh first");

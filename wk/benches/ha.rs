@@ -99,14 +99,8 @@ async fn wait_settled(c: &wk_client::Client, n: usize) {
 }
 
 fn main() {
-    let n: usize = std::env::var("WK_BENCH_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
-    let kills: usize = std::env::var("WK_BENCH_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let n = common::env_usize("WK_BENCH_N", 20_000);
+    let kills = common::env_usize("WK_BENCH_KILLS", 20);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -373,10 +367,15 @@ async fn compaction(dir: &Path) {
         }
         let restart = started.elapsed();
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+        // A create per object so far, and a delete for each but the last LIVE.
+        let writes = end + end.saturating_sub(LIVE);
+        let snapshot = match &me["snapshotIndex"] {
+            serde_json::Value::Null => "–".to_string(),
+            v => v.to_string(),
+        };
         println!(
-            "| {stage} | {} | {} | {} | {} | {} | {} | {:.0} ms |",
+            "| {writes} | {} | {snapshot} | {} | {} | {} | {} | {:.0} ms |",
             me["lastLogIndex"],
-            me["snapshotIndex"],
             mib(size("raft-log.redb")),
             mib(size("state.redb")),
             mib(size("snapshot.bin")),

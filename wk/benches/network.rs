@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p wk --bench network` (needs `wrk`, `haproxy`, `dnsmasq`, `dnsperf`:
 //! `apt-get install wrk haproxy dnsmasq-base dnsperf`). `WK_BENCH_SECONDS` (default 5) per
-//! wrk run; `WK_BENCH_ROUNDS` (default 3) rounds per L4 point, the targets taking turns
-//! to go first; the table gives the medians, the per-round range of wk/HAProxy, and the
+//! wrk run; `WK_BENCH_ROUNDS` (default 3) rounds per L4 point, each starting with the
+//! next target; the table gives the medians, the per-round range of wk/HAProxy, and the
 //! CPU time (user + system) each proxy process spent per request.
 //!
 //! - Backends: three minimal HTTP/1.1 servers (keep-alive, a fixed 200 "ok", 256 KiB for
@@ -34,10 +34,7 @@ mod common;
 use common::{Proc, free_port, percentile, start_agent, start_server};
 
 fn seconds() -> u64 {
-    std::env::var("WK_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+    common::env_usize("WK_BENCH_SECONDS", 5) as u64
 }
 
 /// The body of `GET /big`.
@@ -95,11 +92,7 @@ async fn backend(addr: SocketAddr) {
 
 /// Rounds per L4 point (`WK_BENCH_ROUNDS`, default 3); the table gives medians.
 fn rounds() -> usize {
-    std::env::var("WK_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1)
+    common::env_usize("WK_BENCH_ROUNDS", 3).max(1)
 }
 
 /// CPU time (user + system, seconds) a process has used so far.

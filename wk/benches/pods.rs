@@ -18,10 +18,7 @@ mod common;
 use common::{percentile_ms, rss_kib, start_agent, start_server};
 
 fn main() {
-    let n: usize = std::env::var("WK_BENCH_PODS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let n = common::env_usize("WK_BENCH_PODS", 1000);
     let image = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../samples/dist/hello-http.wasm");
     assert!(image.exists(), "run scripts/build-samples.sh first");

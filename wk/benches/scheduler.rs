@@ -17,16 +17,9 @@ use serde_json::json;
 
 mod common;
 
-use common::{percentile, start_server};
+use common::{env_usize, percentile, start_server};
 
 const GOAL: f64 = 5000.0;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_micro() -> String {
     jiff::Timestamp::now()

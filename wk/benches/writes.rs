@@ -149,10 +149,7 @@ fn start_wk(dir: &Path) -> (Proc, wk_client::Client, PathBuf) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let n1: usize = std::env::var("WK_BENCH_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
+    let n1 = common::env_usize("WK_BENCH_N", 3000);
     let n64 = n1 * 20 / 3;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -476,7 +476,10 @@ async fn cluster_dns_names_services_pods_and_ports() {
         .unwrap();
     assert_eq!(r.status(), 502);
     let body = r.text().await.unwrap();
-    assert!(body.contains("connecting to nope.invalid:80"), "{body}");
+    assert!(
+        body.contains("connecting to nope.invalid:80: failed to lookup address information"),
+        "{body}"
+    );
 
     // Headless: the ready pods' addresses.
     let mut pod_ips: Vec<String> = list(&c, "pods", "app=hello")

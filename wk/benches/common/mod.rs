@@ -11,6 +11,14 @@ use std::time::Duration;
 
 pub const WK: &str = env!("CARGO_BIN_EXE_wk");
 
+/// A number from the environment (`WK_BENCH_*`), or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A child process, killed when dropped.
 pub struct Proc(pub Child);
 
