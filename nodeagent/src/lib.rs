@@ -230,14 +230,7 @@ impl Agent {
                 % usable
                 + 1;
             let ip = range.nth(n);
-            if !range.is_loopback()
-                && on_host
-                && let Err(e) = hostnet::add_addr(ip)
-            {
-                tracing::warn!(%ip, error = %e, "cannot add a pod address");
-                continue;
-            }
-            if port.is_none_or(|p| self.port_free(ip, p, on_host)) {
+            if self.try_ip(ip, port, on_host) {
                 return ip;
             }
         }
@@ -245,12 +238,21 @@ impl Agent {
         range.nth(0)
     }
 
-    /// Whether a pod at `ip` can take `port`: tried by binding it where the address is
-    /// the host's (a loopback range, or a Wasm pod's address); a container's address off
-    /// loopback lives only in its own namespace, where nothing holds it yet.
-    pub(crate) fn port_free(&self, ip: Ipv4Addr, port: u16, on_host: bool) -> bool {
-        !(on_host || self.cfg.pod_cidr.is_loopback())
-            || std::net::TcpListener::bind((ip, port)).is_ok()
+    /// Whether a pod can have `ip` (and its first `port`): off loopback a Wasm pod's
+    /// address is added to the host first; the port is tried by binding it where the
+    /// address is the host's (a loopback range, or a Wasm pod's address), since a
+    /// container's address off loopback lives only in its own namespace, where nothing
+    /// holds it yet.
+    fn try_ip(&self, ip: Ipv4Addr, port: Option<u16>, on_host: bool) -> bool {
+        let loopback = self.cfg.pod_cidr.is_loopback();
+        if !loopback
+            && on_host
+            && let Err(e) = hostnet::add_addr(ip)
+        {
+            tracing::warn!(%ip, error = %e, "cannot add a pod address");
+            return false;
+        }
+        port.is_none_or(|p| !(on_host || loopback) || std::net::TcpListener::bind((ip, p)).is_ok())
     }
 
     /// Gives back a pod's address (off loopback: removes it from the interface).

@@ -275,13 +275,7 @@ impl Agent {
         let previous_ip = s(&pod, "/status/podIP")
             .parse::<Ipv4Addr>()
             .ok()
-            .filter(|ip| {
-                self.cfg.pod_cidr.contains(*ip)
-                    && (self.cfg.pod_cidr.is_loopback()
-                        || !on_host
-                        || crate::hostnet::add_addr(*ip).is_ok())
-                    && first_port.is_none_or(|p| self.port_free(*ip, p, on_host))
-            });
+            .filter(|ip| self.cfg.pod_cidr.contains(*ip) && self.try_ip(*ip, first_port, on_host));
         let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port, on_host));
         tokio::spawn(async move {
             self.clone().run_pod(pod, ip, stop).await;

@@ -102,6 +102,28 @@ impl Fetcher {
     }
 }
 
+/// A fetched component: its bytes, or where the image store keeps them (read only when
+/// the digest is not compiled already).
+pub enum Fetched {
+    Bytes(Vec<u8>),
+    Stored(std::path::PathBuf),
+}
+
+impl Fetched {
+    /// The component's bytes (`image` names it in errors).
+    pub async fn read(self, image: &str) -> Result<Vec<u8>, RuntimeError> {
+        match self {
+            Fetched::Bytes(b) => Ok(b),
+            Fetched::Stored(path) => tokio::fs::read(&path)
+                .await
+                .map_err(|e| RuntimeError::Pull {
+                    image: image.to_string(),
+                    message: format!("{}: {e}", path.display()),
+                }),
+        }
+    }
+}
+
 /// The component of an OCI image and its digest (the store verified it): from the store
 /// unless the pull policy says to pull, or it is not there yet.
 async fn pull_oci(
@@ -109,7 +131,7 @@ async fn pull_oci(
     image: &str,
     reference: &str,
     pull: &PullOptions,
-) -> Result<(Vec<u8>, String), RuntimeError> {
+) -> Result<(Fetched, String), RuntimeError> {
     let failed = |message: String| RuntimeError::Pull {
         image: image.to_string(),
         message,
@@ -130,18 +152,15 @@ async fn pull_oci(
         .store
         .blob_path(&layer.digest)
         .map_err(|e| failed(e.to_string()))?;
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-    Ok((bytes, layer.digest.clone()))
+    Ok((Fetched::Stored(path), layer.digest.clone()))
 }
 
-/// Fetches the bytes of an image and checks the digest if one was given.
+/// Fetches an image and checks the digest if one was given: the component and its digest.
 pub async fn fetch(
     image: &str,
     fetcher: &Fetcher,
     pull: &PullOptions,
-) -> Result<(Vec<u8>, String), RuntimeError> {
+) -> Result<(Fetched, String), RuntimeError> {
     let http = &fetcher.http;
     let r = ImageRef::parse(image)?;
     let failed = |message: String| RuntimeError::Pull {
@@ -178,7 +197,7 @@ pub async fn fetch(
             });
         }
     }
-    Ok((bytes, d))
+    Ok((Fetched::Bytes(bytes), d))
 }
 
 #[cfg(test)]

@@ -277,10 +277,11 @@ impl WasmRuntime {
                 return Ok((p.clone(), false));
             }
         }
-        let (bytes, digest) = image::fetch(image, &self.fetcher, pull).await?;
+        let (fetched, digest) = image::fetch(image, &self.fetcher, pull).await?;
         if let Some(p) = self.images.lock().expect("images lock").get(&digest) {
             return Ok((p.clone(), false));
         }
+        let bytes = fetched.read(image).await?;
         classify_binary(image, &bytes)?;
         let cache = &self.cache;
         let (component, compiled) = tokio::task::block_in_place(|| {
