@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use common::{cluster, is_ready, list, sample, wait_for};
+use common::{cluster, get_text, is_ready, list, sample, wait_for};
 
 /// A client that opens a new connection for every request, as most tests of a balancer
 /// do, so every request is balanced anew.
@@ -442,27 +442,17 @@ async fn cluster_dns_names_services_pods_and_ports() {
         .to_string();
     let http = fresh_client();
     for target in ["http://hello/", "http://hello.default.svc.cluster.local/"] {
-        let body = http
-            .get(format!("http://{caller_ip}:8080/fetch?url={target}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(
+            &http,
+            &format!("http://{caller_ip}:8080/fetch?url={target}"),
+        )
+        .await;
         assert!(body.starts_with("hello from hello-"), "{target}: {body}");
     }
     // Raw sockets by name: the component's `std::net` resolves the name with wasi:sockets
     // ip-name-lookup, which the runtime answers from the node's DNS data.
     for target in ["hello:80", "hello.default.svc.cluster.local:80"] {
-        let body = http
-            .get(format!("http://{caller_ip}:8080/tcp?addr={target}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(&http, &format!("http://{caller_ip}:8080/tcp?addr={target}")).await;
         assert!(
             body.starts_with("HTTP/1.") && body.contains("\r\n\r\nhello from hello-"),
             "{target}: {body}"
