@@ -346,6 +346,10 @@ spec:
 "#
     );
     apply(&hosts.a, &kubeconfig, &manifest);
+    let ctr_uid = get_json(&hosts.a, &kubeconfig, &["pod", "ctr"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .replace('-', "");
     let mut ctr_ip = String::new();
     let start = std::time::Instant::now();
     while ctr_ip.is_empty() {
@@ -377,5 +381,23 @@ spec:
         ]);
         last = String::from_utf8_lossy(&curl.output().unwrap().stdout).into_owned();
         last.starts_with("hello from a container on ctr")
+    });
+
+    // Delete the container before the agents go (they are killed, and a killed agent
+    // leaves its containers, mounts and namespaces behind).
+    assert!(
+        wk(&hosts.a, &kubeconfig, &["delete", "pod", "ctr"])
+            .status
+            .success()
+    );
+    wait_blocking("the container pod to be gone", || {
+        !wk(&hosts.a, &kubeconfig, &["get", "pod", "ctr"])
+            .status
+            .success()
+    });
+    wait_blocking("the container's namespace to be gone", || {
+        let mut list = Command::new("ip");
+        list.args(["netns", "list"]);
+        !String::from_utf8_lossy(&run(list).stdout).contains(&format!("wk-{}", &ctr_uid[..11]))
     });
 }
