@@ -3,8 +3,11 @@
 //!
 //! The threads share one listener per Service port, watched level-triggered with
 //! `EPOLLEXCLUSIVE`: the kernel wakes one idle thread per new connection (a busy thread
-//! is not woken), which accepts it; the connection then stays on that thread. (The
-//! socket has `SO_REUSEPORT` too, so several agents on one host share a VIP.) A thread
+//! is not woken), which accepts it. (The socket has `SO_REUSEPORT` too, so several
+//! agents on one host share a VIP.) The connection then stays on that thread, unless the
+//! thread forwards more than `SPREAD` connections beyond the least busy one: it hands the
+//! connection over to that one instead, so long-lived connections end up spread evenly
+//! (a burst of them would otherwise all land on whichever thread was idle). A thread
 //! keeps its connections in a slab (slots are reused, so a connection allocates nothing
 //! once the slab has grown), registers both sockets of a connection once,
 //! edge-triggered for reading and writing, and never deregisters them: closing a socket
@@ -40,6 +43,9 @@ const PAUSE: Duration = Duration::from_millis(100);
 const BUDGET: u32 = 16;
 /// Events taken from epoll at once.
 const EVENTS: usize = 256;
+/// How many more connections than the least busy thread a thread may forward before it
+/// hands new ones over.
+const SPREAD: usize = 2;
 
 /// Token of a thread's wake-up eventfd.
 const WAKE: u64 = u64::MAX;
@@ -112,9 +118,54 @@ impl Drop for Open {
     }
 }
 
+/// How many connections each thread forwards now.
+struct Loads(Box<[AtomicUsize]>);
+
+impl Loads {
+    /// The thread a new connection accepted by thread `me` should go to: `me`, unless it
+    /// forwards more than `SPREAD` beyond the least busy thread.
+    fn place(&self, me: usize) -> usize {
+        let load = |i: usize| self.0[i].load(Ordering::Relaxed);
+        let (least, least_load) = (0..self.0.len())
+            .map(|i| (i, load(i)))
+            .min_by_key(|&(_, l)| l)
+            .unwrap_or((me, 0));
+        if load(me) > least_load + SPREAD {
+            least
+        } else {
+            me
+        }
+    }
+
+    fn count(self: &Arc<Self>, thread: usize) -> Counted {
+        self.0[thread].fetch_add(1, Ordering::Relaxed);
+        Counted(self.clone(), thread)
+    }
+}
+
+/// A connection counted in its thread's load; uncounted when dropped.
+struct Counted(Arc<Loads>, usize);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An accepted connection, and what it is counted in.
+struct Accepted {
+    client: Socket,
+    peer: SocketAddr,
+    port: Arc<ServicePort>,
+    open: Open,
+    counted: Counted,
+}
+
 enum Command {
     Listen(u64, Arc<Socket>, Arc<ServicePort>),
     Unlisten(u64),
+    /// A connection another thread accepted, to forward here.
+    Adopt(Accepted),
 }
 
 struct Thread {
@@ -122,9 +173,19 @@ struct Thread {
     wake: Arc<EventFd>,
 }
 
+impl Thread {
+    fn send(&self, c: Command) {
+        if self.commands.send(c).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
 /// The forwarding threads.
 pub struct Workers {
-    threads: Vec<Thread>,
+    threads: Arc<[Thread]>,
+    #[cfg(test)]
+    loads: Arc<Loads>,
     next_id: AtomicU64,
 }
 
@@ -141,25 +202,47 @@ impl Workers {
     /// services (as the pod's own listener would, but without work stealing between
     /// threads: measured faster in BENCHMARKS.md).
     pub fn start(n: usize) -> io::Result<Workers> {
+        let n = n.max(1);
         let mut threads = Vec::new();
-        for i in 0..n.max(1) {
-            let runtime = handoff_runtime(i)?;
-            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let mut receivers = Vec::new();
+        for _ in 0..n {
             let wake = Arc::new(EventFd::from_flags(
                 EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
             )?);
-            epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
             let (commands, rx) = channel();
-            let w = wake.clone();
-            std::thread::Builder::new()
-                .name(format!("wk-proxy-{i}"))
-                .spawn(move || Loop::new(epoll, w, rx, runtime).run())?;
             threads.push(Thread { commands, wake });
+            receivers.push(rx);
+        }
+        let threads: Arc<[Thread]> = threads.into();
+        let loads = Arc::new(Loads((0..n).map(|_| AtomicUsize::new(0)).collect()));
+        for (me, rx) in receivers.into_iter().enumerate() {
+            let runtime = handoff_runtime(me)?;
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+            epoll.add(
+                &*threads[me].wake,
+                EpollEvent::new(EpollFlags::EPOLLIN, WAKE),
+            )?;
+            let l = Loop::new(epoll, threads.clone(), me, loads.clone(), rx, runtime);
+            std::thread::Builder::new()
+                .name(format!("wk-proxy-{me}"))
+                .spawn(move || l.run())?;
         }
         Ok(Workers {
             threads,
+            #[cfg(test)]
+            loads,
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// Connections each thread forwards now.
+    #[cfg(test)]
+    fn loads(&self) -> Vec<usize> {
+        self.loads
+            .0
+            .iter()
+            .map(|l| l.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Listens on `addr` for `port`, on every thread.
@@ -170,8 +253,8 @@ impl Workers {
             .as_socket()
             .ok_or_else(|| io::Error::other("a listener without an address"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        for t in &self.threads {
-            self.send(t, Command::Listen(id, socket.clone(), port.clone()));
+        for t in self.threads.iter() {
+            t.send(Command::Listen(id, socket.clone(), port.clone()));
         }
         Ok(Listening { id, addr })
     }
@@ -179,14 +262,8 @@ impl Workers {
     /// Stops accepting for a Service port; its established connections run to their end.
     pub fn unlisten(&self, l: Listening) {
         tracing::debug!(listen = %l.addr, "stop accepting");
-        for t in &self.threads {
-            self.send(t, Command::Unlisten(l.id));
-        }
-    }
-
-    fn send(&self, t: &Thread, c: Command) {
-        if t.commands.send(c).is_ok() {
-            let _ = t.wake.write(1);
+        for t in self.threads.iter() {
+            t.send(Command::Unlisten(l.id));
         }
     }
 }
@@ -311,6 +388,7 @@ struct Conn {
     backend_shut: bool,
     connecting: Option<Connecting>,
     _open: Open,
+    _counted: Counted,
 }
 
 /// A Service port's shared listener as one thread watches it: id, socket, port.
@@ -331,7 +409,10 @@ enum Next {
 
 struct Loop {
     epoll: Epoll,
-    wake: Arc<EventFd>,
+    /// Every thread, this one (`me`) included, and how busy each is.
+    threads: Arc<[Thread]>,
+    me: usize,
+    loads: Arc<Loads>,
     commands: Receiver<Command>,
     listeners: Vec<Option<ListenerSlot>>,
     slots: Vec<Slot>,
@@ -348,13 +429,17 @@ struct Loop {
 impl Loop {
     fn new(
         epoll: Epoll,
-        wake: Arc<EventFd>,
+        threads: Arc<[Thread]>,
+        me: usize,
+        loads: Arc<Loads>,
         commands: Receiver<Command>,
         handoff: tokio::runtime::Handle,
     ) -> Loop {
         Loop {
             epoll,
-            wake,
+            threads,
+            me,
+            loads,
             commands,
             listeners: Vec::new(),
             slots: Vec::new(),
@@ -399,7 +484,7 @@ impl Loop {
             for ev in &events[..n] {
                 let (token, flags) = (ev.data(), ev.events());
                 if token == WAKE {
-                    let _ = self.wake.read();
+                    let _ = self.threads[self.me].wake.read();
                     self.commands();
                 } else if token & LISTENER != 0 {
                     self.accept((token & !LISTENER) as usize);
@@ -439,6 +524,7 @@ impl Loop {
                     }
                     self.listeners[index] = Some((id, socket, port));
                 }
+                Command::Adopt(a) => self.start(a),
                 Command::Unlisten(id) => {
                     for l in &mut self.listeners {
                         if l.as_ref().is_some_and(|(i, ..)| *i == id) {
@@ -484,14 +570,33 @@ impl Loop {
             // Over the bound: refuse rather than queue without limit.
             return;
         };
-        let Some(backend) = port.table.pick(peer.ip(), &[]) else {
+        let thread = self.loads.place(self.me);
+        let accepted = Accepted {
+            client,
+            peer,
+            port,
+            open,
+            counted: self.loads.count(thread),
+        };
+        if thread == self.me {
+            self.start(accepted);
+        } else {
+            self.threads[thread].send(Command::Adopt(accepted));
+        }
+    }
+
+    /// Picks the endpoint of an accepted connection and starts serving it.
+    fn start(&mut self, a: Accepted) {
+        let Some(backend) = a.port.table.pick(a.peer.ip(), &[]) else {
             return;
         };
-        if let Some(service) = port.local.as_ref().and_then(|l| l(backend.addr)) {
-            self.hand_off(client, backend, service, open);
+        if let Some(service) = a.port.local.as_ref().and_then(|l| l(backend.addr)) {
+            // Served by this thread's partner, not forwarded here.
+            drop(a.counted);
+            self.hand_off(a.client, backend, service, a.open);
             return;
         }
-        self.open(port, client, peer, backend, open);
+        self.open(a, backend);
     }
 
     /// Serves a connection for a Wasm service of this agent on the async runtime, with
@@ -513,14 +618,14 @@ impl Loop {
     }
 
     /// Starts forwarding a new connection: a slot, the connect, the first steps.
-    fn open(
-        &mut self,
-        port: Arc<ServicePort>,
-        client: Socket,
-        peer: SocketAddr,
-        backend: Arc<Backend>,
-        open: Open,
-    ) {
+    fn open(&mut self, a: Accepted, backend: Arc<Backend>) {
+        let Accepted {
+            client,
+            peer,
+            port,
+            open,
+            counted,
+        } = a;
         let mut connecting = Connecting::new();
         let Some((backend, outbound, write_first)) =
             connecting.connect(&port.table, peer.ip(), backend)
@@ -546,6 +651,7 @@ impl Loop {
         self.slots[index as usize].conn = Some(Conn {
             active: Active::new(backend),
             _open: open,
+            _counted: counted,
             peer,
             client: Side::new(client, true, true),
             backend: Side::new(outbound, false, write_first),
@@ -893,6 +999,46 @@ mod tests {
             }
             workers.unlisten(l);
         }
+    }
+
+    #[test]
+    fn a_thread_keeps_what_it_accepts_until_it_is_spread_more_than_the_others() {
+        let loads = |l: &[usize]| Loads(l.iter().map(|&n| AtomicUsize::new(n)).collect());
+        assert_eq!(loads(&[0, 0]).place(0), 0);
+        assert_eq!(loads(&[SPREAD, 0]).place(0), 0);
+        assert_eq!(loads(&[SPREAD + 1, 0]).place(0), 1);
+        assert_eq!(loads(&[SPREAD + 1, 1]).place(0), 0);
+        assert_eq!(loads(&[9, 4, 1]).place(0), 2);
+        assert_eq!(loads(&[9, 4, 1]).place(2), 2);
+    }
+
+    /// Long-lived connections arriving one after another (the kernel wakes the same idle
+    /// thread for each) end up spread over both threads, and are uncounted as they close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_lived_connections_are_spread_over_the_threads() {
+        let workers = Workers::start(2).unwrap();
+        let table = Table::new();
+        table.update(&[echo().await], false);
+        let l = workers
+            .listen(any_port(), ServicePort::new(table, None, Splice::Off, 100))
+            .unwrap();
+        let mut held = Vec::new();
+        for i in 0..40u8 {
+            let mut c = connect_when_listening(l.addr).await;
+            c.write_all(&[i]).await.unwrap();
+            let mut b = [0];
+            c.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i);
+            held.push(c);
+        }
+        let loads = workers.loads();
+        assert_eq!(loads.iter().sum::<usize>(), 40, "{loads:?}");
+        assert!(loads.iter().all(|&n| n + SPREAD >= 20), "{loads:?}");
+        drop(held);
+        wait_for("the connections are uncounted", || {
+            workers.loads().iter().all(|&n| n == 0)
+        })
+        .await;
     }
 
     async fn connect_when_listening(addr: SocketAddr) -> TcpStream {

@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p wk --bench network` (needs `wrk`, `haproxy`, `dnsmasq`, `dnsperf`:
 //! `apt-get install wrk haproxy dnsmasq-base dnsperf`). `WK_BENCH_SECONDS` (default 5) per
-//! wrk run; `WK_BENCH_ROUNDS` (default 3) rounds per L4 point, each starting with the
+//! wrk run; `WK_BENCH_ROUNDS` (default 5) rounds per L4 point, each starting with the
 //! next target; the table gives the medians, the per-round range of wk/HAProxy, and the
 //! CPU time (user + system) each proxy process spent per request.
 //!
@@ -90,9 +90,9 @@ async fn backend(addr: SocketAddr) {
     }
 }
 
-/// Rounds per L4 point (`WK_BENCH_ROUNDS`, default 3); the table gives medians.
+/// Rounds per L4 point (`WK_BENCH_ROUNDS`, default 5); the table gives medians.
 fn rounds() -> usize {
-    common::env_usize("WK_BENCH_ROUNDS", 3).max(1)
+    common::env_usize("WK_BENCH_ROUNDS", 5).max(1)
 }
 
 /// CPU time (user + system, seconds) a process has used so far.
@@ -399,6 +399,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let (wk_pid, hap_pid) = (agent.0.id(), haproxy.0.id());
+    let mut rounds_of = Vec::new();
     for (label, conns, close, path) in [
         ("keep-alive, 64 connections", 64, false, "/"),
         ("new connection per request, 16 connections", 16, true, "/"),
@@ -440,6 +441,10 @@ fn main() {
         let (lo, hi) = per_round
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let raw: Vec<String> = (0..runs[1].len())
+            .map(|r| format!("{:.0}/{:.0}", runs[1][r].rps, runs[2][r].rps))
+            .collect();
+        rounds_of.push((label, per_round, raw));
         println!(
             "| {label} | {:.0} | {:.2} ms | {:.0} | {:.2} ms | {:.1} µs | {:.0} | {:.2} ms | {:.1} µs | {:.0} | {:.2}× ({lo:.2}–{hi:.2}×) | {:.2}× | {:.2}× |",
             direct.rps,
@@ -454,6 +459,18 @@ fn main() {
             wk.rps / hap.rps,
             wk.rps / hap_splice.rps,
             wk.rps / direct.rps
+        );
+    }
+
+    println!();
+    for (label, per_round, raw) in &rounds_of {
+        let shown: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+        let ahead = per_round.iter().filter(|r| **r >= 1.0).count();
+        println!(
+            "wk/HAProxy by round, {label}: {} ({ahead} of {} at 1.0 or above; req/s {})",
+            shown.join(" "),
+            per_round.len(),
+            raw.join(" ")
         );
     }
 
