@@ -118,14 +118,26 @@ impl Drop for Open {
     }
 }
 
-/// How many connections each thread forwards now.
-struct Loads(Box<[AtomicUsize]>);
+/// How many connections each thread forwards now (`GONE` once the thread has stopped).
+struct Loads(Box<[Load]>);
+
+/// One thread's count, on its own cache line: every accept reads them all, and every
+/// open and close writes one.
+#[repr(align(64))]
+struct Load(AtomicUsize);
+
+/// The load of a thread that has stopped (it is never the least busy one).
+const GONE: usize = usize::MAX / 2;
 
 impl Loads {
+    fn new(n: usize) -> Loads {
+        Loads((0..n).map(|_| Load(AtomicUsize::new(0))).collect())
+    }
+
     /// The thread a new connection accepted by thread `me` should go to: `me`, unless it
     /// forwards more than `SPREAD` beyond the least busy thread.
     fn place(&self, me: usize) -> usize {
-        let load = |i: usize| self.0[i].load(Ordering::Relaxed);
+        let load = |i: usize| self.0[i].0.load(Ordering::Relaxed);
         let (least, least_load) = (0..self.0.len())
             .map(|i| (i, load(i)))
             .min_by_key(|&(_, l)| l)
@@ -138,7 +150,7 @@ impl Loads {
     }
 
     fn count(self: &Arc<Self>, thread: usize) -> Counted {
-        self.0[thread].fetch_add(1, Ordering::Relaxed);
+        self.0[thread].0.fetch_add(1, Ordering::Relaxed);
         Counted(self.clone(), thread)
     }
 }
@@ -148,15 +160,25 @@ struct Counted(Arc<Loads>, usize);
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.0[self.1].fetch_sub(1, Ordering::Relaxed);
+        self.0.0[self.1].0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// An accepted connection, and what it is counted in.
+/// Marks a thread's load `GONE` when its loop ends, returning or unwinding.
+struct Stopped(Arc<Loads>, usize);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.0[self.1].0.store(GONE, Ordering::Relaxed);
+    }
+}
+
+/// An accepted connection, its endpoint, and what it is counted in.
 struct Accepted {
     client: Socket,
     peer: SocketAddr,
     port: Arc<ServicePort>,
+    backend: Arc<Backend>,
     open: Open,
     counted: Counted,
 }
@@ -174,10 +196,11 @@ struct Thread {
 }
 
 impl Thread {
-    fn send(&self, c: Command) {
-        if self.commands.send(c).is_ok() {
-            let _ = self.wake.write(1);
-        }
+    /// Queues `c` for the thread and wakes it; `c` comes back if the thread has stopped.
+    fn send(&self, c: Command) -> Result<(), Command> {
+        self.commands.send(c).map_err(|e| e.0)?;
+        let _ = self.wake.write(1);
+        Ok(())
     }
 }
 
@@ -214,7 +237,7 @@ impl Workers {
             receivers.push(rx);
         }
         let threads: Arc<[Thread]> = threads.into();
-        let loads = Arc::new(Loads((0..n).map(|_| AtomicUsize::new(0)).collect()));
+        let loads = Arc::new(Loads::new(n));
         for (me, rx) in receivers.into_iter().enumerate() {
             let runtime = handoff_runtime(me)?;
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -241,7 +264,7 @@ impl Workers {
         self.loads
             .0
             .iter()
-            .map(|l| l.load(Ordering::Relaxed))
+            .map(|l| l.0.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -254,7 +277,7 @@ impl Workers {
             .ok_or_else(|| io::Error::other("a listener without an address"))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         for t in self.threads.iter() {
-            t.send(Command::Listen(id, socket.clone(), port.clone()));
+            let _ = t.send(Command::Listen(id, socket.clone(), port.clone()));
         }
         Ok(Listening { id, addr })
     }
@@ -263,7 +286,7 @@ impl Workers {
     pub fn unlisten(&self, l: Listening) {
         tracing::debug!(listen = %l.addr, "stop accepting");
         for t in self.threads.iter() {
-            t.send(Command::Unlisten(l.id));
+            let _ = t.send(Command::Unlisten(l.id));
         }
     }
 }
@@ -452,6 +475,7 @@ impl Loop {
     }
 
     fn run(mut self) {
+        let _stopped = Stopped(self.loads.clone(), self.me);
         let mut events = vec![EpollEvent::empty(); EVENTS];
         let mut again = Vec::new();
         loop {
@@ -524,7 +548,7 @@ impl Loop {
                     }
                     self.listeners[index] = Some((id, socket, port));
                 }
-                Command::Adopt(a) => self.start(a),
+                Command::Adopt(a) => self.open(a),
                 Command::Unlisten(id) => {
                     for l in &mut self.listeners {
                         if l.as_ref().is_some_and(|(i, ..)| *i == id) {
@@ -570,33 +594,31 @@ impl Loop {
             // Over the bound: refuse rather than queue without limit.
             return;
         };
+        let Some(backend) = port.table.pick(peer.ip(), &[]) else {
+            return;
+        };
+        if let Some(service) = port.local.as_ref().and_then(|l| l(backend.addr)) {
+            self.hand_off(client, backend, service, open);
+            return;
+        }
         let thread = self.loads.place(self.me);
         let accepted = Accepted {
             client,
             peer,
             port,
+            backend,
             open,
             counted: self.loads.count(thread),
         };
         if thread == self.me {
-            self.start(accepted);
-        } else {
-            self.threads[thread].send(Command::Adopt(accepted));
+            self.open(accepted);
+        } else if let Err(Command::Adopt(mut a)) =
+            self.threads[thread].send(Command::Adopt(accepted))
+        {
+            // That thread has stopped: forward it here.
+            a.counted = self.loads.count(self.me);
+            self.open(a);
         }
-    }
-
-    /// Picks the endpoint of an accepted connection and starts serving it.
-    fn start(&mut self, a: Accepted) {
-        let Some(backend) = a.port.table.pick(a.peer.ip(), &[]) else {
-            return;
-        };
-        if let Some(service) = a.port.local.as_ref().and_then(|l| l(backend.addr)) {
-            // Served by this thread's partner, not forwarded here.
-            drop(a.counted);
-            self.hand_off(a.client, backend, service, a.open);
-            return;
-        }
-        self.open(a, backend);
     }
 
     /// Serves a connection for a Wasm service of this agent on the async runtime, with
@@ -618,11 +640,12 @@ impl Loop {
     }
 
     /// Starts forwarding a new connection: a slot, the connect, the first steps.
-    fn open(&mut self, a: Accepted, backend: Arc<Backend>) {
+    fn open(&mut self, a: Accepted) {
         let Accepted {
             client,
             peer,
             port,
+            backend,
             open,
             counted,
         } = a;
@@ -1003,13 +1026,15 @@ mod tests {
 
     #[test]
     fn a_thread_keeps_what_it_accepts_until_it_is_spread_more_than_the_others() {
-        let loads = |l: &[usize]| Loads(l.iter().map(|&n| AtomicUsize::new(n)).collect());
+        let loads = |l: &[usize]| Loads(l.iter().map(|&n| Load(AtomicUsize::new(n))).collect());
         assert_eq!(loads(&[0, 0]).place(0), 0);
         assert_eq!(loads(&[SPREAD, 0]).place(0), 0);
         assert_eq!(loads(&[SPREAD + 1, 0]).place(0), 1);
         assert_eq!(loads(&[SPREAD + 1, 1]).place(0), 0);
         assert_eq!(loads(&[9, 4, 1]).place(0), 2);
         assert_eq!(loads(&[9, 4, 1]).place(2), 2);
+        // A stopped thread is never the least busy.
+        assert_eq!(loads(&[SPREAD + 5, GONE]).place(0), 0);
     }
 
     /// Long-lived connections arriving one after another (the kernel wakes the same idle
