@@ -8,6 +8,7 @@
 //! selectors ([`selector`]), quantities ([`quantity`]) and the `Status` error object
 //! ([`status`]).
 
+pub mod auth;
 pub mod decode;
 pub mod logfile;
 pub mod meta;

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use wk_api::auth::constant_time_eq;
 
 /// The server's secrets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,14 +94,6 @@ impl Tokens {
         let hex: String = mac.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         format!("{NODE_PREFIX}{name}.{hex}")
     }
-}
-
-/// Compares secrets without an early exit on the first differing byte.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Writes a file readable only by its owner, atomically.

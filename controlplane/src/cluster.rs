@@ -42,7 +42,7 @@ fn allowed(state: &ClusterState, headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(wk_api::auth::bearer)
         .and_then(|t| state.tokens.identify(t))
         .is_some_and(|i| matches!(i, Identity::Admin | Identity::Peer))
 }

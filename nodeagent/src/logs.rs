@@ -46,8 +46,11 @@ fn authorized(agent: &Agent, headers: &HeaderMap) -> bool {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    agent.cfg.log_token.is_some() && token == agent.cfg.log_token.as_deref()
+        .and_then(wk_api::auth::bearer);
+    match (token, agent.cfg.log_token.as_deref()) {
+        (Some(t), Some(want)) => wk_api::auth::constant_time_eq(t.as_bytes(), want.as_bytes()),
+        _ => false,
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -124,8 +124,7 @@ async fn authenticate(State(state): State<ApiState>, mut req: Request, next: Nex
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(wk_api::auth::bearer);
         match token.and_then(|t| state.tokens.identify(t)) {
             Some(id) => {
                 req.extensions_mut().insert(id);

@@ -272,8 +272,8 @@ fn authorized(state: &RaftRpcState, headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), state.token.as_bytes()))
+        .and_then(wk_api::auth::bearer)
+        .is_some_and(|t| wk_api::auth::constant_time_eq(t.as_bytes(), state.token.as_bytes()))
 }
 
 fn reply<T: Serialize>(value: &T) -> axum::response::Response {
