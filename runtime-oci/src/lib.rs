@@ -211,6 +211,8 @@ pub struct OciRuntime {
     reaper: Arc<Reaper>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     pods: Mutex<HashMap<String, PodNetwork>>,
+    /// One pod network created at a time (two containers of a pod share theirs).
+    creating: tokio::sync::Mutex<()>,
     /// One pull at a time per reference.
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -350,6 +352,7 @@ impl OciRuntime {
             reaper: Reaper::start(),
             containers: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
             pulling: Mutex::new(HashMap::new()),
         };
         rt.clear_leftovers().await;
@@ -397,10 +400,11 @@ impl OciRuntime {
         &self.store
     }
 
-    /// The pod's network, created with its first container.
-    fn pod_network(&self, uid: &str, ip: Ipv4Addr) -> Result<PodNetwork, String> {
-        let mut pods = self.pods.lock().expect("pods lock");
-        if let Some(n) = pods.get(uid) {
+    /// The pod's network, created with its first container (the `ip` commands run on a
+    /// blocking thread, not on the runtime's).
+    async fn pod_network(&self, uid: &str, ip: Ipv4Addr) -> Result<PodNetwork, String> {
+        let _one = self.creating.lock().await;
+        if let Some(n) = self.pods.lock().expect("pods lock").get(uid) {
             return Ok(n.clone());
         }
         let net = PodNetwork::for_pod(uid, ip);
@@ -409,8 +413,14 @@ impl OciRuntime {
             self.dir.join("pods").join(&net.namespace),
             record.to_string(),
         );
-        net.create()?;
-        pods.insert(uid.to_string(), net.clone());
+        let made = net.clone();
+        tokio::task::spawn_blocking(move || made.create())
+            .await
+            .map_err(|e| format!("creating the pod network: {e}"))??;
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .insert(uid.to_string(), net.clone());
         Ok(net)
     }
 
@@ -536,6 +546,7 @@ impl Runtime for OciRuntime {
         let t0 = std::time::Instant::now();
         let net = self
             .pod_network(&config.pod.uid, ip)
+            .await
             .map_err(|e| fail(format!("pod network: {e}")))?;
         let bundle = self.dir.join("containers").join(&rid);
         let _ = std::fs::remove_dir_all(&bundle);
