@@ -192,7 +192,7 @@ enum Command {
 
 struct Thread {
     commands: Sender<Command>,
-    wake: Arc<EventFd>,
+    wake: EventFd,
 }
 
 impl Thread {
@@ -229,9 +229,7 @@ impl Workers {
         let mut threads = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..n {
-            let wake = Arc::new(EventFd::from_flags(
-                EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-            )?);
+            let wake = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
             let (commands, rx) = channel();
             threads.push(Thread { commands, wake });
             receivers.push(rx);
@@ -242,7 +240,7 @@ impl Workers {
             let runtime = handoff_runtime(me)?;
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
             epoll.add(
-                &*threads[me].wake,
+                &threads[me].wake,
                 EpollEvent::new(EpollFlags::EPOLLIN, WAKE),
             )?;
             let l = Loop::new(epoll, threads.clone(), me, loads.clone(), rx, runtime);
@@ -364,7 +362,7 @@ impl Connecting {
 
     /// Marks `failed` down and picks the next endpoint not yet tried, if attempts remain.
     fn skip(&mut self, table: &Table, client: IpAddr, failed: &Backend) -> Option<Arc<Backend>> {
-        tracing::debug!(endpoint = %failed.addr, "endpoint refused a connection; skipping it");
+        tracing::debug!(endpoint = %failed.addr, "connect to the endpoint failed; skipping it");
         table.mark_down(failed);
         self.tried[self.attempt] = failed.addr;
         self.attempt += 1;
@@ -538,11 +536,7 @@ impl Loop {
                             self.listeners.len() - 1
                         }
                     };
-                    let ev = EpollEvent::new(
-                        EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
-                        LISTENER | index as u64,
-                    );
-                    if let Err(e) = self.epoll.add(&*socket, ev) {
+                    if let Err(e) = self.watch_listener(index, &socket) {
                         tracing::warn!(error = %e, "cannot watch a service listener");
                         continue;
                     }
@@ -762,7 +756,7 @@ impl Loop {
         side.peer_shut |= flags.contains(EpollFlags::EPOLLRDHUP);
         side.closing |= urgent || flags.intersects(failed);
         if backend && conn.connecting.is_some() {
-            if flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
+            if flags.intersects(failed) {
                 self.retry(index);
                 return;
             }
@@ -853,16 +847,21 @@ impl Loop {
         for (_, index, id) in due {
             if let Some(Some((i, socket, _))) = self.listeners.get(index)
                 && *i == id
+                && let Err(e) = self.watch_listener(index, socket)
             {
-                let ev = EpollEvent::new(
-                    EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
-                    LISTENER | index as u64,
-                );
-                if let Err(e) = self.epoll.add(&**socket, ev) {
-                    tracing::warn!(error = %e, "cannot watch a service listener again");
-                }
+                tracing::warn!(error = %e, "cannot watch a service listener again");
             }
         }
+    }
+
+    /// Adds a Service port's shared listener to this thread's epoll set: level-triggered,
+    /// and only one waiting thread woken per new connection.
+    fn watch_listener(&self, index: usize, socket: &Socket) -> nix::Result<()> {
+        let ev = EpollEvent::new(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+            LISTENER | index as u64,
+        );
+        self.epoll.add(socket, ev)
     }
 
     /// Retries connects past their deadline, and drops the deadlines of connects that
