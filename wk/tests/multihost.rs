@@ -64,6 +64,16 @@ impl Drop for Hosts {
     }
 }
 
+/// The body `curl` gets from `url` in namespace `ns`, if the request succeeded.
+fn curl(ns: &str, url: &str) -> Option<String> {
+    let mut c = Hosts::exec(ns, "curl");
+    c.args(["-sS", "--max-time", "5", url]);
+    let out = c.output().unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn run(mut c: Command) -> Output {
     let out = c.output().unwrap();
     assert!(
@@ -253,32 +263,22 @@ spec:
     // which it does when it sees node B register).
     let mut body = String::new();
     wait_blocking("a pod on host B to answer from host A", || {
-        let mut curl = Hosts::exec(&hosts.a, "curl");
-        curl.args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{backend_ip}:8080/"),
-        ]);
-        let out = curl.output().unwrap();
-        body = String::from_utf8_lossy(&out.stdout).into_owned();
-        out.status.success()
+        curl(&hosts.a, &format!("http://{backend_ip}:8080/"))
+            .map(|b| body = b)
+            .is_some()
     });
     assert!(body.starts_with("hello from backend-"), "{body}");
 
     // The caller on host A fetches http://backend/ : its node's DNS data gives the VIP,
     // node A's balancer forwards to the pod on host B.
-    let mut last = String::new();
+    let fetch = |target: &str| {
+        curl(
+            &hosts.a,
+            &format!("http://{caller_ip}:8080/fetch?url={target}"),
+        )
+    };
     wait_blocking("the caller to reach the backend by name", || {
-        let mut curl = Hosts::exec(&hosts.a, "curl");
-        curl.args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{caller_ip}:8080/fetch?url=http://backend/"),
-        ]);
-        last = String::from_utf8_lossy(&curl.output().unwrap().stdout).into_owned();
-        last.starts_with("hello from backend-")
+        fetch("http://backend/").is_some_and(|b| b.starts_with("hello from backend-"))
     });
 
     // Node B's DNS answers for the Service too.
@@ -372,15 +372,7 @@ spec:
         "the container on node-b's range: {ctr_ip}"
     );
     wait_blocking("the caller to reach the container by name", || {
-        let mut curl = Hosts::exec(&hosts.a, "curl");
-        curl.args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://{caller_ip}:8080/fetch?url=http://ctr/"),
-        ]);
-        last = String::from_utf8_lossy(&curl.output().unwrap().stdout).into_owned();
-        last.starts_with("hello from a container on ctr")
+        fetch("http://ctr/").is_some_and(|b| b.starts_with("hello from a container on ctr"))
     });
 
     // Delete the container before the agents go (they are killed, and a killed agent

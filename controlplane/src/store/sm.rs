@@ -492,9 +492,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             // The first `ops` operations of a command fenced to another
                             // term fail.
                             let fenced = cmd.fence.filter(|f| f.term != term);
-                            let fenced_ops = fenced.map_or(0, |f| f.ops);
                             for (i, op) in cmd.ops.iter().enumerate() {
-                                if let Some(f) = fenced.filter(|_| i < fenced_ops) {
+                                if let Some(f) = fenced.filter(|f| i < f.ops) {
                                     result.results.push(Err(OpError::Fenced {
                                         fence: f.term,
                                         term,
