@@ -272,7 +272,8 @@ pub trait Runtime: Send + Sync + 'static {
     }
 
     /// The pod is over on this node: releases what its containers shared (its network).
-    fn release_pod(&self, pod_uid: &str) {
+    fn release_pod(&self, pod_uid: &str) -> impl Future<Output = ()> + Send {
         let _ = pod_uid;
+        async {}
     }
 }

@@ -106,10 +106,17 @@ const NODE_ID_PREFIX: &str = "/registry/wk/servernodeids/";
 
 /// A node id no member has and no earlier join was given: each id is a store key
 /// written "must not exist" (as Service addresses are), so joins that overlap, or are
-/// served by different leaders, never get the same one.
+/// served by different leaders, never get the same one. The search starts above the
+/// highest id this server knows of, so only a join that overlaps costs a second write.
 async fn reserve_node_id(store: &Store) -> Result<u64, crate::store::StoreError> {
     use crate::store::{Op, OpError, Precondition};
-    let highest = store.members().iter().map(|m| m.id).max().unwrap_or(0);
+    let (_, given, _) = store.read(|sm| sm.list(NODE_ID_PREFIX, None, 0)).await?;
+    let highest = given
+        .iter()
+        .filter_map(|(k, _)| k[NODE_ID_PREFIX.len()..].parse::<u64>().ok())
+        .chain(store.members().iter().map(|m| m.id))
+        .max()
+        .unwrap_or(0);
     let mut id = highest + 1;
     loop {
         let op = Op::Put {
@@ -388,4 +395,49 @@ pub fn router(state: ClusterState) -> Router {
         .route("/wk/v1/cluster/members/{id}", delete(remove))
         .route("/wk/v1/cluster/leave", axum::routing::post(leave))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Op, Precondition, StoreConfig};
+
+    /// Ids come from above the highest one handed out before, and joins that overlap
+    /// still get one each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_ids_start_above_those_given_and_never_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            node_id: 1,
+            advertise_url: "https://127.0.0.1:1".into(),
+            peer_token: "t".into(),
+            watch_history: 100,
+            snapshot_every: 100_000,
+            initialize: true,
+            peer_ca: None,
+        })
+        .await
+        .unwrap();
+        store
+            .wait_for_leader(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+        // An earlier join was given 5 and has not become a member (yet, or ever).
+        store
+            .write_one(Op::Put {
+                key: format!("{NODE_ID_PREFIX}5"),
+                object: json!({"nodeId": 5}).to_string(),
+                precondition: Precondition::Absent,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reserve_node_id(&store).await.unwrap(), 6);
+        let overlapping = futures::future::join_all((0..4).map(|_| reserve_node_id(&store))).await;
+        let mut ids: Vec<u64> = overlapping.into_iter().map(Result::unwrap).collect();
+        ids.sort();
+        assert_eq!(ids, [7, 8, 9, 10]);
+        store.shutdown().await;
+    }
 }

@@ -876,7 +876,7 @@ impl Agent {
             .lock()
             .expect("running lock")
             .retain(|_, (_, id)| !id.starts_with(&prefix));
-        rt.release_pod(&uid);
+        rt.release_pod(&uid).await;
     }
 
     /// A stand-in container that reports why the pod's containers cannot be set up.

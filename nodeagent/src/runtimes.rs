@@ -82,10 +82,10 @@ impl Runtime for PodRuntime {
         }
     }
 
-    fn release_pod(&self, pod_uid: &str) {
+    async fn release_pod(&self, pod_uid: &str) {
         match self {
-            PodRuntime::Wasm(r) => r.release_pod(pod_uid),
-            PodRuntime::Oci(r) => r.release_pod(pod_uid),
+            PodRuntime::Wasm(r) => r.release_pod(pod_uid).await,
+            PodRuntime::Oci(r) => r.release_pod(pod_uid).await,
         }
     }
 }

@@ -707,10 +707,13 @@ impl Runtime for OciRuntime {
             .map_err(|e| start_err(id, e))
     }
 
-    fn release_pod(&self, pod_uid: &str) {
-        if let Some(net) = self.pods.lock().expect("pods lock").remove(pod_uid) {
-            net.delete();
-            let _ = std::fs::remove_file(self.dir.join("pods").join(&net.namespace));
-        }
+    async fn release_pod(&self, pod_uid: &str) {
+        let Some(net) = self.pods.lock().expect("pods lock").remove(pod_uid) else {
+            return;
+        };
+        let record = self.dir.join("pods").join(&net.namespace);
+        // `ip` runs on a blocking thread, as when the network was made.
+        let _ = tokio::task::spawn_blocking(move || net.delete()).await;
+        let _ = std::fs::remove_file(record);
     }
 }

@@ -189,7 +189,7 @@ async fn exit_codes_logs_env_and_oom() {
     let c = config(&env, "missing", ip, &["/no/such/binary"]);
     let err = env.rt.start(c).await.unwrap_err();
     assert!(err.to_string().contains("/no/such/binary"), "{err}");
-    env.rt.release_pod(&env.uid);
+    env.rt.release_pod(&env.uid).await;
     env.rt.shutdown().await;
 }
 
@@ -301,7 +301,7 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
     assert_eq!(exit_code(&st).0, 0, "the TERM trap ran and exited 0");
     wait_log(&env, "web", "got-term").await;
     env.rt.remove(&c.id).unwrap();
-    env.rt.release_pod(&env.uid);
+    env.rt.release_pod(&env.uid).await;
     // The pod's network is gone with it: namespace, host veth and route.
     let net = wk_runtime_oci::netns::PodNetwork::for_pod(&env.uid, ip);
     assert!(
@@ -350,7 +350,7 @@ async fn quick_exits_are_always_seen() {
         assert_eq!(exit_code(&st).0, code);
         env.rt.remove(&id).unwrap();
     }
-    env.rt.release_pod(&env.uid);
+    env.rt.release_pod(&env.uid).await;
     env.rt.shutdown().await;
 }
 
@@ -392,7 +392,7 @@ async fn roots_are_private_with_and_without_overlayfs() {
         for id in [&w.id, &r.id, &ro.id] {
             env.rt.remove(id).unwrap();
         }
-        env.rt.release_pod(&env.uid);
+        env.rt.release_pod(&env.uid).await;
         env.rt.shutdown().await;
     }
 }
@@ -430,7 +430,7 @@ async fn default_seccomp_filter() {
         );
         env.rt.remove(&c.id).unwrap();
     }
-    env.rt.release_pod(&env.uid);
+    env.rt.release_pod(&env.uid).await;
     env.rt.shutdown().await;
 }
 
