@@ -61,18 +61,15 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Unpacks a layer (plain or gzip-compressed tar, told apart by its first bytes) into `dst`.
+/// Unpacks a layer (a plain, gzip- or zstd-compressed tar, told apart by its first
+/// bytes, as containerd does) into `dst`.
 pub fn unpack(reader: impl Read, dst: &Path, form: Form) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     let head = reader.fill_buf()?;
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
-    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(std::io::Error::other(
-            "zstd-compressed layers are not supported; use gzip or uncompressed layers",
-        ));
-    }
-    if gzip {
+    if head.starts_with(&[0x1f, 0x8b]) {
         unpack_tar(flate2::read::GzDecoder::new(reader), dst, form)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        unpack_tar(zstd::stream::read::Decoder::with_buffer(reader)?, dst, form)
     } else {
         unpack_tar(reader, dst, form)
     }
@@ -226,6 +223,45 @@ mod tests {
         assert_eq!(std::fs::read(root.join("var/new")).unwrap(), b"new");
         assert!(!root.join("gone").exists());
         assert!(!dir.path().parent().unwrap().join("escape").exists());
+    }
+
+    /// A layer unpacks to the same files whether its tar is plain, gzip- or
+    /// zstd-compressed; a corrupt zstd stream is an error, not a partial layer passed off
+    /// as whole.
+    #[test]
+    fn plain_gzip_and_zstd_layers_unpack_alike() {
+        let tar = layer(&[
+            ("etc/", None),
+            ("etc/motd", Some(b"hello")),
+            ("bin", Some(b"x")),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let zst = zstd::stream::encode_all(&tar[..], 3).unwrap();
+        assert!(zst.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+        for (what, bytes) in [
+            ("plain", tar.clone()),
+            ("gzip", gz.finish().unwrap()),
+            ("zstd", zst.clone()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            unpack(&bytes[..], dir.path(), Form::Apply).unwrap();
+            assert_eq!(
+                std::fs::read(dir.path().join("etc/motd")).unwrap(),
+                b"hello",
+                "{what}"
+            );
+            assert_eq!(
+                std::fs::read(dir.path().join("bin")).unwrap(),
+                b"x",
+                "{what}"
+            );
+        }
+        let mut corrupt = zst;
+        let n = corrupt.len();
+        corrupt.truncate(n / 2);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(unpack(&corrupt[..], dir.path(), Form::Apply).is_err());
     }
 
     /// Entries that go through a symlink to outside the root touch nothing there:
