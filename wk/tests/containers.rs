@@ -278,11 +278,40 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
         "{}",
         stdout(&ran)
     );
-    // kubectl's interactive exec is refused with a pointer to `wk exec`.
-    let k = server.kubectl(&["exec", "graceful", "--", "true"]);
+    // kubectl's exec (a WebSocket, v5.channel.k8s.io): the same output, and kubectl
+    // exits with the command's code.
+    let k = server.kubectl(&[
+        "exec",
+        "graceful",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    let k_err = String::from_utf8_lossy(&k.stderr).to_string();
+    assert_eq!(k.status.code(), Some(7), "{k_err}");
+    assert_eq!(stdout(&k), "out\n");
+    assert!(k_err.starts_with("err\n"), "{k_err}");
+    let k = server.kubectl(&[
+        "exec",
+        "graceful",
+        "-c",
+        "main",
+        "--",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(k.status.success(), "{}", String::from_utf8_lossy(&k.stderr));
+    assert!(
+        stdout(&k).contains("search default.svc.cluster.local"),
+        "{}",
+        stdout(&k)
+    );
+    // Standard input is refused, naming it.
+    let k = server.kubectl(&["exec", "-i", "graceful", "--", "true"]);
     assert!(!k.status.success());
     assert!(
-        String::from_utf8_lossy(&k.stderr).contains("wk exec"),
+        String::from_utf8_lossy(&k.stderr).contains("stdin"),
         "{}",
         String::from_utf8_lossy(&k.stderr)
     );

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use axum::body::to_bytes;
-use axum::extract::Request;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -1294,20 +1295,54 @@ pub async fn logs(state: ApiState, target: Target, req: Request) -> Result<Respo
     Ok(r)
 }
 
+/// The WebSocket subprotocols of kubectl's exec this server speaks, preferred first
+/// (KEP-3396: v5 adds a close signal, which a server that only writes never needs).
+const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
 /// `POST pods/{name}/exec?command=…&container=…`: runs a command in a container, through
 /// the agent of the pod's node, and answers `{"exitCode", "stdout", "stderr"}` once it
-/// ends (what `wk exec` uses). Interactive streams (kubectl's SPDY/WebSocket upgrade) are
-/// not offered.
+/// ends (what `wk exec` uses).
+///
+/// kubectl's `exec` asks for a WebSocket (`v5.channel.k8s.io`/`v4.channel.k8s.io`):
+/// the command runs the same way, then its output goes back on channels 1 (stdout) and
+/// 2 (stderr) and its outcome as a `Status` on channel 3, as a kubelet's would. The
+/// output comes once the command has ended, not as it is written. Standard input and a
+/// TTY (`-i`, `-t`) are refused, and so is SPDY.
 pub async fn exec(state: ApiState, target: Target, req: Request) -> Result<Response> {
-    if req.headers().contains_key(header::UPGRADE) {
-        return Err(Status::bad_request(
-            "interactive exec (SPDY/WebSocket streams) is not supported by wk; use `wk exec`, which runs the command and returns its output",
-        )
-        .into());
-    }
+    let (mut parts, _) = req.into_parts();
+    let params = Params::from_uri(&parts.uri);
+    let websocket = parts
+        .headers
+        .get(header::UPGRADE)
+        .map(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let upgrade = match websocket {
+        None => None,
+        Some(is_websocket) => {
+            // Checked first, so that kubectl's fallback to SPDY is told the same.
+            for (flag, what) in [("stdin", "standard input (-i)"), ("tty", "a TTY (-t)")] {
+                if params.get(flag) == Some("true") {
+                    return Err(Status::bad_request(format!(
+                        "{flag}: Unsupported value: exec with {what} is not supported by wk; run the command without it"
+                    ))
+                    .into());
+                }
+            }
+            if !is_websocket {
+                return Err(Status::bad_request(
+                    "exec over SPDY is not supported by wk; kubectl 1.30 or later uses WebSockets (or use `wk exec`)",
+                )
+                .into());
+            }
+            let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|e| {
+                    Status::bad_request(format!("the WebSocket upgrade: {}", e.body_text()))
+                })?;
+            Some(ws)
+        }
+    };
     let name = target.name.clone().unwrap_or_default();
-    let params = Params::from_uri(req.uri());
-    let command: Vec<String> = url_decode_pairs(req.uri().query().unwrap_or(""))
+    let command: Vec<String> = url_decode_pairs(parts.uri.query().unwrap_or(""))
         .into_iter()
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v)
@@ -1325,24 +1360,103 @@ pub async fn exec(state: ApiState, target: Target, req: Request) -> Result<Respo
         .clamp(1, 3600);
     let (container, agent) = pod_agent(&state, &target, &params).await?;
     let ns = target.namespace.clone().unwrap_or_default();
-    let resp = reqwest::Client::new()
-        .post(format!("{agent}/exec/{ns}/{name}/{container}"))
-        .bearer_auth(&state.tokens.node)
-        .json(&serde_json::json!({"command": command, "timeoutSeconds": timeout}))
-        .send()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot reach the pod's node agent: {e}")))?;
-    let code = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    if code != 200 {
-        return Err(agent_failure(code, &text));
+    let run = AgentExec {
+        url: format!("{agent}/exec/{ns}/{name}/{container}"),
+        token: state.tokens.node.clone(),
+        body: serde_json::json!({"command": command, "timeoutSeconds": timeout}),
+    };
+    if let Some(ws) = upgrade {
+        // The pod and container were checked above, so those errors are plain HTTP
+        // answers; the command runs once the stream is open.
+        return Ok(ws
+            .protocols(EXEC_PROTOCOLS)
+            .on_upgrade(move |socket| exec_stream(socket, run)));
     }
-    let mut r = (StatusCode::OK, text).into_response();
+    let mut r = (StatusCode::OK, run.call().await?).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     Ok(r)
+}
+
+/// A command for the agent of a pod's node (`POST /exec/...`).
+struct AgentExec {
+    url: String,
+    token: String,
+    body: Value,
+}
+
+impl AgentExec {
+    /// Runs it: the agent's `{"exitCode", "stdout", "stderr"}`.
+    async fn call(&self) -> Result<String> {
+        let resp = reqwest::Client::new()
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .json(&self.body)
+            .send()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the pod's node agent: {e}")))?;
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        if code != 200 {
+            return Err(agent_failure(code, &text));
+        }
+        Ok(text)
+    }
+}
+
+/// One message of the channel protocol: the channel's number, then the bytes.
+fn channel_message(channel: u8, data: &[u8]) -> Message {
+    let mut m = Vec::with_capacity(data.len() + 1);
+    m.push(channel);
+    m.extend_from_slice(data);
+    Message::Binary(m.into())
+}
+
+/// kubectl's side of an exec: the output on channels 1 and 2, then on channel 3 the
+/// outcome as a kubelet reports it (a non-zero exit is `NonZeroExitCode` with the code
+/// as an `ExitCode` cause, which kubectl exits with), then the close.
+async fn exec_stream(mut socket: WebSocket, run: AgentExec) {
+    let outcome = match run.call().await {
+        Ok(text) => {
+            let out: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            for (channel, field) in [(1, "stdout"), (2, "stderr")] {
+                let data = out[field].as_str().unwrap_or("");
+                if !data.is_empty()
+                    && socket
+                        .send(channel_message(channel, data.as_bytes()))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            match out["exitCode"].as_i64() {
+                Some(0) => json!({"metadata": {}, "status": "Success"}),
+                code => {
+                    let code = code.unwrap_or(-1);
+                    json!({"metadata": {}, "status": "Failure",
+                        "message": format!("command terminated with non-zero exit code: {code}"),
+                        "reason": "NonZeroExitCode",
+                        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+                }
+            }
+        }
+        Err(ApiError(s)) => {
+            json!({"metadata": {}, "status": "Failure", "message": s.message, "reason": s.reason, "code": s.code})
+        }
+    };
+    let _ = socket
+        .send(channel_message(3, outcome.to_string().as_bytes()))
+        .await;
+    // A normal closure (1000): kubectl reads a close without a code as an error.
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
 }
 
 #[cfg(test)]
