@@ -141,23 +141,12 @@ async fn container_logs(
         .get("sinceSeconds")
         .and_then(|v| v.parse::<i64>().ok())
         .map(|s| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s));
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter_map(|l| render(l, timestamps, since))
-        .collect();
-    if let Some(n) = tail {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-    }
-    let mut first: String = lines.concat();
-    if let Some(l) = limit {
-        first.truncate(l);
-    }
+    let bytes = std::fs::read(&path).unwrap_or_default();
+    let first = log_text(&bytes, timestamps, since, tail, limit);
     if !follow {
         return ([("content-type", "text/plain")], first).into_response();
     }
-    let offset = text.len() as u64;
+    let offset = bytes.len() as u64;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let key = format!("{ns}/{pod}");
     tokio::spawn(follow_file(
@@ -182,6 +171,52 @@ fn tokio_stream_from(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// What a log read answers: the lines of `log` (a log file's bytes: programs may write
+/// any bytes, and lines are split at a length limit, which can cut a character; invalid
+/// UTF-8 becomes U+FFFD), at most `tail` of them, cut to at most `limit` bytes at a
+/// character's boundary.
+fn log_text(
+    log: &[u8],
+    timestamps: bool,
+    since: Option<jiff::Timestamp>,
+    tail: Option<usize>,
+    limit: Option<usize>,
+) -> String {
+    let mut lines: Vec<String> = log
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| render(&String::from_utf8_lossy(l), timestamps, since))
+        .collect();
+    if let Some(n) = tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let mut text = lines.concat();
+    if let Some(limit) = limit
+        && limit < text.len()
+    {
+        let mut cut = limit;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// Takes the complete lines off the front of `partial` (bytes read from a log file),
+/// rendered; an incomplete last line stays for the next read.
+fn complete_lines(partial: &mut Vec<u8>, timestamps: bool) -> String {
+    let mut out = String::new();
+    while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = partial.drain(..=i).collect();
+        if let Some(r) = render(&String::from_utf8_lossy(&line[..i]), timestamps, None) {
+            out.push_str(&r);
+        }
+    }
+    out
+}
+
 /// Sends what is appended to the file until the pod leaves the node or the client goes.
 async fn follow_file(
     agent: Arc<Agent>,
@@ -195,30 +230,23 @@ async fn follow_file(
     if !first.is_empty() && tx.send(Ok(Bytes::from(first))).await.is_err() {
         return;
     }
-    let mut partial = String::new();
+    let mut partial = Vec::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = tx.closed() => return,
         }
-        let mut chunk = String::new();
         if let Ok(mut f) = std::fs::File::open(&path) {
             let len = f.metadata().map(|m| m.len()).unwrap_or(0);
             if len < offset {
                 offset = 0; // rotated
             }
-            if f.seek(SeekFrom::Start(offset)).is_ok() && f.read_to_string(&mut chunk).is_ok() {
-                offset += chunk.len() as u64;
+            let before = partial.len();
+            if f.seek(SeekFrom::Start(offset)).is_ok() && f.read_to_end(&mut partial).is_ok() {
+                offset += (partial.len() - before) as u64;
             }
         }
-        partial.push_str(&chunk);
-        let mut out = String::new();
-        while let Some(i) = partial.find('\n') {
-            let line: String = partial.drain(..=i).collect();
-            if let Some(r) = render(line.trim_end_matches('\n'), timestamps, None) {
-                out.push_str(&r);
-            }
-        }
+        let out = complete_lines(&mut partial, timestamps);
         if !out.is_empty() && tx.send(Ok(Bytes::from(out))).await.is_err() {
             return;
         }
@@ -250,5 +278,33 @@ mod tests {
         );
         let later: jiff::Timestamp = "2026-11-22T04:00:00Z".parse().unwrap();
         assert!(render(l, false, Some(later)).is_none());
+    }
+
+    /// Bytes that are not UTF-8 (a program's own, or a character cut where a long line
+    /// was split) neither empty the log nor stall a follow, and `limitBytes` never cuts
+    /// a character in two.
+    #[test]
+    fn logs_that_are_not_utf8_still_read_and_follow() {
+        let mut log = b"2026-11-22T03:00:00Z stdout caf\xc3\n".to_vec();
+        log.extend_from_slice("2026-11-22T03:00:01Z stdout \u{e9}t\u{e9}\n".as_bytes());
+        assert_eq!(
+            log_text(&log, false, None, None, None),
+            "caf\u{fffd}\n\u{e9}t\u{e9}\n"
+        );
+        assert_eq!(
+            log_text(&log, false, None, Some(1), None),
+            "\u{e9}t\u{e9}\n"
+        );
+        // "é" is two bytes: a limit of 1 gives nothing rather than half of it.
+        assert_eq!(log_text(&log, false, None, Some(1), Some(1)), "");
+        assert_eq!(log_text(&log, false, None, Some(1), Some(3)), "\u{e9}t");
+
+        // A follow that reads the first line and part of the second, then the rest.
+        let cut = log.iter().position(|&b| b == b'\n').unwrap() + 10;
+        let mut partial = log[..cut].to_vec();
+        assert_eq!(complete_lines(&mut partial, false), "caf\u{fffd}\n");
+        partial.extend_from_slice(&log[cut..]);
+        assert_eq!(complete_lines(&mut partial, false), "\u{e9}t\u{e9}\n");
+        assert!(partial.is_empty());
     }
 }
