@@ -22,9 +22,34 @@ use crate::Agent;
 use crate::probe::{self, ProbeEvent, Probes};
 use crate::runtimes::PodRuntime;
 
+/// Tells a pod's task to stop, with the grace period of the deletion when it gives one
+/// (`kubectl delete --grace-period`: `metadata.deletionGracePeriodSeconds`), else the
+/// pod's own `terminationGracePeriodSeconds`.
+#[derive(Default)]
+pub(crate) struct StopSignal {
+    notify: Notify,
+    grace: std::sync::Mutex<Option<Duration>>,
+}
+
+impl StopSignal {
+    fn stop(&self, grace: Option<Duration>) {
+        *self.grace.lock().expect("grace lock") = grace;
+        self.notify.notify_one();
+    }
+
+    async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    /// The grace period to stop with: the deletion's, or `spec`.
+    fn grace_or(&self, spec: Duration) -> Duration {
+        self.grace.lock().expect("grace lock").unwrap_or(spec)
+    }
+}
+
 /// What the agent keeps per admitted pod.
 pub(crate) struct PodHandle {
-    stop: Arc<Notify>,
+    stop: Arc<StopSignal>,
     done: watch::Receiver<bool>,
     /// `namespace/name`, to drop the pod's log directory when it goes.
     key: String,
@@ -193,10 +218,14 @@ impl Agent {
         let uid = s(&pod, "/metadata/uid").to_string();
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             let handle = self.pods.lock().await.remove(&uid);
+            let grace = pod
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .map(Duration::from_secs);
             let me = self.clone();
             tokio::spawn(async move {
                 if let Some(h) = handle {
-                    me.stop_pod(&uid, h).await;
+                    me.stop_pod(&uid, h, grace).await;
                 }
                 // Finish the graceful deletion (only of this very pod).
                 let rt = lookup("pods").expect("pods registered");
@@ -248,7 +277,7 @@ impl Agent {
             let _ = tx.send(Some(json!({"phase": "Failed", "reason": reason, "message": message, "startTime": ts(&jiff::Timestamp::now())})));
             return;
         }
-        let stop = Arc::new(Notify::new());
+        let stop = Arc::new(StopSignal::default());
         let (done_tx, done) = watch::channel(false);
         let key = format!(
             "{}/{}",
@@ -288,14 +317,14 @@ impl Agent {
     pub(crate) async fn forget(self: &Arc<Self>, uid: &str) {
         if let Some(h) = self.pods.lock().await.remove(uid) {
             let (me, uid) = (self.clone(), uid.to_string());
-            tokio::spawn(async move { me.stop_pod(&uid, h).await });
+            tokio::spawn(async move { me.stop_pod(&uid, h, None).await });
         }
     }
 
     /// Stops a pod this agent held and, once it has stopped, drops its directory
     /// (volumes, logs) and its entry for the logs endpoint.
-    async fn stop_pod(&self, uid: &str, mut h: PodHandle) {
-        h.stop.notify_one();
+    async fn stop_pod(&self, uid: &str, mut h: PodHandle, grace: Option<Duration>) {
+        h.stop.stop(grace);
         let _ = h.done.wait_for(|d| *d).await;
         let dir = self.cfg.data_dir.join("pods").join(uid);
         let mut dirs = self.pod_dirs.lock().await;
@@ -832,7 +861,7 @@ impl Agent {
     }
 
     /// Runs a pod until it finishes (per restartPolicy) or is stopped.
-    async fn run_pod(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<Notify>) {
+    async fn run_pod(self: Arc<Self>, pod: Value, ip: Ipv4Addr, stop: Arc<StopSignal>) {
         let uid = s(&pod, "/metadata/uid").to_string();
         let dir = self.cfg.data_dir.join("pods").join(&uid);
         let key = format!(
@@ -897,7 +926,7 @@ impl Agent {
         rt: &PodRuntime,
         pod: Value,
         ip: Ipv4Addr,
-        stop: Arc<Notify>,
+        stop: Arc<StopSignal>,
         uid: String,
         dir: PathBuf,
         tx: watch::Sender<Option<Value>>,
@@ -1146,7 +1175,7 @@ impl Agent {
                         c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container={} pod={}", backoff[i].as_secs(), c.name, s(&pod, "/metadata/name")) };
                         self.event(&pod, "Warning", "BackOff", "Back-off restarting failed container");
                         self.report(rt.name(), &tx, ip, &slots, "Running", &started).await;
-                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(rt, &mut slots, grace).await; return; } }
+                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(rt, &mut slots, stop.grace_or(grace)).await; return; } }
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     } else {
                         slots[i].state = end;
@@ -1174,7 +1203,7 @@ impl Agent {
                 }
                 _ = retry => {}
                 _ = stop.notified() => {
-                    self.stop_all(rt, &mut slots, grace).await;
+                    self.stop_all(rt, &mut slots, stop.grace_or(grace)).await;
                     return;
                 }
             }

@@ -325,6 +325,42 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
         std::fs::read_to_string(out.join("term")).unwrap().trim(),
         "term"
     );
+    // `kubectl delete --grace-period` overrides the pod's own 30 s: a container that
+    // ignores SIGTERM is killed after 1 s, not 30.
+    let marker = format!("stubborn-{}", std::process::id());
+    create(
+        &c,
+        &pod(
+            "stubborn",
+            image,
+            &format!("trap '' TERM; while true; do sleep 0.1; done # {marker}"),
+            json!({"terminationGracePeriodSeconds": 30}),
+        ),
+    )
+    .await;
+    wait_phase(&c, "stubborn", "Running").await;
+    let del = server.kubectl(&[
+        "delete",
+        "pod",
+        "stubborn",
+        "--grace-period=1",
+        "--wait=true",
+        "--timeout=20s",
+    ]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the container still runs: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
     agent.stop();
 }
 
