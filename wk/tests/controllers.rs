@@ -800,17 +800,33 @@ async fn daemonset_follows_nodes_and_rolls() {
     dirs.push(d);
     wait_nodes(vec!["node-1", "node-2", "node-3"]).await;
 
-    // A taint the template does not tolerate removes the pod from that node.
-    c.patch(
-        lookup("nodes").unwrap(),
-        None,
-        "node-2",
-        "application/merge-patch+json",
-        &json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
-        &[],
-    )
-    .await
-    .unwrap();
+    // A NoSchedule taint the template does not tolerate leaves the pod already there
+    // (counted as misscheduled); a NoExecute one removes it.
+    let taint = |effect: &'static str| {
+        let c = c.clone();
+        async move {
+            c.patch(
+                lookup("nodes").unwrap(),
+                None,
+                "node-2",
+                "application/merge-patch+json",
+                &json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": effect}]}}),
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    taint("NoSchedule").await;
+    wait_for("the taint to be counted", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            c.get(ds_rt, None, "edge").await.unwrap()["status"]["numberMisscheduled"] == 1
+        }
+    })
+    .await;
+    assert_eq!(on_nodes(c.clone()).await, ["node-1", "node-2", "node-3"]);
+    taint("NoExecute").await;
     wait_nodes(vec!["node-1", "node-3"]).await;
 
     // A template change rolls out; kubectl sees it finish.

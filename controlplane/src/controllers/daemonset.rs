@@ -1,6 +1,9 @@
 //! DaemonSet: one pod per node that the template may run on (runtime, nodeSelector,
 //! required node affinity, taints — `scheduler::placement_allows`), following nodes as they
-//! come, change labels and go. Pods are bound to their node at creation (`spec.nodeName`),
+//! come, change labels and go. A pod already on a node stays unless the node stops
+//! matching or gets a NoExecute taint the pod does not tolerate
+//! (`scheduler::placement_keeps`): a NoSchedule taint only keeps new pods off, as in
+//! Kubernetes. Pods are bound to their node at creation (`spec.nodeName`),
 //! and carry Kubernetes' DaemonSet tolerations for not-ready and unreachable nodes, so
 //! node lifecycle does not evict them.
 //!
@@ -15,7 +18,7 @@ use wk_api::resource::lookup;
 use wk_client::Client;
 
 use super::deployment::{scaled, template_hash};
-use super::scheduler::placement_allows;
+use super::scheduler::{placement_allows, placement_keeps};
 use super::{World, controller_uid, event, is_ready, owner_ref, patch_status, s};
 
 const HASH_LABEL: &str = "controller-revision-hash";
@@ -92,17 +95,26 @@ async fn sync(client: &Client, w: &World, ds: &Value) {
         .filter(|n| placement_allows(&template, n))
         .map(|n| s(n, "/metadata/name"))
         .collect();
+    // Where a pod already placed may stay: a NoSchedule taint added later leaves it.
+    let keep: Vec<&str> = w
+        .nodes
+        .iter()
+        .filter(|n| placement_keeps(&template, n))
+        .map(|n| s(n, "/metadata/name"))
+        .collect();
     let mut by_node: HashMap<&str, Vec<&Value>> = HashMap::new();
     for p in w.pods.iter().filter(|p| {
         controller_uid(p) == Some(uid) && p.pointer("/metadata/deletionTimestamp").is_none()
     }) {
         by_node.entry(s(p, "/spec/nodeName")).or_default().push(p);
     }
-    // Pods on nodes that should not have one, extras, and failed pods go.
+    // Pods on nodes that may not keep one, extras, and failed pods go.
     let mut misscheduled = 0;
     for (node, pods) in &by_node {
         if !wanted.contains(node) {
             misscheduled += 1;
+        }
+        if !keep.contains(node) {
             for p in pods {
                 delete_pod(client, ds, p).await;
             }

@@ -287,6 +287,20 @@ pub(crate) fn placement_allows(pod: &Value, node: &Value) -> bool {
             .all(|t| pod.tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
+/// Whether a pod already on `node` may stay there (a DaemonSet's second test): as
+/// [`placement_allows`], except that only the NoExecute taints it does not tolerate
+/// count. A NoSchedule taint keeps new pods off a node, not the ones already on it.
+pub(crate) fn placement_keeps(pod: &Value, node: &Value) -> bool {
+    let (pod, node) = (PodInfo::of(pod), NodeInfo::of(node));
+    node.runtimes.contains(&pod.runtime)
+        && affinity_matches(&pod, &node)
+        && node
+            .taints
+            .iter()
+            .filter(|t| s(t, "/effect") == "NoExecute")
+            .all(|t| pod.tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
 /// Higher is better: free share of cpu and memory (0–100 each), minus a large penalty per
 /// pod of the same owner already there, plus preferred affinity weights.
 fn score(pod: &PodInfo, node: &NodeInfo) -> i64 {
