@@ -956,3 +956,89 @@ async fn orphan_and_foreground_deletion() {
         "the ReplicaSet waited with its finalizer while pods existed"
     );
 }
+
+/// `strategy: Recreate`: the new template's pods are created only once every old pod is
+/// gone, those still stopping included. Checked on the store's own order of events (a
+/// watch), so an overlap cannot slip between two polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_starts_new_pods_only_once_the_old_are_gone() {
+    use futures::StreamExt;
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    // A 4 s grace period: each old pod takes about 2 s to stop (its drain).
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "rc"},
+        "spec": {"replicas": 2, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": "rc"}},
+            "template": {"metadata": {"labels": {"app": "rc"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 4,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "GREETING", "value": "v1"}]}]}}}});
+    c.create(lookup("deployments").unwrap(), None, &d, &[])
+        .await
+        .unwrap();
+    let running = |c: Client| async move {
+        list(&c, "pods", "app=rc")
+            .await
+            .into_iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .count()
+    };
+    wait_for("2 running pods", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { running(c).await == 2 }
+    })
+    .await;
+    let hash = |p: &Value| p["metadata"]["labels"]["pod-template-hash"].to_string();
+    let old: std::collections::HashSet<String> =
+        list(&c, "pods", "app=rc").await.iter().map(hash).collect();
+    let p = wk_client::ListParams {
+        label_selector: Some("app=rc".into()),
+        ..Default::default()
+    };
+    let mut events = Box::pin(
+        c.watch(lookup("pods").unwrap(), None, false, &p, false)
+            .await
+            .unwrap(),
+    );
+    common::set_greeting(&c, "deployments", "rc", "v2").await;
+    // name -> (template hash, phase) of every pod that exists.
+    let mut live: std::collections::HashMap<String, (String, String)> = Default::default();
+    let mut new_pods = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = live.len() == 2
+            && live
+                .values()
+                .all(|(h, phase)| !old.contains(h) && phase == "Running");
+        if done {
+            break;
+        }
+        let e = tokio::time::timeout_at(deadline.into(), events.next())
+            .await
+            .expect("the rollout to finish")
+            .expect("the watch to go on")
+            .unwrap();
+        let name = e.object["metadata"]["name"].as_str().unwrap().to_string();
+        let h = hash(&e.object);
+        if e.kind == "DELETED" {
+            live.remove(&name);
+            continue;
+        }
+        if e.kind == "ADDED" && !old.contains(&h) {
+            new_pods += 1;
+            let still: Vec<&String> = live
+                .iter()
+                .filter(|(_, (h, _))| old.contains(h))
+                .map(|(n, _)| n)
+                .collect();
+            assert!(
+                still.is_empty(),
+                "{name} was created while {still:?} still existed"
+            );
+        }
+        let phase = e.object["status"]["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        live.insert(name, (h, phase));
+    }
+    assert_eq!(new_pods, 2);
+}

@@ -214,6 +214,16 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     if max_surge == 0 && max_unavailable == 0 {
         max_unavailable = 1;
     }
+    // The pods of these ReplicaSets that have not finished, those being deleted
+    // included: Recreate starts new pods only once there are none.
+    let live_pods = |sets: &[&Value]| -> usize {
+        let uids: Vec<&str> = sets.iter().map(|r| s(r, "/metadata/uid")).collect();
+        w.pods
+            .iter()
+            .filter(|p| controller_uid(p).is_some_and(|u| uids.contains(&u)))
+            .filter(|p| !matches!(s(p, "/status/phase"), "Succeeded" | "Failed"))
+            .count()
+    };
     let Some(new) = new_rs else {
         if paused {
             update_status(client, d, &owned, None, want).await;
@@ -223,7 +233,11 @@ async fn sync(client: &Client, w: &World, d: &Value) {
         // there is nothing old).
         let total: i64 = owned.iter().map(|r| int(r, "/spec/replicas")).sum();
         let start = if recreate {
-            if total > 0 { 0 } else { want }
+            if total > 0 || live_pods(&owned) > 0 {
+                0
+            } else {
+                want
+            }
         } else {
             (want + max_surge - total).clamp(0, want)
         };
@@ -294,8 +308,7 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     old.sort_by_key(|r| revision_of(r));
     let new_replicas = int(new, "/spec/replicas");
     let old_total: i64 = old.iter().map(|r| int(r, "/spec/replicas")).sum();
-    let old_pods: i64 = old.iter().map(|r| int(r, "/status/replicas")).sum();
-    if old_total == 0 && !(recreate && old_pods > 0) {
+    if old_total == 0 && !(recreate && live_pods(&old) > 0) {
         // Nothing to roll (Recreate: the old pods are gone): the current ReplicaSet
         // takes the wanted size.
         scaler.scale(new, want).await;
