@@ -154,7 +154,50 @@ pub struct Agent {
     pub(crate) allocatable: Allocatable,
     /// Where the agent's endpoint listens (set by `run`).
     endpoint_port: std::sync::atomic::AtomicU16,
-    next_ip: std::sync::atomic::AtomicU32,
+    /// Pod addresses: held by a running pod, or `reserved` for a pod of the last list
+    /// that had one before (an agent restart) and has not been started again yet.
+    pod_ips: std::sync::Mutex<PodIps>,
+}
+
+#[derive(Default)]
+struct PodIps {
+    held: std::collections::HashSet<Ipv4Addr>,
+    reserved: std::collections::HashSet<Ipv4Addr>,
+    /// Where the search for a free address goes on from.
+    next: u32,
+}
+
+impl PodIps {
+    /// `previous` if it is in `range` and not held, else the next address of `range`
+    /// that is neither held nor reserved; either only if `usable` says so too. The
+    /// range's first address is the node's own (its gateway, by convention).
+    fn claim(
+        &mut self,
+        range: wk_api::net::Cidr,
+        previous: Option<Ipv4Addr>,
+        usable: impl Fn(Ipv4Addr) -> bool,
+    ) -> Option<Ipv4Addr> {
+        if let Some(ip) = previous
+            && range.contains(ip)
+            && ip != range.nth(0)
+            && !self.held.contains(&ip)
+            && usable(ip)
+        {
+            self.reserved.remove(&ip);
+            self.held.insert(ip);
+            return Some(ip);
+        }
+        let hosts = range.size().saturating_sub(1).max(1);
+        for _ in 0..hosts {
+            let ip = range.nth(self.next % hosts + 1);
+            self.next = self.next.wrapping_add(1);
+            if !self.held.contains(&ip) && !self.reserved.contains(&ip) && usable(ip) {
+                self.held.insert(ip);
+                return Some(ip);
+            }
+        }
+        None
+    }
 }
 
 /// The second octet of a node's pod range, from its name (FNV-1a): 64..=191.
@@ -211,31 +254,55 @@ impl Agent {
                 .build()
                 .map_err(|e| AgentError::Runtime(format!("probe client: {e}")))?,
             endpoint_port: std::sync::atomic::AtomicU16::new(0),
-            next_ip: std::sync::atomic::AtomicU32::new(2),
+            // Addresses from the range's fourth (as before this was tracked).
+            pod_ips: std::sync::Mutex::new(PodIps {
+                next: 2,
+                ..Default::default()
+            }),
         }))
     }
 
-    /// The next free pod address (one whose `port` can be bound, if a port is given). Off
-    /// loopback, an address for a pod in the host's network (`on_host`: a Wasm pod) is
-    /// added to the host's loopback interface first; a container pod's goes into its own
-    /// network namespace instead.
-    pub(crate) fn allocate_ip(&self, port: Option<u16>, on_host: bool) -> Ipv4Addr {
+    /// A pod's address: `previous` (the one it had before an agent restart) if it is in
+    /// the range and free, else the next free one. Free means held by no other pod of
+    /// this agent, not kept for a listed pod that had it, and, when a port is given,
+    /// bindable. Off loopback, an address for a pod in the host's network (`on_host`: a
+    /// Wasm pod) is added to the host's loopback interface first; a container pod's goes
+    /// into its own network namespace instead.
+    pub(crate) fn claim_ip(
+        &self,
+        previous: Option<Ipv4Addr>,
+        port: Option<u16>,
+        on_host: bool,
+    ) -> Ipv4Addr {
         let range = self.cfg.pod_cidr;
-        // The first address is the node's own (the range's gateway, by convention).
-        let usable = range.size().saturating_sub(1).max(1);
-        for _ in 0..usable {
-            let n = self
-                .next_ip
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                % usable
-                + 1;
-            let ip = range.nth(n);
-            if self.try_ip(ip, port, on_host) {
-                return ip;
-            }
-        }
-        tracing::error!(range = %range, "no free pod address");
-        range.nth(0)
+        let claimed = self
+            .pod_ips
+            .lock()
+            .expect("pod ips lock")
+            .claim(range, previous, |ip| self.try_ip(ip, port, on_host));
+        claimed.unwrap_or_else(|| {
+            tracing::error!(range = %range, "no free pod address");
+            range.nth(0)
+        })
+    }
+
+    /// Keeps for the listed pods the addresses they had (after an agent restart, a new pod
+    /// started first must not take the address of a running one not started again yet).
+    /// Pods that have finished keep none.
+    fn reserve_listed_ips(&self, pods: &[Value]) {
+        let range = self.cfg.pod_cidr;
+        let mut ips = self.pod_ips.lock().expect("pod ips lock");
+        ips.reserved = pods
+            .iter()
+            .filter(|p| {
+                let phase = p.pointer("/status/phase").and_then(Value::as_str);
+                !matches!(phase, Some("Succeeded" | "Failed"))
+                    && p.pointer("/metadata/deletionTimestamp").is_none()
+            })
+            .filter_map(|p| p.pointer("/status/podIP").and_then(Value::as_str))
+            .filter_map(|ip| ip.parse::<Ipv4Addr>().ok())
+            .filter(|ip| range.contains(*ip) && !ips.held.contains(ip))
+            .collect();
     }
 
     /// Whether a pod can have `ip` (and its first `port`): off loopback a Wasm pod's
@@ -257,6 +324,7 @@ impl Agent {
 
     /// Gives back a pod's address (off loopback: removes it from the interface).
     pub(crate) fn release_ip(&self, ip: Ipv4Addr, on_host: bool) {
+        self.pod_ips.lock().expect("pod ips lock").held.remove(&ip);
         if on_host && !self.cfg.pod_cidr.is_loopback() && self.cfg.pod_cidr.contains(ip) {
             hostnet::del_addr(ip);
         }
@@ -648,6 +716,7 @@ impl Agent {
             }
         }
         self.remove_stale_pod_dirs(&listed);
+        self.reserve_listed_ips(&items);
         for p in items.iter().cloned() {
             self.clone().reconcile(p).await;
         }
@@ -717,4 +786,50 @@ pub async fn node_client(client: &Client, name: &str) -> Result<Client, AgentErr
     let mut cfg = client.config.clone();
     cfg.token = Some(token.to_string());
     Ok(Client::new(cfg)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address is never handed out twice while held, nor while kept for a listed pod
+    /// that had it before a restart; a pod gets its old address back; a released one is
+    /// handed out again once the search comes round; a full range says so.
+    #[test]
+    fn pod_addresses_are_never_handed_out_twice() {
+        let range = wk_api::net::Cidr::new(Ipv4Addr::new(10, 9, 0, 0), 29); // .1 to .6
+        let mut ips = PodIps::default();
+        let all = |_| true;
+        // The agent restarted: a listed pod had .3, and is started after a new one.
+        ips.reserved.insert(Ipv4Addr::new(10, 9, 0, 3));
+        let new = ips.claim(range, None, all).unwrap();
+        assert_eq!(new, Ipv4Addr::new(10, 9, 0, 2));
+        let again = ips
+            .claim(range, Some(Ipv4Addr::new(10, 9, 0, 3)), all)
+            .unwrap();
+        assert_eq!(again, Ipv4Addr::new(10, 9, 0, 3), "the old address back");
+        // A pod that says it had an address another pod holds gets another one.
+        let other = ips.claim(range, Some(new), all).unwrap();
+        assert!(![new, again].contains(&other), "{other}");
+        let mut held = vec![new, again, other];
+        while let Some(ip) = ips.claim(range, None, all) {
+            assert!(!held.contains(&ip), "{ip} handed out twice");
+            held.push(ip);
+        }
+        // .1 is the node's own: .2 to .6 are the pods'.
+        assert_eq!(held.len(), 5, "{held:?}");
+        ips.held.remove(&Ipv4Addr::new(10, 9, 0, 5));
+        assert_eq!(
+            ips.claim(range, None, all),
+            Some(Ipv4Addr::new(10, 9, 0, 5))
+        );
+        // What `usable` refuses (a port already bound there) is skipped.
+        ips.held.clear();
+        let busy = Ipv4Addr::new(10, 9, 0, 6);
+        for _ in 0..10 {
+            let ip = ips.claim(range, None, |ip| ip != busy).unwrap();
+            assert_ne!(ip, busy);
+            ips.held.remove(&ip);
+        }
+    }
 }

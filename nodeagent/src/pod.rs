@@ -301,11 +301,8 @@ impl Agent {
         // Wasm pods live in the host's network; container pods get their own namespace.
         let on_host = s(&pod, "/spec/runtimeClassName") != "oci";
         // A pod this node ran before (the agent restarted) keeps its address if it can.
-        let previous_ip = s(&pod, "/status/podIP")
-            .parse::<Ipv4Addr>()
-            .ok()
-            .filter(|ip| self.cfg.pod_cidr.contains(*ip) && self.try_ip(*ip, first_port, on_host));
-        let ip = previous_ip.unwrap_or_else(|| self.allocate_ip(first_port, on_host));
+        let previous_ip = s(&pod, "/status/podIP").parse::<Ipv4Addr>().ok();
+        let ip = self.claim_ip(previous_ip, first_port, on_host);
         tokio::spawn(async move {
             self.clone().run_pod(pod, ip, stop).await;
             self.release_ip(ip, on_host);
