@@ -1042,3 +1042,85 @@ async fn recreate_starts_new_pods_only_once_the_old_are_gone() {
     }
     assert_eq!(new_pods, 2);
 }
+
+/// A node whose clock runs two minutes ahead keeps renewing its Lease: it stays Ready
+/// (a renewal is a `renewTime` that changed, timed on the server's clock); once it stops
+/// renewing, it becomes unreachable as any silent node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_skewed_clock_is_not_taken_for_dead() {
+    let (server, _agents, _dirs) = cluster(0).await;
+    let c = server.client();
+    let (nodes, leases) = (lookup("nodes").unwrap(), lookup("leases").unwrap());
+    let ahead =
+        || wk_api::objects::rfc3339(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120));
+    c.create(
+        nodes,
+        None,
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "skewed"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.create(
+        leases,
+        Some("kube-node-lease"),
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "skewed", "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": "skewed", "leaseDurationSeconds": 40, "renewTime": ahead()}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    let renewing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let renewer = {
+        let (c, renewing) = (c.clone(), renewing.clone());
+        tokio::spawn(async move {
+            while renewing.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = c
+                    .patch(
+                        leases,
+                        Some("kube-node-lease"),
+                        "skewed",
+                        "application/merge-patch+json",
+                        &json!({"spec": {"renewTime": ahead()}}),
+                        &[],
+                    )
+                    .await;
+            }
+        })
+    };
+    let unreachable = |c: Client| async move {
+        let node = c
+            .get(lookup("nodes").unwrap(), None, "skewed")
+            .await
+            .unwrap();
+        let tainted = node["spec"]["taints"].as_array().is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+        });
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| c["status"].clone());
+        tainted || ready != Some(json!("True"))
+    };
+    // Twice the 4 s grace, sampled every 200 ms.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(8) {
+        assert!(
+            !unreachable(c.clone()).await,
+            "a renewing node was taken for dead"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    renewing.store(false, std::sync::atomic::Ordering::Relaxed);
+    renewer.await.unwrap();
+    wait_for(
+        "the silent node to be unreachable",
+        Duration::from_secs(20),
+        || unreachable(c.clone()),
+    )
+    .await;
+}

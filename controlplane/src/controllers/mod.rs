@@ -121,6 +121,7 @@ pub async fn run(store: Store, client: Client) {
     let cache = cache::Cache::new();
     tokio::spawn(cache.clone().run(store.clone()));
     let mut seen = 0;
+    let mut renewals = nodelifecycle::Renewals::default();
     loop {
         let _ = cache.wait_for(seen + 1, Duration::from_secs(1)).await;
         // Coalesce bursts of events.
@@ -146,7 +147,7 @@ pub async fn run(store: Store, client: Client) {
                 // they stop serving (see runtime-wasm's deregistration drain).
                 endpoints::run(&client, &world).await;
                 gc::run(&client, &world).await;
-                nodelifecycle::run(&client, &world).await;
+                nodelifecycle::run(&client, &world, &mut renewals).await;
                 deployment::run(&client, &world).await;
                 replicaset::run(&client, &world).await;
                 job::run(&client, &world).await;

@@ -6,9 +6,14 @@
 //!
 //! Kubernetes waits 40 s and then 300 s; wk's defaults are 4 s and 3 s, so pods serve
 //! again elsewhere within about 10 s of an agent's death (the agent renews every 2 s).
+//!
+//! A Lease's `renewTime` is written with the agent's clock, so it is never compared with
+//! this server's: a renewal is a `renewTime` that changed, and the silence since is timed
+//! here ([`Renewals`], Kubernetes' `probeTimestamp`). A node whose clock is off by
+//! minutes is not taken for dead.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
@@ -72,7 +77,31 @@ pub(crate) fn toleration_for(pod: &Value, taint: &Value) -> Option<Duration> {
     Some(longest)
 }
 
-pub(crate) async fn run(client: &Client, w: &World) {
+/// When this server last saw each node's Lease renewed.
+#[derive(Default)]
+pub(crate) struct Renewals(HashMap<String, (String, Instant)>);
+
+impl Renewals {
+    /// How long `node`'s Lease has gone unrenewed: zero when its `renew_time` differs
+    /// from the one seen before (or is the first seen), else the time since it changed.
+    fn silent(&mut self, node: &str, renew_time: &str, now: Instant) -> Duration {
+        match self.0.get(node) {
+            Some((seen, at)) if seen == renew_time => now.saturating_duration_since(*at),
+            _ => {
+                self.0
+                    .insert(node.to_string(), (renew_time.to_string(), now));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Forgets the nodes that are gone.
+    fn keep(&mut self, nodes: &[&str]) {
+        self.0.retain(|n, _| nodes.contains(&n.as_str()));
+    }
+}
+
+pub(crate) async fn run(client: &Client, w: &World, renewals: &mut Renewals) {
     let nodes_rt = lookup("nodes").expect("nodes");
     let pods_rt = lookup("pods").expect("pods");
     let now = jiff::Timestamp::now();
@@ -82,15 +111,17 @@ pub(crate) async fn run(client: &Client, w: &World) {
         .filter(|l| s(l, "/metadata/namespace") == "kube-node-lease")
         .map(|l| (s(l, "/metadata/name"), l.as_ref()))
         .collect();
+    let names: Vec<&str> = w.nodes.iter().map(|n| s(n, "/metadata/name")).collect();
+    renewals.keep(&names);
     for node in &w.nodes {
         let name = s(node, "/metadata/name");
-        let Some(renewed) = leases
-            .get(name)
-            .and_then(|l| parse_time(l, "/spec/renewTime"))
-        else {
+        let Some(lease) = leases.get(name) else {
             continue;
         };
-        let silent = now.duration_since(renewed).unsigned_abs();
+        let Some(renewed) = parse_time(lease, "/spec/renewTime") else {
+            continue;
+        };
+        let silent = renewals.silent(name, s(lease, "/spec/renewTime"), Instant::now());
         let mut node_taints = taints(node);
         let tainted = node_taints
             .iter()
