@@ -212,6 +212,18 @@ async fn jobs_complete_fail_and_expire() {
     )
     .await
     .unwrap();
+    // A work queue: parallelism without completions runs that many pods, and is
+    // complete once one has succeeded and none runs.
+    let queue = c
+        .create(
+            jobs,
+            None,
+            &job("queue", "20", json!({"parallelism": 2})),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(queue["spec"]["completions"].is_null(), "{queue}");
     let condition = |j: &Value| {
         j["status"]["conditions"]
             .as_array()
@@ -250,6 +262,25 @@ async fn jobs_complete_fail_and_expire() {
     assert!(
         digits.len() == 101 && PI.starts_with(&digits),
         "the sample's 100 places of pi: {digits}"
+    );
+    wait_for(
+        "the work queue to complete",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            async move {
+                condition(&c.get(jobs, None, "queue").await.unwrap())
+                    .is_some_and(|c| c["type"] == "Complete")
+            }
+        },
+    )
+    .await;
+    assert_eq!(list(&c, "pods", "job-name=queue").await.len(), 2);
+    let table = server.kubectl(&["get", "job", "queue", "--no-headers"]);
+    assert!(
+        common::stdout(&table).contains(" 2/1 of 2 "),
+        "{}",
+        common::stdout(&table)
     );
     let pi = c.get(jobs, None, "digits").await.unwrap();
     assert_eq!(pi["status"]["succeeded"], 3);

@@ -122,7 +122,11 @@ pub fn apply(rt: &ResourceType, obj: &mut Value) {
         }
         "Job" => {
             set_default(obj, "/spec/backoffLimit", json!(6));
-            set_default(obj, "/spec/completions", json!(1));
+            // With parallelism alone, completions stays unset: a work queue (Kubernetes).
+            let unset = |p: &str| obj.pointer(p).is_none_or(Value::is_null);
+            if unset("/spec/completions") && unset("/spec/parallelism") {
+                set_default(obj, "/spec/completions", json!(1));
+            }
             set_default(obj, "/spec/parallelism", json!(1));
             if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
                 default_pod_spec(spec);

@@ -313,7 +313,14 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
         "Namespace" => vec![json!(s(o.pointer("/status/phase"))), age_cell],
         "Job" => {
             let succeeded = n(o.pointer("/status/succeeded"));
-            let completions = n(o.pointer("/spec/completions"));
+            // As kubectl prints it; a work queue (no completions) needs one success.
+            let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
+                Some(c) => format!("{succeeded}/{c}"),
+                None => match n(o.pointer("/spec/parallelism")) {
+                    p if p > 1 => format!("{succeeded}/1 of {p}"),
+                    _ => format!("{succeeded}/1"),
+                },
+            };
             let conds = o
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
@@ -331,12 +338,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             } else {
                 "Running"
             };
-            vec![
-                json!(status),
-                json!(format!("{succeeded}/{completions}")),
-                json!(""),
-                age_cell,
-            ]
+            vec![json!(status), json!(completions), json!(""), age_cell]
         }
         "CronJob" => vec![
             json!(s(o.pointer("/spec/schedule"))),

@@ -87,7 +87,8 @@ pub(crate) async fn run(client: &Client, w: &World) {
             }
             continue;
         }
-        let completions = int(job, "/spec/completions").unwrap_or(1).max(0);
+        // No completions: a work queue, done once a pod has succeeded and none runs.
+        let completions = int(job, "/spec/completions").map(|c| c.max(0));
         let parallelism = int(job, "/spec/parallelism").unwrap_or(1).max(0);
         let backoff_limit = int(job, "/spec/backoffLimit").unwrap_or(6).max(0);
         let start = job
@@ -98,7 +99,11 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let over_deadline = int(job, "/spec/activeDeadlineSeconds")
             .is_some_and(|d| now.duration_since(start).as_secs() >= d);
 
-        let outcome = if succeeded >= completions {
+        let complete = match completions {
+            Some(c) => succeeded >= c,
+            None => succeeded > 0 && active.is_empty(),
+        };
+        let outcome = if complete {
             Some(("Complete", "", String::new()))
         } else if failures > backoff_limit {
             Some((
@@ -140,7 +145,12 @@ pub(crate) async fn run(client: &Client, w: &World) {
             patch_status(client, "jobs", job, status).await;
             continue;
         }
-        let want = parallelism.min(completions - succeeded).max(0);
+        let want = match completions {
+            Some(c) => parallelism.min(c - succeeded).max(0),
+            // A work queue: once one pod has succeeded, the rest only finish.
+            None if succeeded > 0 => 0,
+            None => parallelism,
+        };
         let template = job.pointer("/spec/template").cloned().unwrap_or_default();
         for _ in active.len() as i64..want {
             let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
