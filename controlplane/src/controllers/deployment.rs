@@ -346,9 +346,11 @@ async fn sync(client: &Client, w: &World, d: &Value) {
                 targets[i] -= n;
                 cleaned += n;
             }
+            // A ReplicaSet just scaled down still reports the pods it is deleting as
+            // available until its next pass: count no more than it is to keep.
             let available: i64 = owned
                 .iter()
-                .map(|r| int(r, "/status/availableReplicas"))
+                .map(|r| int(r, "/status/availableReplicas").min(int(r, "/spec/replicas")))
                 .sum();
             let mut remaining = available - min_available;
             for t in targets.iter_mut() {
