@@ -615,8 +615,11 @@ impl Runtime for WasmRuntime {
             .await
             .is_ok();
         if !drained {
-            if let Some(task) = c.task.lock().expect("task lock").take() {
+            let task = c.task.lock().expect("task lock").take();
+            if let Some(task) = task {
                 task.abort();
+                // Once it has been dropped, what it held (a service's ports) is free.
+                let _ = task.await;
             }
             let started_at = match &*c.state.borrow() {
                 ContainerState::Running { started_at } => *started_at,

@@ -229,6 +229,44 @@ impl LocalService {
     }
 }
 
+/// How long an accept loop waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A connection on any of `listeners`.
+async fn accept_any(
+    listeners: &[tokio::net::TcpListener],
+) -> std::io::Result<tokio::net::TcpStream> {
+    std::future::poll_fn(|cx| {
+        for l in listeners {
+            if let std::task::Poll::Ready(r) = l.poll_accept(cx) {
+                return std::task::Poll::Ready(r.map(|(stream, _)| stream));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// A service's entries in the map the node's balancer hands connections through,
+/// removed when the service's task ends however it ends.
+struct Closed {
+    local:
+        Arc<std::sync::RwLock<std::collections::HashMap<std::net::SocketAddr, Arc<LocalService>>>>,
+    addrs: Vec<std::net::SocketAddr>,
+    service: Arc<LocalService>,
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let mut local = self.local.write().expect("local lock");
+        for a in &self.addrs {
+            if local.get(a).is_some_and(|s| Arc::ptr_eq(s, &self.service)) {
+                local.remove(a);
+            }
+        }
+    }
+}
+
 /// Binds the container's ports and serves until stopped; returns the serving task.
 pub async fn start(
     rt: &WasmRuntime,
@@ -289,34 +327,41 @@ pub async fn start(
     }
     let local = rt.local.clone();
     Ok(tokio::spawn(async move {
-        let mut accept_tasks = Vec::new();
-        for listener in listeners {
-            let service = service.clone();
-            accept_tasks.push(tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let service = service.clone();
-                    tokio::spawn(async move { service.serve(stream).await });
-                }
-            }));
-        }
-        // Stop: keep accepting while balancers learn the endpoint is going, then close
-        // the listeners, let in-flight requests finish, report Completed.
-        stop.notified().await;
-        tokio::time::sleep(Duration::from_millis(drain_ms.load(Ordering::Relaxed))).await;
-        for t in &accept_tasks {
-            t.abort();
-        }
-        {
-            let mut local = local.write().expect("local lock");
-            for a in &addrs {
-                if local.get(a).is_some_and(|s| Arc::ptr_eq(s, &service)) {
-                    local.remove(a);
+        // The listeners and the hand-off entries belong to this task: when it ends, or is
+        // aborted because the grace period ran out (`stop` then waits for it to be
+        // dropped), the ports are free again and the balancer stops handing in.
+        let closed = Closed {
+            local,
+            addrs,
+            service: service.clone(),
+        };
+        let accepting = async {
+            loop {
+                match accept_any(&listeners).await {
+                    Ok(stream) => {
+                        let service = service.clone();
+                        tokio::spawn(async move { service.serve(stream).await });
+                    }
+                    Err(e) => {
+                        // Out of descriptors, say: wait instead of spinning.
+                        tracing::debug!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                 }
             }
+        };
+        // Stop: keep accepting while balancers learn the endpoint is going, then close
+        // the listeners, let in-flight requests finish, report Completed.
+        let draining = async {
+            stop.notified().await;
+            tokio::time::sleep(Duration::from_millis(drain_ms.load(Ordering::Relaxed))).await;
+        };
+        tokio::select! {
+            _ = accepting => {}
+            _ = draining => {}
         }
+        drop(listeners);
+        drop(closed);
         let _ = closing_tx.send(true);
         while service.in_flight.load(Ordering::SeqCst) > 0
             || service.open_conns.load(Ordering::SeqCst) > 0

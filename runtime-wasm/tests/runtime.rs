@@ -194,6 +194,33 @@ async fn hello_http_serves_env_volume_and_healthz() {
     );
     rt.remove("hello").unwrap();
     assert!(matches!(rt.state("hello"), Err(RuntimeError::NotFound(_))));
+    // A stop with no grace period left cuts the drain short and still closes the port:
+    // the next service binds it at once.
+    for name in ["again", "and-again"] {
+        let mut c = config(dir.path(), name, sample("hello-http.wasm"));
+        c.ports = vec![PortBinding {
+            container_port: 8080,
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            host_port: port,
+            protocol: "TCP".into(),
+        }];
+        rt.start(c).await.unwrap();
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        rt.stop(name, Duration::ZERO).await.unwrap();
+        assert!(
+            http.get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .is_err(),
+            "{name} still answers after its stop"
+        );
+        rt.remove(name).unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
