@@ -958,7 +958,10 @@ impl Agent {
                 }
             }
         };
-        // Containers that were running under a previous life of this agent died with it.
+        // Containers that were running under a previous life of this agent died with it
+        // (exit 255, as the kubelet reports a container it lost); restartPolicy decides,
+        // as for any end: under Never it stays ended, and so does one that had already
+        // ended unless the policy restarts it.
         for c in &mut slots {
             let prev = pod
                 .pointer("/status/containerStatuses")
@@ -972,19 +975,50 @@ impl Agent {
                     .get("restartCount")
                     .and_then(Value::as_u64)
                     .unwrap_or(0) as u32;
-                if let Some(since) = prev
+                let lost = prev
                     .pointer("/state/running/startedAt")
                     .and_then(Value::as_str)
                     .and_then(|t| t.parse().ok())
-                {
-                    c.restarts += 1;
-                    c.last = Some(ContainerState::Terminated {
+                    .map(|since| ContainerState::Terminated {
                         exit_code: 255,
                         reason: "Unknown".into(),
                         message: "the node agent restarted".into(),
                         started_at: since,
                         finished_at: jiff::Timestamp::now(),
                     });
+                let ended = prev.pointer("/state/terminated").map(|t| {
+                    let time = |k: &str| {
+                        t.get(k)
+                            .and_then(Value::as_str)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or_else(jiff::Timestamp::now)
+                    };
+                    ContainerState::Terminated {
+                        exit_code: t.get("exitCode").and_then(Value::as_i64).unwrap_or(0) as i32,
+                        reason: s(t, "/reason").to_string(),
+                        message: s(t, "/message").to_string(),
+                        started_at: time("startedAt"),
+                        finished_at: time("finishedAt"),
+                    }
+                });
+                let restart = |end: &ContainerState| {
+                    let failed = !matches!(end, ContainerState::Terminated { exit_code: 0, .. });
+                    policy == "Always" || (policy == "OnFailure" && failed)
+                };
+                match (lost, ended) {
+                    (Some(end), _) if restart(&end) => {
+                        c.restarts += 1;
+                        c.last = Some(end);
+                    }
+                    (Some(end), _) => {
+                        c.state = end;
+                        c.done = true;
+                    }
+                    (None, Some(end)) if !restart(&end) => {
+                        c.state = end;
+                        c.done = true;
+                    }
+                    _ => {}
                 }
             }
         }

@@ -913,7 +913,11 @@ async fn pods_survive_control_plane_outage_and_agent_restart() {
     for name in ["steady", "doomed"] {
         c.create(pods, None, &pod(name), &[]).await.unwrap();
     }
-    for name in ["steady", "doomed"] {
+    // restartPolicy Never: what dies with the agent is not run a second time.
+    let mut once = pod("once");
+    once["spec"]["restartPolicy"] = json!("Never");
+    c.create(pods, None, &once, &[]).await.unwrap();
+    for name in ["steady", "doomed", "once"] {
         wait_for("the pods to run", Duration::from_secs(30), || {
             let c = c.clone();
             async move { pod_status(&c, name).await["phase"] == "Running" }
@@ -995,6 +999,16 @@ async fn pods_survive_control_plane_outage_and_agent_restart() {
         ip.as_str(),
         "same address after the agent restart"
     );
+    wait_for("the Never pod to fail", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { pod_status(&c, "once").await["phase"] == "Failed" }
+    })
+    .await;
+    let once = pod_status(&c, "once").await;
+    let cs = &once["containerStatuses"][0];
+    assert_eq!(cs["restartCount"], 0, "{once}");
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 255, "{once}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "Unknown", "{once}");
     assert_eq!(
         st["containerStatuses"][0]["lastState"]["terminated"]["reason"],
         "Unknown"
