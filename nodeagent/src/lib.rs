@@ -145,6 +145,9 @@ pub struct Agent {
     /// first address (set by `run` when it serves there).
     pub(crate) container_dns: std::sync::OnceLock<Ipv4Addr>,
     pub(crate) pods: Mutex<HashMap<String, pod::PodHandle>>,
+    /// Uids of deleted pods whose containers are being stopped: later events about them
+    /// wait for that instead of finishing the deletion early.
+    pub(crate) stopping: std::sync::Mutex<std::collections::HashSet<String>>,
     /// `namespace/pod/container` → the runtime and id of its running instance (for exec).
     pub(crate) running: std::sync::Mutex<HashMap<String, (runtimes::PodRuntime, String)>>,
     /// `namespace/name` → the pod's directory (logs, volumes), while it is on this node.
@@ -245,6 +248,7 @@ impl Agent {
             oci: std::sync::OnceLock::new(),
             container_dns: std::sync::OnceLock::new(),
             pods: Mutex::new(HashMap::new()),
+            stopping: std::sync::Mutex::default(),
             pod_dirs: Mutex::new(HashMap::new()),
             running: std::sync::Mutex::new(HashMap::new()),
             probe_http: reqwest::Client::builder()

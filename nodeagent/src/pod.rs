@@ -218,6 +218,15 @@ impl Agent {
         let uid = s(&pod, "/metadata/uid").to_string();
         if pod.pointer("/metadata/deletionTimestamp").is_some() {
             let handle = self.pods.lock().await.remove(&uid);
+            {
+                let mut stopping = self.stopping.lock().expect("stopping lock");
+                if handle.is_none() && stopping.contains(&uid) {
+                    // An event while its containers stop (a status report, a relist): the
+                    // deletion finishes once they have.
+                    return;
+                }
+                stopping.insert(uid.clone());
+            }
             let grace = pod
                 .pointer("/metadata/deletionGracePeriodSeconds")
                 .and_then(Value::as_u64)
@@ -227,17 +236,8 @@ impl Agent {
                 if let Some(h) = handle {
                     me.stop_pod(&uid, h, grace).await;
                 }
-                // Finish the graceful deletion (only of this very pod).
-                let rt = lookup("pods").expect("pods registered");
-                let _ = me
-                    .client
-                    .delete(
-                        rt,
-                        Some(s(&pod, "/metadata/namespace")),
-                        s(&pod, "/metadata/name"),
-                        &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}),
-                    )
-                    .await;
+                me.finish_deletion(&pod, &uid).await;
+                me.stopping.lock().expect("stopping lock").remove(&uid);
             });
             return;
         }
@@ -308,6 +308,34 @@ impl Agent {
             self.release_ip(ip, on_host);
             let _ = done_tx.send(true);
         });
+    }
+
+    /// Finishes a graceful deletion once the pod's containers have stopped (only of this
+    /// very pod: the uid is a precondition), retrying while the API server cannot be
+    /// reached or answers 5xx (a fail-over), for up to a minute.
+    async fn finish_deletion(&self, pod: &Value, uid: &str) {
+        let rt = lookup("pods").expect("pods registered");
+        let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
+        for attempt in 0..30 {
+            let r = self
+                .client
+                .delete(
+                    rt,
+                    Some(s(pod, "/metadata/namespace")),
+                    s(pod, "/metadata/name"),
+                    &opts,
+                )
+                .await;
+            match r {
+                // Done, or already gone (404), or another pod of that name now (409).
+                Ok(_) => return,
+                Err(e) if e.code().is_some_and(|c| c < 500) => return,
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "finishing a pod's deletion; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
     }
 
     /// A pod that is gone (deleted outright, or no longer bound here): stop what runs.

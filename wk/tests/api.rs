@@ -870,6 +870,21 @@ async fn finalizers_graceful_pods_binding_and_scale() {
         .unwrap();
     let terminating = c.get(po, None, "p").await.unwrap();
     assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    // Updates while it terminates (a label, its node's status reports) keep it: only
+    // its node ends a graceful deletion.
+    c.patch(
+        po,
+        None,
+        "p",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"seen": "yes"}}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    let labelled = c.get(po, None, "p").await.unwrap();
+    assert_eq!(labelled["metadata"]["labels"]["seen"], "yes");
+    assert!(labelled["metadata"]["deletionTimestamp"].is_string());
     c.delete(po, None, "p", &json!({"gracePeriodSeconds": 0}))
         .await
         .unwrap();

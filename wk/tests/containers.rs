@@ -361,7 +361,55 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
         "the container still runs: {}",
         String::from_utf8_lossy(&left.stdout)
     );
+    // While a deleted pod's containers stop, an update to it (here a label) neither
+    // deletes it nor makes its node finish the deletion early.
+    create(
+        &c,
+        &pod(
+            "slow-stop",
+            image,
+            "trap '' TERM; while true; do sleep 0.1; done",
+            json!({"terminationGracePeriodSeconds": 6}),
+        ),
+    )
+    .await;
+    wait_phase(&c, "slow-stop", "Running").await;
+    let deleting = std::time::Instant::now();
+    let del = server.kubectl(&["delete", "pod", "slow-stop", "--wait=false"]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    let label = server.kubectl(&["label", "pod", "slow-stop", "seen=yes"]);
+    assert!(
+        label.status.success(),
+        "{}",
+        String::from_utf8_lossy(&label.stderr)
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        deleting.elapsed() < Duration::from_secs(5) && get_opt_pod(&c, "slow-stop").await.is_some(),
+        "the pod went before its grace period could have run out"
+    );
+    let del = server.kubectl(&["wait", "--for=delete", "pod/slow-stop", "--timeout=30s"]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert!(
+        deleting.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        deleting.elapsed()
+    );
     agent.stop();
+}
+
+async fn get_opt_pod(c: &Client, name: &str) -> Option<Value> {
+    c.get_opt(lookup("pods").unwrap(), None, name)
+        .await
+        .unwrap()
 }
 
 /// Starts Debian's `docker-registry` on a loopback port (with `user:password` basic auth,

@@ -642,7 +642,9 @@ fn prepare_update(target: &Target, current: &Value, incoming: Value) -> Result<V
 }
 
 /// Writes `next` over `current` guarded by `current`'s revision. If the object is being
-/// deleted and its last finalizer is gone, it is removed instead.
+/// deleted with no grace period left to run (a finalizer's wait) and its last finalizer
+/// is gone, it is removed instead. A pod in its graceful deletion stays until its node
+/// finishes it, whatever is updated meanwhile (Kubernetes' `ShouldDeleteDuringUpdate`).
 async fn commit_update(
     state: &ApiState,
     target: &Target,
@@ -657,7 +659,11 @@ async fn commit_update(
     if params.dry_run() {
         return Ok(Ok(object_response(StatusCode::OK, &next, warnings)));
     }
-    if next.deletion_timestamp().is_some() && next.finalizers().is_empty() {
+    let graceful = next
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|g| g > 0);
+    if next.deletion_timestamp().is_some() && next.finalizers().is_empty() && !graceful {
         let r = state
             .store
             .write_one(Op::Delete { key, precondition })
