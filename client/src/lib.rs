@@ -228,6 +228,10 @@ impl ListParams {
 
 /// How long a connection attempt to a server may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often an open connection is checked (HTTP/2 ping, TCP keepalive probe).
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a ping may go unanswered (and a TCP connection idle before its probes).
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The Accept header asking for server-side tables.
 pub const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
@@ -237,9 +241,20 @@ impl Client {
         // A server that drops connection attempts (partitioned, host down) counts as
         // unreachable after this, so the request moves to another server instead of
         // waiting out the kernel's connect timeout (about two minutes).
+        //
+        // A server that vanishes without closing its connections (powered off,
+        // partitioned) is noticed on them too: HTTP/2 pings every 5 s must be answered
+        // within 10 s, else the connection and every request on it, watches included,
+        // fail and are retried on a new one; TCP keepalive does the same for HTTP/1.1.
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .http2_keep_alive_while_idle(true)
+            .tcp_keepalive(KEEPALIVE_TIMEOUT)
+            .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+            .tcp_keepalive_retries(2u32);
         if let Some(pem) = &config.ca_pem {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| ClientError::Config {
                 path: PathBuf::new(),

@@ -162,6 +162,9 @@ pub struct Agent {
     pod_ips: std::sync::Mutex<PodIps>,
 }
 
+/// How long the pod watch may go without an event or a bookmark before it is redone.
+const WATCH_SILENCE: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct PodIps {
     held: std::collections::HashSet<Ipv4Addr>,
@@ -598,7 +601,11 @@ impl Agent {
         });
         self.start_oci().await;
         self.register().await?;
-        self.renew_lease().await?;
+        if let Err(e) = self.renew_lease().await {
+            // Registered, so the control plane was there a moment ago: the lease loop
+            // retries, as after any failed renewal.
+            tracing::warn!(error = %e, "first lease renewal failed");
+        }
         let routes = if self.cfg.pod_cidr.is_loopback() {
             None
         } else {
@@ -734,7 +741,10 @@ impl Agent {
             ..Default::default()
         };
         let mut events = Box::pin(self.client.watch(rt, None, true, &p, false).await?);
-        while let Some(ev) = events.next().await {
+        // The server sends a bookmark every 10 s: a watch silent for three of those is on
+        // a server that went away without closing it (powered off, partitioned), and
+        // the agent lists again (through another server, if there are several).
+        while let Ok(Some(ev)) = tokio::time::timeout(WATCH_SILENCE, events.next()).await {
             let ev = ev?;
             match ev.kind.as_str() {
                 "ADDED" | "MODIFIED" => self.clone().reconcile(ev.object).await,

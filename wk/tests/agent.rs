@@ -1025,3 +1025,94 @@ async fn pods_survive_control_plane_outage_and_agent_restart() {
         "the deleted pod's directory is cleaned up"
     );
 }
+
+/// A TCP relay to `upstream` whose open connections can be frozen: their bytes stop
+/// flowing both ways but the sockets stay open, as when a server is powered off or cut
+/// off without a reset. Connections made after a freeze flow.
+async fn freezable_relay(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<u32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (freeze, frozen) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut down, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut frozen = frozen.clone();
+            let born = *frozen.borrow();
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut down, &mut up) => return,
+                    _ = frozen.wait_for(|f| *f > born) => {}
+                }
+                // Frozen: hold both sockets open, silent, until the test ends.
+                std::future::pending::<()>().await;
+                drop((down, up));
+            });
+        }
+    });
+    (addr, freeze)
+}
+
+/// The agent's connections to its server go silent without being closed: it notices
+/// (HTTP/2 pings, and its pod watch's bookmarks), reconnects and lists again, so a pod
+/// bound to it meanwhile runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_notices_a_server_gone_silent() {
+    let server = TestServer::start();
+    let upstream: std::net::SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
+    let (relay, freeze) = freezable_relay(upstream).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = common::Proc(
+        std::process::Command::new(common::WK)
+            .args(["agent", "--server", &format!("https://{relay}"), "--token"])
+            .arg(common::node_token(&server))
+            .arg("--ca-file")
+            .arg(server.ca_path())
+            .args([
+                "--name",
+                "node-s",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = server.client();
+    wait_node(&c, "node-s").await;
+    wait_for("the node's lease", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            c.get_opt(lookup("leases").unwrap(), Some("kube-node-lease"), "node-s")
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    freeze.send_replace(1);
+    let pods = lookup("pods").unwrap();
+    c.create(pods, None, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "later"},
+        "spec": {"nodeName": "node-s", "runtimeClassName": "wasm",
+            "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}}), &[])
+        .await
+        .unwrap();
+    wait_for(
+        "the pod bound after the freeze to run",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            async move { pod_status(&c, "later").await["phase"] == "Running" }
+        },
+    )
+    .await;
+}
