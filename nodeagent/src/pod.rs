@@ -1061,6 +1061,13 @@ impl Agent {
         // Start every container that is not done; then wait for changes.
         loop {
             let mut pending_retry = None;
+            // Before the first pulls (which may take a while), the pod shows it is
+            // creating its containers.
+            if slots.iter().any(|c| !c.done && !c.pulled) && !slots.iter().any(|c| c.started) {
+                self.report(rt.name(), &tx, ip, &slots, "Pending", &started)
+                    .await;
+            }
+            let mut stopped = false;
             for (i, c) in slots.iter_mut().enumerate() {
                 if c.done || c.started {
                     continue;
@@ -1073,8 +1080,16 @@ impl Agent {
                     let _ =
                         std::fs::rename(&cfg.log.path, cfg.log.path.with_extension("previous.log"));
                 }
-                // Pull (once), then start; either failing waits for the back-off.
-                let result = match self.pull(rt, &pod, c).await {
+                // Pull (once), then start; either failing waits for the back-off. A pull
+                // (a slow or stalled download) gives way to a stop.
+                let pulled = tokio::select! {
+                    r = self.pull(rt, &pod, c) => r,
+                    _ = stop.notified() => {
+                        stopped = true;
+                        break;
+                    }
+                };
+                let result = match pulled {
                     Ok(()) => rt.start(cfg).await,
                     Err(e) => Err(e),
                 };
@@ -1149,6 +1164,10 @@ impl Agent {
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     }
                 }
+            }
+            if stopped {
+                self.stop_all(rt, &mut slots, stop.grace_or(grace)).await;
+                return;
             }
             let all_done = slots.iter().all(|c| c.done);
             let phase = if all_done {

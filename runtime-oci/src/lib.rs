@@ -72,11 +72,20 @@ impl OciRuntimeConfig {
     }
 }
 
+/// How long connecting to a registry or image server may take.
+pub const FETCH_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a download may stall (no bytes at all) before it fails and is retried with
+/// the pod's back-off: a server that accepts and then hangs must not hold a pod in
+/// ContainerCreating forever.
+pub const FETCH_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An oci-client client for a set of insecure registries.
 pub fn registry_client(insecure_registries: Vec<String>) -> oci_client::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     oci_client::Client::new(oci_client::client::ClientConfig {
         protocol: oci_client::client::ClientProtocol::HttpsExcept(insecure_registries),
+        connect_timeout: Some(FETCH_CONNECT_TIMEOUT),
+        read_timeout: Some(FETCH_STALL_TIMEOUT),
         ..Default::default()
     })
 }

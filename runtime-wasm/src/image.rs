@@ -95,7 +95,11 @@ impl Fetcher {
     /// `insecure_registries` (`host:port`) are reached over plain HTTP.
     pub fn new(insecure_registries: Vec<String>, store: ImageStore) -> Fetcher {
         Fetcher {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .connect_timeout(wk_runtime_oci::FETCH_CONNECT_TIMEOUT)
+                .read_timeout(wk_runtime_oci::FETCH_STALL_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
             oci: wk_runtime_oci::RegistryClients::new(insecure_registries),
             store,
         }

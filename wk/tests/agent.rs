@@ -1116,3 +1116,42 @@ async fn an_agent_notices_a_server_gone_silent() {
     )
     .await;
 }
+
+/// A pod whose image server accepts and then never answers waits in ContainerCreating,
+/// and deleting it does not wait for the download: the pull gives way to the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_stuck_pulling_is_deleted_at_once() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let image = format!("http://{}/app.wasm", hung.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s); // read nothing, answer nothing
+        }
+    });
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(&server, "node-h", dir.path());
+    let c = server.client();
+    wait_node(&c, "node-h").await;
+    let pods = lookup("pods").unwrap();
+    c.create(pods, None, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stuck"},
+        "spec": {"nodeName": "node-h", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 30,
+            "containers": [{"name": "app", "image": image}]}}), &[])
+        .await
+        .unwrap();
+    wait_for("the pod to be pulling", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            pod_status(&c, "stuck").await["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "ContainerCreating"
+        }
+    })
+    .await;
+    c.delete(pods, None, "stuck", &json!({})).await.unwrap();
+    wait_for("the pod to be gone", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { c.get_opt(pods, None, "stuck").await.unwrap().is_none() }
+    })
+    .await;
+}
