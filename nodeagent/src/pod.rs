@@ -134,6 +134,9 @@ struct ContainerSlot {
     running_since: Option<Instant>,
     /// The image was prepared and its Pulled event recorded.
     pulled: bool,
+    /// Not to be started again before this (its back-off after a failed start or a
+    /// restart), while the pod goes on watching its other containers.
+    retry_at: Option<Instant>,
     /// `imagePullPolicy` and the pod's registry credentials.
     pull: PullOptions,
 }
@@ -169,6 +172,7 @@ impl ContainerSlot {
             killing: None,
             running_since: None,
             pulled: false,
+            retry_at: None,
         }
     }
 
@@ -1060,7 +1064,7 @@ impl Agent {
         let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(usize, String, ProbeEvent)>();
         // Start every container that is not done; then wait for changes.
         loop {
-            let mut pending_retry = None;
+            let mut pending_retry: Option<Duration> = None;
             // Before the first pulls (which may take a while), the pod shows it is
             // creating its containers.
             if slots.iter().any(|c| !c.done && !c.pulled) && !slots.iter().any(|c| c.started) {
@@ -1072,6 +1076,15 @@ impl Agent {
                 if c.done || c.started {
                     continue;
                 }
+                if let Some(wait) = c
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .filter(|w| !w.is_zero())
+                {
+                    pending_retry = Some(pending_retry.map_or(wait, |p| p.min(wait)));
+                    continue;
+                }
+                c.retry_at = None;
                 c.id = format!("{uid}/{}/{}", c.name, c.restarts);
                 let mut cfg = c.config.clone();
                 cfg.id = c.id.clone();
@@ -1160,7 +1173,9 @@ impl Agent {
                             message: e.to_string(),
                         };
                         self.event(&pod, "Warning", "Failed", &format!("Error: {e}"));
-                        pending_retry = Some(backoff[i]);
+                        c.retry_at = Some(Instant::now() + backoff[i]);
+                        pending_retry =
+                            Some(pending_retry.map_or(backoff[i], |p| p.min(backoff[i])));
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     }
                 }
@@ -1252,8 +1267,9 @@ impl Agent {
                         c.restarts += 1;
                         c.state = ContainerState::Waiting { reason: "CrashLoopBackOff".into(), message: format!("back-off {}s restarting failed container={} pod={}", backoff[i].as_secs(), c.name, s(&pod, "/metadata/name")) };
                         self.event(&pod, "Warning", "BackOff", "Back-off restarting failed container");
-                        self.report(rt.name(), &tx, ip, &slots, "Running", &started).await;
-                        tokio::select! { _ = tokio::time::sleep(backoff[i]) => {}, _ = stop.notified() => { self.stop_all(rt, &mut slots, stop.grace_or(grace)).await; return; } }
+                        // Restarted once the back-off is over; meanwhile the other
+                        // containers' ends and probes are still handled and reported.
+                        c.retry_at = Some(Instant::now() + backoff[i]);
                         backoff[i] = (backoff[i] * 2).min(BACKOFF_MAX);
                     } else {
                         slots[i].state = end;

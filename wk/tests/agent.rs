@@ -1155,3 +1155,63 @@ async fn a_pod_stuck_pulling_is_deleted_at_once() {
     })
     .await;
 }
+
+/// A container in its crash back-off does not hold up the rest of the pod: while the
+/// crasher waits out a 16 s back-off, its neighbour's failing readiness probe makes the
+/// pod NotReady within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_does_not_freeze_the_pod() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent(&server, "node-b", dir.path());
+    let c = server.client();
+    wait_node(&c, "node-b").await;
+    let flags = tempfile::tempdir().unwrap();
+    let pods = lookup("pods").unwrap();
+    c.create(pods, None, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mixed"},
+        "spec": {"nodeName": "node-b", "runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "web", "image": sample("hello-http.wasm"), "ports": [{"name": "http", "containerPort": 8080}],
+                 "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+                 "volumeMounts": [{"name": "flags", "mountPath": "/content", "readOnly": true}]},
+                {"name": "crasher", "image": sample("pi.wasm"), "args": ["nope"]}],
+            "volumes": [{"name": "flags", "hostPath": {"path": flags.path().display().to_string()}}]}}), &[])
+        .await
+        .unwrap();
+    let restarts = |st: &Value| {
+        st["containerStatuses"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|x| x["name"] == "crasher"))
+            .and_then(|x| x["restartCount"].as_u64())
+            .unwrap_or(0)
+    };
+    // Back-offs of 1, 2, 4 and 8 s: after the fifth end the crasher waits 16 s.
+    wait_for("five crashes", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { restarts(&pod_status(&c, "mixed").await) >= 5 }
+    })
+    .await;
+    std::fs::write(flags.path().join("not-ready"), "").unwrap();
+    let flipped = std::time::Instant::now();
+    wait_for(
+        "NotReady while the crasher backs off",
+        Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            async move {
+                let st = pod_status(&c, "mixed").await;
+                st["containerStatuses"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|x| x["name"] == "web"))
+                    .is_some_and(|x| x["ready"] == false)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        restarts(&pod_status(&c, "mixed").await),
+        5,
+        "{:?}",
+        flipped.elapsed()
+    );
+}
