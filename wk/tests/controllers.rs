@@ -945,6 +945,30 @@ async fn orphan_and_foreground_deletion() {
                 && p["metadata"]["deletionTimestamp"].is_null()),
         "{pods:?}"
     );
+    // The same ReplicaSet applied again adopts them instead of starting two more.
+    let again = c.create(rs_rt, None, &rs("keep"), &[]).await.unwrap();
+    let new_uid = again["metadata"]["uid"].as_str().unwrap().to_string();
+    wait_for("the orphans adopted", Duration::from_secs(30), || {
+        let (c, new_uid) = (c.clone(), new_uid.clone());
+        async move {
+            list(&c, "pods", "set=keep").await.iter().all(|p| {
+                p["metadata"]["ownerReferences"][0]["uid"] == new_uid.as_str()
+                    && p["metadata"]["ownerReferences"][0]["controller"] == true
+            })
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = list(&c, "pods", "set=keep").await;
+    assert_eq!(
+        kept.iter()
+            .map(|p| p["metadata"]["name"].clone())
+            .collect::<Vec<_>>(),
+        pods.iter()
+            .map(|p| p["metadata"]["name"].clone())
+            .collect::<Vec<_>>(),
+        "the same two pods, no new ones"
+    );
     // Foreground: the ReplicaSet outlives its pods.
     run_cli(
         &server,
@@ -1153,5 +1177,65 @@ async fn a_node_with_a_skewed_clock_is_not_taken_for_dead() {
         Duration::from_secs(20),
         || unreachable(c.clone()),
     )
+    .await;
+}
+
+/// A Deployment deleted with `--cascade=orphan` and applied again takes its ReplicaSet
+/// back (same template, same name) instead of failing to create it, and rolls out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_applied_again_adopts_its_orphaned_replicaset() {
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    let deploys = lookup("deployments").unwrap();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "again"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "again"}},
+            "template": {"metadata": {"labels": {"app": "again"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}],
+                    "env": [{"name": "GREETING", "value": "v1"}]}]}}}});
+    c.create(deploys, None, &d, &[]).await.unwrap();
+    wait_for("2 v1 pods", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { greetings(&c, "again").await.len() == 2 }
+    })
+    .await;
+    run_cli(
+        &server,
+        &["kubectl", "delete", "deploy", "again", "--cascade=orphan"],
+    )
+    .await;
+    let pods: Vec<Value> = list(&c, "pods", "app=again").await;
+    let uid = c.create(deploys, None, &d, &[]).await.unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the ReplicaSet adopted", Duration::from_secs(30), || {
+        let (c, uid) = (c.clone(), uid.clone());
+        async move {
+            let sets = list(&c, "replicasets", "app=again").await;
+            sets.len() == 1 && sets[0]["metadata"]["ownerReferences"][0]["uid"] == uid.as_str()
+        }
+    })
+    .await;
+    assert_eq!(list(&c, "pods", "app=again").await.len(), pods.len());
+    common::set_greeting(&c, "deployments", "again", "v2").await;
+    let out = run_cli(
+        &server,
+        &[
+            "kubectl",
+            "rollout",
+            "status",
+            "deploy/again",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_for("v2 everywhere", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let g = greetings(&c, "again").await;
+            g.len() == 2 && g.iter().all(|g| g.contains("v2"))
+        }
+    })
     .await;
 }

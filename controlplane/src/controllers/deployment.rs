@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{World, controller_uid, event, owner_ref, patch_status, s};
+use super::{World, adopt, controller_uid, event, owner_ref, patch_status, s};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
@@ -170,7 +170,7 @@ async fn sync(client: &Client, w: &World, d: &Value) {
         .max(0);
     let paused = d.pointer("/spec/paused") == Some(&json!(true));
     let template = d.pointer("/spec/template").cloned().unwrap_or_default();
-    let owned: Vec<&Value> = w
+    let mut owned: Vec<&Value> = w
         .replicasets
         .iter()
         .filter(|r| {
@@ -178,6 +178,16 @@ async fn sync(client: &Client, w: &World, d: &Value) {
         })
         .map(|v| v.as_ref())
         .collect();
+    owned.extend(
+        adopt(
+            client,
+            rs_rt,
+            d,
+            ("apps/v1", "Deployment"),
+            w.replicasets.iter(),
+        )
+        .await,
+    );
     let max_revision = owned.iter().map(|r| revision_of(r)).max().unwrap_or(0);
     let change_cause = d
         .pointer("/metadata/annotations")

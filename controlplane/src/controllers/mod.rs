@@ -51,6 +51,79 @@ pub(crate) fn labels(v: &Value, p: &str) -> BTreeMap<String, String> {
     wk_api::meta::string_map(v.pointer(p))
 }
 
+/// The objects of `candidates` that `owner` (of `kind`) adopts, as Kubernetes' controllers
+/// do: in its namespace, with no controller owner, not being deleted, and matching its
+/// `spec.selector`. A ReplicaSet left by `kubectl delete --cascade=orphan` comes back
+/// under the Deployment applied again, and its pods under the ReplicaSet, instead of
+/// being duplicated. Each is claimed with a patch that adds the owner reference, guarded
+/// by the object's resourceVersion and uid; those claimed are returned.
+pub(crate) async fn adopt<'a>(
+    client: &Client,
+    rt: &wk_api::resource::ResourceType,
+    owner: &Value,
+    (api_version, kind): (&str, &str),
+    candidates: impl Iterator<Item = &'a Arc<Value>>,
+) -> Vec<&'a Value> {
+    let ns = s(owner, "/metadata/namespace");
+    let Some(selector) = owner
+        .pointer("/spec/selector")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .and_then(|sel| wk_api::selector::LabelSelector::from_k8s(&sel).ok())
+    else {
+        return Vec::new();
+    };
+    if selector.to_string().is_empty() {
+        return Vec::new(); // an empty selector would take everything: never adopt with it
+    }
+    let mut adopted = Vec::new();
+    for c in candidates {
+        if s(c, "/metadata/namespace") != ns
+            || controller_uid(c).is_some()
+            || c.pointer("/metadata/deletionTimestamp").is_some()
+            || !selector.matches(&labels(c, "/metadata/labels"))
+        {
+            continue;
+        }
+        let mut refs = c
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        refs.extend(
+            owner_ref(owner, api_version, kind)
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let patch = json!({"metadata": {"ownerReferences": refs,
+            "resourceVersion": s(c, "/metadata/resourceVersion"), "uid": s(c, "/metadata/uid")}});
+        let name = s(c, "/metadata/name");
+        match client
+            .patch(
+                rt,
+                Some(ns),
+                name,
+                "application/merge-patch+json",
+                &patch,
+                &[],
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    kind,
+                    owner = s(owner, "/metadata/name"),
+                    adopted = name,
+                    "adopted an orphan"
+                );
+                adopted.push(c.as_ref());
+            }
+            Err(e) => tracing::debug!(adopted = name, error = %e, "adoption failed; next pass"),
+        }
+    }
+    adopted
+}
+
 /// The uid of an object's controller owner, if any.
 pub(crate) fn controller_uid(v: &Value) -> Option<&str> {
     v.pointer("/metadata/ownerReferences")?

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{World, controller_uid, is_active, is_ready, owner_ref, patch_status, s};
+use super::{World, adopt, controller_uid, is_active, is_ready, owner_ref, patch_status, s};
 
 pub(crate) async fn run(client: &Client, w: &World) {
     let pods_rt = lookup("pods").expect("pods");
@@ -26,6 +26,8 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .filter(|p| controller_uid(p) == Some(uid) && is_active(p))
             .map(|v| v.as_ref())
             .collect();
+        let orphans = w.pods.iter().filter(|p| is_active(p));
+        owned.extend(adopt(client, pods_rt, rs, ("apps/v1", "ReplicaSet"), orphans).await);
         if owned.len() < want {
             let template = rs.pointer("/spec/template").cloned().unwrap_or_default();
             for _ in owned.len()..want {
