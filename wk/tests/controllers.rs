@@ -224,6 +224,15 @@ async fn jobs_complete_fail_and_expire() {
         .await
         .unwrap();
     assert!(queue["spec"]["completions"].is_null(), "{queue}");
+    // A suspended Job runs nothing until it is resumed.
+    c.create(
+        jobs,
+        None,
+        &job("held", "10", json!({"suspend": true})),
+        &[],
+    )
+    .await
+    .unwrap();
     let condition = |j: &Value| {
         j["status"]["conditions"]
             .as_array()
@@ -263,6 +272,41 @@ async fn jobs_complete_fail_and_expire() {
         digits.len() == 101 && PI.starts_with(&digits),
         "the sample's 100 places of pi: {digits}"
     );
+    wait_for(
+        "the held Job to say it is suspended",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                condition(&c.get(jobs, None, "held").await.unwrap())
+                    .is_some_and(|c| c["type"] == "Suspended")
+            }
+        },
+    )
+    .await;
+    assert!(list(&c, "pods", "job-name=held").await.is_empty());
+    c.patch(
+        jobs,
+        None,
+        "held",
+        "application/merge-patch+json",
+        &json!({"spec": {"suspend": false}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the resumed Job to complete",
+        Duration::from_secs(60),
+        || {
+            let c = c.clone();
+            async move {
+                condition(&c.get(jobs, None, "held").await.unwrap())
+                    .is_some_and(|c| c["type"] == "Complete")
+            }
+        },
+    )
+    .await;
     wait_for(
         "the work queue to complete",
         Duration::from_secs(60),
@@ -1238,4 +1282,47 @@ async fn a_deployment_applied_again_adopts_its_orphaned_replicaset() {
         }
     })
     .await;
+}
+
+/// `minReadySeconds`: a pod counts as available only once it has been Ready that long,
+/// so a ReplicaSet's availableReplicas trails its readyReplicas by about that much.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_ready_seconds_delays_availability() {
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "patient"},
+        "spec": {"replicas": 2, "minReadySeconds": 3, "selector": {"matchLabels": {"app": "patient"}},
+            "template": {"metadata": {"labels": {"app": "patient"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}}}});
+    c.create(lookup("deployments").unwrap(), None, &d, &[])
+        .await
+        .unwrap();
+    let counts = |c: Client| async move {
+        let sets = list(&c, "replicasets", "app=patient").await;
+        sets.first().map_or((0, 0), |r| {
+            (
+                r["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                r["status"]["availableReplicas"].as_i64().unwrap_or(0),
+            )
+        })
+    };
+    let start = Instant::now();
+    let (mut ready_at, mut available_at) = (None, None);
+    while available_at.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never available");
+        let (ready, available) = counts(c.clone()).await;
+        if ready == 2 && ready_at.is_none() {
+            ready_at = Some(Instant::now());
+        }
+        if available == 2 {
+            available_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_at = ready_at.expect("ready before available");
+    let gap = available_at.unwrap() - ready_at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "available {gap:?} after ready"
+    );
 }

@@ -91,10 +91,19 @@ pub(crate) async fn run(client: &Client, w: &World) {
         let completions = int(job, "/spec/completions").map(|c| c.max(0));
         let parallelism = int(job, "/spec/parallelism").unwrap_or(1).max(0);
         let backoff_limit = int(job, "/spec/backoffLimit").unwrap_or(6).max(0);
+        let was_suspended = job
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Suspended" && c["status"] == "True")
+            });
+        // A resumed Job's activeDeadlineSeconds counts from its resumption.
         let start = job
             .pointer("/status/startTime")
             .and_then(Value::as_str)
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .filter(|_| !was_suspended)
             .unwrap_or(now);
         let over_deadline = int(job, "/spec/activeDeadlineSeconds")
             .is_some_and(|d| now.duration_since(start).as_secs() >= d);
@@ -103,6 +112,31 @@ pub(crate) async fn run(client: &Client, w: &World) {
             Some(c) => succeeded >= c,
             None => succeeded > 0 && active.is_empty(),
         };
+        // Suspended (`spec.suspend`): no pods run and the clock of activeDeadlineSeconds
+        // stops, as in Kubernetes; resuming starts pods again.
+        if job.pointer("/spec/suspend") == Some(&json!(true)) {
+            for p in &active {
+                let _ = client
+                    .delete(pods_rt, Some(ns), s(p, "/metadata/name"), &json!({}))
+                    .await;
+            }
+            let suspended = json!({"type": "Suspended", "status": "True", "reason": "JobSuspended",
+                "message": "Job suspended", "lastProbeTime": ts(now), "lastTransitionTime": ts(now)});
+            let status = json!({"active": 0, "succeeded": succeeded, "failed": failed_pods,
+                "ready": 0, "conditions": [suspended]});
+            let current = job.get("status").cloned().unwrap_or(json!({}));
+            let already = current
+                .pointer("/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Suspended" && c["status"] == "True")
+                });
+            if !already || current.get("active").unwrap_or(&json!(0)) != &json!(0) {
+                patch_status(client, "jobs", job, status).await;
+            }
+            continue;
+        }
         let outcome = if complete {
             Some(("Complete", "", String::new()))
         } else if failures > backoff_limit {
@@ -177,9 +211,14 @@ pub(crate) async fn run(client: &Client, w: &World) {
             }
         }
         let current = job.get("status").cloned().unwrap_or(json!({}));
-        if ["startTime", "active", "succeeded", "failed", "ready"]
-            .iter()
-            .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k])
+        if was_suspended {
+            status["conditions"] = json!([{"type": "Suspended", "status": "False", "reason": "JobResumed",
+                "message": "Job resumed", "lastProbeTime": ts(now), "lastTransitionTime": ts(now)}]);
+        }
+        if was_suspended
+            || ["startTime", "active", "succeeded", "failed", "ready"]
+                .iter()
+                .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k])
         {
             patch_status(client, "jobs", job, status).await;
         }

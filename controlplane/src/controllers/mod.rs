@@ -148,6 +148,24 @@ pub(crate) fn is_ready(pod: &Value) -> bool {
         })
 }
 
+/// Kubernetes' available: Ready for at least `min_ready_seconds` (by its Ready
+/// condition's `lastTransitionTime`).
+pub(crate) fn is_available(pod: &Value, min_ready_seconds: i64, now: jiff::Timestamp) -> bool {
+    if !is_ready(pod) {
+        return false;
+    }
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c.get("lastTransitionTime"))
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|since| now.duration_since(since).as_secs() >= min_ready_seconds)
+}
+
 pub(crate) fn is_active(pod: &Value) -> bool {
     pod.pointer("/metadata/deletionTimestamp").is_none()
         && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")

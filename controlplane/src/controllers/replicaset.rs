@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{World, adopt, controller_uid, is_active, is_ready, owner_ref, patch_status, s};
+use super::{
+    World, adopt, controller_uid, is_active, is_available, is_ready, owner_ref, patch_status, s,
+};
 
 pub(crate) async fn run(client: &Client, w: &World) {
     let pods_rt = lookup("pods").expect("pods");
@@ -52,8 +54,18 @@ pub(crate) async fn run(client: &Client, w: &World) {
             owned.drain(..owned.len() - want);
         }
         let ready = owned.iter().filter(|p| is_ready(p)).count();
+        // Available: Ready for minReadySeconds (the 1 s resync moves it on).
+        let min_ready = rs
+            .pointer("/spec/minReadySeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let now = jiff::Timestamp::now();
+        let available = owned
+            .iter()
+            .filter(|p| is_available(p, min_ready, now))
+            .count();
         let status = json!({"replicas": owned.len(), "fullyLabeledReplicas": owned.len(), "readyReplicas": ready,
-                            "availableReplicas": ready, "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(1))});
+                            "availableReplicas": available, "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(1))});
         let current = rs.get("status").cloned().unwrap_or(json!({}));
         if [
             "replicas",
