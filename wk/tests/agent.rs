@@ -412,6 +412,30 @@ async fn node_credentials_are_limited() {
         403,
         "no listing"
     );
+    // Pods: readable, but not their logs or exec (which reach into any node's containers).
+    assert_eq!(
+        send(
+            Method::GET,
+            "/api/v1/namespaces/default/pods/p2",
+            None,
+            json_ct
+        )
+        .await,
+        200
+    );
+    for sub in ["log", "exec?command=true"] {
+        assert_eq!(
+            send(
+                Method::GET,
+                &format!("/api/v1/namespaces/default/pods/p2/{sub}"),
+                None,
+                json_ct
+            )
+            .await,
+            403,
+            "{sub}"
+        );
+    }
     // Pods: status and deletion of its own pods only.
     let status = json!({"status": {"phase": "Running"}});
     assert_eq!(

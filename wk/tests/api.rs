@@ -1202,3 +1202,69 @@ async fn service_addresses_are_allocated_once() {
     assert_eq!(replaced["spec"]["clusterIP"], np["spec"]["clusterIP"]);
     assert_eq!(replaced["spec"]["ports"][0]["nodePort"], port);
 }
+
+/// A server-side dry-run delete deletes nothing (kubectl puts `dryRun` in the body), a
+/// namespace's dry-run delete leaves its contents, and a generateName cut inside a
+/// character is a validation error, not a dropped connection.
+#[tokio::test]
+async fn dry_run_deletes_nothing_and_long_generated_names_are_refused() {
+    let server = TestServer::start();
+    let c = server.client();
+    let (cm, ns) = (rt("cm"), rt("ns"));
+    c.create(
+        ns,
+        None,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "keep"}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    c.create(
+        cm,
+        Some("keep"),
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = server.kubectl(&["delete", "cm", "x", "-n", "keep", "--dry-run=server"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.kubectl(&["delete", "ns", "keep", "--dry-run=server"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        c.get_opt(cm, Some("keep"), "x").await.unwrap().is_some(),
+        "the dry run deleted"
+    );
+    let kept = c.get(ns, None, "keep").await.unwrap();
+    assert!(kept["metadata"]["deletionTimestamp"].is_null(), "{kept}");
+    let err = api_err(
+        c.delete(cm, Some("keep"), "x", &json!({"dryRun": ["Sometimes"]}))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 400, "{err:?}");
+    assert!(err.message.contains("dryRun"), "{}", err.message);
+
+    let long = format!("a{}", "é".repeat(29));
+    let err = api_err(
+        c.create(
+            cm,
+            None,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": long}}),
+            &[],
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(err.code, 422, "{err:?}");
+    // The server is still there.
+    c.get(ns, None, "keep").await.unwrap();
+}

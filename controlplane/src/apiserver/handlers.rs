@@ -267,8 +267,13 @@ fn prepare_create(target: &Target, obj: &mut Value) -> Result<()> {
             .map(String::from)
             .filter(|s| !s.is_empty())
         {
+            // At most 58 bytes, cut at a character (validation then names what is wrong).
             let mut prefix = prefix;
-            prefix.truncate(58);
+            let mut cut = prefix.len().min(58);
+            while !prefix.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            prefix.truncate(cut);
             obj.set_meta("name", format!("{prefix}{}", random_suffix()));
         }
     }
@@ -774,6 +779,9 @@ fn apply_patch(current: &Value, patch_doc: &Value, content_type: &str) -> Result
 /// Options a DELETE may carry (query or body).
 #[derive(Debug, Default)]
 struct DeleteOptions {
+    /// `dryRun=All`, in the query or in the body (kubectl `--dry-run=server` sends it
+    /// in the body): everything is checked and nothing deleted.
+    dry_run: bool,
     grace_period: Option<i64>,
     uid: Option<String>,
     resource_version: Option<String>,
@@ -786,6 +794,7 @@ async fn delete_options(params: &Params, req: Request) -> Result<DeleteOptions> 
             .get("gracePeriodSeconds")
             .and_then(|g| g.parse().ok()),
         propagation: params.get("propagationPolicy").map(String::from),
+        dry_run: params.dry_run(),
         ..Default::default()
     };
     let bytes = to_bytes(req.into_body(), MAX_BODY)
@@ -799,6 +808,17 @@ async fn delete_options(params: &Params, req: Request) -> Result<DeleteOptions> 
         }
         if let Some(p) = body.get("propagationPolicy").and_then(Value::as_str) {
             o.propagation = Some(p.to_string());
+        }
+        match body.get("dryRun") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(v)) if v.is_empty() => {}
+            Some(Value::Array(v)) if v.iter().all(|x| x == "All") => o.dry_run = true,
+            Some(other) => {
+                return Err(Status::bad_request(format!(
+                    "dryRun: Unsupported value: {other}: supported values: \"All\""
+                ))
+                .into());
+            }
         }
         o.uid = body
             .pointer("/preconditions/uid")
@@ -847,7 +867,7 @@ pub async fn delete(state: ApiState, target: Target, req: Request) -> Result<Res
         {
             return Err(Status::stale(target.rt, &name).into());
         }
-        match delete_one(&state, &target, current, &opts, params.dry_run()).await? {
+        match delete_one(&state, &target, current, &opts).await? {
             Ok(resp) => return Ok(resp),
             Err(OpError::Conflict { .. }) => continue,
             Err(e) => return Err(store_op_error(&target, &name, e)),
@@ -863,8 +883,8 @@ async fn delete_one(
     target: &Target,
     current: Value,
     opts: &DeleteOptions,
-    dry_run: bool,
 ) -> Result<std::result::Result<Response, OpError>> {
+    let dry_run = opts.dry_run;
     let name = current.name().unwrap_or("").to_string();
     let key = key_of(target, &name);
     let precondition = Precondition::Revision(current.resource_version());
@@ -874,7 +894,7 @@ async fn delete_one(
         // Already being deleted: nothing more to do until finalizers or the node finish.
         return Ok(Ok(json_response(StatusCode::ACCEPTED, &current)));
     }
-    if target.rt.kind == "Namespace" {
+    if target.rt.kind == "Namespace" && !dry_run {
         delete_namespace_contents(state, &name).await?;
     }
     let grace = graceful_period(target, &current, opts);
@@ -1013,7 +1033,7 @@ pub async fn delete_collection(state: ApiState, target: Target, req: Request) ->
         if !filter.matches(&obj) {
             continue;
         }
-        if let Ok(Ok(_)) = delete_one(&state, &target, obj.clone(), &opts, params.dry_run()).await {
+        if let Ok(Ok(_)) = delete_one(&state, &target, obj.clone(), &opts).await {
             deleted.push(obj);
         }
     }

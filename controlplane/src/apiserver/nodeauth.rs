@@ -143,7 +143,9 @@ pub(crate) async fn authorize(
             ))
         }
         "pods" => {
-            if read {
+            // Reading pods and their status, yes; their logs and exec, which reach into
+            // any node's containers (and exec answers a GET too), no.
+            if read && matches!(target.subresource.as_deref(), None | Some("status")) {
                 return Ok(req);
             }
             let Some(pod_name) = name else {
