@@ -74,6 +74,22 @@ impl ResourceType {
         }
     }
 
+    /// Why `name` cannot be one path segment of an object's URL (kubectl's own check):
+    /// an empty name would address the whole collection, `.` and `..` another path, and
+    /// `/`, `%`, `?` or `#` would be read as more than a name.
+    pub fn invalid_name(name: &str) -> Option<String> {
+        if name.is_empty() {
+            return Some("resource name may not be empty".into());
+        }
+        if name == "." || name == ".." {
+            return Some(format!("resource name may not be {name:?}"));
+        }
+        ['/', '%', '?', '#']
+            .into_iter()
+            .find(|c| name.contains(*c))
+            .map(|c| format!("resource name {name:?} may not contain {c:?}"))
+    }
+
     /// The path of one object.
     pub fn object_path(&self, namespace: Option<&str>, name: &str) -> String {
         format!("{}/{name}", self.collection_path(namespace))

@@ -22,6 +22,9 @@ pub enum ClientError {
     /// The server answered with a `Status`.
     #[error("{0}")]
     Api(Status),
+    /// A request that cannot be sent as asked (a name that is no name).
+    #[error("{0}")]
+    Invalid(String),
     #[error("cannot reach the API server at {url}: {message}")]
     Connect { url: String, message: String },
     #[error("client config {path}: {message}")]
@@ -223,6 +226,16 @@ impl ListParams {
             q.push(("allowWatchBookmarks", "true".into()));
         }
         q
+    }
+}
+
+/// The path of one object, once its name is known to be one path segment: an empty
+/// name would reach the whole collection (a DELETE there deletes every object of the
+/// kind), and `..` a different resource.
+fn object_path(rt: &ResourceType, ns: Option<&str>, name: &str) -> Result<String> {
+    match ResourceType::invalid_name(name) {
+        Some(why) => Err(ClientError::Invalid(why)),
+        None => Ok(rt.object_path(ns, name)),
     }
 }
 
@@ -445,7 +458,7 @@ impl Client {
         let resp = self
             .request(
                 Method::GET,
-                &rt.object_path(self.ns(rt, ns), name),
+                &object_path(rt, self.ns(rt, ns), name)?,
                 &[],
                 None,
                 None,
@@ -512,7 +525,7 @@ impl Client {
             self.ns(rt, ns)
         };
         let path = match name {
-            Some(n) => rt.object_path(ns, n),
+            Some(n) => object_path(rt, ns, n)?,
             None => rt.collection_path(ns),
         };
         let resp = self
@@ -552,7 +565,7 @@ impl Client {
         let resp = self
             .request(
                 Method::PUT,
-                &rt.object_path(self.ns(rt, ns), name),
+                &object_path(rt, self.ns(rt, ns), name)?,
                 &[],
                 Some(("application/json", body)),
                 None,
@@ -575,7 +588,7 @@ impl Client {
         let resp = self
             .request(
                 Method::PATCH,
-                &rt.object_path(self.ns(rt, ns), name),
+                &object_path(rt, self.ns(rt, ns), name)?,
                 query,
                 Some((content_type, body)),
                 None,
@@ -594,7 +607,7 @@ impl Client {
         patch: &Value,
     ) -> Result<Value> {
         let body = serde_json::to_vec(patch).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let path = format!("{}/{subresource}", rt.object_path(self.ns(rt, ns), name));
+        let path = format!("{}/{subresource}", object_path(rt, self.ns(rt, ns), name)?);
         let resp = self
             .request(
                 Method::PATCH,
@@ -618,7 +631,7 @@ impl Client {
         let resp = self
             .request(
                 Method::DELETE,
-                &rt.object_path(self.ns(rt, ns), name),
+                &object_path(rt, self.ns(rt, ns), name)?,
                 &[],
                 Some(("application/json", body)),
                 None,

@@ -190,6 +190,31 @@ fn user_mistakes_get_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot be read"), "{}", stderr(&out));
 
+    // A name that is no name is refused before anything is sent: an empty one would
+    // address every ConfigMap, `..` the namespace itself.
+    let out = server.wk(&["apply", "--validate=warn", "-f", typo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["", "..", "."] {
+        let out = server.wk(&["delete", "cm", name]);
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        assert!(
+            stderr(&out).contains("resource name may not be"),
+            "{name:?}: {}",
+            stderr(&out)
+        );
+    }
+    let nameless = write(
+        dir.path(),
+        "nameless.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: n-}\n",
+    );
+    let out = server.wk(&["delete", "-f", nameless.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = server.wk(&["get", "cm", "t", "-o", "name"]);
+    assert_eq!(stdout(&out), "configmap/t\n", "{}", stderr(&out));
+    let out = server.wk(&["get", "ns", "default", "-o", "name"]);
+    assert_eq!(stdout(&out), "namespace/default\n", "{}", stderr(&out));
+
     let out = server.wk(&["delete", "cm", "ghost"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(

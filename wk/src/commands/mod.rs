@@ -47,6 +47,9 @@ impl PodContainer {
             .namespace
             .clone()
             .unwrap_or_else(|| client.config.namespace.clone());
+        if let Some(why) = wk_api::resource::ResourceType::invalid_name(&self.pod) {
+            anyhow::bail!(why);
+        }
         let path = format!("{}/{sub}", rt.object_path(Some(&ns), &self.pod));
         let query = self
             .container
