@@ -118,6 +118,11 @@ fn unpack_tar(reader: impl Read, dst: &Path, form: Form) -> std::io::Result<()> 
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                // `.wh..` or `.wh...` would name the directory itself or its parent.
+                tracing::debug!(path = %rel.display(), "whiteout of no file; skipped");
+                continue;
+            }
             let target = parent.join(hidden);
             match form {
                 Form::Overlay => {
@@ -283,6 +288,21 @@ mod tests {
         ]);
         for form in [Form::Apply, Form::Overlay] {
             let _ = unpack(&hostile[..], &root, form);
+            // A whiteout whose hidden name is `..` at the top would empty what holds the
+            // root (here, `host`'s siblings); inside `sub`, `sub` itself.
+            let dots = layer(&[
+                ("sub/", None),
+                ("sub/kept", Some(b"k")),
+                (".wh...", Some(b"")),
+                ("sub/.wh...", Some(b"")),
+                ("sub/.wh..", Some(b"")),
+            ]);
+            unpack(&dots[..], &root, form).unwrap();
+            assert_eq!(
+                std::fs::read(root.join("sub/kept")).unwrap(),
+                b"k",
+                "{form:?}"
+            );
             for f in ["shadow", "passwd", "kept"] {
                 assert_eq!(
                     std::fs::read(host.join(f)).unwrap(),
