@@ -86,9 +86,31 @@ pub fn environment(config: &ContainerConfig, image: &ImageConfig) -> Vec<String>
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Looks a user or group name up in the image's `/etc/passwd` or `/etc/group`.
+/// Most of an image's `/etc/passwd` or `/etc/group` that is read.
+const ID_FILE_MAX: u64 = 1 << 20;
+
+/// Opens `path` for reading inside `root` as if `root` were `/`: the image's symlinks,
+/// absolute or `..`, cannot lead out of it (`openat2` with `RESOLVE_IN_ROOT`).
+fn open_in_root(root: &Path, path: &str) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    let dir = std::fs::File::open(root)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    Ok(std::fs::File::from(openat2(&dir, path, how)?))
+}
+
+/// Looks a user or group name up in the image's `/etc/passwd` or `/etc/group`: a
+/// regular file of the image (not something a symlink points at on the host, not a
+/// device), at most 1 MiB of it.
 fn lookup_id(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
-    let text = std::fs::read_to_string(rootfs.join("etc").join(file)).ok()?;
+    use std::io::Read;
+    let f = open_in_root(rootfs, &format!("etc/{file}")).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(ID_FILE_MAX).read_to_string(&mut text).ok()?;
     text.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.first() == Some(&name) && f.len() > 3).then(|| {
@@ -449,5 +471,33 @@ mod tests {
         assert!(caps.contains(&Capability::NetAdmin));
         c.security.add_capabilities = vec!["BOGUS".into()];
         assert!(capabilities(&c).is_err());
+    }
+
+    /// A user name is looked up in the image's own /etc/passwd: one that is a symlink
+    /// out of the image (here to a file on the host) or to a device is not read.
+    #[test]
+    fn user_names_come_from_the_image_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, host) = (dir.path().join("root"), dir.path().join("host"));
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("passwd"), "app:x:4242:4242::/:/bin/sh\n").unwrap();
+        let mut named = image();
+        named.user = "app".into();
+        let c = ContainerConfig::default();
+        std::os::unix::fs::symlink(host.join("passwd"), root.join("etc/passwd")).unwrap();
+        assert!(user(&c, &named, &root).is_err(), "read the host's file");
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("../../host/passwd", root.join("etc/passwd")).unwrap();
+        assert!(
+            user(&c, &named, &root).is_err(),
+            "followed .. out of the image"
+        );
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("etc/passwd")).unwrap();
+        assert!(user(&c, &named, &root).is_err(), "read a device");
+        std::fs::remove_file(root.join("etc/passwd")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "app:x:51:52::/:/bin/sh\n").unwrap();
+        assert_eq!(user(&c, &named, &root).unwrap(), (51, 52));
     }
 }
