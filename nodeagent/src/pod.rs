@@ -137,6 +137,9 @@ struct ContainerSlot {
     /// Not to be started again before this (its back-off after a failed start or a
     /// restart), while the pod goes on watching its other containers.
     retry_at: Option<Instant>,
+    /// `subPath` mounts: the volume's directory and the path mounted from it, checked
+    /// before each start (a container may have replaced the path with a symlink).
+    sub_paths: Vec<(PathBuf, PathBuf)>,
     /// `imagePullPolicy` and the pod's registry credentials.
     pull: PullOptions,
 }
@@ -173,6 +176,7 @@ impl ContainerSlot {
             running_since: None,
             pulled: false,
             retry_at: None,
+            sub_paths: Vec::new(),
         }
     }
 
@@ -214,6 +218,34 @@ fn spawn_reporter(agent: Arc<Agent>, pod: &Value) -> watch::Sender<Option<Value>
         }
     });
     tx
+}
+
+/// Checks, before a container starts, that each of its `subPath` mounts still resolves
+/// inside its volume: a container sharing the volume may have replaced the path with a
+/// symlink (to `/`, say), which the bind mount would follow onto the host. (A swap in
+/// the instant between this check and the mount is not caught.)
+fn sub_paths_inside(
+    sub_paths: &[(PathBuf, PathBuf)],
+    id: &str,
+) -> Result<(), wk_api::runtime::RuntimeError> {
+    for (volume, path) in sub_paths {
+        let inside = match (volume.canonicalize(), path.canonicalize()) {
+            (Ok(v), Ok(p)) => p.starts_with(&v),
+            // Not there yet: the runtime creates it, inside the volume.
+            (Ok(_), Err(_)) => std::fs::symlink_metadata(path).is_err(),
+            _ => false,
+        };
+        if !inside {
+            return Err(wk_api::runtime::RuntimeError::Start {
+                id: id.to_string(),
+                message: format!(
+                    "subPath {} resolves outside its volume",
+                    path.strip_prefix(volume).unwrap_or(path).display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Agent {
@@ -724,6 +756,7 @@ impl Agent {
                     .unwrap_or_default()
             };
             let mut mounts = Vec::new();
+            let mut sub_paths = Vec::new();
             for m in c
                 .get("volumeMounts")
                 .and_then(Value::as_array)
@@ -735,6 +768,9 @@ impl Agent {
                     s(&m, "/name")
                 ))?;
                 let sub = s(&m, "/subPath");
+                if !sub.is_empty() {
+                    sub_paths.push((vol.clone(), vol.join(sub)));
+                }
                 mounts.push(Mount {
                     host_path: if sub.is_empty() {
                         vol.clone()
@@ -836,6 +872,7 @@ impl Agent {
                 "ContainerCreating",
                 String::new(),
             );
+            slot.sub_paths = sub_paths;
             slot.pull = PullOptions {
                 policy: PullPolicy::of(
                     c.get("imagePullPolicy").and_then(Value::as_str),
@@ -1102,7 +1139,7 @@ impl Agent {
                         break;
                     }
                 };
-                let result = match pulled {
+                let result = match pulled.and_then(|()| sub_paths_inside(&c.sub_paths, &c.id)) {
                     Ok(()) => rt.start(cfg).await,
                     Err(e) => Err(e),
                 };
@@ -1354,5 +1391,32 @@ impl Agent {
             }
         });
         futures::future::join_all(stops).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subPath may be a directory of its volume, not there yet, or a symlink inside the
+    /// volume; one that resolves outside it (a container made it a symlink to `/`, or a
+    /// dangling one) stops the container from starting.
+    #[test]
+    fn sub_paths_must_resolve_inside_their_volume() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        std::fs::create_dir_all(vol.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", vol.join("alias")).unwrap();
+        std::os::unix::fs::symlink("/", vol.join("root")).unwrap();
+        std::os::unix::fs::symlink("../..", vol.join("up")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/x", vol.join("dangling")).unwrap();
+        let check = |sub: &str| sub_paths_inside(&[(vol.clone(), vol.join(sub))], "c");
+        for ok in ["real", "alias", "later", "real/deeper"] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for bad in ["root", "up", "dangling", "root/etc"] {
+            let e = check(bad).unwrap_err();
+            assert!(e.to_string().contains("outside its volume"), "{bad}: {e}");
+        }
     }
 }
