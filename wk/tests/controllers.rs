@@ -1326,3 +1326,52 @@ async fn min_ready_seconds_delays_availability() {
         "available {gap:?} after ready"
     );
 }
+
+/// `kubectl drain` (cordon, then an Eviction per pod): the node's pods end, their
+/// replacements run on the other node, and the drained node takes no new pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_moves_pods_off_a_node() {
+    let (server, _agents, _dirs) = cluster(2).await;
+    let c = server.client();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "drained"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "drained"}},
+            "template": {"metadata": {"labels": {"app": "drained"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}}}});
+    c.create(lookup("deployments").unwrap(), None, &d, &[])
+        .await
+        .unwrap();
+    let on = |c: Client, node: &'static str| async move {
+        list(&c, "pods", "app=drained")
+            .await
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == node && is_ready(p))
+            .count()
+    };
+    wait_for("pods on both nodes", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { on(c.clone(), "node-1").await > 0 && on(c, "node-2").await > 0 }
+    })
+    .await;
+    let out = run_cli(
+        &server,
+        &[
+            "kubectl",
+            "drain",
+            "node-1",
+            "--ignore-daemonsets",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    assert!(out.contains("node/node-1 drained"), "{out}");
+    let node = c
+        .get(lookup("nodes").unwrap(), None, "node-1")
+        .await
+        .unwrap();
+    assert_eq!(node["spec"]["unschedulable"], true, "{node}");
+    wait_for("all four on node-2", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move { on(c.clone(), "node-2").await == 4 && on(c, "node-1").await == 0 }
+    })
+    .await;
+}

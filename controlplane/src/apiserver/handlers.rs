@@ -842,8 +842,48 @@ async fn delete_options(params: &Params, req: Request) -> Result<DeleteOptions> 
 
 pub async fn delete(state: ApiState, target: Target, req: Request) -> Result<Response> {
     let params = Params::from_uri(req.uri());
-    let name = target.name.clone().unwrap_or_default();
     let opts = delete_options(&params, req).await?;
+    delete_with(&state, &target, &opts).await
+}
+
+/// `POST pods/{name}/eviction` (policy/v1 Eviction, what `kubectl drain` sends): a
+/// graceful delete of the pod with the Eviction's `deleteOptions`. wk has no
+/// PodDisruptionBudgets, so no eviction is refused for one.
+pub async fn evict(state: ApiState, target: Target, req: Request) -> Result<Response> {
+    let params = Params::from_uri(req.uri());
+    let (body, _) = read_body(req).await?;
+    let name = target.name.clone().unwrap_or_default();
+    if body.get("kind").and_then(Value::as_str) != Some("Eviction") {
+        return Err(Status::bad_request("the body must be a policy/v1 Eviction").into());
+    }
+    if body
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| n != name)
+    {
+        return Err(Status::bad_request(format!(
+            "metadata.name: Invalid value: the Eviction's name must be the pod's ({name})"
+        ))
+        .into());
+    }
+    let options = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+    let bytes = serde_json::to_vec(&options).unwrap_or_default();
+    let inner = Request::new(axum::body::Body::from(bytes));
+    let opts = delete_options(&params, inner).await?;
+    let pod = Target {
+        subresource: None,
+        ..target
+    };
+    delete_with(&state, &pod, &opts).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+async fn delete_with(state: &ApiState, target: &Target, opts: &DeleteOptions) -> Result<Response> {
+    let (state, target) = (state.clone(), target.clone());
+    let name = target.name.clone().unwrap_or_default();
     for _ in 0..MAX_RETRIES {
         let current = load(&state, &key_of(&target, &name), false)
             .await?
@@ -867,7 +907,7 @@ pub async fn delete(state: ApiState, target: Target, req: Request) -> Result<Res
         {
             return Err(Status::stale(target.rt, &name).into());
         }
-        match delete_one(&state, &target, current, &opts).await? {
+        match delete_one(&state, &target, current, opts).await? {
             Ok(resp) => return Ok(resp),
             Err(OpError::Conflict { .. }) => continue,
             Err(e) => return Err(store_op_error(&target, &name, e)),
@@ -1168,6 +1208,13 @@ pub async fn update_scale(state: ApiState, target: Target, req: Request) -> Resu
     let is_patch = req.method() == axum::http::Method::PATCH;
     let name = target.name.clone().unwrap_or_default();
     let (body, content_type) = read_body(req).await?;
+    // Only a resourceVersion the client sent guards the write (not the one the patch
+    // is applied to): `kubectl scale` during a rollout retries instead of failing.
+    let wanted_rv = body
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(String::from);
     for _ in 0..MAX_RETRIES {
         let current = load(&state, &key_of(&target, &name), false)
             .await?
@@ -1178,10 +1225,6 @@ pub async fn update_scale(state: ApiState, target: Target, req: Request) -> Resu
         } else {
             body.clone()
         };
-        let wanted_rv = wanted
-            .meta_str("resourceVersion")
-            .filter(|s| !s.is_empty())
-            .map(String::from);
         if wanted_rv
             .as_deref()
             .is_some_and(|rv| rv != current.resource_version().to_string())

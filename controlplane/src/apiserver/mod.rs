@@ -195,6 +195,9 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
         (&Method::PATCH, true, None | Some("status")) => handlers::patch(state, target, req).await,
         (&Method::DELETE, true, None) => handlers::delete(state, target, req).await,
         (&Method::POST, true, Some("binding")) => handlers::bind(state, target, req).await,
+        (&Method::POST, true, Some("eviction")) if target.rt.kind == "Pod" => {
+            handlers::evict(state, target, req).await
+        }
         (&Method::GET, true, Some("log")) => handlers::logs(state, target, req).await,
         (&Method::POST | &Method::GET, true, Some("exec")) => {
             handlers::exec(state, target, req).await
