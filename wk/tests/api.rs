@@ -1268,3 +1268,77 @@ async fn dry_run_deletes_nothing_and_long_generated_names_are_refused() {
     // The server is still there.
     c.get(ns, None, "keep").await.unwrap();
 }
+
+/// A watch with a label selector, resumed from a list's resourceVersion (what informers
+/// and `kubectl get -w -l` do): an object already listed that changes is MODIFIED, one
+/// relabelled out of the selection is DELETED, and one relabelled into it is ADDED.
+#[tokio::test]
+async fn selector_watches_see_objects_leave_and_join() {
+    let server = TestServer::start();
+    let c = server.client();
+    let cm = rt("cm");
+    let obj = |name: &str, app: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": app}}});
+    c.create(cm, None, &obj("a", "web"), &[]).await.unwrap();
+    c.create(cm, None, &obj("b", "db"), &[]).await.unwrap();
+    let list = c
+        .list(
+            cm,
+            None,
+            false,
+            &ListParams {
+                label_selector: Some("app=web".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let p = ListParams {
+        label_selector: Some("app=web".into()),
+        resource_version: list["metadata"]["resourceVersion"]
+            .as_str()
+            .map(String::from),
+        ..Default::default()
+    };
+    let mut events = Box::pin(c.watch(cm, None, false, &p, false).await.unwrap());
+    let relabel = |name: &'static str, app: &'static str| {
+        let c = c.clone();
+        async move {
+            c.patch(
+                cm,
+                None,
+                name,
+                "application/merge-patch+json",
+                &json!({"metadata": {"labels": {"app": app}}}),
+                &[],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    c.patch(
+        cm,
+        None,
+        "a",
+        "application/merge-patch+json",
+        &json!({"data": {"k": "v"}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    relabel("a", "db").await;
+    relabel("b", "web").await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
+        got.push(format!(
+            "{} {}",
+            ev.kind,
+            ev.object["metadata"]["name"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(got, ["MODIFIED a", "DELETED a", "ADDED b"]);
+}

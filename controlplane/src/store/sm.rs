@@ -62,6 +62,9 @@ pub struct Event {
     pub kind: EventType,
     pub key: String,
     pub object: Arc<Value>,
+    /// For a modification, the object before it (as stored: parsed only by watchers
+    /// with a selector, which must tell an object leaving their selection).
+    pub previous: Option<Arc<str>>,
 }
 
 /// Events still in history plus a receiver for everything after them.
@@ -384,6 +387,7 @@ fn apply_op(
                 kind,
                 key: key.clone(),
                 object: Arc::new(value),
+                previous: current.map(Arc::from),
             };
             Ok((
                 Ok(Applied {
@@ -405,6 +409,7 @@ fn apply_op(
                 kind: EventType::Deleted,
                 key: key.clone(),
                 object: Arc::new(value),
+                previous: None,
             };
             Ok((
                 Ok(Applied {
