@@ -138,7 +138,9 @@ impl Runc {
             .collect())
     }
 
-    /// Runs a command in the container, killed after `timeout`.
+    /// Runs a command in the container, killed after `timeout`. At most
+    /// `EXEC_OUTPUT_MAX` bytes of each of its stdout and stderr are kept (the rest is
+    /// read and dropped, so the command is not held up).
     pub async fn exec(
         &self,
         id: &str,
@@ -156,10 +158,19 @@ impl Runc {
             .args(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = c
+        let mut child = c
             .spawn()
             .map_err(|e| format!("running {}: {e}", self.binary.display()))?;
-        let done = child.wait_with_output();
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let done = async {
+            let (stdout, stderr, status) =
+                tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
+            status.map(|status| std::process::Output {
+                status,
+                stdout,
+                stderr,
+            })
+        };
         tokio::pin!(done);
         let result = match tokio::time::timeout(timeout, &mut done).await {
             Ok(r) => r,
@@ -199,6 +210,28 @@ impl Runc {
                 })
             }
             Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// How much of an exec's stdout, and of its stderr, is kept.
+pub const EXEC_OUTPUT_MAX: usize = 4 << 20;
+
+/// Reads a pipe to its end, keeping the first `EXEC_OUTPUT_MAX` bytes.
+async fn read_capped(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else {
+        return kept;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_MAX - kept.len();
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
         }
     }
 }

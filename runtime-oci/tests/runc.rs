@@ -244,6 +244,18 @@ async fn serves_on_the_pod_ip_exec_and_graceful_stop() {
         .await
         .unwrap();
     assert_eq!(out.exit_code, 4);
+    // Output beyond the cap is read and dropped: 6 MiB of zeros ends normally with 4 MiB.
+    let out = env
+        .rt
+        .exec(
+            &c.id,
+            &["sh".into(), "-c".into(), "head -c 6291456 /dev/zero".into()],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(out.stdout.len(), wk_runtime_oci::runc::EXEC_OUTPUT_MAX);
     // A command that outlives its timeout is killed, not left running in the container.
     let err = env
         .rt
