@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, Message, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, CNAME, SOA, SRV};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::resolver::TokioResolver;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -45,6 +45,8 @@ pub struct Zone {
     /// look a question up without decoding it.
     a: HashMap<Vec<u8>, Vec<Ipv4Addr>>,
     srv: HashMap<String, Vec<(u16, String)>>,
+    /// ExternalName Services: their name, lower-case and dotted, to `spec.externalName`.
+    cname: HashMap<String, String>,
 }
 
 /// `a.b.` → `\x01a\x01b\x00`.
@@ -69,6 +71,13 @@ impl Zone {
         for (key, svc) in services {
             let (ns, name) = key.split_once('/').unwrap_or(("", key));
             let fqdn = format!("{name}.{ns}.svc.{domain}.").to_ascii_lowercase();
+            if s(svc, "/spec/type") == "ExternalName" {
+                let target = s(svc, "/spec/externalName").trim_end_matches('.');
+                if !target.is_empty() {
+                    z.cname.insert(fqdn, format!("{target}."));
+                }
+                continue;
+            }
             let ready: Vec<Ipv4Addr> = endpoints
                 .get(key)
                 .and_then(|e| e.get("subsets"))
@@ -203,6 +212,20 @@ impl ClusterDns {
         };
         let zone = self.zone.read().expect("zone lock").clone();
         let a_record = |ip: &Ipv4Addr| Record::from_rdata(name.clone(), TTL, RData::A(A(*ip)));
+        if let Some(target) = zone.cname.get(&key) {
+            // Whatever the type asked, the answer starts with the alias (RFC 1034).
+            return Some(
+                Name::from_ascii(target)
+                    .map(|t| {
+                        vec![Record::from_rdata(
+                            name.clone(),
+                            TTL,
+                            RData::CNAME(CNAME(t)),
+                        )]
+                    })
+                    .unwrap_or_default(),
+            );
+        }
         if let Some(ips) = zone.a.get(&wire_name(&key)) {
             return Some(match rtype {
                 RecordType::A | RecordType::ANY => ips.iter().map(a_record).collect(),
@@ -292,6 +315,16 @@ impl ClusterDns {
                         out.soa.push(self.soa());
                     }
                     out.answers = records;
+                    // An ExternalName alias: the records of its target follow, as a
+                    // recursive resolver gives them (a stub resolver does not chase it).
+                    if let [alias] = &out.answers[..]
+                        && let RData::CNAME(target) = &alias.data
+                        && rtype != RecordType::CNAME
+                    {
+                        let target = target.0.clone();
+                        let chased = Box::pin(self.lookup(&target, rtype)).await;
+                        out.answers.extend(chased.answers);
+                    }
                 }
                 None => {
                     out.code = ResponseCode::NXDomain;
@@ -540,6 +573,44 @@ impl RequestHandler for ArcHandler {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// An ExternalName Service's name is an alias (CNAME) of its `externalName`, for any
+    /// type asked, and a name inside the cluster domain it points at follows it.
+    #[tokio::test]
+    async fn external_names_are_aliases() {
+        let services = BTreeMap::from([
+            (
+                "default/ext".to_string(),
+                json!({"spec": {"type": "ExternalName", "externalName": "example.test"}}),
+            ),
+            (
+                "default/inner".to_string(),
+                json!({"spec": {"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}}),
+            ),
+            (
+                "default/web".to_string(),
+                json!({"spec": {"clusterIP": "127.240.0.5"}}),
+            ),
+        ]);
+        let dns = ClusterDns::new("cluster.local");
+        dns.set_zone(Zone::build("cluster.local", &services, &BTreeMap::new()));
+        for rtype in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+            let name = Name::from_ascii("ext.default.svc.cluster.local.").unwrap();
+            let out = dns.lookup(&name, rtype).await;
+            assert_eq!(out.code, ResponseCode::NoError, "{rtype}");
+            assert!(
+                matches!(&out.answers[0].data, RData::CNAME(t) if t.0.to_ascii() == "example.test."),
+                "{rtype}: {:?}",
+                out.answers
+            );
+        }
+        let inner = Name::from_ascii("inner.default.svc.cluster.local.").unwrap();
+        let out = dns.lookup(&inner, RecordType::A).await;
+        assert_eq!(out.answers.len(), 2, "{:?}", out.answers);
+        assert!(
+            matches!(&out.answers[1].data, RData::A(a) if a.0 == Ipv4Addr::new(127, 240, 0, 5))
+        );
+    }
 
     #[test]
     fn zone_from_services_and_endpoints() {

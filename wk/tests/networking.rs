@@ -404,6 +404,18 @@ async fn cluster_dns_names_services_pods_and_ports() {
         async move { dig(&dns, &[name]).0 == vip }
     })
     .await;
+    // An ExternalName Service is an alias, followed inside the cluster domain.
+    let alias = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "alias"},
+        "spec": {"type": "ExternalName", "externalName": name}});
+    c.create(svc_rt, None, &alias, &[]).await.unwrap();
+    wait_for("the alias", Duration::from_secs(10), || {
+        let (dns, vip) = (dns.clone(), vip.clone());
+        async move {
+            let (answers, _) = dig(&dns, &["alias.default.svc.cluster.local"]);
+            answers == format!("{name}.\n{vip}")
+        }
+    })
+    .await;
     // The name, resolved by our DNS, reaches the sample through the balancer.
     let out = std::process::Command::new("curl")
         .args([
