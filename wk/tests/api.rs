@@ -1201,6 +1201,70 @@ async fn service_addresses_are_allocated_once() {
     let replaced = c.replace(svc, None, "np", &cur).await.unwrap();
     assert_eq!(replaced["spec"]["clusterIP"], np["spec"]["clusterIP"]);
     assert_eq!(replaced["spec"]["ports"][0]["nodePort"], port);
+
+    // Updates: a node port another Service holds is refused; moving to a free one
+    // frees the old; leaving NodePort frees them all. (Room in the /29 first.)
+    for name in ["s0", "s1", "s3"] {
+        c.delete(svc, None, name, &json!({})).await.unwrap();
+    }
+    let other = c
+        .create(
+            svc,
+            None,
+            &make("np3", json!({"type": "NodePort", "ports": [{"port": 80}]})),
+            &[],
+        )
+        .await
+        .unwrap();
+    let other_port = other["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+    let moved = |to: i64| json!({"spec": {"ports": [{"port": 80, "nodePort": to}]}});
+    let merge = "application/merge-patch+json";
+    let e = api_err(
+        c.patch(svc, None, "np3", merge, &moved(port), &[])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 422, "{e:?}");
+    assert!(e.message.contains("already allocated"), "{}", e.message);
+    let free = if other_port == 31999 { 31998 } else { 31999 };
+    c.patch(svc, None, "np3", merge, &moved(free), &[])
+        .await
+        .unwrap();
+    // Its old port is free again: a new Service may name it.
+    c.create(
+        svc,
+        None,
+        &make(
+            "np4",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": other_port}]}),
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let plain = c
+        .patch(
+            svc,
+            None,
+            "np3",
+            merge,
+            &json!({"spec": {"type": "ClusterIP"}}),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(plain["spec"]["ports"][0]["nodePort"].is_null(), "{plain}");
+    c.create(
+        svc,
+        None,
+        &make(
+            "np5",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": free}]}),
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
 }
 
 /// A server-side dry-run delete deletes nothing (kubectl puts `dryRun` in the body), a

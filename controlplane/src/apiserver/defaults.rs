@@ -208,8 +208,22 @@ pub fn on_update(rt: &ResourceType, current: &Value, next: &mut Value) -> Result
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            let node_ports = matches!(
+                next.pointer("/spec/type").and_then(Value::as_str),
+                Some("NodePort" | "LoadBalancer")
+            );
             if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
-                for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none()) {
+                for p in ports.iter_mut() {
+                    if !node_ports {
+                        // No longer NodePort: its node ports go (and are released).
+                        if let Some(m) = p.as_object_mut() {
+                            m.remove("nodePort");
+                        }
+                        continue;
+                    }
+                    if p.get("nodePort").is_some() {
+                        continue;
+                    }
                     let same = old_ports.iter().find(|o| {
                         o.get("port") == p.get("port") && o.get("protocol") == p.get("protocol")
                     });

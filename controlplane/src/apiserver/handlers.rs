@@ -673,6 +673,9 @@ async fn commit_update(
             .store
             .write_one(Op::Delete { key, precondition })
             .await?;
+        if target.rt.kind == "Service" && r.is_ok() {
+            super::ipalloc::release(state, current).await;
+        }
         return Ok(r.map(|a| {
             object_response(
                 StatusCode::OK,
@@ -681,6 +684,15 @@ async fn commit_update(
             )
         }));
     }
+    // A Service's node ports follow its spec: new ones reserved before the write, the
+    // ones it no longer names released after it.
+    let service = target.rt.kind == "Service" && target.subresource.is_none();
+    let mut next = next;
+    let reserved = if service {
+        super::ipalloc::reserve_update(state, target.rt, current, &mut next).await?
+    } else {
+        Vec::new()
+    };
     let r = state
         .store
         .write_one(Op::Put {
@@ -688,8 +700,14 @@ async fn commit_update(
             object: next.to_string(),
             precondition,
         })
-        .await?;
-    Ok(match r {
+        .await;
+    if service {
+        match &r {
+            Ok(Ok(_)) => super::ipalloc::release_dropped(state, current, &next).await,
+            _ => super::ipalloc::release_reserved(state, &next, reserved).await,
+        }
+    }
+    Ok(match r? {
         Ok(a) => Ok(object_response(
             StatusCode::OK,
             &parse_json(&a.object)?,

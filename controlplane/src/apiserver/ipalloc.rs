@@ -3,7 +3,10 @@
 //! one Linux host is local without any setup) and, for `NodePort`, a node port per port
 //! from 30000–32767. Each allocation is a key in the store (`/registry/wk/serviceips/<ip>`,
 //! `/registry/wk/servicenodeports/<proto>/<port>`) written with "must not exist", so two
-//! API servers can never hand out the same address. Deleting the Service releases them.
+//! API servers can never hand out the same address. Updates reserve the node ports a
+//! Service names anew and release those it drops (all of them when it stops being
+//! NodePort); deleting the Service releases what it holds. A key is released only by the
+//! Service it was reserved for.
 
 use std::net::Ipv4Addr;
 
@@ -82,20 +85,168 @@ fn keys_of(svc: &Value) -> Vec<String> {
     keys
 }
 
-/// Releases what a deleted Service held.
+/// `<namespace>/<name>`: whom an allocation key says holds it.
+fn owner_of(svc: &Value) -> String {
+    format!(
+        "{}/{}",
+        svc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        svc.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    )
+}
+
+/// Releases what a deleted Service held: only the keys reserved for it (a Service may
+/// name a port another one holds, e.g. an ExternalName one with a nodePort).
 pub async fn release(state: &ApiState, svc: &Value) {
-    let ops: Vec<Op> = keys_of(svc)
-        .into_iter()
-        .map(|key| Op::Delete {
+    release_keys(state, &owner_of(svc), keys_of(svc)).await;
+}
+
+async fn release_keys(state: &ApiState, owner: &str, keys: Vec<String>) {
+    let mut ops = Vec::new();
+    for key in keys {
+        let k = key.clone();
+        let Ok(Some(text)) = state.store.read(move |sm| sm.get(&k)).await else {
+            continue;
+        };
+        let held: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if held.get("service").and_then(Value::as_str) != Some(owner) {
+            continue;
+        }
+        let revision = held
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse().ok());
+        ops.push(Op::Delete {
             key,
-            precondition: Precondition::None,
-        })
-        .collect();
+            precondition: revision.map_or(Precondition::None, Precondition::Revision),
+        });
+    }
     if !ops.is_empty()
         && let Err(e) = state.store.write(ops).await
     {
         tracing::warn!(error = %e, "releasing service addresses failed");
     }
+}
+
+/// An update of a Service: node ports it names anew are reserved (a port another
+/// Service holds is refused), ports of a NodePort Service that have none are given one,
+/// and a Service that is no longer NodePort or LoadBalancer gives its up. Returns the
+/// keys reserved here (to release if the write fails); [`release_dropped`] frees what
+/// the written Service no longer names.
+pub async fn reserve_update(
+    state: &ApiState,
+    rt: &ResourceType,
+    current: &Value,
+    next: &mut Value,
+) -> Result<Vec<String>, ApiError> {
+    let kind = next
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if !matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
+        if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
+            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                p.remove("nodePort");
+            }
+        }
+        return Ok(Vec::new());
+    }
+    let had: std::collections::HashSet<String> = keys_of(current).into_iter().collect();
+    let owner = owner_of(next);
+    let name = next
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut held = Vec::new();
+    let result = node_ports(state, rt, &name, &owner, next, &had, &mut held).await;
+    if let Err(e) = result {
+        release_keys(state, &owner, held).await;
+        return Err(e);
+    }
+    Ok(held)
+}
+
+/// After an update was written: releases what `current` held and `written` does not.
+pub async fn release_dropped(state: &ApiState, current: &Value, written: &Value) {
+    let kept: std::collections::HashSet<String> = keys_of(written).into_iter().collect();
+    let dropped = keys_of(current)
+        .into_iter()
+        .filter(|k| !kept.contains(k))
+        .collect();
+    release_keys(state, &owner_of(current), dropped).await;
+}
+
+/// Releases keys reserved for an update that was not written.
+pub async fn release_reserved(state: &ApiState, svc: &Value, keys: Vec<String>) {
+    release_keys(state, &owner_of(svc), keys).await;
+}
+
+/// Gives each port of `svc` a node port: its own if it names one (reserved unless in
+/// `had`, refused if another Service holds it), else a free one.
+async fn node_ports(
+    state: &ApiState,
+    rt: &ResourceType,
+    name: &str,
+    owner: &str,
+    svc: &mut Value,
+    had: &std::collections::HashSet<String>,
+    held: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let used: std::collections::HashSet<String> =
+        taken(state, PORT_PREFIX).await?.into_iter().collect();
+    let count = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(Vec::len)
+        .unwrap_or(0);
+    for i in 0..count {
+        let port = &svc["spec"]["ports"][i];
+        let proto = port["protocol"].as_str().unwrap_or("TCP").to_string();
+        if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
+            let key = format!("{PORT_PREFIX}{proto}/{np}");
+            if had.contains(&key) {
+                continue;
+            }
+            if !reserve(state, key.clone(), owner).await? {
+                return Err(invalid(
+                    rt,
+                    name,
+                    &format!("spec.ports[{i}].nodePort"),
+                    &np.to_string(),
+                    "provided port is already allocated",
+                ));
+            }
+            held.push(key);
+            continue;
+        }
+        let span = (NODE_PORTS.1 - NODE_PORTS.0 + 1) as u32;
+        let start = rand::rng().random_range(0..span);
+        let mut found = None;
+        for k in 0..span {
+            let np = NODE_PORTS.0 as u32 + (start + k) % span;
+            if used.contains(&format!("{proto}/{np}")) {
+                continue;
+            }
+            let key = format!("{PORT_PREFIX}{proto}/{np}");
+            if reserve(state, key.clone(), owner).await? {
+                held.push(key);
+                found = Some(np);
+                break;
+            }
+        }
+        let Some(np) = found else {
+            return Err(ApiError(Status::internal(
+                "failed to allocate a nodePort: range is full",
+            )));
+        };
+        svc["spec"]["ports"][i]["nodePort"] = json!(np);
+    }
+    Ok(())
 }
 
 /// Fills `spec.clusterIP`/`clusterIPs` and node ports of a new Service and reserves them.
@@ -174,45 +325,8 @@ pub async fn allocate(
             }
         }
         if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-            let used: std::collections::HashSet<String> =
-                taken(state, PORT_PREFIX).await?.into_iter().collect();
-            let count = svc
-                .pointer("/spec/ports")
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(0);
-            for i in 0..count {
-                let port = &svc["spec"]["ports"][i];
-                let proto = port["protocol"].as_str().unwrap_or("TCP").to_string();
-                if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
-                    let key = format!("{PORT_PREFIX}{proto}/{np}");
-                    if !reserve(state, key.clone(), &owner).await? {
-                        return Err(invalid(rt, &name, &format!("spec.ports[{i}].nodePort"), &np.to_string(),
-                            "provided port is already allocated"));
-                    }
-                    held.push(key);
-                    continue;
-                }
-                let span = (NODE_PORTS.1 - NODE_PORTS.0 + 1) as u32;
-                let start = rand::rng().random_range(0..span);
-                let mut found = None;
-                for k in 0..span {
-                    let np = NODE_PORTS.0 as u32 + (start + k) % span;
-                    if used.contains(&format!("{proto}/{np}")) {
-                        continue;
-                    }
-                    let key = format!("{PORT_PREFIX}{proto}/{np}");
-                    if reserve(state, key.clone(), &owner).await? {
-                        held.push(key);
-                        found = Some(np);
-                        break;
-                    }
-                }
-                let Some(np) = found else {
-                    return Err(ApiError(Status::internal("failed to allocate a nodePort: range is full")));
-                };
-                svc["spec"]["ports"][i]["nodePort"] = json!(np);
-            }
+            let none = std::collections::HashSet::new();
+            node_ports(state, rt, &name, &owner, svc, &none, &mut held).await?;
         }
         Ok(())
     }
