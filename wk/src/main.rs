@@ -59,6 +59,18 @@ fn main() -> ExitCode {
         cli.command,
         Command::Server(_) | Command::Agent(_) | Command::Up(_)
     );
+    if !is_server {
+        // Like kubectl (and `ls`): output piped into `head` that stops reading ends the
+        // command quietly, instead of a panic on the next println.
+        // SAFETY: no other thread exists yet, and SIG_DFL installs no handler code.
+        #[allow(unsafe_code)]
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     let default_level = if is_server {
         "info,openraft=warn"
     } else {

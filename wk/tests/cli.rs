@@ -215,6 +215,32 @@ fn user_mistakes_get_one_clear_line() {
     let out = server.wk(&["get", "ns", "default", "-o", "name"]);
     assert_eq!(stdout(&out), "namespace/default\n", "{}", stderr(&out));
 
+    // A manifest's namespace and -n must agree (kubectl's rule).
+    let elsewhere = write(
+        dir.path(),
+        "elsewhere.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: e, namespace: other}\n",
+    );
+    let out = server.wk(&["apply", "-n", "default", "-f", elsewhere.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("does not match the namespace \"default\""),
+        "{}",
+        stderr(&out)
+    );
+    // Output into a pipe nobody reads any more ends quietly (as `wk get | head`).
+    let mut child = std::process::Command::new(common::WK)
+        .args(["get", "cm", "-o", "json"])
+        .env("WK_CONFIG", &server.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    assert_ne!(out.status.code(), Some(101));
+
     let out = server.wk(&["delete", "cm", "ghost"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(

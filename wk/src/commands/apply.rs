@@ -104,6 +104,17 @@ pub async fn apply_docs(
             failed = true;
             continue;
         };
+        if let (Some(theirs), Some(asked)) = (doc.namespace(), namespace)
+            && rt.namespaced
+            && theirs != asked
+        {
+            // kubectl's rule: a manifest's namespace and -n must agree.
+            eprintln!(
+                "error: {source}: the namespace from the provided object \"{theirs}\" does not match the namespace \"{asked}\". You must pass '--namespace={theirs}' to perform this operation."
+            );
+            failed = true;
+            continue;
+        }
         let ns = doc
             .namespace()
             .map(String::from)
