@@ -1375,3 +1375,65 @@ async fn kubectl_drain_moves_pods_off_a_node() {
     })
     .await;
 }
+
+/// Deleting a namespace with a running Deployment leaves nothing behind: the namespace
+/// is Terminating before its contents go, so controllers recreating pods (and their
+/// Events) are refused, and the same name made again starts empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespace_leaves_nothing_behind() {
+    let (server, _agents, _dirs) = cluster(1).await;
+    let c = server.client();
+    let ns_rt = lookup("namespaces").unwrap();
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "doomed"}});
+    c.create(ns_rt, None, &ns, &[]).await.unwrap();
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "busy", "namespace": "doomed"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "busy"}},
+            "template": {"metadata": {"labels": {"app": "busy"}}, "spec": {"runtimeClassName": "wasm", "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}}}});
+    c.create(lookup("deployments").unwrap(), Some("doomed"), &d, &[])
+        .await
+        .unwrap();
+    wait_for("3 pods", Duration::from_secs(60), || {
+        let c = c.clone();
+        async move {
+            let pods = c
+                .list(
+                    lookup("pods").unwrap(),
+                    Some("doomed"),
+                    false,
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
+            pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count()
+                == 3
+        }
+    })
+    .await;
+    c.delete(ns_rt, None, "doomed", &json!({})).await.unwrap();
+    // Let the controllers and agent react to what went.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(c.get_opt(ns_rt, None, "doomed").await.unwrap().is_none());
+    c.create(ns_rt, None, &ns, &[]).await.unwrap();
+    for kind in ["pods", "replicasets", "deployments", "events"] {
+        let left = c
+            .list(
+                lookup(kind).unwrap(),
+                Some("doomed"),
+                false,
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            left["items"].as_array().map_or(0, Vec::len),
+            0,
+            "{kind}: {left}"
+        );
+    }
+}

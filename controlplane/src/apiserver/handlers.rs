@@ -945,16 +945,39 @@ async fn delete_one(
     let dry_run = opts.dry_run;
     let name = current.name().unwrap_or("").to_string();
     let key = key_of(target, &name);
-    let precondition = Precondition::Revision(current.resource_version());
+    let namespace = target.rt.kind == "Namespace";
     if current.deletion_timestamp().is_some()
         && !(target.rt.kind == "Pod" && opts.grace_period == Some(0))
+        && !namespace
     {
         // Already being deleted: nothing more to do until finalizers or the node finish.
         return Ok(Ok(json_response(StatusCode::ACCEPTED, &current)));
     }
-    if target.rt.kind == "Namespace" && !dry_run {
+    let mut current = current;
+    if namespace && !dry_run {
+        // Terminating first, so nothing new lands in it while its contents go (a
+        // controller recreating pods, a client); a deletion cut short is taken up again
+        // by the next one.
+        if current.deletion_timestamp().is_none() {
+            let mut marked = current.clone();
+            marked.set_meta("deletionTimestamp", now_plus(0));
+            marked["status"]["phase"] = json!("Terminating");
+            let r = state
+                .store
+                .write_one(Op::Put {
+                    key: key.clone(),
+                    object: marked.to_string(),
+                    precondition: Precondition::Revision(current.resource_version()),
+                })
+                .await?;
+            match r {
+                Ok(a) => current = parse_json(&a.object)?,
+                Err(e) => return Ok(Err(e)),
+            }
+        }
         delete_namespace_contents(state, &name).await?;
     }
+    let precondition = Precondition::Revision(current.resource_version());
     let grace = graceful_period(target, &current, opts);
     // Orphan and Foreground deletion of an owner: the garbage collector finishes it
     // (orphaning or deleting the dependents) and then removes the finalizer.
@@ -964,7 +987,6 @@ async fn delete_one(
         _ => None,
     }
     .filter(|_| OWNER_KINDS.contains(&target.rt.kind));
-    let mut current = current;
     if let Some(f) = cascade_finalizer {
         let mut finalizers = current.finalizers();
         if !finalizers.iter().any(|x| x == f) {
