@@ -47,6 +47,8 @@ pub struct Zone {
     srv: HashMap<String, Vec<(u16, String)>>,
     /// ExternalName Services: their name, lower-case and dotted, to `spec.externalName`.
     cname: HashMap<String, String>,
+    /// Namespaces with a Service: `<ns>.svc.<domain>` exists (with no records of its own).
+    namespaces: std::collections::HashSet<String>,
 }
 
 /// `a.b.` → `\x01a\x01b\x00`.
@@ -70,6 +72,7 @@ impl Zone {
         let mut z = Zone::default();
         for (key, svc) in services {
             let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            z.namespaces.insert(ns.to_ascii_lowercase());
             let fqdn = format!("{name}.{ns}.svc.{domain}.").to_ascii_lowercase();
             if s(svc, "/spec/type") == "ExternalName" {
                 let target = s(svc, "/spec/externalName").trim_end_matches('.');
@@ -248,6 +251,25 @@ impl ClusterDns {
                 _ => Vec::new(),
             });
         }
+        // Names with nothing of their own but names below them (the apex, `svc.`,
+        // `pod.`, a namespace's `<ns>.svc.`) exist: NODATA, not NXDOMAIN, which would
+        // tell a caching resolver that everything below is gone too (RFC 8020). The
+        // apex has the zone's SOA.
+        let apex = format!("{}.", self.domain.to_ascii_lowercase());
+        if key == apex {
+            return Some(match rtype {
+                RecordType::SOA | RecordType::ANY => vec![self.soa()],
+                _ => Vec::new(),
+            });
+        }
+        if key == format!("svc.{apex}") || key == format!("pod.{apex}") {
+            return Some(Vec::new());
+        }
+        if let Some(ns) = key.strip_suffix(&format!(".svc.{apex}"))
+            && zone.namespaces.contains(ns)
+        {
+            return Some(Vec::new());
+        }
         // `<a-b-c-d>.<ns>.pod.<domain>.`
         let labels: Vec<&str> = key.trim_end_matches('.').split('.').collect();
         let domain_labels = self.domain.split('.').count();
@@ -385,6 +407,10 @@ impl ClusterDns {
         let Some(ips) = zone.a.get(&name[..len]).filter(|ips| !ips.is_empty()) else {
             return false;
         };
+        // Over 512 bytes (a query without EDNS): the general path sets TC.
+        if q.len() + ips.len() * 16 > 512 {
+            return false;
+        }
         out.clear();
         out.extend_from_slice(&q[..2]);
         // QR, AA, RD as asked; RA; NOERROR; one question, the answers.
@@ -610,6 +636,65 @@ mod tests {
         assert!(
             matches!(&out.answers[1].data, RData::A(a) if a.0 == Ipv4Addr::new(127, 240, 0, 5))
         );
+    }
+
+    /// The apex, `svc.`, `pod.` and a namespace's `<ns>.svc.` exist without records of
+    /// their own (NODATA, the apex with its SOA); an unknown namespace's does not. A UDP
+    /// answer over 512 bytes to a query without EDNS says it is truncated.
+    #[tokio::test]
+    async fn empty_names_exist_and_big_answers_are_truncated() {
+        let many: Vec<Value> = (1..=40)
+            .map(|i| json!({"ip": format!("127.64.1.{i}")}))
+            .collect();
+        let services = BTreeMap::from([(
+            "default/many".to_string(),
+            json!({"spec": {"clusterIP": "None"}}),
+        )]);
+        let endpoints = BTreeMap::from([(
+            "default/many".to_string(),
+            json!({"subsets": [{"addresses": many}]}),
+        )]);
+        let dns = ClusterDns::new("cluster.local");
+        dns.set_zone(Zone::build("cluster.local", &services, &endpoints));
+        let ask = |name: &str, rtype| {
+            let name = Name::from_ascii(name).unwrap();
+            let dns = dns.clone();
+            async move { dns.lookup(&name, rtype).await }
+        };
+        let apex = ask("cluster.local.", RecordType::SOA).await;
+        assert_eq!(apex.code, ResponseCode::NoError);
+        assert!(
+            matches!(apex.answers[0].data, RData::SOA(_)),
+            "{:?}",
+            apex.answers
+        );
+        for name in [
+            "cluster.local.",
+            "svc.cluster.local.",
+            "pod.cluster.local.",
+            "default.svc.cluster.local.",
+        ] {
+            let out = ask(name, RecordType::A).await;
+            assert_eq!(
+                (out.code, out.answers.len()),
+                (ResponseCode::NoError, 0),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            ask("nowhere.svc.cluster.local.", RecordType::A).await.code,
+            ResponseCode::NXDomain
+        );
+        let q = query_bytes(7, "many.default.svc.cluster.local", 1);
+        let mut fast = Vec::new();
+        assert!(
+            !dns.fast_answer(&q, &mut fast),
+            "the fast path sent {} bytes",
+            fast.len()
+        );
+        let reply = dns.respond(&q).await.unwrap();
+        assert!(reply.len() <= 512, "{}", reply.len());
+        assert!(Message::from_vec(&reply).unwrap().metadata.truncation);
     }
 
     #[test]
