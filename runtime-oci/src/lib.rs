@@ -261,6 +261,9 @@ fn oom_kills(cgroup: &str) -> u64 {
     0
 }
 
+/// The longest mount options the kernel takes (one page, with its terminating zero).
+const OVERLAY_OPTIONS_MAX: usize = 4095;
+
 /// Makes the container's root: overlayfs over the image's layers, or a copy.
 fn make_rootfs(
     store: &ImageStore,
@@ -294,6 +297,11 @@ fn make_rootfs(
             Some(opts.as_str()),
         ) {
             Ok(()) => return Ok((rootfs, true)),
+            // Options longer than a page (an image of many layers in a deep store):
+            // this image is copied, the node keeps overlayfs for the others.
+            Err(e) if opts.len() >= OVERLAY_OPTIONS_MAX => {
+                tracing::warn!(error = %e, layers = image.layers.len(), "overlayfs options too long for this image; its roots are copied");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot mount overlayfs; container roots are copied from now on");
                 use_overlay.store(false, Ordering::Relaxed);
@@ -566,10 +574,18 @@ impl Runtime for OciRuntime {
                 image.clone(),
                 bundle.clone(),
             );
-            tokio::task::spawn_blocking(move || make_rootfs(&store, &flag, &img, &b))
+            let made = tokio::task::spawn_blocking(move || make_rootfs(&store, &flag, &img, &b))
                 .await
-                .map_err(|e| fail(e.to_string()))?
-                .map_err(&fail)?
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match made {
+                Ok(m) => m,
+                Err(e) => {
+                    // What was made of the root so far (a partial copy) goes too.
+                    let _ = std::fs::remove_dir_all(&bundle);
+                    return Err(fail(e));
+                }
+            }
         };
         let t_net_rootfs = t0.elapsed();
         let placement = spec::Placement {
