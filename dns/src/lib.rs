@@ -344,8 +344,18 @@ impl ClusterDns {
                         && rtype != RecordType::CNAME
                     {
                         let target = target.0.clone();
-                        let chased = Box::pin(self.lookup(&target, rtype)).await;
-                        out.answers.extend(chased.answers);
+                        // One level only: an alias to another cluster alias (or to
+                        // itself) is not followed further, so a loop cannot recurse.
+                        let chased = if self.in_domain(&target) {
+                            self.cluster_answer(&target, rtype)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|r| !matches!(r.data, RData::CNAME(_)))
+                                .collect()
+                        } else {
+                            Box::pin(self.lookup(&target, rtype)).await.answers
+                        };
+                        out.answers.extend(chased);
                     }
                 }
                 None => {

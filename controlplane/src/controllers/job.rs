@@ -246,16 +246,9 @@ pub(crate) async fn run(client: &Client, w: &World) {
                 "message": "Job resumed", "lastProbeTime": ts(now), "lastTransitionTime": ts(now)}]);
         }
         if was_suspended
-            || [
-                "startTime",
-                "active",
-                "succeeded",
-                "failed",
-                "ready",
-                "countedPods",
-            ]
-            .iter()
-            .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k])
+            || ["startTime", "active", "succeeded", "failed", "ready"]
+                .iter()
+                .any(|k| current.get(*k).unwrap_or(&json!(0)) != &status[*k])
         {
             patch_status(client, "jobs", job, status).await;
         }
