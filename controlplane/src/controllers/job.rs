@@ -43,40 +43,23 @@ fn restarts(pod: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-/// A Job's succeeded and failed counts, and the uids of its finished pods counted so far
-/// (kept in `status.countedPods` while they exist). A finished pod is counted once, when
-/// it is first seen; one deleted later (by a user, or with its node) does not lower the
-/// counts, so finished work is not run again and backoffLimit cannot be reset. A Job
-/// written before this field existed starts from what its pods and status say.
-fn tally<'a>(job: &Value, owned: &[&'a Value]) -> (i64, i64, Vec<&'a str>) {
-    let finished: Vec<(&str, bool)> = owned
-        .iter()
-        .filter_map(|p| match s(p, "/status/phase") {
-            "Succeeded" => Some((s(p, "/metadata/uid"), true)),
-            "Failed" => Some((s(p, "/metadata/uid"), false)),
-            _ => None,
-        })
-        .collect();
-    let (now_s, now_f) = (
-        finished.iter().filter(|(_, ok)| *ok).count() as i64,
-        finished.iter().filter(|(_, ok)| !*ok).count() as i64,
-    );
-    let (prior_s, prior_f) = (
-        int(job, "/status/succeeded").unwrap_or(0),
-        int(job, "/status/failed").unwrap_or(0),
-    );
-    let counted_now: Vec<&str> = finished.iter().map(|(u, _)| *u).collect();
-    let Some(counted) = job.pointer("/status/countedPods").and_then(Value::as_array) else {
-        return (prior_s.max(now_s), prior_f.max(now_f), counted_now);
-    };
-    let counted: Vec<&str> = counted.iter().filter_map(Value::as_str).collect();
-    let new = |want: bool| {
-        finished
+/// A Job's succeeded and failed counts: never lower than its status says, so a
+/// finished pod deleted after it was counted (by a user, or with its node) neither
+/// reruns its work nor resets backoffLimit. (One deleted before a pass counted it is
+/// not counted: the API keeps no field to remember counted pods by.)
+fn tally(job: &Value, owned: &[&Value]) -> (i64, i64) {
+    let phase = |want: &str| {
+        owned
             .iter()
-            .filter(|(u, ok)| *ok == want && !counted.contains(u))
+            .filter(|p| s(p, "/status/phase") == want)
             .count() as i64
     };
-    (prior_s + new(true), prior_f + new(false), counted_now)
+    (
+        int(job, "/status/succeeded")
+            .unwrap_or(0)
+            .max(phase("Succeeded")),
+        int(job, "/status/failed").unwrap_or(0).max(phase("Failed")),
+    )
 }
 
 pub(crate) async fn run(client: &Client, w: &World) {
@@ -97,7 +80,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .map(|v| v.as_ref())
             .collect();
         let active: Vec<&Value> = owned.iter().copied().filter(|p| is_active(p)).collect();
-        let (succeeded, failed_pods, counted) = tally(job, &owned);
+        let (succeeded, failed_pods) = tally(job, &owned);
         let failures = failed_pods + owned.iter().map(|p| restarts(p)).sum::<i64>();
 
         if let Some((_, at)) = finished(job) {
@@ -152,7 +135,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
             let suspended = json!({"type": "Suspended", "status": "True", "reason": "JobSuspended",
                 "message": "Job suspended", "lastProbeTime": ts(now), "lastTransitionTime": ts(now)});
             let status = json!({"active": 0, "succeeded": succeeded, "failed": failed_pods,
-                "ready": 0, "conditions": [suspended], "countedPods": counted});
+                "ready": 0, "conditions": [suspended]});
             let current = job.get("status").cloned().unwrap_or(json!({}));
             let already = current
                 .pointer("/conditions")
@@ -184,7 +167,6 @@ pub(crate) async fn run(client: &Client, w: &World) {
             None
         };
         let mut status = json!({"startTime": ts(start), "active": active.len(), "succeeded": succeeded, "failed": failed_pods,
-            "countedPods": counted,
             "ready": active.iter().filter(|p| super::is_ready(p)).count()});
         if let Some((kind, reason, message)) = outcome {
             // Whatever still runs is stopped.
@@ -263,33 +245,19 @@ mod tests {
         json!({"metadata": {"uid": uid}, "status": {"phase": phase}})
     }
 
-    /// Finished pods count once; one that is deleted afterwards keeps its count; a Job
-    /// from before `countedPods` starts from the larger of its status and its pods.
+    /// The counts never go below the status: pods deleted after they were counted
+    /// keep their count, and new ones raise it.
     #[test]
-    fn finished_pods_are_counted_once_and_stay_counted() {
-        let job = json!({"status": {"succeeded": 2, "failed": 1, "countedPods": ["a", "b", "x"]}});
-        // `a` and the failed `x` were deleted; `c` succeeded since; `d` still runs.
-        let (b, c, d) = (
-            pod("b", "Succeeded"),
+    fn counts_never_go_below_the_status() {
+        let job = json!({"status": {"succeeded": 2, "failed": 1}});
+        let (b, d) = (pod("b", "Succeeded"), pod("d", "Running"));
+        assert_eq!(tally(&job, &[&b, &d]), (2, 1));
+        let (c, e, f) = (
             pod("c", "Succeeded"),
-            pod("d", "Running"),
+            pod("e", "Succeeded"),
+            pod("f", "Failed"),
         );
-        let (s, f, counted) = tally(&job, &[&b, &c, &d]);
-        assert_eq!((s, f), (3, 1));
-        assert_eq!(counted, ["b", "c"]);
-        // The next pass, with nothing new: the same counts.
-        let job = json!({"status": {"succeeded": 3, "failed": 1, "countedPods": counted}});
-        assert_eq!(tally(&job, &[&b, &c, &d]).0, 3);
-        let failed = pod("e", "Failed");
-        assert_eq!(tally(&job, &[&b, &c, &failed]).1, 2);
-        // Before countedPods: nothing counted twice, nothing lost.
-        let legacy = json!({"status": {"succeeded": 2, "failed": 0}});
-        let (s, f, counted) = tally(&legacy, &[&b, &c, &d]);
-        assert_eq!((s, f, counted.len()), (2, 0, 2));
-        let fresh = json!({});
-        assert_eq!(
-            tally(&fresh, &[&b, &c, &failed]),
-            (2, 1, vec!["b", "c", "e"])
-        );
+        assert_eq!(tally(&job, &[&b, &c, &e, &f]), (3, 1));
+        assert_eq!(tally(&json!({}), &[&b, &f]), (1, 1));
     }
 }

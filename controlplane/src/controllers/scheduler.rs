@@ -278,26 +278,26 @@ fn filter(pod: &PodInfo, node: &NodeInfo) -> Option<String> {
 /// node selector and affinity, and NoSchedule/NoExecute taints (the DaemonSet
 /// controller's `nodeShouldRunDaemonPod`).
 pub(crate) fn placement_allows(pod: &Value, node: &Value) -> bool {
-    let (pod, node) = (PodInfo::of(pod), NodeInfo::of(node));
-    node.runtimes.contains(&pod.runtime)
-        && affinity_matches(&pod, &node)
-        && node
-            .taints
-            .iter()
-            .all(|t| pod.tolerations.iter().any(|tol| tolerates(tol, t)))
+    placement(pod, node, &["NoSchedule", "NoExecute"])
 }
 
 /// Whether a pod already on `node` may stay there (a DaemonSet's second test): as
 /// [`placement_allows`], except that only the NoExecute taints it does not tolerate
 /// count. A NoSchedule taint keeps new pods off a node, not the ones already on it.
 pub(crate) fn placement_keeps(pod: &Value, node: &Value) -> bool {
+    placement(pod, node, &["NoExecute"])
+}
+
+/// Runtime, node selector and affinity, and the taints of `effects` the pod does not
+/// tolerate.
+fn placement(pod: &Value, node: &Value, effects: &[&str]) -> bool {
     let (pod, node) = (PodInfo::of(pod), NodeInfo::of(node));
     node.runtimes.contains(&pod.runtime)
         && affinity_matches(&pod, &node)
         && node
             .taints
             .iter()
-            .filter(|t| s(t, "/effect") == "NoExecute")
+            .filter(|t| effects.contains(&s(t, "/effect")))
             .all(|t| pod.tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
