@@ -4,14 +4,12 @@
 //! after the partition heals every server converges on the majority's history (the write
 //! the cut-off leader took but could not commit is gone). Needs root and iproute2.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use common::{Proc, WK, leader_of, wait_blocking};
+use crate::common::{Proc, WK, leader_of, wait_blocking};
 
 /// A router namespace and three server namespaces, each linked to the router.
 struct Net {

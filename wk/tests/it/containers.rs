@@ -4,8 +4,7 @@
 //! exec probes, graceful stop, Services and DNS across the two runtimes. Needs root,
 //! runc and busybox-static (`scripts/test.sh` installs them).
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,7 @@ use wk_client::Client;
 use wk_runtime_oci::archive;
 use wk_runtime_oci::store::ImageConfig;
 
-use common::{TestServer, is_ready, list, sample, start_agent_with, stdout, wait_for};
+use crate::common::{TestServer, is_ready, list, sample, start_agent_with, stdout, wait_for};
 
 /// Pod ranges of their own for these tests' agents. The default range comes from a hash
 /// of the node name, and agents of tests running in parallel on this host may share one;

@@ -1,15 +1,14 @@
 //! `wk up` as the README runs it: one process, the sample applied, curl reaches it;
 //! `wk down` stops it and the next `wk up` resumes the same state.
 
-mod common;
-
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::WK;
+use crate::common::WK;
 
 struct Up {
     child: Child,

@@ -1,8 +1,7 @@
 //! The `wk` CLI and `kubectl` against a real `wk server` process.
 
-mod common;
-
-use common::{TestServer, stderr, stdout, write};
+use crate::common;
+use crate::common::{TestServer, stderr, stdout, write};
 
 const MANIFEST: &str = r#"
 apiVersion: v1

@@ -3,8 +3,7 @@
 //! reads, and killing the leader with SIGKILL under a steady write load loses no
 //! acknowledged write.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +12,8 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::{Client, ClientConfig};
 
-use common::linearizable::{self, Op};
-use common::{TestServer, entries, leader_of, stdout, wait_for};
+use crate::common::linearizable::{self, Op};
+use crate::common::{TestServer, entries, leader_of, stdout, wait_for};
 
 /// A client of one particular server.
 fn client_of(first: &TestServer, port: u16) -> Client {

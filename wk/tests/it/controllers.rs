@@ -2,15 +2,14 @@
 //! spreading, Endpoints, a node dying and its pods coming back elsewhere, Jobs, and an
 //! unschedulable pod explained.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use common::{TestServer, cluster, is_ready, list, sample, start_agent, wait_for};
+use crate::common::{TestServer, cluster, is_ready, list, sample, start_agent, wait_for};
 
 /// Three replicas spread over three nodes, listed in Endpoints; one agent is killed and
 /// its pod is replaced on another node.

@@ -5,14 +5,12 @@
 //! second node gets an address from its range and is reached by name from the first.
 //! Needs root, iproute2, runc and busybox-static (`scripts/test.sh` installs them).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use common::{Proc, WK, sample, wait_blocking};
+use crate::common::{Proc, WK, sample, wait_blocking};
 use wk_runtime_oci::archive;
 use wk_runtime_oci::store::ImageConfig;
 

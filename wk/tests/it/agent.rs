@@ -2,15 +2,14 @@
 //! status, serving on the pod IP, completion, deletion, probes, admission, outages.
 //! Most tests bind pods by setting spec.nodeName, so they exercise the agent alone.
 
-mod common;
-
+use crate::common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
 
-use common::{TestServer, WK, node_token, sample, start_agent, start_agent_with, wait_for};
+use crate::common::{TestServer, WK, node_token, sample, start_agent, start_agent_with, wait_for};
 
 #[tokio::test]
 async fn agent_runs_wasm_pods_bound_to_it() {

@@ -2,8 +2,7 @@
 //! clients: a Service VIP spreads over three replicas, follows the Endpoints, loses no
 //! request during a rolling update, and NodePort, UDP and client affinity work.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +12,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use common::{cluster, get_text, is_ready, list, sample, wait_for};
+use crate::common::{cluster, get_text, is_ready, list, sample, wait_for};
 
 /// A client that opens a new connection for every request, as most tests of a balancer
 /// do, so every request is balanced anew.

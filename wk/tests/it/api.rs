@@ -1,8 +1,7 @@
 //! End-to-end tests of the API server: the real `wk server` process on loopback, driven
 //! over HTTPS with the project's client (reqwest + rustls, trusting the cluster CA).
 
-mod common;
-
+use crate::common;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +9,7 @@ use serde_json::{Value, json};
 use wk_api::resource::{ResourceType, by_plural, lookup};
 use wk_client::{ClientError, ListParams};
 
-use common::TestServer;
+use crate::common::TestServer;
 
 fn rt(name: &str) -> &'static ResourceType {
     lookup(name).unwrap()
