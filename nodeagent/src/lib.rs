@@ -326,15 +326,22 @@ impl Agent {
             tracing::warn!(%ip, error = %e, "cannot add a pod address");
             return false;
         }
-        port.is_none_or(|p| !(on_host || loopback) || std::net::TcpListener::bind((ip, p)).is_ok())
+        let free = port
+            .is_none_or(|p| !(on_host || loopback) || std::net::TcpListener::bind((ip, p)).is_ok());
+        if !free && !loopback && on_host {
+            hostnet::del_addr(ip);
+        }
+        free
     }
 
     /// Gives back a pod's address (off loopback: removes it from the interface).
     pub(crate) fn release_ip(&self, ip: Ipv4Addr, on_host: bool) {
-        self.pod_ips.lock().expect("pod ips lock").held.remove(&ip);
+        // The address leaves the host before it is free to claim again, so a new pod
+        // given it never has it removed under it.
         if on_host && !self.cfg.pod_cidr.is_loopback() && self.cfg.pod_cidr.contains(ip) {
             hostnet::del_addr(ip);
         }
+        self.pod_ips.lock().expect("pod ips lock").held.remove(&ip);
     }
 
     /// Routes every other node's pod range via its InternalIP, when pod ranges are not

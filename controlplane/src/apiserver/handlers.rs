@@ -650,6 +650,7 @@ fn prepare_update(target: &Target, current: &Value, incoming: Value) -> Result<V
 /// deleted with no grace period left to run (a finalizer's wait) and its last finalizer
 /// is gone, it is removed instead. A pod in its graceful deletion stays until its node
 /// finishes it, whatever is updated meanwhile (Kubernetes' `ShouldDeleteDuringUpdate`).
+/// A namespace removed this way loses its contents first.
 async fn commit_update(
     state: &ApiState,
     target: &Target,
@@ -669,6 +670,11 @@ async fn commit_update(
         .and_then(Value::as_i64)
         .is_some_and(|g| g > 0);
     if next.deletion_timestamp().is_some() && next.finalizers().is_empty() && !graceful {
+        if target.rt.kind == "Namespace" {
+            // A namespace whose deletion was cut short still holds objects: they go
+            // first, as its DELETE would have done.
+            delete_namespace_contents(state, &name).await?;
+        }
         let r = state
             .store
             .write_one(Op::Delete { key, precondition })
@@ -689,7 +695,7 @@ async fn commit_update(
     let service = target.rt.kind == "Service" && target.subresource.is_none();
     let mut next = next;
     let reserved = if service {
-        super::ipalloc::reserve_update(state, target.rt, current, &mut next).await?
+        super::ipalloc::reserve_update(state, target.rt, &mut next).await?
     } else {
         Vec::new()
     };
@@ -946,10 +952,15 @@ async fn delete_one(
     let name = current.name().unwrap_or("").to_string();
     let key = key_of(target, &name);
     let namespace = target.rt.kind == "Namespace";
-    if current.deletion_timestamp().is_some()
-        && !(target.rt.kind == "Pod" && opts.grace_period == Some(0))
-        && !namespace
-    {
+    // A pod's deletion can be cut short to no grace (its node finishing it); one with
+    // none left waits for its finalizers like any object, and is not written again.
+    let shortened = target.rt.kind == "Pod"
+        && opts.grace_period == Some(0)
+        && current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_none_or(|g| g > 0);
+    if current.deletion_timestamp().is_some() && !shortened && !namespace {
         // Already being deleted: nothing more to do until finalizers or the node finish.
         return Ok(Ok(json_response(StatusCode::ACCEPTED, &current)));
     }

@@ -53,6 +53,16 @@ async fn reserve(state: &ApiState, key: String, owner: &str) -> Result<bool, Api
     }
 }
 
+/// Who holds an allocation key, if anyone.
+async fn holder(state: &ApiState, key: &str) -> Result<Option<String>, ApiError> {
+    let k = key.to_string();
+    let text = state.store.read(move |sm| sm.get(&k)).await?;
+    Ok(text.and_then(|t| {
+        let held: Value = serde_json::from_str(&t).ok()?;
+        Some(held.get("service")?.as_str()?.to_string())
+    }))
+}
+
 async fn taken(state: &ApiState, prefix: &'static str) -> Result<Vec<String>, ApiError> {
     let (_, items, _) = state.store.read(move |sm| sm.list(prefix, None, 0)).await?;
     Ok(items
@@ -131,7 +141,8 @@ async fn release_keys(state: &ApiState, owner: &str, keys: Vec<String>) {
     }
 }
 
-/// An update of a Service: node ports it names anew are reserved (a port another
+/// An update of a Service: an ExternalName alias that becomes another type gets a
+/// cluster IP, as on create; node ports it names anew are reserved (a port another
 /// Service holds is refused), ports of a NodePort Service that have none are given one,
 /// and a Service that is no longer NodePort or LoadBalancer gives its up. Returns the
 /// keys reserved here (to release if the write fails); [`release_dropped`] frees what
@@ -139,7 +150,6 @@ async fn release_keys(state: &ApiState, owner: &str, keys: Vec<String>) {
 pub async fn reserve_update(
     state: &ApiState,
     rt: &ResourceType,
-    current: &Value,
     next: &mut Value,
 ) -> Result<Vec<String>, ApiError> {
     let kind = next
@@ -147,15 +157,6 @@ pub async fn reserve_update(
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP")
         .to_string();
-    if !matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-        if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
-            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                p.remove("nodePort");
-            }
-        }
-        return Ok(Vec::new());
-    }
-    let had: std::collections::HashSet<String> = keys_of(current).into_iter().collect();
     let owner = owner_of(next);
     let name = next
         .pointer("/metadata/name")
@@ -163,7 +164,24 @@ pub async fn reserve_update(
         .unwrap_or("")
         .to_string();
     let mut held = Vec::new();
-    let result = node_ports(state, rt, &name, &owner, next, &had, &mut held).await;
+    let no_ip = next
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
+    let mut result = Ok(());
+    if kind != "ExternalName" && no_ip {
+        let cidr = state.service_cidr;
+        result = cluster_ip(state, rt, cidr, (&name, &owner), next, &mut held).await;
+    }
+    if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
+        if result.is_ok() {
+            result = node_ports(state, rt, &name, &owner, next, &mut held).await;
+        }
+    } else if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.remove("nodePort");
+        }
+    }
     if let Err(e) = result {
         release_keys(state, &owner, held).await;
         return Err(e);
@@ -186,15 +204,15 @@ pub async fn release_reserved(state: &ApiState, svc: &Value, keys: Vec<String>) 
     release_keys(state, &owner_of(svc), keys).await;
 }
 
-/// Gives each port of `svc` a node port: its own if it names one (reserved unless in
-/// `had`, refused if another Service holds it), else a free one.
+/// Gives each port of `svc` a node port: its own if it names one (reserved unless it
+/// holds it already, refused if another Service does), else a free one. `held` gets the
+/// keys reserved here.
 async fn node_ports(
     state: &ApiState,
     rt: &ResourceType,
     name: &str,
     owner: &str,
     svc: &mut Value,
-    had: &std::collections::HashSet<String>,
     held: &mut Vec<String>,
 ) -> Result<(), ApiError> {
     let used: std::collections::HashSet<String> =
@@ -209,10 +227,10 @@ async fn node_ports(
         let proto = port["protocol"].as_str().unwrap_or("TCP").to_string();
         if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
             let key = format!("{PORT_PREFIX}{proto}/{np}");
-            if had.contains(&key) {
-                continue;
-            }
             if !reserve(state, key.clone(), owner).await? {
+                if holder(state, &key).await?.as_deref() == Some(owner) {
+                    continue;
+                }
                 return Err(invalid(
                     rt,
                     name,
@@ -249,6 +267,83 @@ async fn node_ports(
     Ok(())
 }
 
+/// Gives a Service its cluster IP: `None` (headless), the one it names (refused if
+/// outside the range or taken), or a free one. `held` gets the key reserved here.
+async fn cluster_ip(
+    state: &ApiState,
+    rt: &ResourceType,
+    cidr: ServiceCidr,
+    (name, owner): (&str, &str),
+    svc: &mut Value,
+    held: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let wanted = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if wanted == "None" {
+        svc["spec"]["clusterIPs"] = json!(["None"]);
+    } else if !wanted.is_empty() {
+        let ip: Ipv4Addr = wanted.parse().map_err(|_| {
+            invalid(
+                rt,
+                name,
+                "spec.clusterIP",
+                &wanted,
+                "must be an IPv4 address",
+            )
+        })?;
+        if !cidr.contains(ip) {
+            return Err(invalid(
+                rt,
+                name,
+                "spec.clusterIP",
+                &wanted,
+                &format!("provided IP is not in the valid range. The range of valid IPs is {cidr}"),
+            ));
+        }
+        let key = format!("{IP_PREFIX}{ip}");
+        if !reserve(state, key.clone(), owner).await? {
+            return Err(invalid(
+                rt,
+                name,
+                "spec.clusterIP",
+                &wanted,
+                "provided IP is already allocated",
+            ));
+        }
+        held.push(key);
+        svc["spec"]["clusterIPs"] = json!([wanted]);
+    } else {
+        let used: std::collections::HashSet<String> =
+            taken(state, IP_PREFIX).await?.into_iter().collect();
+        let size = cidr.size();
+        let start = rand::rng().random_range(0..size);
+        let mut found = None;
+        for i in 0..size {
+            let ip = cidr.nth((start + i) % size);
+            if used.contains(&ip.to_string()) {
+                continue;
+            }
+            let key = format!("{IP_PREFIX}{ip}");
+            if reserve(state, key.clone(), owner).await? {
+                held.push(key);
+                found = Some(ip);
+                break;
+            }
+        }
+        let Some(ip) = found else {
+            return Err(ApiError(Status::internal(format!(
+                "failed to allocate a serviceIP: range is full ({cidr})"
+            ))));
+        };
+        svc["spec"]["clusterIP"] = json!(ip.to_string());
+        svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+    }
+    Ok(())
+}
+
 /// Fills `spec.clusterIP`/`clusterIPs` and node ports of a new Service and reserves them.
 /// On error nothing stays reserved.
 pub async fn allocate(
@@ -276,57 +371,10 @@ pub async fn allocate(
     let mut held: Vec<String> = Vec::new();
     let result = async {
         if kind != "ExternalName" {
-            let wanted = svc
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            if wanted == "None" {
-                svc["spec"]["clusterIPs"] = json!(["None"]);
-            } else if !wanted.is_empty() {
-                let ip: Ipv4Addr = wanted.parse().map_err(|_| {
-                    invalid(rt, &name, "spec.clusterIP", &wanted, "must be an IPv4 address")
-                })?;
-                if !cidr.contains(ip) {
-                    return Err(invalid(rt, &name, "spec.clusterIP", &wanted,
-                        &format!("provided IP is not in the valid range. The range of valid IPs is {cidr}")));
-                }
-                let key = format!("{IP_PREFIX}{ip}");
-                if !reserve(state, key.clone(), &owner).await? {
-                    return Err(invalid(rt, &name, "spec.clusterIP", &wanted, "provided IP is already allocated"));
-                }
-                held.push(key);
-                svc["spec"]["clusterIPs"] = json!([wanted]);
-            } else {
-                let used: std::collections::HashSet<String> =
-                    taken(state, IP_PREFIX).await?.into_iter().collect();
-                let size = cidr.size();
-                let start = rand::rng().random_range(0..size);
-                let mut found = None;
-                for i in 0..size {
-                    let ip = cidr.nth((start + i) % size);
-                    if used.contains(&ip.to_string()) {
-                        continue;
-                    }
-                    let key = format!("{IP_PREFIX}{ip}");
-                    if reserve(state, key.clone(), &owner).await? {
-                        held.push(key);
-                        found = Some(ip);
-                        break;
-                    }
-                }
-                let Some(ip) = found else {
-                    return Err(ApiError(Status::internal(format!(
-                        "failed to allocate a serviceIP: range is full ({cidr})"
-                    ))));
-                };
-                svc["spec"]["clusterIP"] = json!(ip.to_string());
-                svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
-            }
+            cluster_ip(state, rt, cidr, (&name, &owner), svc, &mut held).await?;
         }
         if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-            let none = std::collections::HashSet::new();
-            node_ports(state, rt, &name, &owner, svc, &none, &mut held).await?;
+            node_ports(state, rt, &name, &owner, svc, &mut held).await?;
         }
         Ok(())
     }

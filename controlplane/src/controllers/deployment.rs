@@ -308,6 +308,24 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     {
         set_revision(client, d, revision).await;
     }
+    // minReadySeconds follows the Deployment into its current ReplicaSet, as in
+    // Kubernetes.
+    let min_ready = d
+        .pointer("/spec/minReadySeconds")
+        .cloned()
+        .unwrap_or(json!(0));
+    if new.pointer("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
+        let _ = client
+            .patch(
+                rs_rt,
+                Some(ns),
+                s(new, "/metadata/name"),
+                "application/merge-patch+json",
+                &json!({"spec": {"minReadySeconds": min_ready}}),
+                &[],
+            )
+            .await;
+    }
     let new_uid = s(new, "/metadata/uid");
     let mut old: Vec<&Value> = owned
         .iter()

@@ -3,6 +3,15 @@
 //! restarts under `restartPolicy: OnFailure`) fail the Job (`BackoffLimitExceeded`), as
 //! does running past `activeDeadlineSeconds` (`DeadlineExceeded`); a finished Job with
 //! `ttlSecondsAfterFinished` is deleted that long after it finished (its pods go with it).
+//!
+//! Every pod counts once, as in Kubernetes: a Job's pods carry the
+//! `batch.kubernetes.io/job-tracking` finalizer, so a pod that finished (or is being
+//! deleted before it succeeded, a failure) stays until it is counted. A pass adds the
+//! newly finished pods to `status.succeeded`/`failed` and their uids to
+//! `status.uncountedTerminatedPods` in one status write, then removes their finalizers;
+//! a uid leaves that list once its pod has no finalizer left. A pod deleted by a user
+//! or with its node is counted all the same, and a counted pod deleted later is not
+//! run again.
 
 use serde_json::{Value, json};
 use wk_api::resource::lookup;
@@ -43,29 +52,139 @@ fn restarts(pod: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-/// A Job's succeeded and failed counts: never lower than its status says, so a
-/// finished pod deleted after it was counted (by a user, or with its node) neither
-/// reruns its work nor resets backoffLimit. (One deleted before a pass counted it is
-/// not counted: the API keeps no field to remember counted pods by.)
-fn tally(job: &Value, owned: &[&Value]) -> (i64, i64) {
-    let phase = |want: &str| {
-        owned
+/// The finalizer that keeps a Job's pod until the Job has counted it.
+pub(crate) const TRACKING: &str = "batch.kubernetes.io/job-tracking";
+
+fn tracked(pod: &Value) -> bool {
+    pod.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| f.iter().any(|x| x == TRACKING))
+}
+
+/// How a pod ended, for its Job: `Some(true)` succeeded, `Some(false)` failed (a pod
+/// deleted before it succeeded failed too), `None` not yet.
+fn outcome_of(pod: &Value) -> Option<bool> {
+    match s(pod, "/status/phase") {
+        "Succeeded" => Some(true),
+        "Failed" => Some(false),
+        _ if pod.pointer("/metadata/deletionTimestamp").is_some() => Some(false),
+        _ => None,
+    }
+}
+
+fn uid_list(job: &Value, which: &str) -> Vec<String> {
+    let mut uids: Vec<String> = job
+        .pointer(&format!("/status/uncountedTerminatedPods/{which}"))
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    uids.sort();
+    uids
+}
+
+/// A Job's counts after this pass, and its next `uncountedTerminatedPods` (sorted): the
+/// status counts plus the tracked pods that ended and are not listed yet; listed uids
+/// stay while their pods still carry the finalizer. A suspended Job's pods deleted
+/// while running were stopped by the suspension: they are no failures.
+#[derive(Debug, PartialEq)]
+struct Tally {
+    succeeded: i64,
+    failed: i64,
+    uncounted_succeeded: Vec<String>,
+    uncounted_failed: Vec<String>,
+}
+
+impl Tally {
+    /// Whether `pod` is counted, its finalizer still to go.
+    fn lists(&self, pod: &Value) -> bool {
+        let uid = s(pod, "/metadata/uid");
+        self.uncounted_succeeded
             .iter()
-            .filter(|p| s(p, "/status/phase") == want)
-            .count() as i64
+            .chain(&self.uncounted_failed)
+            .any(|u| u == uid)
+    }
+}
+
+fn tally(job: &Value, owned: &[&Value], suspended: bool) -> Tally {
+    let (listed_ok, listed_failed) = (uid_list(job, "succeeded"), uid_list(job, "failed"));
+    let mut t = Tally {
+        succeeded: int(job, "/status/succeeded").unwrap_or(0),
+        failed: int(job, "/status/failed").unwrap_or(0),
+        uncounted_succeeded: Vec::new(),
+        uncounted_failed: Vec::new(),
     };
-    (
-        int(job, "/status/succeeded")
-            .unwrap_or(0)
-            .max(phase("Succeeded")),
-        int(job, "/status/failed").unwrap_or(0).max(phase("Failed")),
-    )
+    for pod in owned.iter().filter(|p| tracked(p)) {
+        let uid = s(pod, "/metadata/uid").to_string();
+        if listed_ok.contains(&uid) {
+            t.uncounted_succeeded.push(uid);
+        } else if listed_failed.contains(&uid) {
+            t.uncounted_failed.push(uid);
+        } else {
+            match outcome_of(pod) {
+                Some(false) if suspended && s(pod, "/status/phase") != "Failed" => {}
+                Some(true) => {
+                    t.succeeded += 1;
+                    t.uncounted_succeeded.push(uid);
+                }
+                Some(false) => {
+                    t.failed += 1;
+                    t.uncounted_failed.push(uid);
+                }
+                None => {}
+            }
+        }
+    }
+    t.uncounted_succeeded.sort();
+    t.uncounted_failed.sort();
+    t
+}
+
+/// Removes the tracking finalizer from `pod` (guarded by its resourceVersion; a pass
+/// that loses the race tries again in the next one).
+async fn release(client: &Client, pod: &Value) {
+    let finalizers: Vec<&Value> = pod
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| f.iter().filter(|x| *x != TRACKING).collect())
+        .unwrap_or_default();
+    let patch = json!({"metadata": {"finalizers": finalizers,
+        "resourceVersion": s(pod, "/metadata/resourceVersion")}});
+    if let Err(e) = client
+        .patch(
+            lookup("pods").expect("pods"),
+            Some(s(pod, "/metadata/namespace")),
+            s(pod, "/metadata/name"),
+            "application/merge-patch+json",
+            &patch,
+            &[],
+        )
+        .await
+    {
+        tracing::debug!(pod = s(pod, "/metadata/name"), error = %e, "removing the job-tracking finalizer failed");
+    }
 }
 
 pub(crate) async fn run(client: &Client, w: &World) {
     let pods_rt = lookup("pods").expect("pods");
     let jobs_rt = lookup("jobs").expect("jobs");
     let now = jiff::Timestamp::now();
+    // Pods whose Job is gone, or going, are not counted any more.
+    let counting: std::collections::HashSet<&str> = w
+        .jobs
+        .iter()
+        .filter(|j| j.pointer("/metadata/deletionTimestamp").is_none() && finished(j).is_none())
+        .map(|j| s(j, "/metadata/uid"))
+        .collect();
+    for pod in w.pods.iter().filter(|p| tracked(p)) {
+        if !controller_uid(pod).is_some_and(|u| counting.contains(u)) {
+            release(client, pod).await;
+        }
+    }
     for job in &w.jobs {
         if job.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
@@ -80,10 +199,42 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .map(|v| v.as_ref())
             .collect();
         let active: Vec<&Value> = owned.iter().copied().filter(|p| is_active(p)).collect();
-        let (succeeded, failed_pods) = tally(job, &owned);
+        let suspended = job.pointer("/spec/suspend") == Some(&json!(true));
+        if finished(job).is_none() {
+            let t = tally(job, &owned, suspended);
+            let listed = (uid_list(job, "succeeded"), uid_list(job, "failed"));
+            if listed != (t.uncounted_succeeded.clone(), t.uncounted_failed.clone()) {
+                // The counts are stored before any finalizer goes: a pod leaves only
+                // once it is counted. The next pass goes on from the written status.
+                let status = json!({"succeeded": t.succeeded, "failed": t.failed,
+                    "uncountedTerminatedPods": {"succeeded": t.uncounted_succeeded, "failed": t.uncounted_failed}});
+                if patch_status(client, "jobs", job, status).await {
+                    for pod in owned.iter().filter(|p| t.lists(p)) {
+                        release(client, pod).await;
+                    }
+                }
+                continue;
+            }
+            // Stopped by the suspension: not counted, only let go.
+            for pod in owned
+                .iter()
+                .filter(|p| suspended && tracked(p) && outcome_of(p).is_some() && !t.lists(p))
+            {
+                release(client, pod).await;
+            }
+        }
+        let (succeeded, failed_pods) = (
+            int(job, "/status/succeeded").unwrap_or(0),
+            int(job, "/status/failed").unwrap_or(0),
+        );
         let failures = failed_pods + owned.iter().map(|p| restarts(p)).sum::<i64>();
 
         if let Some((_, at)) = finished(job) {
+            // A finished Job counts no more: its pods were let go above.
+            if !uid_list(job, "succeeded").is_empty() || !uid_list(job, "failed").is_empty() {
+                let empty = json!({"uncountedTerminatedPods": {"succeeded": [], "failed": []}});
+                patch_status(client, "jobs", job, empty).await;
+            }
             if let Some(ttl) = int(job, "/spec/ttlSecondsAfterFinished") {
                 if now.duration_since(at).as_secs() >= ttl {
                     tracing::info!(job = name, "deleting a finished job after its ttl");
@@ -126,7 +277,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
         };
         // Suspended (`spec.suspend`): no pods run and the clock of activeDeadlineSeconds
         // stops, as in Kubernetes; resuming starts pods again.
-        if job.pointer("/spec/suspend") == Some(&json!(true)) {
+        if suspended {
             for p in &active {
                 let _ = client
                     .delete(pods_rt, Some(ns), s(p, "/metadata/name"), &json!({}))
@@ -207,6 +358,13 @@ pub(crate) async fn run(client: &Client, w: &World) {
             meta["labels"]["batch.kubernetes.io/job-name"] = json!(name);
             meta["labels"]["controller-uid"] = json!(uid);
             meta["labels"]["batch.kubernetes.io/controller-uid"] = json!(uid);
+            let mut finalizers = meta
+                .get("finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            finalizers.push(json!(TRACKING));
+            meta["finalizers"] = json!(finalizers);
             let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec").cloned().unwrap_or_default()});
             match client.create(pods_rt, Some(ns), &pod, &[]).await {
                 Ok(p) => event(
@@ -241,23 +399,59 @@ pub(crate) async fn run(client: &Client, w: &World) {
 mod tests {
     use super::*;
 
-    fn pod(uid: &str, phase: &str) -> Value {
-        json!({"metadata": {"uid": uid}, "status": {"phase": phase}})
+    fn pod(uid: &str, phase: &str, tracking: bool) -> Value {
+        let finalizers = if tracking {
+            json!([TRACKING])
+        } else {
+            json!([])
+        };
+        json!({"metadata": {"uid": uid, "finalizers": finalizers}, "status": {"phase": phase}})
     }
 
-    /// The counts never go below the status: pods deleted after they were counted
-    /// keep their count, and new ones raise it.
+    fn uids(l: &[&str]) -> Vec<String> {
+        l.iter().map(|u| u.to_string()).collect()
+    }
+
+    /// Each pod counts once: tracked pods that ended are added and listed; listed ones
+    /// are not added again; untracked ones (counted earlier) are not seen at all, so
+    /// pods deleted after they were counted keep their count.
     #[test]
-    fn counts_never_go_below_the_status() {
-        let job = json!({"status": {"succeeded": 2, "failed": 1}});
-        let (b, d) = (pod("b", "Succeeded"), pod("d", "Running"));
-        assert_eq!(tally(&job, &[&b, &d]), (2, 1));
-        let (c, e, f) = (
-            pod("c", "Succeeded"),
-            pod("e", "Succeeded"),
-            pod("f", "Failed"),
+    fn each_pod_counts_once() {
+        let job = json!({"status": {"succeeded": 2, "failed": 1,
+            "uncountedTerminatedPods": {"succeeded": ["b"]}}});
+        let b = pod("b", "Succeeded", true);
+        let c = pod("c", "Succeeded", true);
+        let d = pod("d", "Running", true);
+        let e = pod("e", "Succeeded", false);
+        let f = pod("f", "Failed", true);
+        let t = tally(&job, &[&f, &e, &d, &c, &b], false);
+        assert_eq!(
+            t,
+            Tally {
+                succeeded: 3,
+                failed: 2,
+                uncounted_succeeded: uids(&["b", "c"]),
+                uncounted_failed: uids(&["f"]),
+            }
         );
-        assert_eq!(tally(&job, &[&b, &c, &e, &f]), (3, 1));
-        assert_eq!(tally(&json!({}), &[&b, &f]), (1, 1));
+        // A listed pod whose finalizer is gone leaves the list, and keeps its count.
+        let written = json!({"status": {"succeeded": 3, "failed": 2,
+            "uncountedTerminatedPods": {"succeeded": ["b", "c"], "failed": ["f"]}}});
+        let b_done = pod("b", "Succeeded", false);
+        let t = tally(&written, &[&b_done, &c, &f], false);
+        assert_eq!((t.succeeded, t.failed), (3, 2));
+        assert_eq!(t.uncounted_succeeded, uids(&["c"]));
+        assert!(t.lists(&c) && !t.lists(&b_done));
+    }
+
+    /// A pod deleted while running failed, unless the Job's suspension stopped it.
+    #[test]
+    fn a_deleted_running_pod_failed_unless_suspended() {
+        let mut p = pod("p", "Running", true);
+        p["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let job = json!({"status": {}});
+        assert_eq!(tally(&job, &[&p], false).failed, 1);
+        assert_eq!(tally(&job, &[&p], true).failed, 0);
+        assert!(!tally(&job, &[&p], true).lists(&p));
     }
 }

@@ -171,8 +171,8 @@ pub(crate) fn is_active(pod: &Value) -> bool {
         && !matches!(s(pod, "/status/phase"), "Succeeded" | "Failed")
 }
 
-/// Patches an object's `/status` with a merge patch.
-pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, status: Value) {
+/// Patches an object's `/status` with a merge patch; whether it was written.
+pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, status: Value) -> bool {
     let rt = lookup(kind).expect("kind registered");
     let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
     if let Err(e) = client
@@ -186,7 +186,9 @@ pub(crate) async fn patch_status(client: &Client, kind: &str, obj: &Value, statu
         .await
     {
         tracing::debug!(error = %e, kind, "status patch failed");
+        return false;
     }
+    true
 }
 
 /// Records an Event about `obj` (best effort).

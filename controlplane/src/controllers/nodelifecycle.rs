@@ -83,14 +83,17 @@ pub(crate) struct Renewals(HashMap<String, (String, Instant)>);
 
 impl Renewals {
     /// How long `node`'s Lease has gone unrenewed: zero when its `renew_time` differs
-    /// from the one seen before (or is the first seen), else the time since it changed.
-    fn silent(&mut self, node: &str, renew_time: &str, now: Instant) -> Duration {
+    /// from the one seen before, else the time since it changed. `None` the first time a
+    /// node is seen (a new leader knows nothing yet): its silence is timed from now, but
+    /// seeing a Lease once is no renewal, so a dead node keeps its taint.
+    fn silent(&mut self, node: &str, renew_time: &str, now: Instant) -> Option<Duration> {
         match self.0.get(node) {
-            Some((seen, at)) if seen == renew_time => now.saturating_duration_since(*at),
-            _ => {
+            Some((seen, at)) if seen == renew_time => Some(now.saturating_duration_since(*at)),
+            seen => {
+                let first = seen.is_none();
                 self.0
                     .insert(node.to_string(), (renew_time.to_string(), now));
-                Duration::ZERO
+                (!first).then_some(Duration::ZERO)
             }
         }
     }
@@ -121,7 +124,10 @@ pub(crate) async fn run(client: &Client, w: &World, renewals: &mut Renewals) {
         let Some(renewed) = parse_time(lease, "/spec/renewTime") else {
             continue;
         };
-        let silent = renewals.silent(name, s(lease, "/spec/renewTime"), Instant::now());
+        let Some(silent) = renewals.silent(name, s(lease, "/spec/renewTime"), Instant::now())
+        else {
+            continue;
+        };
         let mut node_taints = taints(node);
         let tainted = node_taints
             .iter()
@@ -230,6 +236,18 @@ pub(crate) async fn run(client: &Client, w: &World, renewals: &mut Renewals) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_seen_once_is_no_renewal() {
+        let mut r = Renewals::default();
+        let t0 = Instant::now();
+        assert_eq!(r.silent("a", "t1", t0), None, "first sight");
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(r.silent("a", "t1", later), Some(Duration::from_secs(5)));
+        assert_eq!(r.silent("a", "t2", later), Some(Duration::ZERO), "renewed");
+        r.keep(&[]);
+        assert_eq!(r.silent("a", "t2", later), None, "forgotten");
+    }
 
     #[test]
     fn tolerations_of_the_unreachable_taint() {

@@ -1264,6 +1264,52 @@ async fn service_addresses_are_allocated_once() {
     )
     .await
     .unwrap();
+    // An ExternalName Service may name a node port without holding it; once it is
+    // NodePort, the port is its own, and it gets a cluster IP. (Room in the /29 first.)
+    for name in ["np4", "np5"] {
+        c.delete(svc, None, name, &json!({})).await.unwrap();
+    }
+    let named = [31997, 31996, 31995]
+        .into_iter()
+        .find(|p| ![port, other_port].contains(p))
+        .unwrap();
+    let ports = json!([{"port": 80, "nodePort": named}]);
+    c.create(
+        svc,
+        None,
+        &make(
+            "alias",
+            json!({"type": "ExternalName", "externalName": "example.com", "ports": ports}),
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let alias = c
+        .patch(
+            svc,
+            None,
+            "alias",
+            merge,
+            &json!({"spec": {"type": "NodePort", "externalName": null}}),
+            &[],
+        )
+        .await
+        .unwrap();
+    let ip = alias["spec"]["clusterIP"].as_str().unwrap_or_default();
+    assert!(ip.starts_with("127.241.0."), "{alias}");
+    assert_eq!(alias["spec"]["clusterIPs"], json!([ip]));
+    let e = api_err(
+        c.create(
+            svc,
+            None,
+            &make("np6", json!({"type": "NodePort", "ports": ports})),
+            &[],
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(e.message.contains("already allocated"), "{}", e.message);
 }
 
 /// A server-side dry-run delete deletes nothing (kubectl puts `dryRun` in the body), a

@@ -352,6 +352,51 @@ async fn jobs_complete_fail_and_expire() {
         "backoffLimit 1 allows one retry"
     );
 
+    // A running pod deleted is a failure, counted even though the pod is gone: with
+    // backoffLimit 0 the Job fails instead of starting another.
+    let mut victim = job("victim", "", json!({"backoffLimit": 0}));
+    victim["spec"]["template"]["spec"]["containers"] = json!([{"name": "web",
+        "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]);
+    c.create(jobs, None, &victim, &[]).await.unwrap();
+    wait_for("the victim's pod to run", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            list(&c, "pods", "job-name=victim")
+                .await
+                .iter()
+                .any(|p| p["status"]["phase"] == "Running")
+        }
+    })
+    .await;
+    let running = list(&c, "pods", "job-name=victim").await;
+    assert_eq!(
+        running[0]["metadata"]["finalizers"],
+        json!(["batch.kubernetes.io/job-tracking"])
+    );
+    let pods = lookup("pods").unwrap();
+    let victim_pod = running[0]["metadata"]["name"].as_str().unwrap();
+    c.delete(pods, None, victim_pod, &json!({})).await.unwrap();
+    wait_for(
+        "the victim Job to fail and its pod to go",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                condition(&c.get(jobs, None, "victim").await.unwrap())
+                    .is_some_and(|c| c["type"] == "Failed")
+                    && list(&c, "pods", "job-name=victim").await.is_empty()
+            }
+        },
+    )
+    .await;
+    let victim = c.get(jobs, None, "victim").await.unwrap();
+    assert_eq!(
+        condition(&victim).unwrap()["reason"],
+        "BackoffLimitExceeded"
+    );
+    assert_eq!(victim["status"]["failed"], 1, "{victim}");
+    assert_eq!(victim["status"]["succeeded"], 0, "{victim}");
+
     wait_for(
         "the ttl job and its pods to be deleted",
         Duration::from_secs(60),
@@ -369,7 +414,6 @@ async fn jobs_complete_fail_and_expire() {
     .await;
 
     // A pod that fits no node is explained in Kubernetes' words.
-    let pods = lookup("pods").unwrap();
     let big = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "big"},
         "spec": {"runtimeClassName": "wasm", "containers": [{"name": "c", "image": sample("hello-http.wasm"), "resources": {"requests": {"memory": "64Ti"}}}]}});
     c.create(pods, None, &big, &[]).await.unwrap();
@@ -1324,6 +1368,29 @@ async fn min_ready_seconds_delays_availability() {
         gap >= Duration::from_secs(2),
         "available {gap:?} after ready"
     );
+    // A new minReadySeconds reaches the current ReplicaSet (the template is the same).
+    c.patch(
+        lookup("deployments").unwrap(),
+        None,
+        "patient",
+        "application/merge-patch+json",
+        &json!({"spec": {"minReadySeconds": 7}}),
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the ReplicaSet to take minReadySeconds 7",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move {
+                let sets = list(&c, "replicasets", "app=patient").await;
+                sets.len() == 1 && sets[0]["spec"]["minReadySeconds"] == 7
+            }
+        },
+    )
+    .await;
 }
 
 /// `kubectl drain` (cordon, then an Eviction per pod): the node's pods end, their
