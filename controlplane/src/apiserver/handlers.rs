@@ -112,6 +112,16 @@ pub async fn read_body(req: Request) -> Result<(Value, String)> {
     } else if content_type.is_empty() || content_type.contains("json") {
         serde_json::from_slice(&bytes)
             .map_err(|e| Status::bad_request(format!("error decoding JSON body: {e}")))?
+    } else if content_type == "application/vnd.kubernetes.protobuf" {
+        // kubectl's generators (`kubectl create deployment …`) send protobuf.
+        let v = super::protobuf::to_json(&bytes).map_err(|e| {
+            Status::new(
+                415,
+                "UnsupportedMediaType",
+                format!("error decoding protobuf body: {e}"),
+            )
+        })?;
+        return Ok((v, "application/json".to_string()));
     } else {
         return Err(Status::unsupported_media_type(&content_type).into());
     };

@@ -12,6 +12,7 @@ pub mod ipalloc;
 pub(crate) use handlers::{bound_to, stamp_new};
 mod nodeauth;
 mod patch;
+mod protobuf;
 mod table;
 mod watch;
 

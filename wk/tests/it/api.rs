@@ -1451,3 +1451,108 @@ async fn selector_watches_see_objects_leave_and_join() {
     }
     assert_eq!(got, ["MODIFIED a", "DELETED a", "ADDED b"]);
 }
+
+/// kubectl's generators send protobuf bodies (and never fall back to JSON): each one
+/// creates what it says, zero-valued pointer fields included (`--replicas=0`). (What the
+/// decoder refuses is unit-tested in `apiserver::protobuf`.)
+#[tokio::test]
+async fn kubectl_create_generators_speak_protobuf() {
+    let server = TestServer::start();
+    let c = server.client();
+    let ok = |args: &[&str]| {
+        let out = server.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&["create", "namespace", "tools"]);
+    ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "tools",
+        "--image=busybox",
+        "--port=80",
+        "--replicas=0",
+    ]);
+    ok(&[
+        "create",
+        "configmap",
+        "conf",
+        "-n",
+        "tools",
+        "--from-literal=a=b",
+        "--from-literal=empty=",
+    ]);
+    ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "-n",
+        "tools",
+        "--from-literal=k=v",
+    ]);
+    ok(&[
+        "create",
+        "service",
+        "nodeport",
+        "web",
+        "-n",
+        "tools",
+        "--tcp=81:http",
+    ]);
+    ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "-n",
+        "tools",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    ok(&[
+        "create",
+        "job",
+        "once",
+        "-n",
+        "tools",
+        "--from=cronjob/tick",
+    ]);
+
+    let get = |plural: &'static str, name: &'static str| {
+        let c = c.clone();
+        async move {
+            c.get(lookup(plural).unwrap(), Some("tools"), name)
+                .await
+                .unwrap()
+        }
+    };
+    let d = get("deployments", "web").await;
+    assert_eq!(d["spec"]["replicas"], 0, "{d}");
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web");
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "busybox");
+    assert_eq!(container["ports"][0]["containerPort"], 80);
+    let cm = get("configmaps", "conf").await;
+    assert_eq!(cm["data"], json!({"a": "b", "empty": ""}));
+    let secret = get("secrets", "pw").await;
+    assert_eq!(secret["data"], json!({"k": "dg=="}));
+    let svc = get("services", "web").await;
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 81);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+    assert!(svc["spec"]["ports"][0]["nodePort"].is_i64(), "{svc}");
+    let job = get("jobs", "once").await;
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["command"],
+        json!(["echo", "hi"])
+    );
+}
