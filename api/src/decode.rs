@@ -139,6 +139,9 @@ pub fn check(rt: &ResourceType, obj: &Value) -> Result<(Checked, Vec<FieldError>
         "Endpoints" => check_as::<core::Endpoints>(obj, validation::validate_endpoints),
         "ConfigMap" => check_as::<core::ConfigMap>(obj, validation::validate_config_map),
         "Secret" => check_as::<core::Secret>(obj, validation::validate_secret),
+        "ServiceAccount" => {
+            check_as::<core::ServiceAccount>(obj, validation::validate_service_account)
+        }
         "Event" => check_as::<core::Event>(obj, validation::validate_event),
         "Deployment" => check_as::<apps::Deployment>(obj, validation::validate_deployment),
         "ReplicaSet" => check_as::<apps::ReplicaSet>(obj, validation::validate_replica_set),

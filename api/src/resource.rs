@@ -166,6 +166,16 @@ pub static RESOURCES: &[ResourceType] = &[
         []
     ),
     rt!("", "Secret", "secrets", "secret", [], true, [], []),
+    rt!(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        ["sa"],
+        true,
+        [],
+        []
+    ),
     rt!("", "Event", "events", "event", ["ev"], true, [], []),
     rt!(
         "apps",

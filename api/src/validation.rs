@@ -34,8 +34,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, ContainerPort, EndpointAddress, EndpointPort, Endpoints, EnvVar, Event,
     ExecAction, GRPCAction, HTTPGetAction, Lifecycle, Namespace, Node, Pod, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, Service, ServicePort, ServiceSpec,
-    SleepAction, TCPSocketAction, Volume, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, Secret, Service, ServiceAccount, ServicePort,
+    ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -2753,6 +2753,12 @@ pub fn validate_config_map(cm: &ConfigMap) -> Vec<FieldError> {
 /// Validates a Secret: metadata; keys of `data` and `stringData` are config keys; at
 /// most 1 MiB; and the keys its `type` requires (`tls.crt` and `tls.key` for
 /// `kubernetes.io/tls`, and so on). `Opaque` and unknown types require nothing.
+/// A ServiceAccount: its metadata (wk stores ServiceAccounts for the manifests that carry
+/// them; it issues no tokens).
+pub fn validate_service_account(sa: &ServiceAccount) -> Vec<FieldError> {
+    validate_object_meta(&sa.metadata, true, &FieldPath::new("metadata"))
+}
+
 pub fn validate_secret(secret: &Secret) -> Vec<FieldError> {
     let mut errs = validate_object_meta(&secret.metadata, true, &FieldPath::new("metadata"));
     let data_path = FieldPath::new("data");

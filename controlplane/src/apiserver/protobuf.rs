@@ -454,6 +454,29 @@ static SECRET: Msg = Msg {
     ],
 };
 
+static OBJECT_REFERENCE: Msg = Msg {
+    name: "ObjectReference",
+    fields: &[
+        f(1, "kind", Str),
+        f(2, "namespace", Str),
+        f(3, "name", Str),
+        f(4, "uid", Str),
+        f(5, "apiVersion", Str),
+        f(6, "resourceVersion", Str),
+        f(7, "fieldPath", Str),
+    ],
+};
+
+static SERVICE_ACCOUNT: Msg = Msg {
+    name: "ServiceAccount",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        r(2, "secrets", Ty::Msg(&OBJECT_REFERENCE)),
+        r(3, "imagePullSecrets", Ty::Msg(&LOCAL_OBJECT_REFERENCE)),
+        p(4, "automountServiceAccountToken", Bool),
+    ],
+};
+
 static NAMESPACE_SPEC: Msg = Msg {
     name: "NamespaceSpec",
     fields: &[r(1, "finalizers", Str)],
@@ -610,10 +633,11 @@ static CRON_JOB: Msg = Msg {
 };
 
 /// The kinds whose protobuf bodies wk reads.
-const KINDS: [(&str, &str, &Msg); 8] = [
+const KINDS: [(&str, &str, &Msg); 9] = [
     ("v1", "Namespace", &NAMESPACE),
     ("v1", "ConfigMap", &CONFIG_MAP),
     ("v1", "Secret", &SECRET),
+    ("v1", "ServiceAccount", &SERVICE_ACCOUNT),
     ("v1", "Service", &SERVICE),
     ("v1", "Pod", &POD),
     ("apps/v1", "Deployment", &DEPLOYMENT),

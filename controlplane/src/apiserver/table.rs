@@ -134,6 +134,7 @@ fn columns(rt: &ResourceType) -> Vec<(&'static str, &'static str, u8)> {
             ("Message", "string", 0),
         ],
         "Lease" => vec![("Holder", "string", 0), ("Age", "string", 0)],
+        "ServiceAccount" => vec![("Secrets", "integer", 0), ("Age", "string", 0)],
         _ => vec![("Age", "string", 0)],
     });
     c
@@ -370,6 +371,13 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             v.push(json!(count));
             v.push(age_cell);
             v
+        }
+        "ServiceAccount" => {
+            let secrets = o
+                .get("secrets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            vec![json!(secrets), age_cell]
         }
         "Endpoints" => {
             let mut eps = Vec::new();

@@ -20,7 +20,7 @@ use crate::store::Store;
 use crate::store::sm::{Event, EventType};
 
 /// The kinds the controllers read, in `World` order.
-pub(crate) const KINDS: [&str; 10] = [
+pub(crate) const KINDS: [&str; 12] = [
     "nodes",
     "pods",
     "replicasets",
@@ -31,6 +31,8 @@ pub(crate) const KINDS: [&str; 10] = [
     "services",
     "endpoints",
     "leases",
+    "namespaces",
+    "serviceaccounts",
 ];
 
 type Objects = BTreeMap<String, Arc<Value>>;
@@ -149,6 +151,8 @@ impl Cache {
             services: take("services"),
             endpoints: take("endpoints"),
             leases: take("leases"),
+            namespaces: take("namespaces"),
+            serviceaccounts: take("serviceaccounts"),
         }
     }
 }

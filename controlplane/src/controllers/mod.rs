@@ -18,6 +18,7 @@ mod job;
 mod nodelifecycle;
 mod replicaset;
 mod scheduler;
+mod serviceaccount;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub(crate) struct World {
     pub services: Vec<Arc<Value>>,
     pub endpoints: Vec<Arc<Value>>,
     pub leases: Vec<Arc<Value>>,
+    pub namespaces: Vec<Arc<Value>>,
+    pub serviceaccounts: Vec<Arc<Value>>,
 }
 
 pub(crate) fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -245,6 +248,7 @@ pub async fn run(store: Store, client: Client) {
                 replicaset::run(&client, &world).await;
                 job::run(&client, &world).await;
                 cronjob::run(&client, &world).await;
+                serviceaccount::run(&client, &world).await;
                 daemonset::run(&client, &world).await;
                 let scheduling = std::time::Instant::now();
                 scheduler::run(&store, &client, &world).await;

@@ -1457,7 +1457,7 @@ async fn selector_watches_see_objects_leave_and_join() {
 /// decoder refuses is unit-tested in `apiserver::protobuf`.)
 #[tokio::test]
 async fn kubectl_create_generators_speak_protobuf() {
-    let server = TestServer::start();
+    let server = TestServer::start_cluster();
     let c = server.client();
     let ok = |args: &[&str]| {
         let out = server.kubectl(args);
@@ -1525,6 +1525,7 @@ async fn kubectl_create_generators_speak_protobuf() {
         "tools",
         "--from=cronjob/tick",
     ]);
+    ok(&["create", "serviceaccount", "builder", "-n", "tools"]);
 
     let get = |plural: &'static str, name: &'static str| {
         let c = c.clone();
@@ -1555,4 +1556,15 @@ async fn kubectl_create_generators_speak_protobuf() {
         job["spec"]["template"]["spec"]["containers"][0]["command"],
         json!(["echo", "hi"])
     );
+    // ServiceAccounts are stored; every namespace gets its `default` one.
+    common::wait_for(
+        "the default service account",
+        Duration::from_secs(10),
+        || async {
+            let out = server.kubectl(&["get", "sa", "-n", "tools", "-o", "name"]);
+            String::from_utf8_lossy(&out.stdout)
+                == "serviceaccount/builder\nserviceaccount/default\n"
+        },
+    )
+    .await;
 }
