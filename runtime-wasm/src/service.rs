@@ -24,6 +24,26 @@ use wk_api::runtime::ContainerState;
 use crate::host::{Host, HostTemplate};
 use crate::{Container, WasmRuntime, new_store};
 
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts one live unit (a request, a connection) for as long as it is held: a future
+/// dropped half-way counts down too.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Counted {
+        count.fetch_add(1, Ordering::SeqCst);
+        Counted(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 struct Expiration {
     request_timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -173,14 +193,16 @@ impl LocalService {
         );
         let request_timeout = self.request_timeout;
         let mut closing = self.closing.clone();
-        self.open_conns.fetch_add(1, Ordering::SeqCst);
+        let _conn = Counted::new(&self.open_conns);
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let handler = handler.clone();
                 let in_flight = in_flight.clone();
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
                 async move {
-                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    // Counted down when the request ends, or when hyper drops it because
+                    // its client went away.
+                    let _request = Counted::new(&in_flight);
                     let began = Instant::now();
                     let req = req.map(|b| {
                         b.map_err(|e| -> wasmtime_wasi_http::Error { e.into() })
@@ -204,11 +226,14 @@ impl LocalService {
                             )
                         }
                     };
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
                     Ok::<_, Infallible>(resp)
                 }
             });
+        // A client that sends half a request head and stalls is cut off (without a timer
+        // hyper has no header timeout, and such a connection would hold up a stop).
         let conn = http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
@@ -220,7 +245,6 @@ impl LocalService {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
-        self.open_conns.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Whether it still takes connections.

@@ -183,6 +183,18 @@ async fn hello_http_serves_env_volume_and_healthz() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
+    // A client that gives up on a slow request leaves nothing in flight: the stop below
+    // drains and does not wait out its grace period.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /busy?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // Stop drains and reports Completed; the port is released.
     let (code, reason, _) = terminated(&rt.stop("hello", Duration::from_secs(5)).await.unwrap());
     assert_eq!((code, reason.as_str()), (0, "Completed"));

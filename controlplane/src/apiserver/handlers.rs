@@ -705,7 +705,7 @@ async fn commit_update(
     let service = target.rt.kind == "Service" && target.subresource.is_none();
     let mut next = next;
     let reserved = if service {
-        super::ipalloc::reserve_update(state, target.rt, &mut next).await?
+        super::ipalloc::reserve_update(state, target.rt, current, &mut next).await?
     } else {
         Vec::new()
     };

@@ -150,6 +150,7 @@ async fn release_keys(state: &ApiState, owner: &str, keys: Vec<String>) {
 pub async fn reserve_update(
     state: &ApiState,
     rt: &ResourceType,
+    current: &Value,
     next: &mut Value,
 ) -> Result<Vec<String>, ApiError> {
     let kind = next
@@ -164,18 +165,21 @@ pub async fn reserve_update(
         .unwrap_or("")
         .to_string();
     let mut held = Vec::new();
-    let no_ip = next
+    // Only an ExternalName alias has no cluster IP: one that becomes another type gets
+    // the one it names (reserved, or refused if taken), or a free one.
+    let had_ip = current
         .pointer("/spec/clusterIP")
         .and_then(Value::as_str)
-        .is_none_or(str::is_empty);
+        .is_some_and(|ip| !ip.is_empty());
+    let had: std::collections::HashSet<String> = keys_of(current).into_iter().collect();
     let mut result = Ok(());
-    if kind != "ExternalName" && no_ip {
+    if kind != "ExternalName" && !had_ip {
         let cidr = state.service_cidr;
         result = cluster_ip(state, rt, cidr, (&name, &owner), next, &mut held).await;
     }
     if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
         if result.is_ok() {
-            result = node_ports(state, rt, &name, &owner, next, &mut held).await;
+            result = node_ports(state, rt, (&name, &owner), next, &had, &mut held).await;
         }
     } else if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
@@ -204,15 +208,15 @@ pub async fn release_reserved(state: &ApiState, svc: &Value, keys: Vec<String>) 
     release_keys(state, &owner_of(svc), keys).await;
 }
 
-/// Gives each port of `svc` a node port: its own if it names one (reserved unless it
-/// holds it already, refused if another Service does), else a free one. `held` gets the
-/// keys reserved here.
+/// Gives each port of `svc` a node port: its own if it names one (reserved unless it is
+/// among the keys the stored Service `had` and reserved for it, refused if another
+/// Service holds it), else a free one. `held` gets the keys reserved here.
 async fn node_ports(
     state: &ApiState,
     rt: &ResourceType,
-    name: &str,
-    owner: &str,
+    (name, owner): (&str, &str),
     svc: &mut Value,
+    had: &std::collections::HashSet<String>,
     held: &mut Vec<String>,
 ) -> Result<(), ApiError> {
     let used: std::collections::HashSet<String> =
@@ -227,10 +231,10 @@ async fn node_ports(
         let proto = port["protocol"].as_str().unwrap_or("TCP").to_string();
         if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
             let key = format!("{PORT_PREFIX}{proto}/{np}");
+            if had.contains(&key) && holder(state, &key).await?.as_deref() == Some(owner) {
+                continue;
+            }
             if !reserve(state, key.clone(), owner).await? {
-                if holder(state, &key).await?.as_deref() == Some(owner) {
-                    continue;
-                }
                 return Err(invalid(
                     rt,
                     name,
@@ -374,7 +378,8 @@ pub async fn allocate(
             cluster_ip(state, rt, cidr, (&name, &owner), svc, &mut held).await?;
         }
         if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-            node_ports(state, rt, &name, &owner, svc, &mut held).await?;
+            let none = std::collections::HashSet::new();
+            node_ports(state, rt, (&name, &owner), svc, &none, &mut held).await?;
         }
         Ok(())
     }

@@ -36,6 +36,9 @@ struct Watcher {
     matching: HashSet<String>,
     selective: bool,
     latest: u64,
+    /// The revision the watch starts after: events at or before it are already known to
+    /// the client (a server whose feed lags behind it could otherwise replay them).
+    after: u64,
 }
 
 impl Watcher {
@@ -55,7 +58,7 @@ impl Watcher {
     /// Turns a store event into zero or one watch event for this watcher.
     fn translate(&mut self, ev: &Event) -> Option<Bytes> {
         self.latest = self.latest.max(ev.revision);
-        if !ev.key.starts_with(&self.filter.prefix) {
+        if ev.revision <= self.after || !ev.key.starts_with(&self.filter.prefix) {
             return None;
         }
         let matches = self.filter.matches(&ev.object);
@@ -150,6 +153,7 @@ pub async fn serve(
         matching: HashSet::new(),
         selective,
         latest: 0,
+        after: 0,
     };
 
     // Initial state (a consistent read), then history after it, then live events.
@@ -170,6 +174,7 @@ pub async fn serve(
         (None, start)
     };
     w.latest = start;
+    w.after = start;
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let subscription = state.store.sm.hub.subscribe_from(start);
     let (past, live) = match subscription {

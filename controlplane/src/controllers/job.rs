@@ -200,33 +200,33 @@ pub(crate) async fn run(client: &Client, w: &World) {
             .collect();
         let active: Vec<&Value> = owned.iter().copied().filter(|p| is_active(p)).collect();
         let suspended = job.pointer("/spec/suspend") == Some(&json!(true));
+        let (mut succeeded, mut failed_pods) = (
+            int(job, "/status/succeeded").unwrap_or(0),
+            int(job, "/status/failed").unwrap_or(0),
+        );
         if finished(job).is_none() {
             let t = tally(job, &owned, suspended);
             let listed = (uid_list(job, "succeeded"), uid_list(job, "failed"));
             if listed != (t.uncounted_succeeded.clone(), t.uncounted_failed.clone()) {
                 // The counts are stored before any finalizer goes: a pod leaves only
-                // once it is counted. The next pass goes on from the written status.
+                // once it is counted. Not stored, nothing more is decided this pass.
                 let status = json!({"succeeded": t.succeeded, "failed": t.failed,
                     "uncountedTerminatedPods": {"succeeded": t.uncounted_succeeded, "failed": t.uncounted_failed}});
-                if patch_status(client, "jobs", job, status).await {
-                    for pod in owned.iter().filter(|p| t.lists(p)) {
-                        release(client, pod).await;
-                    }
+                if !patch_status(client, "jobs", job, status).await {
+                    continue;
                 }
-                continue;
             }
-            // Stopped by the suspension: not counted, only let go.
+            (succeeded, failed_pods) = (t.succeeded, t.failed);
+            // Counted pods lose the finalizer (again in later passes, if a removal lost a
+            // race with another write of the pod); pods the suspension stopped are let
+            // go uncounted.
             for pod in owned
                 .iter()
-                .filter(|p| suspended && tracked(p) && outcome_of(p).is_some() && !t.lists(p))
+                .filter(|p| tracked(p) && (t.lists(p) || (suspended && outcome_of(p).is_some())))
             {
                 release(client, pod).await;
             }
         }
-        let (succeeded, failed_pods) = (
-            int(job, "/status/succeeded").unwrap_or(0),
-            int(job, "/status/failed").unwrap_or(0),
-        );
         let failures = failed_pods + owned.iter().map(|p| restarts(p)).sum::<i64>();
 
         if let Some((_, at)) = finished(job) {

@@ -77,23 +77,46 @@ pub(crate) fn toleration_for(pod: &Value, taint: &Value) -> Option<Duration> {
     Some(longest)
 }
 
+/// What this server saw of one node's Lease.
+struct Seen {
+    renew_time: String,
+    /// When `renew_time` was first seen (on this server's clock).
+    at: Instant,
+    /// Whether the Lease has been renewed since this server first saw it.
+    renewed: bool,
+}
+
 /// When this server last saw each node's Lease renewed.
 #[derive(Default)]
-pub(crate) struct Renewals(HashMap<String, (String, Instant)>);
+pub(crate) struct Renewals(HashMap<String, Seen>);
 
 impl Renewals {
-    /// How long `node`'s Lease has gone unrenewed: zero when its `renew_time` differs
-    /// from the one seen before, else the time since it changed. `None` the first time a
-    /// node is seen (a new leader knows nothing yet): its silence is timed from now, but
-    /// seeing a Lease once is no renewal, so a dead node keeps its taint.
-    fn silent(&mut self, node: &str, renew_time: &str, now: Instant) -> Option<Duration> {
-        match self.0.get(node) {
-            Some((seen, at)) if seen == renew_time => Some(now.saturating_duration_since(*at)),
-            seen => {
-                let first = seen.is_none();
-                self.0
-                    .insert(node.to_string(), (renew_time.to_string(), now));
-                (!first).then_some(Duration::ZERO)
+    /// How long `node`'s Lease has gone unrenewed (zero when its `renew_time` differs
+    /// from the one seen before), and whether it has been renewed since this server first
+    /// saw it. A new leader knows nothing yet: a node's silence is timed from the first
+    /// sight, and only a renewal seen after it counts as the node being back, so a dead
+    /// node keeps its taint.
+    fn silent(&mut self, node: &str, renew_time: &str, now: Instant) -> (Duration, bool) {
+        match self.0.get_mut(node) {
+            Some(seen) if seen.renew_time == renew_time => {
+                (now.saturating_duration_since(seen.at), seen.renewed)
+            }
+            Some(seen) => {
+                *seen = Seen {
+                    renew_time: renew_time.to_string(),
+                    at: now,
+                    renewed: true,
+                };
+                (Duration::ZERO, true)
+            }
+            None => {
+                let seen = Seen {
+                    renew_time: renew_time.to_string(),
+                    at: now,
+                    renewed: false,
+                };
+                self.0.insert(node.to_string(), seen);
+                (Duration::ZERO, false)
             }
         }
     }
@@ -124,10 +147,7 @@ pub(crate) async fn run(client: &Client, w: &World, renewals: &mut Renewals) {
         let Some(renewed) = parse_time(lease, "/spec/renewTime") else {
             continue;
         };
-        let Some(silent) = renewals.silent(name, s(lease, "/spec/renewTime"), Instant::now())
-        else {
-            continue;
-        };
+        let (silent, back) = renewals.silent(name, s(lease, "/spec/renewTime"), Instant::now());
         let mut node_taints = taints(node);
         let tainted = node_taints
             .iter()
@@ -206,7 +226,7 @@ pub(crate) async fn run(client: &Client, w: &World, renewals: &mut Renewals) {
                         .await;
                 }
             }
-        } else if tainted.is_some() || ready_status(node) != "True" {
+        } else if back && (tainted.is_some() || ready_status(node) != "True") {
             tracing::info!(node = name, "node renews its lease again: ready");
             node_taints.retain(|t| t["key"] != UNREACHABLE);
             let _ = client
@@ -241,12 +261,30 @@ mod tests {
     fn a_lease_seen_once_is_no_renewal() {
         let mut r = Renewals::default();
         let t0 = Instant::now();
-        assert_eq!(r.silent("a", "t1", t0), None, "first sight");
-        let later = t0 + Duration::from_secs(5);
-        assert_eq!(r.silent("a", "t1", later), Some(Duration::from_secs(5)));
-        assert_eq!(r.silent("a", "t2", later), Some(Duration::ZERO), "renewed");
+        let secs = Duration::from_secs;
+        assert_eq!(
+            r.silent("a", "t1", t0),
+            (Duration::ZERO, false),
+            "first sight"
+        );
+        assert_eq!(
+            r.silent("a", "t1", t0 + secs(1)),
+            (secs(1), false),
+            "still not renewed"
+        );
+        assert_eq!(r.silent("a", "t1", t0 + secs(5)), (secs(5), false));
+        assert_eq!(
+            r.silent("a", "t2", t0 + secs(5)),
+            (Duration::ZERO, true),
+            "renewed"
+        );
+        assert_eq!(r.silent("a", "t2", t0 + secs(6)), (secs(1), true));
         r.keep(&[]);
-        assert_eq!(r.silent("a", "t2", later), None, "forgotten");
+        assert_eq!(
+            r.silent("a", "t2", t0 + secs(6)),
+            (Duration::ZERO, false),
+            "forgotten"
+        );
     }
 
     #[test]

@@ -41,7 +41,8 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
 type SyncOp = Box<dyn FnOnce(&Database) -> Result<(), StorageError> + Send>;
 
 enum Job {
-    Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
+    /// Entries (index, log id, encoding) and whom to tell once they are durable.
+    Append(Vec<(u64, LogId, Vec<u8>)>, LogFlushed<TypeConfig>),
     /// A metadata write nobody waits for (the committed log id): it rides along with the
     /// next group commit.
     Meta(&'static str, Vec<u8>),
@@ -153,7 +154,7 @@ fn writer_loop(
                         }
                         let mut table = tx.open_table(LOG).map_err(io_err)?;
                         for (entries, _) in &batch {
-                            for (index, bytes) in entries {
+                            for (index, _, bytes) in entries {
                                 table.insert(*index, bytes.as_slice()).map_err(io_err)?;
                             }
                         }
@@ -172,10 +173,14 @@ fn writer_loop(
                     "log group commit"
                 );
                 if result.is_ok() {
+                    // Durable now: readers find them in the database. An index appended
+                    // again meanwhile (after a truncate) keeps its newer, pending entry.
                     let mut p = pending.lock().expect("pending lock");
                     for (entries, _) in &batch {
-                        for (index, _) in entries {
-                            p.remove(index);
+                        for (index, log_id, _) in entries {
+                            if p.get(index).is_some_and(|e| e.log_id == *log_id) {
+                                p.remove(index);
+                            }
                         }
                     }
                 }
@@ -295,17 +300,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
+        // Entries appended but not yet durable come from the pending map (and win over
+        // stored ones, which a truncate is about to replace). The map is read first: an
+        // entry leaves it only once its commit is durable, so whatever leaves it after
+        // this point is in the database read next. (Read the other way round, an entry
+        // committed in between would be in neither.)
+        let pending: Vec<Entry<TypeConfig>> = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .range((start, end))
+            .map(|(_, e)| e.clone())
+            .collect();
         let stored = self.blocking(move |db| read_range(db, start, end)).await?;
-        // Entries appended but not yet committed come from the pending map (and win over
-        // stored ones, which a truncate is about to replace).
-        let pending = self.pending.lock().expect("pending lock");
         if pending.is_empty() {
             return Ok(stored);
         }
         let mut all: BTreeMap<u64, Entry<TypeConfig>> =
             stored.into_iter().map(|e| (e.log_id.index, e)).collect();
-        for (i, e) in pending.range((start, end)) {
-            all.insert(*i, e.clone());
+        for e in pending {
+            all.insert(e.log_id.index, e);
         }
         Ok(all.into_values().collect())
     }
@@ -378,7 +392,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut pending = self.pending.lock().expect("pending lock");
             for e in entries {
-                encoded.push((e.log_id.index, postcard::to_allocvec(&e).map_err(io_err)?));
+                encoded.push((
+                    e.log_id.index,
+                    e.log_id,
+                    postcard::to_allocvec(&e).map_err(io_err)?,
+                ));
                 pending.insert(e.log_id.index, e);
             }
         }

@@ -265,6 +265,10 @@ impl Store {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             // Keep enough of the log for a slow follower, never more than a snapshot's worth.
             max_in_snapshot_log_to_keep: cfg.snapshot_every.min(1000),
+            // Each snapshot chunk (3 MiB), and for the last one the follower's whole
+            // install, must finish within this; openraft's 200 ms default made a new or
+            // lagging member on a slow link, or with a large state, retry for ever.
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         };
         let config = Arc::new(

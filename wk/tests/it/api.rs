@@ -1310,6 +1310,31 @@ async fn service_addresses_are_allocated_once() {
         .unwrap_err(),
     );
     assert!(e.message.contains("already allocated"), "{}", e.message);
+    // An alias turned ClusterIP naming an address another Service holds is refused.
+    c.create(
+        svc,
+        None,
+        &make(
+            "alias2",
+            json!({"type": "ExternalName", "externalName": "example.com"}),
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let e = api_err(
+        c.patch(
+            svc,
+            None,
+            "alias2",
+            merge,
+            &json!({"spec": {"type": "ClusterIP", "clusterIP": ip, "externalName": null}}),
+            &[],
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(e.message.contains("already allocated"), "{}", e.message);
 }
 
 /// A server-side dry-run delete deletes nothing (kubectl puts `dryRun` in the body), a
