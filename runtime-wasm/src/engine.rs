@@ -153,10 +153,19 @@ impl CompileCache {
         }
         let compiled = self.engine.precompile_component(bytes)?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
-        std::fs::create_dir_all(&self.dir)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &compiled)?;
-        std::fs::rename(&tmp, &path)?;
+        // The cache is only a cache: a full or read-only disk costs the next start a
+        // compile, not this one its component. Two loads of the same digest at once (by
+        // tag and by digest) each write their own temporary file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+        let stored = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&tmp, &compiled))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = stored {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the compile cache");
+        }
         // SAFETY: as above; these bytes come from `precompile_component` just now.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.engine, &compiled)? };
