@@ -359,18 +359,25 @@ pub async fn start(
             addrs,
             service: service.clone(),
         };
+        // The connections belong to this task too: aborted with it, they stop serving
+        // (a stop whose grace ran out leaves no request running on).
+        let mut conns = tokio::task::JoinSet::new();
         let accepting = async {
             loop {
-                match accept_any(&listeners).await {
-                    Ok(stream) => {
-                        let service = service.clone();
-                        tokio::spawn(async move { service.serve(stream).await });
-                    }
-                    Err(e) => {
-                        // Out of descriptors, say: wait instead of spinning.
-                        tracing::debug!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
+                tokio::select! {
+                    accepted = accept_any(&listeners) => match accepted {
+                        Ok(stream) => {
+                            let service = service.clone();
+                            conns.spawn(async move { service.serve(stream).await });
+                        }
+                        Err(e) => {
+                            // Out of descriptors, say: wait instead of spinning.
+                            tracing::debug!(error = %e, "accept failed");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                    },
+                    // Reap finished connections as they end.
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 }
             }
         };

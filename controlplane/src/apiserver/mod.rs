@@ -54,6 +54,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotLeader { .. } => ApiError(Status::unavailable(e.to_string())),
+            StoreError::Unknown(_) => ApiError(Status::timeout(e.to_string())),
             StoreError::Fenced { .. } => ApiError(Status::new(409, "Conflict", e.to_string())),
             other => ApiError(Status::internal(other.to_string())),
         }

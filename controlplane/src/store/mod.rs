@@ -58,6 +58,11 @@ pub enum StoreError {
     NotLeader { leader: Option<String> },
     #[error("raft: {0}")]
     Raft(String),
+    /// A forwarded write reached the leader, whose answer never came: it may or may not
+    /// have been applied (so it is not reported as "not the leader", which reads as safe
+    /// to retry).
+    #[error("the write's outcome is unknown: {0}")]
+    Unknown(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error(

@@ -85,9 +85,13 @@ impl Peers {
             .post_raw(addr, path, body, std::time::Duration::from_secs(30))
             .await
             .map_err(|e| match e {
-                PostError::Send(e) => StoreError::NotLeader {
+                // Nothing reached the leader: safe to try again.
+                PostError::Send(e) if e.is_connect() => StoreError::NotLeader {
                     leader: Some(format!("{addr} (unreachable: {e})")),
                 },
+                PostError::Send(e) => {
+                    StoreError::Unknown(format!("the leader at {addr} did not answer: {e}"))
+                }
                 PostError::Status(code) => StoreError::Raft(format!("the leader answered {code}")),
                 PostError::Read(e) => StoreError::Raft(format!("reading the leader's answer: {e}")),
             })?;

@@ -275,6 +275,15 @@ impl SmShared {
             f.sync_all().map_err(snap_err)?;
         }
         std::fs::rename(&tmp, &self.snapshot_path).map_err(snap_err)?;
+        // The rename itself is durable only once the directory is.
+        let dir = self
+            .snapshot_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(snap_err)?;
         Ok(())
     }
 }
