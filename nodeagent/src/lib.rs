@@ -280,17 +280,12 @@ impl Agent {
         previous: Option<Ipv4Addr>,
         port: Option<u16>,
         on_host: bool,
-    ) -> Ipv4Addr {
+    ) -> Option<Ipv4Addr> {
         let range = self.cfg.pod_cidr;
-        let claimed = self
-            .pod_ips
+        self.pod_ips
             .lock()
             .expect("pod ips lock")
-            .claim(range, previous, |ip| self.try_ip(ip, port, on_host));
-        claimed.unwrap_or_else(|| {
-            tracing::error!(range = %range, "no free pod address");
-            range.nth(0)
-        })
+            .claim(range, previous, |ip| self.try_ip(ip, port, on_host))
     }
 
     /// Keeps for the listed pods the addresses they had (after an agent restart, a new pod

@@ -321,7 +321,7 @@ impl Agent {
             s(&pod, "/metadata/name")
         );
         pods.insert(
-            uid,
+            uid.clone(),
             PodHandle {
                 stop: stop.clone(),
                 done,
@@ -338,7 +338,21 @@ impl Agent {
         let on_host = s(&pod, "/spec/runtimeClassName") != "oci";
         // A pod this node ran before (the agent restarted) keeps its address if it can.
         let previous_ip = s(&pod, "/status/podIP").parse::<Ipv4Addr>().ok();
-        let ip = self.claim_ip(previous_ip, first_port, on_host);
+        let Some(ip) = self.claim_ip(previous_ip, first_port, on_host) else {
+            // Every address of the node's pod range is taken: the pod fails here, and its
+            // controller places a replacement.
+            let _ = done_tx.send(true);
+            self.pods.lock().await.remove(&uid);
+            let message = format!(
+                "no free address in the node's pod range {}",
+                self.cfg.pod_cidr
+            );
+            tracing::error!(pod = s(&pod, "/metadata/name"), %message);
+            self.event(&pod, "Warning", "OutOfPodAddresses", &message);
+            let tx = spawn_reporter(self.clone(), &pod);
+            let _ = tx.send(Some(json!({"phase": "Failed", "reason": "OutOfPodAddresses", "message": message, "startTime": ts(&jiff::Timestamp::now())})));
+            return;
+        };
         tokio::spawn(async move {
             self.clone().run_pod(pod, ip, stop).await;
             self.release_ip(ip, on_host);

@@ -1238,3 +1238,61 @@ async fn a_crash_loop_does_not_freeze_the_pod() {
         flipped.elapsed()
     );
 }
+
+/// A node whose pod range is used up fails the next pod with a reason (instead of
+/// giving it the range's own first address, which its end would have removed).
+#[tokio::test]
+async fn a_full_pod_range_fails_the_pod_with_a_reason() {
+    let server = TestServer::start_cluster();
+    let dir = tempfile::tempdir().unwrap();
+    // A /29: six usable addresses, the first one the node's own, five for pods.
+    let _agent = start_agent_with(
+        &server,
+        "tiny",
+        dir.path(),
+        &["--runc", "none", "--pod-cidr", "127.99.7.0/29"],
+    );
+    let c = server.client();
+    let pods = lookup("pods").unwrap();
+    for i in 0..6 {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p{i}"), "labels": {"app": "tiny"}},
+            "spec": {"runtimeClassName": "wasm", "nodeName": "tiny",
+                "containers": [{"name": "hello", "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]}});
+        c.create(pods, None, &pod, &[]).await.unwrap();
+    }
+    wait_for(
+        "five pods running and one failed",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                let all = common::list(&c, "pods", "app=tiny").await;
+                let phase = |p: &str| all.iter().filter(|x| x["status"]["phase"] == p).count();
+                phase("Running") == 5 && phase("Failed") == 1
+            }
+        },
+    )
+    .await;
+    let all = common::list(&c, "pods", "app=tiny").await;
+    let failed = all
+        .iter()
+        .find(|p| p["status"]["phase"] == "Failed")
+        .unwrap();
+    assert_eq!(failed["status"]["reason"], "OutOfPodAddresses", "{failed}");
+    let ips: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str())
+        .collect();
+    assert_eq!(
+        ips,
+        [
+            "127.99.7.2",
+            "127.99.7.3",
+            "127.99.7.4",
+            "127.99.7.5",
+            "127.99.7.6"
+        ]
+        .into(),
+        "{all:?}"
+    );
+}
