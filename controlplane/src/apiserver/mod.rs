@@ -211,6 +211,69 @@ async fn dispatch(State(state): State<ApiState>, req: Request) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Who a caller is, in Kubernetes' terms.
+fn user_info(identity: &Identity) -> serde_json::Value {
+    let (name, group) = match identity {
+        Identity::Admin => ("wk-admin".to_string(), "system:masters"),
+        Identity::Node(node) => (format!("system:node:{node}"), "system:nodes"),
+        Identity::Join => ("wk-node-join".to_string(), "system:bootstrappers"),
+        Identity::Peer => ("wk-peer".to_string(), "wk:servers"),
+    };
+    serde_json::json!({"username": name, "groups": [group, "system:authenticated"]})
+}
+
+/// `kubectl auth can-i`: the admin may do anything; every other credential is limited to
+/// its own purpose (a node's to what its agent needs, checked per request), so a review
+/// answers no for it, saying why.
+async fn self_subject_access_review(req: Request) -> Response {
+    let identity = req.extensions().get::<Identity>().cloned();
+    let (mut review, _) = match handlers::read_body(req).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let (allowed, reason) = match identity {
+        Some(Identity::Admin) => (true, "the admin credential may do anything"),
+        _ => (
+            false,
+            "only the admin credential is reviewed; node credentials are limited to what their agent needs",
+        ),
+    };
+    review["status"] = serde_json::json!({"allowed": allowed, "reason": reason});
+    review["apiVersion"] = "authorization.k8s.io/v1".into();
+    review["kind"] = "SelfSubjectAccessReview".into();
+    (StatusCode::CREATED, axum::Json(review)).into_response()
+}
+
+/// `kubectl auth can-i --list`: everything for the admin; nothing listed for other
+/// credentials (their limits are checked per request).
+async fn self_subject_rules_review(req: Request) -> Response {
+    let admin = matches!(req.extensions().get::<Identity>(), Some(Identity::Admin));
+    let (mut review, _) = match handlers::read_body(req).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    review["status"] = if admin {
+        serde_json::json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
+    } else {
+        serde_json::json!({"resourceRules": [], "nonResourceRules": [], "incomplete": true,
+            "evaluationError": "only the admin credential is reviewed"})
+    };
+    review["apiVersion"] = "authorization.k8s.io/v1".into();
+    review["kind"] = "SelfSubjectRulesReview".into();
+    (StatusCode::CREATED, axum::Json(review)).into_response()
+}
+
+/// `kubectl auth whoami`.
+async fn self_subject_review(req: Request) -> Response {
+    let Some(identity) = req.extensions().get::<Identity>().cloned() else {
+        return ApiError(Status::unauthorized()).into_response();
+    };
+    let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+        "metadata": {}, "status": {"userInfo": user_info(&identity)}});
+    (StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
 /// `POST /wk/v1/nodecredentials/{name}`: exchanges the node join token (or the admin
 /// token) for the credential of node `name`.
 async fn node_credentials(
@@ -277,6 +340,18 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/wk/v1/nodecredentials/{name}",
             axum::routing::post(node_credentials),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(self_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+            axum::routing::post(self_subject_rules_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            axum::routing::post(self_subject_review),
         )
         .fallback(dispatch)
         .layer(middleware::from_fn(fence))

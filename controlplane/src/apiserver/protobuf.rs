@@ -632,8 +632,69 @@ static CRON_JOB: Msg = Msg {
     ],
 };
 
+static RESOURCE_ATTRIBUTES: Msg = Msg {
+    name: "ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Str),
+        f(2, "verb", Str),
+        f(3, "group", Str),
+        f(4, "version", Str),
+        f(5, "resource", Str),
+        f(6, "subresource", Str),
+        f(7, "name", Str),
+    ],
+};
+
+static NON_RESOURCE_ATTRIBUTES: Msg = Msg {
+    name: "NonResourceAttributes",
+    fields: &[f(1, "path", Str), f(2, "verb", Str)],
+};
+
+static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Msg = Msg {
+    name: "SelfSubjectAccessReviewSpec",
+    fields: &[
+        p(1, "resourceAttributes", Ty::Msg(&RESOURCE_ATTRIBUTES)),
+        p(
+            2,
+            "nonResourceAttributes",
+            Ty::Msg(&NON_RESOURCE_ATTRIBUTES),
+        ),
+    ],
+};
+
+static SELF_SUBJECT_ACCESS_REVIEW: Msg = Msg {
+    name: "SelfSubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+        f(3, "status", Skip),
+    ],
+};
+
+static SELF_SUBJECT_RULES_REVIEW_SPEC: Msg = Msg {
+    name: "SelfSubjectRulesReviewSpec",
+    fields: &[f(1, "namespace", Str)],
+};
+
+static SELF_SUBJECT_RULES_REVIEW: Msg = Msg {
+    name: "SelfSubjectRulesReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&SELF_SUBJECT_RULES_REVIEW_SPEC)),
+        f(3, "status", Skip),
+    ],
+};
+
+static SELF_SUBJECT_REVIEW: Msg = Msg {
+    name: "SelfSubjectReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "status", Skip),
+    ],
+};
+
 /// The kinds whose protobuf bodies wk reads.
-const KINDS: [(&str, &str, &Msg); 9] = [
+const KINDS: [(&str, &str, &Msg); 12] = [
     ("v1", "Namespace", &NAMESPACE),
     ("v1", "ConfigMap", &CONFIG_MAP),
     ("v1", "Secret", &SECRET),
@@ -643,6 +704,21 @@ const KINDS: [(&str, &str, &Msg); 9] = [
     ("apps/v1", "Deployment", &DEPLOYMENT),
     ("batch/v1", "Job", &JOB),
     ("batch/v1", "CronJob", &CRON_JOB),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectAccessReview",
+        &SELF_SUBJECT_ACCESS_REVIEW,
+    ),
+    (
+        "authorization.k8s.io/v1",
+        "SelfSubjectRulesReview",
+        &SELF_SUBJECT_RULES_REVIEW,
+    ),
+    (
+        "authentication.k8s.io/v1",
+        "SelfSubjectReview",
+        &SELF_SUBJECT_REVIEW,
+    ),
 ];
 
 /// The envelope's magic number.

@@ -1593,3 +1593,44 @@ async fn kubectl_create_generators_speak_protobuf() {
     )
     .await;
 }
+
+/// `kubectl auth can-i` and `whoami` (whose bodies kubectl sends as protobuf): the admin
+/// may do anything; another credential is told no, with the reason.
+#[tokio::test]
+async fn kubectl_auth_can_i_and_whoami() {
+    let server = TestServer::start();
+    let out = server.kubectl(&["auth", "can-i", "delete", "nodes"]);
+    assert_eq!(common::stdout(&out), "yes\n", "{}", common::stderr(&out));
+    let out = server.kubectl(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(common::stdout(&out), "wk-admin", "{}", common::stderr(&out));
+    let out = server.kubectl(&["auth", "can-i", "--list"]);
+    assert!(
+        common::stdout(&out).contains("*.*"),
+        "{}",
+        common::stdout(&out)
+    );
+
+    let mut config = server.client().config.clone();
+    config.token = Some(common::node_token(&server));
+    let join = wk_client::Client::new(config).unwrap();
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}});
+    let resp = join
+        .request(
+            wk_client::Method::POST,
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            &[],
+            Some(("application/json", review.to_string().into_bytes())),
+            None,
+        )
+        .await
+        .unwrap();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["status"]["allowed"], false, "{answer}");
+    assert!(answer["status"]["reason"].is_string(), "{answer}");
+}
