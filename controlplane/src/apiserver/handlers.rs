@@ -114,12 +114,12 @@ pub async fn read_body(req: Request) -> Result<(Value, String)> {
             .map_err(|e| Status::bad_request(format!("error decoding JSON body: {e}")))?
     } else if content_type == "application/vnd.kubernetes.protobuf" {
         // kubectl's generators (`kubectl create deployment …`) send protobuf.
-        let v = super::protobuf::to_json(&bytes).map_err(|e| {
-            Status::new(
-                415,
-                "UnsupportedMediaType",
-                format!("error decoding protobuf body: {e}"),
-            )
+        use super::protobuf::DecodeError;
+        let v = super::protobuf::to_json(&bytes).map_err(|e| match e {
+            DecodeError::Malformed(m) => {
+                Status::bad_request(format!("error decoding protobuf body: {m}"))
+            }
+            DecodeError::Unsupported(m) => Status::new(415, "UnsupportedMediaType", m),
         })?;
         return Ok((v, "application/json".to_string()));
     } else {

@@ -216,6 +216,7 @@ static VOLUME_MOUNT: Msg = Msg {
         f(4, "subPath", Str),
         p(5, "mountPropagation", Str),
         f(6, "subPathExpr", Str),
+        p(7, "recursiveReadOnly", Str),
     ],
 };
 
@@ -282,6 +283,7 @@ static SECURITY_CONTEXT: Msg = Msg {
         p(5, "runAsNonRoot", Bool),
         p(6, "readOnlyRootFilesystem", Bool),
         p(7, "allowPrivilegeEscalation", Bool),
+        p(9, "procMount", Str),
     ],
 };
 
@@ -293,6 +295,9 @@ static POD_SECURITY_CONTEXT: Msg = Msg {
         p(3, "runAsNonRoot", Bool),
         r(4, "supplementalGroups", I64),
         p(5, "fsGroup", I64),
+        p(9, "fsGroupChangePolicy", Str),
+        p(12, "supplementalGroupsPolicy", Str),
+        p(13, "seLinuxChangePolicy", Str),
     ],
 };
 
@@ -413,6 +418,10 @@ static POD_SPEC: Msg = Msg {
         p(25, "priority", I32),
         p(29, "runtimeClassName", Str),
         p(30, "enableServiceLinks", Bool),
+        p(31, "preemptionPolicy", Str),
+        p(35, "setHostnameAsFQDN", Bool),
+        p(37, "hostUsers", Bool),
+        p(41, "hostnameOverride", Str),
     ],
 };
 
@@ -524,6 +533,7 @@ static SERVICE_SPEC: Msg = Msg {
         p(20, "allocateLoadBalancerNodePorts", Bool),
         p(21, "loadBalancerClass", Str),
         p(22, "internalTrafficPolicy", Str),
+        p(23, "trafficDistribution", Str),
     ],
 };
 
@@ -588,7 +598,10 @@ static JOB_SPEC: Msg = Msg {
         p(8, "ttlSecondsAfterFinished", I32),
         p(9, "completionMode", Str),
         p(10, "suspend", Bool),
+        p(12, "backoffLimitPerIndex", I32),
+        p(13, "maxFailedIndexes", I32),
         p(14, "podReplacementPolicy", Str),
+        p(15, "managedBy", Str),
     ],
 };
 
@@ -724,7 +737,29 @@ const KINDS: [(&str, &str, &Msg); 12] = [
 /// The envelope's magic number.
 const MAGIC: &[u8] = b"k8s\0";
 
-/// Protobuf's wire: the fields of one message, in order.
+/// Why a body could not be read: broken protobuf (400), or something wk does not read
+/// in protobuf (415).
+#[derive(Debug)]
+pub enum DecodeError {
+    Malformed(String),
+    Unsupported(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Malformed(m) | DecodeError::Unsupported(m) => f.write_str(m),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+fn malformed(m: impl Into<String>) -> DecodeError {
+    DecodeError::Malformed(m.into())
+}
+
+/// Protobuf's wire: the fields of one message, in order, read as they are iterated.
 struct Reader<'a> {
     buf: &'a [u8],
 }
@@ -747,34 +782,34 @@ impl Wire<'_> {
 }
 
 impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Result<u64, String> {
+    fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for i in 0..10 {
-            let (&b, rest) = self.buf.split_first().ok_or("truncated varint")?;
+            let (&b, rest) = self
+                .buf
+                .split_first()
+                .ok_or_else(|| malformed("truncated varint"))?;
             self.buf = rest;
             v |= u64::from(b & 0x7f) << (7 * i);
             if b & 0x80 == 0 {
                 return Ok(v);
             }
         }
-        Err("varint longer than 10 bytes".into())
+        Err(malformed("varint longer than 10 bytes"))
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if n > self.buf.len() {
-            return Err("truncated field".into());
+            return Err(malformed("truncated field"));
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
         Ok(head)
     }
 
-    fn next(&mut self) -> Result<Option<(u32, Wire<'a>)>, String> {
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
+    fn field(&mut self) -> Result<(u32, Wire<'a>)> {
         let key = self.varint()?;
-        let tag = u32::try_from(key >> 3).map_err(|_| "field number out of range")?;
+        let tag = u32::try_from(key >> 3).map_err(|_| malformed("field number out of range"))?;
         let value = match key & 7 {
             0 => Wire::Varint(self.varint()?),
             1 => {
@@ -782,67 +817,89 @@ impl<'a> Reader<'a> {
                 Wire::Fixed
             }
             2 => {
-                let n = usize::try_from(self.varint()?).map_err(|_| "length out of range")?;
+                let n = usize::try_from(self.varint()?)
+                    .map_err(|_| malformed("length out of range"))?;
                 Wire::Bytes(self.take(n)?)
             }
             5 => {
                 self.take(4)?;
                 Wire::Fixed
             }
-            w => return Err(format!("unsupported wire type {w}")),
+            w => return Err(malformed(format!("unsupported wire type {w}"))),
         };
-        Ok(Some((tag, value)))
+        Ok((tag, value))
     }
 }
 
-fn fields(buf: &[u8]) -> Result<Vec<(u32, Wire<'_>)>, String> {
-    let mut r = Reader { buf };
-    let mut out = Vec::new();
-    while let Some(f) = r.next()? {
-        out.push(f);
+impl<'a> Iterator for Reader<'a> {
+    type Item = Result<(u32, Wire<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let item = self.field();
+        if item.is_err() {
+            // Nothing after a broken field can be read.
+            self.buf = &[];
+        }
+        Some(item)
     }
-    Ok(out)
 }
 
-/// Nested messages deeper than this are refused (a hostile body cannot recurse far).
+fn fields(buf: &[u8]) -> Reader<'_> {
+    Reader { buf }
+}
+
+/// Nested messages deeper than this are refused (the table's own nesting stays far
+/// below it; a safeguard for what the table may become).
 const MAX_DEPTH: usize = 32;
 
-fn string(b: &[u8], at: &str) -> Result<String, String> {
-    String::from_utf8(b.to_vec()).map_err(|_| format!("{at}: not UTF-8"))
+fn string(b: &[u8], at: &str) -> Result<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| malformed(format!("{at}: not UTF-8")))
+}
+
+fn payload<'a>(w: &Wire<'a>, at: &str) -> Result<&'a [u8]> {
+    match w {
+        Wire::Bytes(b) => Ok(b),
+        _ => Err(malformed(format!(
+            "{at}: expected a length-delimited field"
+        ))),
+    }
+}
+
+fn varint(w: &Wire, at: &str) -> Result<u64> {
+    match w {
+        Wire::Varint(v) => Ok(*v),
+        _ => Err(malformed(format!("{at}: expected a varint"))),
+    }
 }
 
 /// One value of type `ty` (`None`: a zero value to drop).
-fn value(ty: Ty, w: &Wire, at: &str, depth: usize) -> Result<Option<Value>, String> {
-    let bytes = |w: &Wire<'_>| match w {
-        Wire::Bytes(b) => Ok(b.to_vec()),
-        _ => Err(format!("{at}: expected a length-delimited field")),
-    };
-    let varint = |w: &Wire| match w {
-        Wire::Varint(v) => Ok(*v),
-        _ => Err(format!("{at}: expected a varint")),
-    };
+fn value(ty: Ty, w: &Wire, at: &str, depth: usize) -> Result<Option<Value>> {
     Ok(Some(match ty {
-        Str => Value::String(string(&bytes(w)?, at)?),
-        Bytes => Value::String(base64::engine::general_purpose::STANDARD.encode(bytes(w)?)),
-        I32 => Value::from(varint(w)? as i64 as i32),
-        I64 => Value::from(varint(w)? as i64),
-        Bool => Value::Bool(varint(w)? != 0),
+        Str => Value::String(string(payload(w, at)?, at)?),
+        Bytes => Value::String(base64::engine::general_purpose::STANDARD.encode(payload(w, at)?)),
+        I32 => Value::from(varint(w, at)? as i64 as i32),
+        I64 => Value::from(varint(w, at)? as i64),
+        Bool => Value::Bool(varint(w, at)? != 0),
         Skip => return Ok(None),
-        Ty::Msg(m) => Value::Object(message(m, &bytes(w)?, at, depth + 1)?),
+        Ty::Msg(m) => Value::Object(message(m, payload(w, at)?, at, depth + 1)?),
         Ty::Map(v) => {
             // One entry: {1: key, 2: value}.
-            let entry = bytes(w)?;
             let (mut key, mut val) = (String::new(), None);
-            for (tag, w) in fields(&entry)? {
+            for field in fields(payload(w, at)?) {
+                let (tag, w) = field?;
                 match tag {
-                    1 => key = string(&bytes(&w)?, at)?,
+                    1 => key = string(payload(&w, at)?, at)?,
                     2 => val = value(*v, &w, at, depth + 1)?,
                     _ => {}
                 }
             }
             // A map value is kept even when empty ("" is a value in a map).
             let val = val.unwrap_or_else(|| match v {
-                Str | Bytes | Quantity => Value::String(String::new()),
+                Quantity => Value::String("0".into()),
+                Str | Bytes => Value::String(String::new()),
                 _ => Value::Null,
             });
             let mut o = Map::new();
@@ -851,40 +908,41 @@ fn value(ty: Ty, w: &Wire, at: &str, depth: usize) -> Result<Option<Value>, Stri
         }
         Time => {
             let (mut secs, mut nanos) = (0i64, 0i32);
-            for (tag, w) in fields(&bytes(w)?)? {
-                match (tag, w) {
-                    (1, Wire::Varint(v)) => secs = v as i64,
-                    (2, Wire::Varint(v)) => nanos = v as i64 as i32,
+            for field in fields(payload(w, at)?) {
+                match field? {
+                    (1, w) => secs = varint(&w, at)? as i64,
+                    (2, w) => nanos = varint(&w, at)? as i64 as i32,
                     _ => {}
                 }
             }
             if secs == 0 && nanos == 0 {
                 return Ok(None);
             }
-            let t = jiff::Timestamp::new(secs, nanos).map_err(|e| format!("{at}: {e}"))?;
+            let t =
+                jiff::Timestamp::new(secs, nanos).map_err(|e| malformed(format!("{at}: {e}")))?;
             Value::String(wk_api::objects::rfc3339(t))
         }
         IntOrString => {
             let (mut kind, mut int, mut text) = (0u64, 0i32, String::new());
-            for (tag, w) in fields(&bytes(w)?)? {
-                match (tag, w) {
-                    (1, Wire::Varint(v)) => kind = v,
-                    (2, Wire::Varint(v)) => int = v as i64 as i32,
-                    (3, Wire::Bytes(b)) => text = string(b, at)?,
+            for field in fields(payload(w, at)?) {
+                match field? {
+                    (1, w) => kind = varint(&w, at)?,
+                    (2, w) => int = varint(&w, at)? as i64 as i32,
+                    (3, w) => text = string(payload(&w, at)?, at)?,
                     _ => {}
                 }
             }
-            if kind == 1 {
-                Value::String(text)
-            } else {
-                Value::from(int)
+            match kind {
+                0 => Value::from(int),
+                1 => Value::String(text),
+                k => return Err(malformed(format!("{at}: IntOrString of type {k}"))),
             }
         }
         Quantity => {
             let mut text = String::new();
-            for (tag, w) in fields(&bytes(w)?)? {
-                if let (1, Wire::Bytes(b)) = (tag, w) {
-                    text = string(b, at)?;
+            for field in fields(payload(w, at)?) {
+                if let (1, w) = field? {
+                    text = string(payload(&w, at)?, at)?;
                 }
             }
             Value::String(text)
@@ -903,20 +961,24 @@ fn zero(v: &Value) -> bool {
     }
 }
 
-fn message(m: &Msg, buf: &[u8], at: &str, depth: usize) -> Result<Map<String, Value>, String> {
+/// Decodes one message. A field the table does not know is ignored when it holds a zero
+/// value: the fields Kubernetes' Go types write unasked are plain values (a pointer
+/// field's zero is a value, so every pointer field a generator can send is in the table).
+fn message(m: &Msg, buf: &[u8], at: &str, depth: usize) -> Result<Map<String, Value>> {
     if depth > MAX_DEPTH {
-        return Err(format!("{at}: nested too deeply"));
+        return Err(malformed(format!("{at}: nested too deeply")));
     }
     let mut out = Map::new();
-    for (tag, w) in fields(buf)? {
+    for field in fields(buf) {
+        let (tag, w) = field?;
         let Some(field) = m.fields.iter().find(|f| f.tag == tag) else {
             if w.is_zero() {
                 continue;
             }
-            return Err(format!(
-                "{at}: field {tag} of {} is not supported in protobuf by wk",
+            return Err(DecodeError::Unsupported(format!(
+                "{at}: field {tag} of {} is not supported in protobuf by wk; send JSON or YAML",
                 m.name
-            ));
+            )));
         };
         let here = if field.name.is_empty() {
             at.to_string()
@@ -953,16 +1015,16 @@ fn message(m: &Msg, buf: &[u8], at: &str, depth: usize) -> Result<Map<String, Va
 }
 
 /// Decodes a protobuf request body into the object's JSON.
-pub fn to_json(body: &[u8]) -> Result<Value, String> {
-    let envelope = body
-        .strip_prefix(MAGIC)
-        .ok_or("the body does not start with Kubernetes' protobuf magic number")?;
+pub fn to_json(body: &[u8]) -> Result<Value> {
+    let envelope = body.strip_prefix(MAGIC).ok_or_else(|| {
+        malformed("the body does not start with Kubernetes' protobuf magic number")
+    })?;
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), None);
-    for (tag, w) in fields(envelope)? {
-        match (tag, w) {
+    for field in fields(envelope) {
+        match field? {
             (1, Wire::Bytes(tm)) => {
-                for (tag, w) in fields(tm)? {
-                    match (tag, w) {
+                for field in fields(tm) {
+                    match field? {
                         (1, Wire::Bytes(b)) => api_version = string(b, "apiVersion")?,
                         (2, Wire::Bytes(b)) => kind = string(b, "kind")?,
                         _ => {}
@@ -971,19 +1033,24 @@ pub fn to_json(body: &[u8]) -> Result<Value, String> {
             }
             (2, Wire::Bytes(b)) => raw = Some(b),
             (3, Wire::Bytes(enc)) if !enc.is_empty() => {
-                return Err("compressed protobuf bodies are not supported".into());
+                return Err(DecodeError::Unsupported(
+                    "compressed protobuf bodies are not supported".into(),
+                ));
             }
             _ => {}
         }
     }
-    let raw = raw.ok_or("the protobuf envelope holds no object")?;
+    let raw = raw.ok_or_else(|| malformed("the protobuf envelope holds no object"))?;
     let Some((_, _, msg)) = KINDS
         .iter()
         .find(|(v, k, _)| *v == api_version && *k == kind)
     else {
-        return Err(format!(
-            "protobuf bodies of {api_version} {kind} are not supported by wk; send JSON or YAML"
-        ));
+        let clip = |s: &str| s.chars().take(100).collect::<String>();
+        return Err(DecodeError::Unsupported(format!(
+            "protobuf bodies of {} {} are not supported by wk; send JSON or YAML",
+            clip(&api_version),
+            clip(&kind)
+        )));
     };
     let mut object = message(msg, raw, "", 0)?;
     object.insert("apiVersion".into(), Value::String(api_version));
@@ -1105,6 +1172,15 @@ mod tests {
         let spec = [int_field(1, 0), int_field(5, 0)].concat();
         let d = to_json(&envelope("apps/v1", "Deployment", &bytes_field(2, &spec))).unwrap();
         assert_eq!(d["spec"], json!({"replicas": 0}));
+        let pod_spec = [int_field(37, 0), int_field(11, 0)].concat();
+        let template = bytes_field(2, &pod_spec);
+        let spec = [int_field(7, 0), bytes_field(6, &template)].concat();
+        let j = to_json(&envelope("batch/v1", "Job", &bytes_field(2, &spec))).unwrap();
+        assert_eq!(
+            j["spec"],
+            json!({"backoffLimit": 0, "template": {"spec": {"hostUsers": false}}}),
+            "hostNetwork (plain) false is dropped, hostUsers (a pointer) kept"
+        );
         let data = bytes_field(
             2,
             &[bytes_field(1, b"k"), bytes_field(2, b"\xff\x00")].concat(),
@@ -1117,19 +1193,28 @@ mod tests {
     #[test]
     fn what_is_not_understood_is_refused() {
         let e = to_json(&envelope("v1", "ConfigMap", &int_field(99, 1))).unwrap_err();
-        assert!(e.contains("field 99 of ConfigMap"), "{e}");
+        assert!(
+            matches!(&e, DecodeError::Unsupported(m) if m.contains("field 99 of ConfigMap")),
+            "{e}"
+        );
         assert!(to_json(&envelope("v1", "ConfigMap", &int_field(99, 0))).is_ok());
         let e = to_json(&envelope("rbac.authorization.k8s.io/v1", "Role", b"")).unwrap_err();
-        assert!(e.contains("Role are not supported"), "{e}");
-        assert!(to_json(b"{\"kind\": 1}").is_err());
+        assert!(
+            matches!(&e, DecodeError::Unsupported(m) if m.contains("Role are not supported")),
+            "{e}"
+        );
+        assert!(matches!(
+            to_json(b"{\"kind\": 1}"),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut cut = envelope("v1", "ConfigMap", &bytes_field(1, &bytes_field(1, b"x")));
         cut.truncate(cut.len() - 8);
-        assert!(to_json(&cut).is_err());
-        // Deep nesting ends in an error, not a stack overflow.
-        let mut deep = bytes_field(1, b"");
-        for _ in 0..200 {
-            deep = bytes_field(1, &bytes_field(2, &bytes_field(3, &deep)));
-        }
-        assert!(to_json(&envelope("batch/v1", "CronJob", &deep)).is_err());
+        assert!(matches!(to_json(&cut), Err(DecodeError::Malformed(_))));
+        // Past the depth limit, an error rather than deeper recursion.
+        let e = message(&CONFIG_MAP, b"", "", MAX_DEPTH + 1).unwrap_err();
+        assert!(
+            matches!(&e, DecodeError::Malformed(m) if m.contains("nested too deeply")),
+            "{e}"
+        );
     }
 }
