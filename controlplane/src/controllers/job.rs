@@ -55,6 +55,18 @@ fn restarts(pod: &Value) -> i64 {
 /// The finalizer that keeps a Job's pod until the Job has counted it.
 pub(crate) const TRACKING: &str = "batch.kubernetes.io/job-tracking";
 
+/// Whether `pod`'s controller is a Job (the Job may be gone), or it has none (a Job
+/// deleted with `--cascade=orphan` leaves its pods without one).
+fn owned_by_a_job(pod: &Value) -> bool {
+    let refs = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array);
+    match refs.and_then(|r| r.iter().find(|r| r["controller"] == true)) {
+        Some(controller) => controller["kind"] == "Job",
+        None => true,
+    }
+}
+
 fn tracked(pod: &Value) -> bool {
     pod.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -180,7 +192,7 @@ pub(crate) async fn run(client: &Client, w: &World) {
         .filter(|j| j.pointer("/metadata/deletionTimestamp").is_none() && finished(j).is_none())
         .map(|j| s(j, "/metadata/uid"))
         .collect();
-    for pod in w.pods.iter().filter(|p| tracked(p)) {
+    for pod in w.pods.iter().filter(|p| tracked(p) && owned_by_a_job(p)) {
         if !controller_uid(pod).is_some_and(|u| counting.contains(u)) {
             release(client, pod).await;
         }

@@ -355,8 +355,9 @@ async fn jobs_complete_fail_and_expire() {
     // A running pod deleted is a failure, counted even though the pod is gone: with
     // backoffLimit 0 the Job fails instead of starting another.
     let mut victim = job("victim", "", json!({"backoffLimit": 0}));
-    victim["spec"]["template"]["spec"]["containers"] = json!([{"name": "web",
+    let victim_containers = json!([{"name": "web",
         "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]);
+    victim["spec"]["template"]["spec"]["containers"] = victim_containers.clone();
     c.create(jobs, None, &victim, &[]).await.unwrap();
     wait_for("the victim's pod to run", Duration::from_secs(30), || {
         let c = c.clone();
@@ -396,6 +397,57 @@ async fn jobs_complete_fail_and_expire() {
     );
     assert_eq!(victim["status"]["failed"], 1, "{victim}");
     assert_eq!(victim["status"]["succeeded"], 0, "{victim}");
+
+    // A Job deleted with --cascade=orphan leaves its running pod, which loses the
+    // tracking finalizer, so deleting it later is not held up.
+    let mut orphan = job("orphan", "", json!({}));
+    orphan["spec"]["template"]["spec"]["containers"] = victim_containers.clone();
+    c.create(jobs, None, &orphan, &[]).await.unwrap();
+    wait_for("the orphan's pod to run", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            list(&c, "pods", "job-name=orphan")
+                .await
+                .iter()
+                .any(|p| p["status"]["phase"] == "Running")
+        }
+    })
+    .await;
+    c.delete(
+        jobs,
+        None,
+        "orphan",
+        &json!({"propagationPolicy": "Orphan"}),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the orphaned pod to lose its owner and finalizer",
+        Duration::from_secs(30),
+        || {
+            let c = c.clone();
+            async move {
+                list(&c, "pods", "job-name=orphan").await.iter().all(|p| {
+                    p["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_none_or(Vec::is_empty)
+                        && p["metadata"]["finalizers"]
+                            .as_array()
+                            .is_none_or(Vec::is_empty)
+                })
+            }
+        },
+    )
+    .await;
+    let orphaned = list(&c, "pods", "job-name=orphan").await;
+    assert_eq!(orphaned.len(), 1);
+    let orphaned = orphaned[0]["metadata"]["name"].as_str().unwrap();
+    c.delete(pods, None, orphaned, &json!({})).await.unwrap();
+    wait_for("the orphaned pod to go", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { list(&c, "pods", "job-name=orphan").await.is_empty() }
+    })
+    .await;
 
     wait_for(
         "the ttl job and its pods to be deleted",
