@@ -357,9 +357,11 @@ pub async fn create(state: ApiState, target: Target, req: Request) -> Result<Res
     }
     let mut obj = obj;
     let is_service = target.rt.kind == "Service";
-    if is_service {
-        super::ipalloc::allocate(&state, target.rt, state.service_cidr, &mut obj).await?;
-    }
+    let reserved = if is_service {
+        super::ipalloc::reserve_for(&state, target.rt, &Value::Null, &mut obj).await?
+    } else {
+        Vec::new()
+    };
     let op = Op::Put {
         key: key_of(&target, &name),
         object: obj.to_string(),
@@ -367,7 +369,7 @@ pub async fn create(state: ApiState, target: Target, req: Request) -> Result<Res
     };
     let written = state.store.write_one(op).await;
     if is_service && !matches!(written, Ok(Ok(_))) {
-        super::ipalloc::release(&state, &obj).await;
+        super::ipalloc::release_reserved(&state, &obj, reserved).await;
     }
     match written? {
         Ok(applied) => Ok(object_response(
@@ -705,7 +707,7 @@ async fn commit_update(
     let service = target.rt.kind == "Service" && target.subresource.is_none();
     let mut next = next;
     let reserved = if service {
-        super::ipalloc::reserve_update(state, target.rt, current, &mut next).await?
+        super::ipalloc::reserve_for(state, target.rt, current, &mut next).await?
     } else {
         Vec::new()
     };

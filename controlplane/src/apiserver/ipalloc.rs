@@ -40,7 +40,7 @@ fn invalid(rt: &ResourceType, name: &str, field: &str, value: &str, detail: &str
 }
 
 /// Writes an allocation key; `Ok(false)` if it is taken.
-async fn reserve(state: &ApiState, key: String, owner: &str) -> Result<bool, ApiError> {
+async fn reserve_key(state: &ApiState, key: String, owner: &str) -> Result<bool, ApiError> {
     let op = Op::Put {
         key,
         object: json!({"service": owner}).to_string(),
@@ -51,16 +51,6 @@ async fn reserve(state: &ApiState, key: String, owner: &str) -> Result<bool, Api
         Err(OpError::AlreadyExists) => Ok(false),
         Err(e) => Err(ApiError(Status::internal(e.to_string()))),
     }
-}
-
-/// Who holds an allocation key, if anyone.
-async fn holder(state: &ApiState, key: &str) -> Result<Option<String>, ApiError> {
-    let k = key.to_string();
-    let text = state.store.read(move |sm| sm.get(&k)).await?;
-    Ok(text.and_then(|t| {
-        let held: Value = serde_json::from_str(&t).ok()?;
-        Some(held.get("service")?.as_str()?.to_string())
-    }))
 }
 
 async fn taken(state: &ApiState, prefix: &'static str) -> Result<Vec<String>, ApiError> {
@@ -141,13 +131,16 @@ async fn release_keys(state: &ApiState, owner: &str, keys: Vec<String>) {
     }
 }
 
-/// An update of a Service: an ExternalName alias that becomes another type gets a
-/// cluster IP, as on create; node ports it names anew are reserved (a port another
-/// Service holds is refused), ports of a NodePort Service that have none are given one,
-/// and a Service that is no longer NodePort or LoadBalancer gives its up. Returns the
-/// keys reserved here (to release if the write fails); [`release_dropped`] frees what
-/// the written Service no longer names.
-pub async fn reserve_update(
+/// Reserves what a Service written over `current` (`Value::Null` when it is created)
+/// needs: a Service without a cluster IP (new, or an ExternalName alias that becomes
+/// another type) gets the one it names (reserved, or refused if outside the range or
+/// taken) or a free one; node ports it names anew are reserved (refused if another
+/// Service holds them), ports of a NodePort Service that have none are given one, and a
+/// Service that is not NodePort or LoadBalancer keeps none, so every node port a stored
+/// Service names is its own. Returns the keys reserved here, to release if the write
+/// fails ([`release_reserved`]; on error none stays reserved); [`release_dropped`] frees
+/// what the written Service no longer names.
+pub async fn reserve_for(
     state: &ApiState,
     rt: &ResourceType,
     current: &Value,
@@ -164,28 +157,28 @@ pub async fn reserve_update(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let mut held = Vec::new();
-    // Only an ExternalName alias has no cluster IP: one that becomes another type gets
-    // the one it names (reserved, or refused if taken), or a free one.
     let had_ip = current
         .pointer("/spec/clusterIP")
         .and_then(Value::as_str)
         .is_some_and(|ip| !ip.is_empty());
     let had: std::collections::HashSet<String> = keys_of(current).into_iter().collect();
-    let mut result = Ok(());
-    if kind != "ExternalName" && !had_ip {
-        let cidr = state.service_cidr;
-        result = cluster_ip(state, rt, cidr, (&name, &owner), next, &mut held).await;
-    }
-    if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-        if result.is_ok() {
-            result = node_ports(state, rt, (&name, &owner), next, &had, &mut held).await;
-        }
-    } else if let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
+    let node_ported = matches!(kind.as_str(), "NodePort" | "LoadBalancer");
+    if !node_ported && let Some(Value::Array(ports)) = next.pointer_mut("/spec/ports") {
         for p in ports.iter_mut().filter_map(Value::as_object_mut) {
             p.remove("nodePort");
         }
     }
+    let mut held = Vec::new();
+    let result = async {
+        if kind != "ExternalName" && !had_ip {
+            cluster_ip(state, rt, (&name, &owner), next, &mut held).await?;
+        }
+        if node_ported {
+            node_ports(state, rt, (&name, &owner), next, &had, &mut held).await?;
+        }
+        Ok(())
+    }
+    .await;
     if let Err(e) = result {
         release_keys(state, &owner, held).await;
         return Err(e);
@@ -203,14 +196,14 @@ pub async fn release_dropped(state: &ApiState, current: &Value, written: &Value)
     release_keys(state, &owner_of(current), dropped).await;
 }
 
-/// Releases keys reserved for an update that was not written.
+/// Releases keys reserved for a write that did not happen.
 pub async fn release_reserved(state: &ApiState, svc: &Value, keys: Vec<String>) {
     release_keys(state, &owner_of(svc), keys).await;
 }
 
-/// Gives each port of `svc` a node port: its own if it names one (reserved unless it is
-/// among the keys the stored Service `had` and reserved for it, refused if another
-/// Service holds it), else a free one. `held` gets the keys reserved here.
+/// Gives each port of `svc` a node port: its own if it names one (reserved unless the
+/// stored Service `had` it, refused if another Service holds it), else a free one.
+/// `held` gets the keys reserved here.
 async fn node_ports(
     state: &ApiState,
     rt: &ResourceType,
@@ -231,10 +224,10 @@ async fn node_ports(
         let proto = port["protocol"].as_str().unwrap_or("TCP").to_string();
         if let Some(np) = port.get("nodePort").and_then(Value::as_i64) {
             let key = format!("{PORT_PREFIX}{proto}/{np}");
-            if had.contains(&key) && holder(state, &key).await?.as_deref() == Some(owner) {
+            if had.contains(&key) {
                 continue;
             }
-            if !reserve(state, key.clone(), owner).await? {
+            if !reserve_key(state, key.clone(), owner).await? {
                 return Err(invalid(
                     rt,
                     name,
@@ -255,7 +248,7 @@ async fn node_ports(
                 continue;
             }
             let key = format!("{PORT_PREFIX}{proto}/{np}");
-            if reserve(state, key.clone(), owner).await? {
+            if reserve_key(state, key.clone(), owner).await? {
                 held.push(key);
                 found = Some(np);
                 break;
@@ -276,11 +269,11 @@ async fn node_ports(
 async fn cluster_ip(
     state: &ApiState,
     rt: &ResourceType,
-    cidr: ServiceCidr,
     (name, owner): (&str, &str),
     svc: &mut Value,
     held: &mut Vec<String>,
 ) -> Result<(), ApiError> {
+    let cidr = state.service_cidr;
     let wanted = svc
         .pointer("/spec/clusterIP")
         .and_then(Value::as_str)
@@ -308,7 +301,7 @@ async fn cluster_ip(
             ));
         }
         let key = format!("{IP_PREFIX}{ip}");
-        if !reserve(state, key.clone(), owner).await? {
+        if !reserve_key(state, key.clone(), owner).await? {
             return Err(invalid(
                 rt,
                 name,
@@ -331,7 +324,7 @@ async fn cluster_ip(
                 continue;
             }
             let key = format!("{IP_PREFIX}{ip}");
-            if reserve(state, key.clone(), owner).await? {
+            if reserve_key(state, key.clone(), owner).await? {
                 held.push(key);
                 found = Some(ip);
                 break;
@@ -346,53 +339,4 @@ async fn cluster_ip(
         svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
     }
     Ok(())
-}
-
-/// Fills `spec.clusterIP`/`clusterIPs` and node ports of a new Service and reserves them.
-/// On error nothing stays reserved.
-pub async fn allocate(
-    state: &ApiState,
-    rt: &ResourceType,
-    cidr: ServiceCidr,
-    svc: &mut Value,
-) -> Result<(), ApiError> {
-    let name = svc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let owner = format!(
-        "{}/{name}",
-        svc.pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    );
-    let kind = svc
-        .pointer("/spec/type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP")
-        .to_string();
-    let mut held: Vec<String> = Vec::new();
-    let result = async {
-        if kind != "ExternalName" {
-            cluster_ip(state, rt, cidr, (&name, &owner), svc, &mut held).await?;
-        }
-        if matches!(kind.as_str(), "NodePort" | "LoadBalancer") {
-            let none = std::collections::HashSet::new();
-            node_ports(state, rt, (&name, &owner), svc, &none, &mut held).await?;
-        }
-        Ok(())
-    }
-    .await;
-    if result.is_err() && !held.is_empty() {
-        let ops = held
-            .into_iter()
-            .map(|key| Op::Delete {
-                key,
-                precondition: Precondition::None,
-            })
-            .collect();
-        let _ = state.store.write(ops).await;
-    }
-    result
 }

@@ -1091,24 +1091,12 @@ async fn an_agent_notices_a_server_gone_silent() {
     let upstream: std::net::SocketAddr = server.url.trim_start_matches("https://").parse().unwrap();
     let (relay, freeze) = freezable_relay(upstream).await;
     let dir = tempfile::tempdir().unwrap();
-    let _agent = common::Proc(
-        std::process::Command::new(common::WK)
-            .args(["agent", "--server", &format!("https://{relay}"), "--token"])
-            .arg(common::node_token(&server))
-            .arg("--ca-file")
-            .arg(server.ca_path())
-            .args([
-                "--name",
-                "node-s",
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
+    let _agent = common::start_agent_at(
+        &server,
+        &format!("https://{relay}"),
+        "node-s",
+        dir.path(),
+        &[],
     );
     let c = server.client();
     wait_node(&c, "node-s").await;

@@ -1264,8 +1264,9 @@ async fn service_addresses_are_allocated_once() {
     )
     .await
     .unwrap();
-    // An ExternalName Service may name a node port without holding it; once it is
-    // NodePort, the port is its own, and it gets a cluster IP. (Room in the /29 first.)
+    // An ExternalName Service keeps no node port (it is dropped, as on an update to
+    // ClusterIP); once it is NodePort, the port it names is its own, and it gets a
+    // cluster IP. (Room in the /29 first.)
     for name in ["np4", "np5"] {
         c.delete(svc, None, name, &json!({})).await.unwrap();
     }
@@ -1274,28 +1275,31 @@ async fn service_addresses_are_allocated_once() {
         .find(|p| ![port, other_port].contains(p))
         .unwrap();
     let ports = json!([{"port": 80, "nodePort": named}]);
-    c.create(
-        svc,
-        None,
-        &make(
-            "alias",
-            json!({"type": "ExternalName", "externalName": "example.com", "ports": ports}),
-        ),
-        &[],
-    )
-    .await
-    .unwrap();
+    let alias = c
+        .create(
+            svc,
+            None,
+            &make(
+                "alias",
+                json!({"type": "ExternalName", "externalName": "example.com", "ports": ports}),
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(alias["spec"]["ports"][0]["nodePort"].is_null(), "{alias}");
     let alias = c
         .patch(
             svc,
             None,
             "alias",
             merge,
-            &json!({"spec": {"type": "NodePort", "externalName": null}}),
+            &json!({"spec": {"type": "NodePort", "externalName": null, "ports": ports}}),
             &[],
         )
         .await
         .unwrap();
+    assert_eq!(alias["spec"]["ports"][0]["nodePort"], named, "{alias}");
     let ip = alias["spec"]["clusterIP"].as_str().unwrap_or_default();
     assert!(ip.starts_with("127.241.0."), "{alias}");
     assert_eq!(alias["spec"]["clusterIPs"], json!([ip]));

@@ -388,7 +388,11 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        deleting.elapsed() < Duration::from_secs(5) && get_opt_pod(&c, "slow-stop").await.is_some(),
+        deleting.elapsed() < Duration::from_secs(5)
+            && c.get_opt(lookup("pods").unwrap(), None, "slow-stop")
+                .await
+                .unwrap()
+                .is_some(),
         "the pod went before its grace period could have run out"
     );
     let del = server.kubectl(&["wait", "--for=delete", "pod/slow-stop", "--timeout=30s"]);
@@ -403,12 +407,6 @@ async fn container_jobs_oom_exec_probes_and_graceful_stop() {
         deleting.elapsed()
     );
     agent.stop();
-}
-
-async fn get_opt_pod(c: &Client, name: &str) -> Option<Value> {
-    c.get_opt(lookup("pods").unwrap(), None, name)
-        .await
-        .unwrap()
 }
 
 /// Starts Debian's `docker-registry` on a loopback port (with `user:password` basic auth,

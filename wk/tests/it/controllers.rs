@@ -358,17 +358,24 @@ async fn jobs_complete_fail_and_expire() {
     let victim_containers = json!([{"name": "web",
         "image": sample("hello-http.wasm"), "ports": [{"containerPort": 8080}]}]);
     victim["spec"]["template"]["spec"]["containers"] = victim_containers.clone();
-    c.create(jobs, None, &victim, &[]).await.unwrap();
-    wait_for("the victim's pod to run", Duration::from_secs(30), || {
+    // Waits for a pod of Job `name` to run.
+    let job_pod_runs = |name: &'static str| {
         let c = c.clone();
         async move {
-            list(&c, "pods", "job-name=victim")
-                .await
-                .iter()
-                .any(|p| p["status"]["phase"] == "Running")
+            wait_for("the Job's pod to run", Duration::from_secs(30), || {
+                let c = c.clone();
+                async move {
+                    list(&c, "pods", &format!("job-name={name}"))
+                        .await
+                        .iter()
+                        .any(|p| p["status"]["phase"] == "Running")
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
+    c.create(jobs, None, &victim, &[]).await.unwrap();
+    job_pod_runs("victim").await;
     let running = list(&c, "pods", "job-name=victim").await;
     assert_eq!(
         running[0]["metadata"]["finalizers"],
@@ -403,16 +410,7 @@ async fn jobs_complete_fail_and_expire() {
     let mut orphan = job("orphan", "", json!({}));
     orphan["spec"]["template"]["spec"]["containers"] = victim_containers.clone();
     c.create(jobs, None, &orphan, &[]).await.unwrap();
-    wait_for("the orphan's pod to run", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            list(&c, "pods", "job-name=orphan")
-                .await
-                .iter()
-                .any(|p| p["status"]["phase"] == "Running")
-        }
-    })
-    .await;
+    job_pod_runs("orphan").await;
     c.delete(
         jobs,
         None,
@@ -555,6 +553,32 @@ async fn greetings(c: &Client, app: &str) -> Vec<String> {
         out.push(body);
     }
     out
+}
+
+/// Sets the greeting of workload `name` (labelled `app=name`) to v2, waits for kubectl
+/// to see the rollout finish, then for all `count` pods to answer with v2.
+async fn roll_to_v2(
+    server: &TestServer,
+    c: &Client,
+    (plural, kind, name): (&str, &str, &'static str),
+    count: usize,
+) {
+    common::set_greeting(c, plural, name, "v2").await;
+    let target = format!("{kind}/{name}");
+    let out = run_cli(
+        server,
+        &["kubectl", "rollout", "status", &target, "--timeout=90s"],
+    )
+    .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_for("v2 everywhere", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move {
+            let g = greetings(&c, name).await;
+            g.len() == count && g.iter().all(|g| g.contains("v2"))
+        }
+    })
+    .await;
 }
 
 async fn run_cli(server: &TestServer, args: &[&str]) -> String {
@@ -1000,27 +1024,7 @@ async fn daemonset_follows_nodes_and_rolls() {
     wait_nodes(vec!["node-1", "node-3"]).await;
 
     // A template change rolls out; kubectl sees it finish.
-    common::set_greeting(&c, "daemonsets", "edge", "v2").await;
-    let out = run_cli(
-        &server,
-        &[
-            "kubectl",
-            "rollout",
-            "status",
-            "daemonset/edge",
-            "--timeout=90s",
-        ],
-    )
-    .await;
-    assert!(out.contains("successfully rolled out"), "{out}");
-    wait_for("v2 everywhere", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            let g = greetings(&c, "edge").await;
-            g.len() == 2 && g.iter().all(|g| g.contains("v2"))
-        }
-    })
-    .await;
+    roll_to_v2(&server, &c, ("daemonsets", "daemonset", "edge"), 2).await;
 
     // node-3 leaves the cluster: its agent stops and its Node is deleted.
     agents.retain(|(n, _)| n != "node-3");
@@ -1356,27 +1360,7 @@ async fn a_deployment_applied_again_adopts_its_orphaned_replicaset() {
     })
     .await;
     assert_eq!(list(&c, "pods", "app=again").await.len(), pods.len());
-    common::set_greeting(&c, "deployments", "again", "v2").await;
-    let out = run_cli(
-        &server,
-        &[
-            "kubectl",
-            "rollout",
-            "status",
-            "deploy/again",
-            "--timeout=60s",
-        ],
-    )
-    .await;
-    assert!(out.contains("successfully rolled out"), "{out}");
-    wait_for("v2 everywhere", Duration::from_secs(30), || {
-        let c = c.clone();
-        async move {
-            let g = greetings(&c, "again").await;
-            g.len() == 2 && g.iter().all(|g| g.contains("v2"))
-        }
-    })
-    .await;
+    roll_to_v2(&server, &c, ("deployments", "deploy", "again"), 2).await;
 }
 
 /// `minReadySeconds`: a pod counts as available only once it has been Ready that long,
@@ -1514,19 +1498,8 @@ async fn a_deleted_namespace_leaves_nothing_behind() {
     wait_for("3 pods", Duration::from_secs(60), || {
         let c = c.clone();
         async move {
-            let pods = c
-                .list(
-                    lookup("pods").unwrap(),
-                    Some("doomed"),
-                    false,
-                    &Default::default(),
-                )
-                .await
-                .unwrap();
-            pods["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let pods = list(&c, "pods", "app=busy").await;
+            pods.iter()
                 .filter(|p| p["status"]["phase"] == "Running")
                 .count()
                 == 3

@@ -311,12 +311,23 @@ pub fn sample(name: &str) -> String {
 /// Starts `wk agent` joined to `server` with the join token, extra flags appended. It runs
 /// in the repository root, where the sample manifests' relative image paths point.
 pub fn start_agent_with(server: &TestServer, name: &str, dir: &Path, extra: &[&str]) -> Proc {
+    start_agent_at(server, &server.url, name, dir, extra)
+}
+
+/// [`start_agent_with`], reaching `server` at `url` (through a relay, say).
+pub fn start_agent_at(
+    server: &TestServer,
+    url: &str,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Proc {
     Proc(
         Command::new(WK)
             .args([
                 "agent",
                 "--server",
-                &server.url,
+                url,
                 "--token",
                 &node_token(server),
                 "--ca-file",
