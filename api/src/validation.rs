@@ -2750,15 +2750,15 @@ pub fn validate_config_map(cm: &ConfigMap) -> Vec<FieldError> {
     errs
 }
 
-/// Validates a Secret: metadata; keys of `data` and `stringData` are config keys; at
-/// most 1 MiB; and the keys its `type` requires (`tls.crt` and `tls.key` for
-/// `kubernetes.io/tls`, and so on). `Opaque` and unknown types require nothing.
 /// A ServiceAccount: its metadata (wk stores ServiceAccounts for the manifests that carry
 /// them; it issues no tokens).
 pub fn validate_service_account(sa: &ServiceAccount) -> Vec<FieldError> {
     validate_object_meta(&sa.metadata, true, &FieldPath::new("metadata"))
 }
 
+/// Validates a Secret: metadata; keys of `data` and `stringData` are config keys; at
+/// most 1 MiB; and the keys its `type` requires (`tls.crt` and `tls.key` for
+/// `kubernetes.io/tls`, and so on). `Opaque` and unknown types require nothing.
 pub fn validate_secret(secret: &Secret) -> Vec<FieldError> {
     let mut errs = validate_object_meta(&secret.metadata, true, &FieldPath::new("metadata"));
     let data_path = FieldPath::new("data");

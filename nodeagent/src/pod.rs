@@ -248,6 +248,12 @@ fn sub_paths_inside(
     Ok(())
 }
 
+/// Whether `restartPolicy` runs a container again after it ended with `end`.
+fn restarts(policy: &str, end: &ContainerState) -> bool {
+    let failed = !matches!(end, ContainerState::Terminated { exit_code: 0, .. });
+    policy == "Always" || (policy == "OnFailure" && failed)
+}
+
 impl Agent {
     /// Brings one pod towards its desired state.
     pub(crate) async fn reconcile(self: Arc<Self>, pod: Value) {
@@ -306,30 +312,9 @@ impl Agent {
             let message = format!(
                 "Pod was rejected: Node didn't have enough resource: {res}, requested: {requested}, used: {used}, capacity: {capacity}"
             );
-            let reason = format!("OutOf{res}");
-            tracing::info!(pod = s(&pod, "/metadata/name"), %message, "pod rejected");
-            self.event(&pod, "Warning", &reason, &message);
-            let tx = spawn_reporter(self.clone(), &pod);
-            let _ = tx.send(Some(json!({"phase": "Failed", "reason": reason, "message": message, "startTime": ts(&jiff::Timestamp::now())})));
+            self.reject(&pod, &format!("OutOf{res}"), &message);
             return;
         }
-        let stop = Arc::new(StopSignal::default());
-        let (done_tx, done) = watch::channel(false);
-        let key = format!(
-            "{}/{}",
-            s(&pod, "/metadata/namespace"),
-            s(&pod, "/metadata/name")
-        );
-        pods.insert(
-            uid.clone(),
-            PodHandle {
-                stop: stop.clone(),
-                done,
-                key,
-                requests,
-            },
-        );
-        drop(pods);
         let first_port = pod
             .pointer("/spec/containers/0/ports/0/containerPort")
             .and_then(Value::as_u64)
@@ -339,25 +324,46 @@ impl Agent {
         // A pod this node ran before (the agent restarted) keeps its address if it can.
         let previous_ip = s(&pod, "/status/podIP").parse::<Ipv4Addr>().ok();
         let Some(ip) = self.claim_ip(previous_ip, first_port, on_host) else {
-            // Every address of the node's pod range is taken: the pod fails here, and its
-            // controller places a replacement.
-            let _ = done_tx.send(true);
-            self.pods.lock().await.remove(&uid);
+            // Every address of the node's pod range is taken: its controller places a
+            // replacement elsewhere.
+            drop(pods);
             let message = format!(
                 "no free address in the node's pod range {}",
                 self.cfg.pod_cidr
             );
-            tracing::error!(pod = s(&pod, "/metadata/name"), %message);
-            self.event(&pod, "Warning", "OutOfPodAddresses", &message);
-            let tx = spawn_reporter(self.clone(), &pod);
-            let _ = tx.send(Some(json!({"phase": "Failed", "reason": "OutOfPodAddresses", "message": message, "startTime": ts(&jiff::Timestamp::now())})));
+            self.reject(&pod, "OutOfPodAddresses", &message);
             return;
         };
+        let stop = Arc::new(StopSignal::default());
+        let (done_tx, done) = watch::channel(false);
+        let key = format!(
+            "{}/{}",
+            s(&pod, "/metadata/namespace"),
+            s(&pod, "/metadata/name")
+        );
+        pods.insert(
+            uid,
+            PodHandle {
+                stop: stop.clone(),
+                done,
+                key,
+                requests,
+            },
+        );
+        drop(pods);
         tokio::spawn(async move {
             self.clone().run_pod(pod, ip, stop).await;
             self.release_ip(ip, on_host);
             let _ = done_tx.send(true);
         });
+    }
+
+    /// Fails a pod this node cannot take, saying why (an event and its status).
+    fn reject(self: &Arc<Self>, pod: &Value, reason: &str, message: &str) {
+        tracing::info!(pod = s(pod, "/metadata/name"), %message, "pod rejected");
+        self.event(pod, "Warning", reason, message);
+        let tx = spawn_reporter(self.clone(), pod);
+        let _ = tx.send(Some(json!({"phase": "Failed", "reason": reason, "message": message, "startTime": ts(&jiff::Timestamp::now())})));
     }
 
     /// Finishes a graceful deletion once the pod's containers have stopped (only of this
@@ -1084,20 +1090,12 @@ impl Agent {
                         finished_at: time("finishedAt"),
                     }
                 });
-                let restart = |end: &ContainerState| {
-                    let failed = !matches!(end, ContainerState::Terminated { exit_code: 0, .. });
-                    policy == "Always" || (policy == "OnFailure" && failed)
-                };
                 match (lost, ended) {
-                    (Some(end), _) if restart(&end) => {
+                    (Some(end), _) if restarts(&policy, &end) => {
                         c.restarts += 1;
                         c.last = Some(end);
                     }
-                    (Some(end), _) => {
-                        c.state = end;
-                        c.done = true;
-                    }
-                    (None, Some(end)) if !restart(&end) => {
+                    (Some(end), _) | (None, Some(end)) if !restarts(&policy, &end) => {
                         c.state = end;
                         c.done = true;
                     }
@@ -1309,8 +1307,7 @@ impl Agent {
                     if c.running_since.is_some_and(|t| t.elapsed() >= BACKOFF_RESET) {
                         backoff[i] = BACKOFF_START;
                     }
-                    let failed = !matches!(end, ContainerState::Terminated { exit_code: 0, .. });
-                    let restart = policy == "Always" || (policy == "OnFailure" && failed);
+                    let restart = restarts(&policy, &end);
                     c.last = Some(end.clone());
                     c.started = false;
                     c.ready = false;

@@ -224,14 +224,11 @@ async fn read_capped(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8>
     let Some(mut pipe) = pipe else {
         return kept;
     };
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = EXEC_OUTPUT_MAX - kept.len();
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
+    let _ = (&mut pipe)
+        .take(EXEC_OUTPUT_MAX as u64)
+        .read_to_end(&mut kept)
+        .await;
+    // The rest is read and dropped, so the command is not blocked writing it.
+    let _ = tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await;
+    kept
 }

@@ -176,10 +176,10 @@ pub struct LocalService {
     open_conns: Arc<AtomicUsize>,
     next_id: Arc<AtomicU64>,
     /// Set when the service stops: open connections finish their request and close.
+    /// Its sender belongs to the service's task: when that ends or is aborted (its grace
+    /// period ran out), connections handed over by the balancer, which run outside the
+    /// task, end too.
     closing: tokio::sync::watch::Receiver<bool>,
-    /// Closed when the service's task ends or is aborted (its grace period ran out):
-    /// connections handed over by the balancer, which run outside that task, end too.
-    ended: tokio::sync::watch::Receiver<()>,
 }
 
 impl LocalService {
@@ -236,17 +236,16 @@ impl LocalService {
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
-        let mut ended = self.ended.clone();
-        let closed = tokio::select! {
-            _ = conn.as_mut() => false,
-            _ = async { let _ = closing.wait_for(|c| *c).await; } => true,
-            _ = ended.changed() => return,
+        let closing_now = tokio::select! {
+            _ = conn.as_mut() => return,
+            c = closing.wait_for(|c| *c) => c.is_ok(),
         };
-        if closed {
+        if closing_now {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = ended.changed() => {}
+                // The service's task is gone.
+                _ = closing.changed() => {}
             }
         }
     }
@@ -334,8 +333,6 @@ pub async fn start(
     let drain_ms = container.drain_ms.clone();
     // Tells open connections to finish their current request and close.
     let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-    // Never sent on: dropped with the service's task.
-    let (ended_tx, ended_rx) = tokio::sync::watch::channel(());
     let service = Arc::new(LocalService {
         handler,
         request_timeout,
@@ -343,7 +340,6 @@ pub async fn start(
         open_conns: Arc::new(AtomicUsize::new(0)),
         next_id: Arc::new(AtomicU64::new(0)),
         closing: closing_rx,
-        ended: ended_rx,
     });
     let addrs: Vec<std::net::SocketAddr> = listeners
         .iter()
@@ -361,8 +357,7 @@ pub async fn start(
         // The listeners and the hand-off entries belong to this task: when it ends, or is
         // aborted because the grace period ran out (`stop` then waits for it to be
         // dropped), the ports are free again and the balancer stops handing in; and
-        // `ended` goes, which ends the connections it handed in.
-        let _ended = ended_tx;
+        // `closing_tx` goes, which ends the connections it handed in.
         let closed = Closed {
             local,
             addrs,

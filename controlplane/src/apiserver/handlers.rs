@@ -825,6 +825,20 @@ struct DeleteOptions {
 }
 
 async fn delete_options(params: &Params, req: Request) -> Result<DeleteOptions> {
+    let bytes = to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?
+    };
+    delete_options_from(params, &body)
+}
+
+/// DeleteOptions from the query and a decoded body (`Value::Null` when there is none).
+fn delete_options_from(params: &Params, body: &Value) -> Result<DeleteOptions> {
     let mut o = DeleteOptions {
         grace_period: params
             .get("gracePeriodSeconds")
@@ -833,12 +847,7 @@ async fn delete_options(params: &Params, req: Request) -> Result<DeleteOptions> 
         dry_run: params.dry_run(),
         ..Default::default()
     };
-    let bytes = to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .unwrap_or_default();
-    if !bytes.is_empty() {
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Status::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+    if !body.is_null() {
         if let Some(g) = body.get("gracePeriodSeconds").and_then(Value::as_i64) {
             o.grace_period = Some(g);
         }
@@ -902,10 +911,7 @@ pub async fn evict(state: ApiState, target: Target, req: Request) -> Result<Resp
         ))
         .into());
     }
-    let options = body.get("deleteOptions").cloned().unwrap_or(json!({}));
-    let bytes = serde_json::to_vec(&options).unwrap_or_default();
-    let inner = Request::new(axum::body::Body::from(bytes));
-    let opts = delete_options(&params, inner).await?;
+    let opts = delete_options_from(&params, body.get("deleteOptions").unwrap_or(&Value::Null))?;
     let pod = Target {
         subresource: None,
         ..target
@@ -918,12 +924,11 @@ pub async fn evict(state: ApiState, target: Target, req: Request) -> Result<Resp
 }
 
 async fn delete_with(state: &ApiState, target: &Target, opts: &DeleteOptions) -> Result<Response> {
-    let (state, target) = (state.clone(), target.clone());
     let name = target.name.clone().unwrap_or_default();
     for _ in 0..MAX_RETRIES {
-        let current = load(&state, &key_of(&target, &name), false)
+        let current = load(state, &key_of(target, &name), false)
             .await?
-            .ok_or_else(|| not_found(&target, &name))?;
+            .ok_or_else(|| not_found(target, &name))?;
         if opts
             .uid
             .as_deref()
@@ -943,10 +948,10 @@ async fn delete_with(state: &ApiState, target: &Target, opts: &DeleteOptions) ->
         {
             return Err(Status::stale(target.rt, &name).into());
         }
-        match delete_one(&state, &target, current, opts).await? {
+        match delete_one(state, target, current, opts).await? {
             Ok(resp) => return Ok(resp),
             Err(OpError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_op_error(&target, &name, e)),
+            Err(e) => return Err(store_op_error(target, &name, e)),
         }
     }
     Err(Status::stale(target.rt, &name).into())

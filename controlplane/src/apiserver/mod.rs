@@ -226,42 +226,47 @@ fn user_info(identity: &Identity) -> serde_json::Value {
 /// its own purpose (a node's to what its agent needs, checked per request), so a review
 /// answers no for it, saying why.
 async fn self_subject_access_review(req: Request) -> Response {
-    let identity = req.extensions().get::<Identity>().cloned();
-    let (mut review, _) = match handlers::read_body(req).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let (allowed, reason) = match identity {
-        Some(Identity::Admin) => (true, "the admin credential may do anything"),
-        _ => (
-            false,
-            "only the admin credential is reviewed; node credentials are limited to what their agent needs",
-        ),
-    };
-    review["status"] = serde_json::json!({"allowed": allowed, "reason": reason});
-    review["apiVersion"] = "authorization.k8s.io/v1".into();
-    review["kind"] = "SelfSubjectAccessReview".into();
-    (StatusCode::CREATED, axum::Json(review)).into_response()
+    review(req, "SelfSubjectAccessReview", |admin| {
+        if admin {
+            serde_json::json!({"allowed": true, "reason": "the admin credential may do anything"})
+        } else {
+            serde_json::json!({"allowed": false, "reason": "only the admin credential is reviewed; node credentials are limited to what their agent needs"})
+        }
+    })
+    .await
 }
 
 /// `kubectl auth can-i --list`: everything for the admin; nothing listed for other
 /// credentials (their limits are checked per request).
 async fn self_subject_rules_review(req: Request) -> Response {
+    review(req, "SelfSubjectRulesReview", |admin| {
+        if admin {
+            serde_json::json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
+        } else {
+            serde_json::json!({"resourceRules": [], "nonResourceRules": [], "incomplete": true,
+                "evaluationError": "only the admin credential is reviewed"})
+        }
+    })
+    .await
+}
+
+/// An authorization review of kind `kind`: the request's object back, with the `status`
+/// `answer` gives for whether the caller is the admin.
+async fn review(
+    req: Request,
+    kind: &str,
+    answer: impl FnOnce(bool) -> serde_json::Value,
+) -> Response {
     let admin = matches!(req.extensions().get::<Identity>(), Some(Identity::Admin));
     let (mut review, _) = match handlers::read_body(req).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    review["status"] = if admin {
-        serde_json::json!({"resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}], "incomplete": false})
-    } else {
-        serde_json::json!({"resourceRules": [], "nonResourceRules": [], "incomplete": true,
-            "evaluationError": "only the admin credential is reviewed"})
-    };
+    review["status"] = answer(admin);
     review["apiVersion"] = "authorization.k8s.io/v1".into();
-    review["kind"] = "SelfSubjectRulesReview".into();
-    (StatusCode::CREATED, axum::Json(review)).into_response()
+    review["kind"] = kind.into();
+    json_response(StatusCode::CREATED, &review)
 }
 
 /// `kubectl auth whoami`.
@@ -271,7 +276,7 @@ async fn self_subject_review(req: Request) -> Response {
     };
     let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
         "metadata": {}, "status": {"userInfo": user_info(&identity)}});
-    (StatusCode::CREATED, axum::Json(body)).into_response()
+    json_response(StatusCode::CREATED, &body)
 }
 
 /// `POST /wk/v1/nodecredentials/{name}`: exchanges the node join token (or the admin

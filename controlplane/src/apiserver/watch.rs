@@ -65,15 +65,16 @@ impl Watcher {
         if !self.selective {
             return matches.then(|| self.line(ev.kind.as_str(), &ev.object));
         }
-        // Whether it matched before this event: from the object before a modification
-        // (so an object that leaves the selection is seen to, even when this watch
-        // started after it was last listed), else from what this watch has sent.
-        let known = match (&ev.previous, ev.kind) {
-            (Some(prev), EventType::Modified) => serde_json::from_str::<Value>(prev)
-                .map(|p| self.filter.matches(&p))
-                .unwrap_or(false),
-            _ => self.matching.contains(&ev.key),
-        };
+        // Whether it matched before this event: sent by this watch as matching, or else
+        // (an object this watch has not sent, perhaps last listed before it started)
+        // from the object before a modification, parsed only then.
+        let known = self.matching.contains(&ev.key)
+            || match (&ev.previous, ev.kind) {
+                (Some(prev), EventType::Modified) => {
+                    serde_json::from_str::<Value>(prev).is_ok_and(|p| self.filter.matches(&p))
+                }
+                _ => false,
+            };
         let kind = match (ev.kind, matches, known) {
             (EventType::Deleted, _, true) => {
                 self.matching.remove(&ev.key);

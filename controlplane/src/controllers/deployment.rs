@@ -194,6 +194,10 @@ async fn sync(client: &Client, w: &World, d: &Value) {
         .and_then(|a| a.get(CHANGE_CAUSE))
         .cloned();
     let wanted = semantic(&template);
+    let min_ready = d
+        .pointer("/spec/minReadySeconds")
+        .cloned()
+        .unwrap_or(json!(0));
     let new_rs = owned.iter().find(|r| template_of(r) == wanted).copied();
     let scaler = Scaler {
         client,
@@ -264,7 +268,7 @@ async fn sync(client: &Client, w: &World, d: &Value) {
                          "annotations": annotations,
                          "ownerReferences": owner_ref(d, "apps/v1", "Deployment")},
             "spec": {"replicas": start, "selector": selector, "template": tmpl,
-                     "minReadySeconds": d.pointer("/spec/minReadySeconds").cloned().unwrap_or(json!(0))}});
+                     "minReadySeconds": min_ready}});
         match client.create(rs_rt, Some(ns), &rs, &[]).await {
             Ok(_) => event(
                 client,
@@ -280,19 +284,15 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     };
     // A rollback to an older template: that ReplicaSet becomes the newest revision.
     let mut revision = revision_of(new);
+    // One patch of the current ReplicaSet: the newest revision after a rollback, and
+    // minReadySeconds, which follows the Deployment into it as in Kubernetes.
+    let mut rs_patch = json!({});
+    if new.pointer("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
+        rs_patch["spec"]["minReadySeconds"] = min_ready;
+    }
     if revision < max_revision {
         revision = max_revision + 1;
-        let annotations = revision_annotations(revision, change_cause.as_ref());
-        let _ = client
-            .patch(
-                rs_rt,
-                Some(ns),
-                s(new, "/metadata/name"),
-                "application/merge-patch+json",
-                &json!({"metadata": {"annotations": annotations}}),
-                &[],
-            )
-            .await;
+        rs_patch["metadata"]["annotations"] = revision_annotations(revision, change_cause.as_ref());
         event(
             client,
             d,
@@ -308,20 +308,14 @@ async fn sync(client: &Client, w: &World, d: &Value) {
     {
         set_revision(client, d, revision).await;
     }
-    // minReadySeconds follows the Deployment into its current ReplicaSet, as in
-    // Kubernetes.
-    let min_ready = d
-        .pointer("/spec/minReadySeconds")
-        .cloned()
-        .unwrap_or(json!(0));
-    if new.pointer("/spec/minReadySeconds").unwrap_or(&json!(0)) != &min_ready {
+    if rs_patch != json!({}) {
         let _ = client
             .patch(
                 rs_rt,
                 Some(ns),
                 s(new, "/metadata/name"),
                 "application/merge-patch+json",
-                &json!({"spec": {"minReadySeconds": min_ready}}),
+                &rs_patch,
                 &[],
             )
             .await;

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use wk_api::resource::lookup;
 use wk_client::Client;
 
-use super::{World, controller_uid, event, is_active, owner_ref, patch_status, s};
+use super::{World, controller_ref, controller_uid, event, is_active, owner_ref, patch_status, s};
 
 use wk_api::objects::rfc3339 as ts;
 
@@ -58,13 +58,7 @@ pub(crate) const TRACKING: &str = "batch.kubernetes.io/job-tracking";
 /// Whether `pod`'s controller is a Job (the Job may be gone), or it has none (a Job
 /// deleted with `--cascade=orphan` leaves its pods without one).
 fn owned_by_a_job(pod: &Value) -> bool {
-    let refs = pod
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array);
-    match refs.and_then(|r| r.iter().find(|r| r["controller"] == true)) {
-        Some(controller) => controller["kind"] == "Job",
-        None => true,
-    }
+    controller_ref(pod).is_none_or(|c| c["kind"] == "Job")
 }
 
 fn tracked(pod: &Value) -> bool {
@@ -109,6 +103,8 @@ struct Tally {
     failed: i64,
     uncounted_succeeded: Vec<String>,
     uncounted_failed: Vec<String>,
+    /// Whether the uncounted lists differ from the status's (a write is due).
+    changed: bool,
 }
 
 impl Tally {
@@ -129,6 +125,7 @@ fn tally(job: &Value, owned: &[&Value], suspended: bool) -> Tally {
         failed: int(job, "/status/failed").unwrap_or(0),
         uncounted_succeeded: Vec::new(),
         uncounted_failed: Vec::new(),
+        changed: false,
     };
     for pod in owned.iter().filter(|p| tracked(p)) {
         let uid = s(pod, "/metadata/uid").to_string();
@@ -153,6 +150,7 @@ fn tally(job: &Value, owned: &[&Value], suspended: bool) -> Tally {
     }
     t.uncounted_succeeded.sort();
     t.uncounted_failed.sort();
+    t.changed = (&listed_ok, &listed_failed) != (&t.uncounted_succeeded, &t.uncounted_failed);
     t
 }
 
@@ -216,10 +214,10 @@ pub(crate) async fn run(client: &Client, w: &World) {
             int(job, "/status/succeeded").unwrap_or(0),
             int(job, "/status/failed").unwrap_or(0),
         );
-        if finished(job).is_none() {
+        let ended = finished(job);
+        if ended.is_none() {
             let t = tally(job, &owned, suspended);
-            let listed = (uid_list(job, "succeeded"), uid_list(job, "failed"));
-            if listed != (t.uncounted_succeeded.clone(), t.uncounted_failed.clone()) {
+            if t.changed {
                 // The counts are stored before any finalizer goes: a pod leaves only
                 // once it is counted. Not stored, nothing more is decided this pass.
                 let status = json!({"succeeded": t.succeeded, "failed": t.failed,
@@ -241,9 +239,14 @@ pub(crate) async fn run(client: &Client, w: &World) {
         }
         let failures = failed_pods + owned.iter().map(|p| restarts(p)).sum::<i64>();
 
-        if let Some((_, at)) = finished(job) {
+        if let Some((_, at)) = ended {
             // A finished Job counts no more: its pods were let go above.
-            if !uid_list(job, "succeeded").is_empty() || !uid_list(job, "failed").is_empty() {
+            let listing = |which| {
+                job.pointer(&format!("/status/uncountedTerminatedPods/{which}"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| !l.is_empty())
+            };
+            if listing("succeeded") || listing("failed") {
                 let empty = json!({"uncountedTerminatedPods": {"succeeded": [], "failed": []}});
                 patch_status(client, "jobs", job, empty).await;
             }
@@ -299,15 +302,8 @@ pub(crate) async fn run(client: &Client, w: &World) {
                 "message": "Job suspended", "lastProbeTime": ts(now), "lastTransitionTime": ts(now)});
             let status = json!({"active": 0, "succeeded": succeeded, "failed": failed_pods,
                 "ready": 0, "conditions": [suspended]});
-            let current = job.get("status").cloned().unwrap_or(json!({}));
-            let already = current
-                .pointer("/conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Suspended" && c["status"] == "True")
-                });
-            if !already || current.get("active").unwrap_or(&json!(0)) != &json!(0) {
+            let active_now = job.pointer("/status/active").unwrap_or(&json!(0)) != &json!(0);
+            if !was_suspended || active_now {
                 patch_status(client, "jobs", job, status).await;
             }
             continue;
@@ -444,6 +440,7 @@ mod tests {
                 failed: 2,
                 uncounted_succeeded: uids(&["b", "c"]),
                 uncounted_failed: uids(&["f"]),
+                changed: true,
             }
         );
         // A listed pod whose finalizer is gone leaves the list, and keeps its count.
@@ -452,6 +449,9 @@ mod tests {
         let b_done = pod("b", "Succeeded", false);
         let t = tally(&written, &[&b_done, &c, &f], false);
         assert_eq!((t.succeeded, t.failed), (3, 2));
+        assert!(t.changed);
+        // Nothing new: no write is due.
+        assert!(!tally(&written, &[&b, &c, &f], false).changed);
         assert_eq!(t.uncounted_succeeded, uids(&["c"]));
         assert!(t.lists(&c) && !t.lists(&b_done));
     }

@@ -68,6 +68,17 @@ pub(crate) async fn adopt<'a>(
     candidates: impl Iterator<Item = &'a Arc<Value>>,
 ) -> Vec<&'a Value> {
     let ns = s(owner, "/metadata/namespace");
+    // Orphans are rare: the selector is only parsed when there are any.
+    let orphans: Vec<&Arc<Value>> = candidates
+        .filter(|c| {
+            s(c, "/metadata/namespace") == ns
+                && controller_uid(c).is_none()
+                && c.pointer("/metadata/deletionTimestamp").is_none()
+        })
+        .collect();
+    if orphans.is_empty() {
+        return Vec::new();
+    }
     let Some(selector) = owner
         .pointer("/spec/selector")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -75,16 +86,12 @@ pub(crate) async fn adopt<'a>(
     else {
         return Vec::new();
     };
-    if selector.to_string().is_empty() {
+    if selector.is_empty() {
         return Vec::new(); // an empty selector would take everything: never adopt with it
     }
     let mut adopted = Vec::new();
-    for c in candidates {
-        if s(c, "/metadata/namespace") != ns
-            || controller_uid(c).is_some()
-            || c.pointer("/metadata/deletionTimestamp").is_some()
-            || !selector.matches(&labels(c, "/metadata/labels"))
-        {
+    for c in orphans {
+        if !selector.matches(&labels(c, "/metadata/labels")) {
             continue;
         }
         let mut refs = c
@@ -92,12 +99,7 @@ pub(crate) async fn adopt<'a>(
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        refs.extend(
-            owner_ref(owner, api_version, kind)
-                .as_array()
-                .cloned()
-                .unwrap_or_default(),
-        );
+        refs.push(owner_ref(owner, api_version, kind)[0].clone());
         let patch = json!({"metadata": {"ownerReferences": refs,
             "resourceVersion": s(c, "/metadata/resourceVersion"), "uid": s(c, "/metadata/uid")}});
         let name = s(c, "/metadata/name");
@@ -128,13 +130,16 @@ pub(crate) async fn adopt<'a>(
 }
 
 /// The uid of an object's controller owner, if any.
-pub(crate) fn controller_uid(v: &Value) -> Option<&str> {
+/// The owner reference marked `controller`, if any.
+pub(crate) fn controller_ref(v: &Value) -> Option<&Value> {
     v.pointer("/metadata/ownerReferences")?
         .as_array()?
         .iter()
         .find(|o| o.get("controller") == Some(&json!(true)))
-        .and_then(|o| o.get("uid"))
-        .and_then(Value::as_str)
+}
+
+pub(crate) fn controller_uid(v: &Value) -> Option<&str> {
+    controller_ref(v)?.get("uid").and_then(Value::as_str)
 }
 
 pub(crate) fn owner_ref(owner: &Value, api_version: &str, kind: &str) -> Value {

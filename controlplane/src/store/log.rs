@@ -41,8 +41,8 @@ fn read_err(e: impl std::error::Error + 'static) -> StorageError {
 type SyncOp = Box<dyn FnOnce(&Database) -> Result<(), StorageError> + Send>;
 
 enum Job {
-    /// Entries (index, log id, encoding) and whom to tell once they are durable.
-    Append(Vec<(u64, LogId, Vec<u8>)>, LogFlushed<TypeConfig>),
+    /// Entries (log id, encoding) and whom to tell once they are durable.
+    Append(Vec<(LogId, Vec<u8>)>, LogFlushed<TypeConfig>),
     /// A metadata write nobody waits for (the committed log id): it rides along with the
     /// next group commit.
     Meta(&'static str, Vec<u8>),
@@ -154,8 +154,10 @@ fn writer_loop(
                         }
                         let mut table = tx.open_table(LOG).map_err(io_err)?;
                         for (entries, _) in &batch {
-                            for (index, _, bytes) in entries {
-                                table.insert(*index, bytes.as_slice()).map_err(io_err)?;
+                            for (log_id, bytes) in entries {
+                                table
+                                    .insert(log_id.index, bytes.as_slice())
+                                    .map_err(io_err)?;
                             }
                         }
                     }
@@ -177,9 +179,9 @@ fn writer_loop(
                     // again meanwhile (after a truncate) keeps its newer, pending entry.
                     let mut p = pending.lock().expect("pending lock");
                     for (entries, _) in &batch {
-                        for (index, log_id, _) in entries {
-                            if p.get(index).is_some_and(|e| e.log_id == *log_id) {
-                                p.remove(index);
+                        for (log_id, _) in entries {
+                            if p.get(&log_id.index).is_some_and(|e| e.log_id == *log_id) {
+                                p.remove(&log_id.index);
                             }
                         }
                     }
@@ -392,11 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut pending = self.pending.lock().expect("pending lock");
             for e in entries {
-                encoded.push((
-                    e.log_id.index,
-                    e.log_id,
-                    postcard::to_allocvec(&e).map_err(io_err)?,
-                ));
+                encoded.push((e.log_id, postcard::to_allocvec(&e).map_err(io_err)?));
                 pending.insert(e.log_id.index, e);
             }
         }

@@ -1498,9 +1498,21 @@ async fn a_deleted_namespace_leaves_nothing_behind() {
     wait_for("3 pods", Duration::from_secs(60), || {
         let c = c.clone();
         async move {
-            let pods = list(&c, "pods", "app=busy").await;
-            pods.iter()
-                .filter(|p| p["status"]["phase"] == "Running")
+            let pods = c
+                .list(
+                    lookup("pods").unwrap(),
+                    Some("doomed"),
+                    false,
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
+            let running = |p: &&Value| p["status"]["phase"] == "Running";
+            pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(running)
                 .count()
                 == 3
         }

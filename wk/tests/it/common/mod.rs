@@ -354,7 +354,7 @@ pub fn start_agent(server: &TestServer, name: &str, dir: &Path) -> Proc {
     start_agent_with(server, name, dir, &[])
 }
 
-/// The items of a list of `kind` (all namespaces) matching a label selector.
+/// The items of a list of `kind` in the default namespace matching a label selector.
 pub async fn list(c: &Client, kind: &str, selector: &str) -> Vec<serde_json::Value> {
     let p = wk_client::ListParams {
         label_selector: Some(selector.to_string()).filter(|s| !s.is_empty()),
