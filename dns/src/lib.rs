@@ -255,24 +255,23 @@ impl ClusterDns {
         // `pod.`, a namespace's `<ns>.svc.`) exist: NODATA, not NXDOMAIN, which would
         // tell a caching resolver that everything below is gone too (RFC 8020). The
         // apex has the zone's SOA.
-        let apex = format!("{}.", self.domain.to_ascii_lowercase());
-        if key == apex {
-            return Some(match rtype {
-                RecordType::SOA | RecordType::ANY => vec![self.soa()],
-                _ => Vec::new(),
-            });
-        }
-        if key == format!("svc.{apex}") || key == format!("pod.{apex}") {
-            return Some(Vec::new());
-        }
-        if let Some(ns) = key.strip_suffix(&format!(".svc.{apex}"))
-            && zone.namespaces.contains(ns)
-        {
-            return Some(Vec::new());
-        }
-        // `<a-b-c-d>.<ns>.pod.<domain>.`
+        // (`key` is inside the domain: its labels end with the domain's.)
         let labels: Vec<&str> = key.trim_end_matches('.').split('.').collect();
         let domain_labels = self.domain.split('.').count();
+        match labels.len() - domain_labels.min(labels.len()) {
+            0 => {
+                return Some(match rtype {
+                    RecordType::SOA | RecordType::ANY => vec![self.soa()],
+                    _ => Vec::new(),
+                });
+            }
+            1 if matches!(labels[0], "svc" | "pod") => return Some(Vec::new()),
+            2 if labels[1] == "svc" && zone.namespaces.contains(labels[0]) => {
+                return Some(Vec::new());
+            }
+            _ => {}
+        }
+        // `<a-b-c-d>.<ns>.pod.<domain>.`
         if labels.len() == 3 + domain_labels && labels[2] == "pod" {
             if let Ok(ip) = labels[0].replace('-', ".").parse::<Ipv4Addr>() {
                 return Some(match rtype {

@@ -229,12 +229,12 @@ fn sub_paths_inside(
     id: &str,
 ) -> Result<(), wk_api::runtime::RuntimeError> {
     for (volume, path) in sub_paths {
-        let inside = match (volume.canonicalize(), path.canonicalize()) {
-            (Ok(v), Ok(p)) => p.starts_with(&v),
-            // Not there yet: the runtime creates it, inside the volume.
-            (Ok(_), Err(_)) => std::fs::symlink_metadata(path).is_err(),
-            _ => false,
-        };
+        // A path not there yet resolves as its deepest existing ancestor; a symlink that
+        // leads nowhere is refused (its target might be made later, anywhere).
+        let dangling = path.canonicalize().is_err() && std::fs::symlink_metadata(path).is_ok();
+        let inside = volume
+            .canonicalize()
+            .is_ok_and(|v| !dangling && wk_runtime_oci::unpack::resolves_inside(&v, path));
         if !inside {
             return Err(wk_api::runtime::RuntimeError::Start {
                 id: id.to_string(),
@@ -1410,8 +1410,8 @@ mod tests {
     use super::*;
 
     /// A subPath may be a directory of its volume, not there yet, or a symlink inside the
-    /// volume; one that resolves outside it (a container made it a symlink to `/`, or a
-    /// dangling one) stops the container from starting.
+    /// volume; one that resolves outside it (a container made it, or a directory above
+    /// it, a symlink to `/`, or a dangling one) stops the container from starting.
     #[test]
     fn sub_paths_must_resolve_inside_their_volume() {
         let dir = tempfile::tempdir().unwrap();
@@ -1425,7 +1425,7 @@ mod tests {
         for ok in ["real", "alias", "later", "real/deeper"] {
             assert!(check(ok).is_ok(), "{ok}");
         }
-        for bad in ["root", "up", "dangling", "root/etc"] {
+        for bad in ["root", "up", "dangling", "root/etc", "root/not-there-yet"] {
             let e = check(bad).unwrap_err();
             assert!(e.to_string().contains("outside its volume"), "{bad}: {e}");
         }

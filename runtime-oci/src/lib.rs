@@ -279,9 +279,6 @@ fn make_rootfs(
             lower.push(store.layer_dir(l).map_err(|e| e.to_string())?);
         }
         let (upper, work) = (bundle.join("upper"), bundle.join("work"));
-        for d in [&upper, &work] {
-            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-        }
         let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
@@ -289,22 +286,29 @@ fn make_rootfs(
             upper.display(),
             work.display()
         );
-        match nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            nix::mount::MsFlags::empty(),
-            Some(opts.as_str()),
-        ) {
-            Ok(()) => return Ok((rootfs, true)),
-            // Options longer than a page (an image of many layers in a deep store):
-            // this image is copied, the node keeps overlayfs for the others.
-            Err(e) if opts.len() >= OVERLAY_OPTIONS_MAX => {
-                tracing::warn!(error = %e, layers = image.layers.len(), "overlayfs options too long for this image; its roots are copied");
+        if opts.len() >= OVERLAY_OPTIONS_MAX {
+            // Options longer than a page (an image of many layers in a deep store): this
+            // image is copied, the node keeps overlayfs for the others.
+            tracing::warn!(
+                layers = image.layers.len(),
+                "overlayfs options too long for this image; its roots are copied"
+            );
+        } else {
+            for d in [&upper, &work] {
+                std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot mount overlayfs; container roots are copied from now on");
-                use_overlay.store(false, Ordering::Relaxed);
+            match nix::mount::mount(
+                Some("overlay"),
+                &rootfs,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(opts.as_str()),
+            ) {
+                Ok(()) => return Ok((rootfs, true)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot mount overlayfs; container roots are copied from now on");
+                    use_overlay.store(false, Ordering::Relaxed);
+                }
             }
         }
     }

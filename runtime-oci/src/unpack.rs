@@ -39,7 +39,8 @@ fn relative(path: &Path) -> Option<PathBuf> {
 /// A symlink an entry planted, or an absolute one a lower layer holds (`lib -> /usr/lib`),
 /// would otherwise lead a removal, an opaque directory's emptying or a device node onto
 /// the host's files. What does not exist yet resolves as its deepest existing ancestor.
-fn resolves_inside(root: &Path, dir: &Path) -> bool {
+/// (The node agent checks `subPath` mounts with it too.)
+pub fn resolves_inside(root: &Path, dir: &Path) -> bool {
     let mut p = dir;
     loop {
         match p.canonicalize() {
